@@ -1,0 +1,118 @@
+"""The config schema: presets load, bad keys and values are errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+
+from seer_core.config import (
+    ConfigError,
+    SeerConfig,
+    config_from_dict,
+    load_config,
+    preset_names,
+)
+
+
+def test_presets_exist_and_validate() -> None:
+    names = preset_names()
+    assert {"local", "seer-rg256", "sslight-mobilenet"} <= set(names)
+    for name in names:
+        assert isinstance(load_config(name), SeerConfig)
+
+
+def test_seer_preset_matches_the_paper() -> None:
+    cfg = load_config("seer-rg256")
+    assert cfg.model.trunk == "regnety_256gf"
+    assert cfg.model.head_hidden == [8192, 8192] and cfg.model.head_out == 256
+    assert not cfg.model.head_batchnorm
+    assert cfg.model.prototypes == [16000]
+    assert (cfg.swav.temperature, cfg.swav.epsilon, cfg.swav.sinkhorn_iterations) == (
+        0.1, 0.05, 10)
+    assert cfg.optim.weight_decay == 1e-5 and cfg.train.batch_size == 16
+    assert cfg.model.sync_bn_group_size == 64 and cfg.model.activation_checkpointing
+
+
+def test_sslight_preset() -> None:
+    cfg = load_config("sslight-mobilenet")
+    assert cfg.augment.recipe == "sslight" and cfg.swav.global_local_alpha == 0.4
+
+
+def test_defaults_are_valid() -> None:
+    cfg = config_from_dict({})
+    assert cfg.model.trunk == "regnety_400mf"
+    assert cfg.schedule.name == "plateau_halving"
+
+
+def test_overrides_parse_yaml_values() -> None:
+    cfg = load_config(
+        "local",
+        ["train.max_steps=7", "model.prototypes=[100, 200]", "train.amp=bf16",
+         "swav.global_local_alpha=0.5", "feed.endpoint_url=http://127.0.0.1:9000"],
+    )
+    assert cfg.train.max_steps == 7
+    assert cfg.model.prototypes == [100, 200]
+    assert cfg.train.amp == "bf16"
+    assert cfg.swav.global_local_alpha == 0.5
+    assert cfg.feed.endpoint_url == "http://127.0.0.1:9000"
+
+
+def test_a_single_int_is_one_prototype_head() -> None:
+    assert load_config("local", ["model.prototypes=300"]).model.prototypes == [300]
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("train.nope=1", "unknown key train.nope; allowed keys in train: batch_size"),
+        ("nosection.x=1", "unknown key nosection"),
+        ("model.trunk=vit_h", "model.trunk: 'vit_h' is not a known trunk; allowed: "),
+        ("schedule.name=step", "schedule.name: 'step' is not allowed; allowed values: "
+                               "plateau_halving, warmup_cosine, constant"),
+        ("train.batch_size=0", "train.batch_size: 0 is too small; allowed: >= 1"),
+        ("train.batch_size=abc", "train.batch_size: 'abc' is not an integer"),
+        ("train.use_gpu=maybe", "train.use_gpu: 'maybe' is not a boolean"),
+        ("swav.epsilon=0", "swav.epsilon: 0.0 is too small; allowed: > 0"),
+        ("swav.global_local_alpha=2", "swav.global_local_alpha: 2.0 is too large"),
+        ("swav.crops_for_assign=[0, 9]", "swav.crops_for_assign"),
+        ("augment.recipe=dino", "augment.recipe: 'dino' is not allowed; allowed: seer"),
+        ("augment.global_scale=[0.5, 0.2]", "augment.global_scale"),
+        ("ingest.actors_max=0", "ingest.actors_max: 0 is too small"),
+        ("train.amp=fp16", "train.amp: 'fp16' needs train.use_gpu"),
+        ("swav.queue_length=5", "per-worker length must be at least train.batch_size"),
+        ("noequals", "expected key=value"),
+    ],
+)
+def test_bad_values_name_the_key(override: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config("local", [override])
+    assert fragment in str(info.value)
+
+
+def test_unknown_preset_lists_the_presets() -> None:
+    with pytest.raises(ConfigError, match="unknown preset 'nope'; allowed presets: .*local"):
+        load_config("nope")
+
+
+def test_yaml_file_and_round_trip(tmp_path: Path) -> None:
+    cfg = load_config("sslight-mobilenet", ["train.seed=3"])
+    path = tmp_path / "my.yaml"
+    path.write_text(cfg.to_yaml())
+    again = load_config(str(path))
+    assert again == cfg
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_bad_yaml_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(path))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_lr_scales_with_global_batch() -> None:
+    cfg = load_config("local", ["train.batch_size=32", "train.num_workers=4", "optim.lr=0.3"])
+    assert cfg.scaled_lr() == pytest.approx(0.3 * 128 / 256)
+    cfg = load_config("local", ["optim.lr_reference_batch=0", "optim.lr=0.1"])
+    assert cfg.scaled_lr() == pytest.approx(0.1)
