@@ -89,7 +89,7 @@ def test_bad_values_name_the_key(override: str, fragment: str) -> None:
 
 
 def test_unknown_preset_lists_the_presets() -> None:
-    with pytest.raises(ConfigError, match="unknown preset 'nope'; allowed presets: .*local"):
+    with pytest.raises(ConfigError, match=r"unknown preset 'nope'; allowed presets: .*local"):
         load_config("nope")
 
 
