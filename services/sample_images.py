@@ -1,0 +1,190 @@
+"""Synthetic, photo-like sample images, so that a fresh checkout can train and benchmark offline.
+
+Nothing may be downloaded (no weights, no data sets), yet the ingest path must be exercised on
+inputs that look like the real stream: JPEG-compressed, varied sizes and aspect ratios, smooth
+gradients with edges and texture (so that crops, blur and colour jitter behave as on photos), the
+odd PNG, and a few files whose EXIF orientation must be honoured. Everything is drawn with PIL's C
+primitives (upscaled random fields, shapes, ``effect_noise``) because numpy at full resolution
+would make `seer seed` take minutes instead of seconds.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+# Instagram-like aspect ratios (height / width): square, portrait 4:5, landscape 1.91:1.
+_IG_ASPECTS = (1.0, 1.25, 1 / 1.91)
+_EXIF_ORIENTATION = 0x0112
+
+
+_NOISE_TILE: Image.Image | None = None
+
+
+def _noise_tile() -> Image.Image:
+    """A fixed-seed grey noise tile, made once: per-image Gaussian noise was half the cost."""
+    global _NOISE_TILE
+    if _NOISE_TILE is None:
+        noise = np.random.default_rng(12345).normal(128.0, 48.0, size=(1024, 1024))
+        _NOISE_TILE = Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8), "L")
+    return _NOISE_TILE
+
+
+def _rng_for(seed: int, index: int) -> np.random.Generator:
+    """One generator per image, so any image can be regenerated alone and in any order."""
+    return np.random.default_rng([seed, index])
+
+
+def paint_photo_like(width: int, height: int, rng: np.random.Generator) -> Image.Image:
+    """An RGB image with photo-like statistics: smooth illumination, objects, edges, texture.
+
+    Layers, coarse to fine: a bicubic-upscaled random colour field (sky/background gradients),
+    random filled shapes (objects with hard edges), an optional soft blur (depth of field), a
+    grey noise texture blended in (sensor noise / foliage), and a random colour cast (white
+    balance). Every layer is one C call in PIL, so a 1080-px image takes a few milliseconds.
+    """
+    grid = int(rng.integers(2, 7))
+    field = rng.integers(0, 256, size=(grid, grid, 3), dtype=np.uint8)
+    img = Image.fromarray(field, "RGB").resize((width, height), Image.Resampling.BICUBIC)
+
+    draw = ImageDraw.Draw(img)
+    side = min(width, height)
+    for _ in range(int(rng.integers(3, 14))):
+        x0 = int(rng.integers(-side // 4, width))
+        y0 = int(rng.integers(-side // 4, height))
+        w = int(rng.integers(side // 16, side // 2 + 2))
+        h = int(rng.integers(side // 16, side // 2 + 2))
+        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        kind = int(rng.integers(0, 3))
+        if kind == 0:
+            draw.ellipse((x0, y0, x0 + w, y0 + h), fill=colour)
+        elif kind == 1:
+            draw.rectangle((x0, y0, x0 + w, y0 + h), fill=colour)
+        else:
+            pts = [(x0 + int(rng.integers(0, w)), y0 + int(rng.integers(0, h))) for _ in range(3)]
+            draw.polygon(pts, fill=colour)
+
+    if rng.random() < 0.5:
+        img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.5, 3.0))))
+
+    # Grey noise texture from a shared tile: a random window, stretched 1-4x (grain size).
+    tile = _noise_tile()
+    stretch = float(rng.uniform(1.0, 4.0))
+    bw = min(tile.width, max(1, round(width / stretch)))
+    bh = min(tile.height, max(1, round(height / stretch)))
+    x0 = int(rng.integers(0, tile.width - bw + 1))
+    y0 = int(rng.integers(0, tile.height - bh + 1))
+    noise = tile.resize((width, height), Image.Resampling.BILINEAR, box=(x0, y0, x0 + bw, y0 + bh))
+    img = Image.blend(img, Image.merge("RGB", (noise, noise, noise)), float(rng.uniform(0.05, 0.3)))
+
+    cast = rng.uniform(0.8, 1.2, size=3)
+    matrix = (cast[0], 0, 0, 0, 0, cast[1], 0, 0, 0, 0, cast[2], 0)
+    return img.convert("RGB", matrix=tuple(float(v) for v in matrix))
+
+
+def _encode(img: Image.Image, fmt: str, rng: np.random.Generator, orientation: int = 1) -> bytes:
+    """Encode like a camera or a web upload would: JPEG at a random quality, or PNG."""
+    buf = io.BytesIO()
+    if fmt == "PNG":
+        img.save(buf, "PNG", compress_level=1)
+    else:
+        kwargs: dict[str, object] = {"quality": int(rng.integers(70, 96))}
+        if orientation != 1:
+            exif = Image.Exif()
+            exif[_EXIF_ORIENTATION] = orientation
+            kwargs["exif"] = exif
+        img.save(buf, "JPEG", **kwargs)
+    return buf.getvalue()
+
+
+class _Progress:
+    """A single self-overwriting stderr line, at most a few updates per second."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total = total
+        self.enabled = enabled
+        self.start = time.monotonic()
+        self.last = 0.0
+
+    def update(self, done: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if done < self.total and now - self.last < 0.25:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        end = "\n" if done >= self.total else ""
+        sys.stderr.write(f"\rsample images: {done}/{self.total} ({rate:.0f}/s){end}")
+        sys.stderr.flush()
+
+
+def generate_sample_images(
+    out_dir: str | Path,
+    count: int = 2000,
+    *,
+    seed: int = 0,
+    min_side: int = 256,
+    max_side: int = 1280,
+    progress: bool = True,
+) -> int:
+    """Write `count` varied photo-like images into `out_dir`; returns how many were written.
+
+    About 85 % JPEG and 15 % PNG; sides drawn log-uniformly in [min_side, max_side] with aspect
+    ratios between 1:2 and 2:1; about 5 % of the JPEGs carry an EXIF orientation other than 1
+    (their pixels are stored transposed, as a camera would, so that decode must undo it).
+    Deterministic in `seed`. Progress goes to stderr only when asked and the run is long.
+    """
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if not 1 <= min_side <= max_side:
+        raise ValueError(f"need 1 <= min_side <= max_side, got {min_side}, {max_side}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    bar = _Progress(count, progress and count >= 200)
+    for i in range(count):
+        rng = _rng_for(seed, i)
+        long_side = int(np.exp(rng.uniform(np.log(min_side), np.log(max_side))))
+        aspect = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
+        w, h = (long_side, long_side / aspect) if aspect >= 1 else (long_side * aspect, long_side)
+        w, h = max(min_side, round(w)), max(min_side, round(h))
+        img = paint_photo_like(w, h, rng)
+        fmt = "PNG" if rng.random() < 0.15 else "JPEG"
+        orientation = 1
+        if fmt == "JPEG" and rng.random() < 0.05:
+            orientation = int(rng.choice([3, 6, 8]))
+            # Store what a rotated camera would: the inverse of the display transform.
+            inverse = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90,
+                       8: Image.Transpose.ROTATE_270}[orientation]
+            img = img.transpose(inverse)
+        data = _encode(img, fmt, rng, orientation)
+        suffix = ".png" if fmt == "PNG" else ".jpg"
+        (out / f"sample_{i:06d}{suffix}").write_bytes(data)
+        bar.update(i + 1)
+    return count
+
+
+def generate_photo_like_jpegs(
+    out_dir: str | Path, count: int, side: int = 1080, seed: int = 0
+) -> list[Path]:
+    """Write `count` Instagram-sized JPEGs (width `side`, IG aspect ratios); returns their paths.
+
+    Benchmarks and tests need the size the real stream has (decode cost scales with pixels),
+    which the varied sample set does not guarantee.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        rng = _rng_for(seed + 1_000_003, i)
+        height = round(side * _IG_ASPECTS[int(rng.integers(0, len(_IG_ASPECTS)))])
+        img = paint_photo_like(side, height, rng)
+        path = out / f"photo_{i:06d}.jpg"
+        path.write_bytes(_encode(img, "JPEG", rng))
+        paths.append(path)
+    return paths
