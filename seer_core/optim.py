@@ -94,8 +94,10 @@ class LARS(torch.optim.Optimizer):
     def _adapt(p: Tensor, grad: Tensor, group: dict[str, Any], lr: float) -> Tensor:
         """Return the trust-ratio-scaled gradient with weight decay folded in (LARC's rule)."""
         wd = float(group["weight_decay"])
-        w_norm = torch.linalg.vector_norm(p.float())
-        g_norm = torch.linalg.vector_norm(grad.float())
+        # Norms of half-precision tensors overflow easily: take them in float32 at least.
+        dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
+        w_norm = torch.linalg.vector_norm(p, dtype=dtype)
+        g_norm = torch.linalg.vector_norm(grad, dtype=dtype)
         local_lr = group["eta"] * w_norm / (g_norm + wd * w_norm + group["eps"])
         if group["clip"] and lr > 0:
             local_lr = torch.clamp(local_lr / lr, max=1.0)
