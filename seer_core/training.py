@@ -29,7 +29,7 @@ from seer_core.models import (
     convert_sync_batchnorm,
     enable_activation_checkpointing,
 )
-from seer_core.optim import LARS, param_groups
+from seer_core.optim import LARS, param_groups, set_lr
 from seer_core.schedules import build_schedule
 from seer_core.swav import (
     SwAVQueue,
@@ -146,15 +146,15 @@ def build_train_state(
         clip=cfg.optim.clip,
     )
     schedule = make_schedule(cfg)
-    _set_lr(optimizer, schedule.lr)
+    set_lr(optimizer, schedule.lr)
     wrapped = wrap(model) if wrap is not None else model
     _, world = _world()
     queue = None
     if cfg.swav.queue_length:
         queue = SwAVQueue(
-            n_assign=len(cfg.swav.crops_for_assign),
             length=cfg.swav.queue_length,
             dim=cfg.model.head_out,
+            crops_for_assign=tuple(cfg.swav.crops_for_assign),
             start_step=cfg.swav.queue_start_step,
             world_size=world,
             device=device,
@@ -212,11 +212,6 @@ def make_schedule(cfg: SeerConfig):
     )
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
 def prepare_inputs(state: TrainState, batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
     """uint8 crops (the wire format) → normalised float groups on the device, crop-major."""
     groups = crops_to_groups(batch, state.recipe)
@@ -263,9 +258,7 @@ def train_step(state: TrainState, batch: Mapping[str, torch.Tensor]) -> StepResu
         prototypes = model.head.prototype_parameters()
         losses = []
         for head_scores, weight in zip(scores, prototypes):
-            queue_scores = (
-                state.queue.scores(weight, state.step) if state.queue is not None else None
-            )
+            queue_scores = state.queue.scores(weight) if state.queue is not None else None
             losses.append(
                 swav_loss(
                     head_scores.float(),
@@ -281,9 +274,7 @@ def train_step(state: TrainState, batch: Mapping[str, torch.Tensor]) -> StepResu
             )
         loss = torch.stack(losses).mean()
         if state.queue is not None:
-            state.queue.push(
-                embedding.detach(), bsz, tuple(cfg.swav.crops_for_assign), state.step
-            )
+            state.queue.push(embedding, bsz, state.step)
         with torch.no_grad():
             a = cfg.swav.crops_for_assign[0]
             first = scores[0][a * bsz : (a + 1) * bsz].float()
@@ -321,7 +312,7 @@ def train_step(state: TrainState, batch: Mapping[str, torch.Tensor]) -> StepResu
     state.step += 1
     state.images_seen += bsz * world
     lr = state.schedule.step(None if skipped else mean_loss)
-    _set_lr(state.optimizer, lr)
+    set_lr(state.optimizer, lr)
     return StepResult(
         loss=mean_loss,
         lr=lr,
@@ -396,7 +387,7 @@ def load_state_dict(state: TrainState, saved: Mapping[str, Any]) -> None:
     unwrap(state.model).load_state_dict(saved["model"])
     state.optimizer.load_state_dict(saved["optimizer"])
     state.schedule.load_state_dict(saved["schedule"])
-    _set_lr(state.optimizer, state.schedule.lr)
+    set_lr(state.optimizer, state.schedule.lr)
     if state.queue is not None and saved.get("queue") is not None:
         state.queue.load_state_dict(saved["queue"])
     if state.scaler is not None and saved.get("scaler") is not None:

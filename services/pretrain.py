@@ -1,0 +1,230 @@
+"""The `seer pretrain` driver: starts or joins Ray, runs the trainer, shows progress, stops well.
+
+On a laptop it starts a local Ray sized for the config; under `ray job submit` (RAY_ADDRESS set)
+it joins the cluster. SIGTERM and Ctrl-C become a stop request that the workers honour after a
+final checkpoint; a second Ctrl-C stops at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from seer_core.config import SeerConfig
+from services import metrics
+from services.storage import RunStorage
+from services.trainer import build_trainer, storage_for
+
+
+@dataclass
+class PretrainOutcome:
+    step: int
+    images_seen: int
+    checkpoint: str | None
+    stopped_by: str
+
+
+def required_cpus(cfg: SeerConfig) -> float:
+    """CPUs the run asks Ray for: Train workers, ingest actors, read tasks, the controller."""
+    return (
+        cfg.train.num_workers * cfg.train.cpus_per_worker
+        + cfg.ingest.actors_max * cfg.ingest.cpus_per_actor
+        + cfg.ingest.read_tasks * cfg.ingest.read_task_cpus
+        + 0.5
+    )
+
+
+def init_ray(cfg: SeerConfig, address: str | None = None) -> str:
+    """Joins a cluster when an address is given (or RAY_ADDRESS is set), else starts local Ray.
+
+    Returns where Ray's own metrics endpoint is, for the progress banner.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return "Ray's metrics export port on each node"
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return "Ray's metrics export port on each node (see your cluster's Prometheus)"
+    # A laptop: let Ray oversubscribe a small machine rather than wait for CPUs it lacks.
+    cpus = max(os.cpu_count() or 1, int(required_cpus(cfg) + 0.999))
+    kwargs: dict[str, Any] = {"num_cpus": cpus, "include_dashboard": False}
+    if cfg.metrics.enabled and cfg.metrics.export_port:
+        kwargs["_metrics_export_port"] = cfg.metrics.export_port
+    ray.init(**kwargs)
+    if cfg.metrics.enabled and cfg.metrics.export_port:
+        return f"http://127.0.0.1:{cfg.metrics.export_port}/metrics"
+    return "(metrics export disabled)"
+
+
+class StatusPage:
+    """The driver's own /metrics (prometheus_client): what the run is doing, from rank 0."""
+
+    def __init__(self, port: int) -> None:
+        self.server = None
+        names = {
+            "step": "seer_cli_step",
+            "images_seen": "seer_cli_images_seen",
+            "loss": "seer_cli_loss",
+            "lr": "seer_cli_lr",
+            "images_per_second": "seer_cli_images_per_second",
+            "data_wait_share": "seer_cli_data_wait_ratio",
+            "last_checkpoint_step": "seer_cli_checkpoint_step",
+        }
+        self.gauges = {
+            key: metrics.gauge(name, f"{key} of the run, as rank 0 last reported",
+                               backend="prometheus")
+            for key, name in names.items()
+        }
+        if port:
+            self.server, _ = metrics.serve(port)
+
+    def update(self, progress: dict[str, Any]) -> None:
+        for key, gauge in self.gauges.items():
+            if isinstance(progress.get(key), (int, float)):
+                gauge.set(float(progress[key]))
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+
+
+def format_progress(p: dict[str, Any]) -> str:
+    return (
+        f"step {p['step']:>8} | {p.get('images_per_second', 0):8.1f} img/s | "
+        f"loss {p['loss']:.4f} | lr {p['lr']:.5g} | data wait "
+        f"{100 * p.get('data_wait_share', 0):4.1f}% | seen {p['images_seen']} | "
+        f"last ckpt {p.get('last_checkpoint_step', -1)}"
+    )
+
+
+class ProgressPrinter(threading.Thread):
+    """Polls the control actor and prints a line whenever rank 0 reported a new step."""
+
+    def __init__(self, control: Any, out: TextIO, page: StatusPage, every: float = 2.0) -> None:
+        super().__init__(daemon=True, name="seer-progress")
+        self.control, self.out, self.page, self.every = control, out, page, every
+        self.done = threading.Event()
+        self.last_step = -1
+        self.last: dict[str, Any] = {}
+
+    def run(self) -> None:
+        import ray
+
+        while not self.done.wait(self.every):
+            try:
+                p = ray.get(self.control.progress.remote(), timeout=10)
+            except Exception:
+                continue
+            if "step" in p and p["step"] != self.last_step:
+                self.last_step, self.last = p["step"], p
+                self.page.update(p)
+                print(format_progress(p), file=self.out, flush=True)
+
+
+def banner(cfg: SeerConfig, storage: RunStorage, ray_metrics: str, status_port: int) -> str:
+    lines = [
+        f"seer pretrain — run {cfg.checkpoint.run_name!r}: {cfg.model.trunk}, recipe "
+        f"{cfg.augment.recipe}, {cfg.train.num_workers} worker(s) x batch {cfg.train.batch_size}"
+        f" ({'GPU' if cfg.train.use_gpu else 'CPU'})",
+        f"  feed:        {cfg.feed.uri}",
+        f"  checkpoints: {storage.display} (every {cfg.checkpoint.every_steps} steps / "
+        f"{cfg.checkpoint.every_minutes:g} min, newest {cfg.checkpoint.keep} kept)",
+        f"  metrics:     {ray_metrics} (workers, ingest)",
+    ]
+    if status_port:
+        lines.append(f"  status page: http://127.0.0.1:{status_port}/metrics (this driver)")
+    stop = []
+    if cfg.train.max_steps:
+        stop.append(f"step {cfg.train.max_steps}")
+    if cfg.train.max_minutes:
+        stop.append(f"{cfg.train.max_minutes:g} min")
+    lines.append("  stops at:    " + (" or ".join(stop) if stop else "never: Ctrl-C or SIGTERM "
+                                      "checkpoints and stops"))
+    return "\n".join(lines)
+
+
+def check_feed(cfg: SeerConfig) -> None:
+    """Fails early, with the fix, when a local feed folder is missing."""
+    uri = cfg.feed.uri
+    if "://" in uri and not uri.startswith("file://"):
+        return
+    path = Path(uri.removeprefix("file://"))
+    if not path.exists():
+        raise SystemExit(
+            f"feed.uri: {uri} does not exist. Create sample images with `seer seed --out {uri}`"
+            " (or `make run`, which does it), or point feed.uri at a folder, a manifest or "
+            "s3://bucket/prefix."
+        )
+
+
+def run_pretraining(
+    cfg: SeerConfig,
+    *,
+    address: str | None = None,
+    synthetic: bool = False,
+    out: TextIO = sys.stdout,
+    install_signals: bool = True,
+) -> PretrainOutcome:
+    """Runs until a configured limit or a stop request; returns where it ended."""
+    import ray
+
+    from services.control import create_control
+
+    if not synthetic:
+        check_feed(cfg)
+    ray_metrics = init_ray(cfg, address)
+    storage = storage_for(cfg)
+    existing = storage.list_checkpoints()
+    resume_from = existing[-1][1] if existing else None
+    page = StatusPage(cfg.metrics.status_port if cfg.metrics.enabled else 0)
+    print(banner(cfg, storage, ray_metrics, cfg.metrics.status_port), file=out, flush=True)
+    if resume_from:
+        print(f"  resuming:    from step {existing[-1][0]} ({resume_from})", file=out, flush=True)
+
+    control = create_control(cfg.checkpoint.run_name)
+    stopped_by = ["limit"]
+    previous: dict[int, Any] = {}
+    if install_signals and threading.current_thread() is threading.main_thread():
+        def on_signal(signum: int, _frame: Any) -> None:
+            name = signal.Signals(signum).name
+            if stopped_by[0] != "limit":  # second signal: stop now
+                raise KeyboardInterrupt
+            stopped_by[0] = name
+            print(f"\n{name}: writing a final checkpoint, then stopping (again to abort)",
+                  file=out, flush=True)
+            control.request_stop.remote(name)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+
+    printer = ProgressPrinter(control, out, page)
+    printer.start()
+    try:
+        trainer = build_trainer(cfg, synthetic=synthetic, resume_from=resume_from)
+        result = trainer.fit()
+    finally:
+        printer.done.set()
+        printer.join(timeout=5)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        page.close()
+        with contextlib.suppress(Exception):
+            ray.kill(control)
+    final = storage.list_checkpoints()
+    step = int(result.metrics.get("step", 0)) if result.metrics else 0
+    images = int(result.metrics.get("images_seen", 0)) if result.metrics else 0
+    outcome = PretrainOutcome(step, images, final[-1][1] if final else None, stopped_by[0])
+    print(
+        f"stopped ({outcome.stopped_by}) at step {outcome.step}, {outcome.images_seen} images "
+        f"seen; newest checkpoint: {outcome.checkpoint}",
+        file=out, flush=True,
+    )
+    return outcome

@@ -1,0 +1,86 @@
+"""The trainer's Prometheus metrics (exported by Ray from inside the worker processes).
+
+Names follow DESIGN §3 (`seer_train_<what>_<unit>`); the only tag is the worker's rank, which is
+bounded by the cluster size.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from services.metrics import counter, gauge, histogram
+
+STEP_SECONDS_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+WAIT_SECONDS_BUCKETS = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30]
+
+
+class TrainMetrics:
+    """One worker's metrics; `observe` is called once per step, cheaply (no device sync)."""
+
+    def __init__(self, rank: int) -> None:
+        self.tags = {"worker": str(rank)}
+        tag_keys = ("worker",)
+        self.steps = counter("seer_train_steps_total", "optimizer steps taken", tag_keys)
+        self.images = counter("seer_train_images_total", "images trained on", tag_keys)
+        self.skipped = counter(
+            "seer_train_skipped_steps_total", "steps skipped for a non-finite loss", tag_keys
+        )
+        self.step_seconds = histogram(
+            "seer_train_step_seconds", "wall time of one train step", STEP_SECONDS_BUCKETS,
+            tag_keys,
+        )
+        self.data_wait = histogram(
+            "seer_train_data_wait_seconds", "time the worker waited for its next batch",
+            WAIT_SECONDS_BUCKETS, tag_keys,
+        )
+        self.loss = gauge("seer_train_loss", "SwAV loss, averaged over ranks", tag_keys)
+        self.lr = gauge("seer_train_lr", "current learning rate", tag_keys)
+        self.entropy = gauge(
+            "seer_train_prototype_entropy_ratio",
+            "prototype usage entropy / ln K (near 0: collapse)", tag_keys,
+        )
+        self.queue_fill = gauge("seer_train_queue_fill_ratio", "SwAV queue fill", tag_keys)
+        self.images_per_second = gauge(
+            "seer_train_images_per_second", "global training throughput", tag_keys
+        )
+        self.step = gauge("seer_train_step", "current step", tag_keys)
+        self.checkpoint_step = gauge(
+            "seer_train_checkpoint_step", "step of the newest checkpoint", tag_keys
+        )
+        self.checkpoint_time = gauge(
+            "seer_train_checkpoint_timestamp_seconds",
+            "unix time of the newest checkpoint (age = time() - this)", tag_keys,
+        )
+        self.collapse = gauge(
+            "seer_train_collapse_suspected_ratio", "1 when collapse is suspected", tag_keys
+        )
+        self._last_images: int | None = None
+
+    def checkpointed(self, step: int) -> None:
+        self.checkpoint_step.set(step, self.tags)
+        self.checkpoint_time.set(time.time(), self.tags)
+
+    def throughput(self, images_per_second: float) -> None:
+        self.images_per_second.set(images_per_second, self.tags)
+
+    def collapse_warning(self, suspected: bool) -> None:
+        self.collapse.set(1.0 if suspected else 0.0, self.tags)
+
+    def observe(self, state: Any, result: Any, data_wait: float) -> None:
+        tags = self.tags
+        self.steps.inc(1, tags)
+        self.step.set(result.step, tags)
+        self.step_seconds.observe(result.seconds, tags)
+        self.data_wait.observe(data_wait, tags)
+        if result.skipped:
+            self.skipped.inc(1, tags)
+            return
+        if self._last_images is not None and result.images_seen > self._last_images:
+            self.images.inc(result.images_seen - self._last_images, tags)
+        self._last_images = result.images_seen
+        self.loss.set(result.loss, tags)
+        self.lr.set(result.lr, tags)
+        self.entropy.set(result.usage_entropy, tags)
+        if state.queue is not None and state.queue.length:
+            self.queue_fill.set(state.queue.filled / state.queue.length, tags)
