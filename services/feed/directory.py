@@ -1,0 +1,138 @@
+"""A local directory as a feed: the embedded default (``seer pretrain`` with no flags).
+
+The directory is walked in full each refresh; that is fine for the sample sets and mounted
+volumes this is meant for. When it holds more files than the pool, the pool is a uniform random
+subset (reservoir sample), drawn afresh each refresh so every file gets its turn.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import time
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+from urllib.parse import unquote, urlsplit
+
+from services.feed.base import (
+    FeedClosed,
+    FeedError,
+    FeedSpec,
+    FetchFailed,
+    ObjectVanished,
+    PooledFeed,
+)
+from services.feed.retry import RetryExhausted, RetryPolicy, call_with_retry
+
+T = TypeVar("T")
+
+# Errors that mean "this file is gone" vs "this will not get better by waiting".
+_MISSING_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR})
+_PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENAMETOOLONG})
+
+
+def local_path(uri: str) -> str:
+    """``file:///a/b`` or ``/a/b`` or ``a/b`` -> an absolute local path."""
+    if uri.startswith("file://"):
+        parts = urlsplit(uri)
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"file:// URI with a remote host is not supported: {uri!r}")
+        uri = unquote(parts.path)
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def reservoir(items: Iterable[T], k: int, rng: random.Random) -> tuple[list[T], int]:
+    """A uniform random sample of at most ``k`` items from a stream, and the stream's length.
+
+    One pass and O(k) memory: the source (a directory walk, a text manifest) may be far larger
+    than the pool.
+    """
+    sample: list[T] = []
+    n = 0
+    for item in items:
+        n += 1
+        if len(sample) < k:
+            sample.append(item)
+        else:
+            j = rng.randrange(n)
+            if j < k:
+                sample[j] = item
+    return sample, n
+
+
+def read_local(feed: PooledFeed, path: str, name: str | None = None) -> bytes:
+    """Reads a local file with the feed's retry policy (network file systems hiccup too).
+
+    Missing -> ObjectVanished; permission or is-a-directory -> FetchFailed at once; other
+    OS errors (EIO, ESTALE, timeouts on a network mount) -> retried within the budget.
+    """
+    name = name or path
+    feed._count("fetches")
+    policy = RetryPolicy(max_attempts=feed.spec.max_attempts, budget_s=feed.spec.retry_budget_s)
+    start = time.monotonic()
+
+    def attempt() -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    def transient(exc: BaseException) -> bool:
+        return isinstance(exc, OSError) and exc.errno not in _MISSING_ERRNOS | _PERMANENT_ERRNOS
+
+    def on_retry(exc: BaseException, attempt_no: int, wait: float) -> None:
+        feed._count("retries")
+
+    def failed(reason: str, attempts: int) -> FetchFailed:
+        feed._count("fetch_failures")
+        err = FetchFailed(name, reason, attempts, time.monotonic() - start)
+        feed.log.warning("fetch-failed", "feed %s: %s", feed.describe(), err)
+        return err
+
+    try:
+        data = call_with_retry(attempt, policy, feed._jitter_rng, transient, on_retry, feed._sleep)
+    except RetryExhausted as exc:
+        raise failed(type(exc.last).__name__, exc.attempts) from None
+    except FeedClosed:
+        raise failed("closed", 1) from None
+    except OSError as exc:
+        if exc.errno in _MISSING_ERRNOS:
+            feed._count("vanished")
+            raise ObjectVanished(name) from None
+        raise failed(errno.errorcode.get(exc.errno or 0, type(exc).__name__), 1) from None
+    feed._count("bytes_fetched", len(data))
+    return data
+
+
+class DirectoryFeed(PooledFeed):
+    """Image files under a directory (recursively), re-scanned every ``refresh_seconds``."""
+
+    def __init__(self, spec: FeedSpec) -> None:
+        super().__init__(spec)
+        self.root = local_path(spec.uri)
+
+    def _walk(self) -> Iterator[str]:
+        def on_error(exc: OSError) -> None:
+            # An unreadable subdirectory should not hide the rest of the tree.
+            self.log.warning("walk-error", "feed %s: cannot read %s", self.root, exc.filename)
+
+        for dirpath, dirnames, filenames in os.walk(self.root, onerror=on_error):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for fn in filenames:
+                if not fn.startswith(".") and self.spec.accepts(fn):
+                    yield os.path.join(dirpath, fn)
+
+    def _refresh(self) -> None:
+        if not os.path.isdir(self.root):
+            raise FeedError(f"directory {self.root} does not exist")
+        self._count("listings")
+        sample, total = reservoir(self._walk(), self.spec.pool_size, self._rng)
+        self._set("source_objects", total)
+        self._replace_keys(sample)
+
+    def fetch(self, key: str) -> bytes:
+        """Bytes of the file at ``key`` (a path as returned by ``sample``)."""
+        try:
+            return read_local(self, key)
+        except ObjectVanished:
+            self._forget(key)
+            raise

@@ -1,0 +1,184 @@
+"""A manifest as a feed: a Parquet, CSV or text file listing the objects, the way large image
+collections are handed over. The manifest itself may be local or on S3.
+
+The manifest is the authority on what exists, so the ``extensions`` filter does not apply to it.
+Entries may be ``s3://`` URIs, ``file://`` URIs, absolute paths, or names relative to a base:
+``manifest_base`` when given (``s3://bucket/prefix`` or a directory), else the manifest's bucket
+root for a manifest on S3 (S3 inventories list bucket keys) and the manifest's own directory for
+a local one.
+
+The pool is a uniform random subset of the entries (all of them when they fit). The manifest is
+re-read when it changes (local mtime/size/inode, S3 ETag, checked every ``refresh_seconds``) and,
+when it holds more entries than the pool, also re-drawn every refresh so the pool moves through
+it: that costs one read of the manifest per refresh per process, so give large manifests a long
+``refresh_seconds``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from services.feed.base import FeedError, FeedSpec, ObjectVanished, PooledFeed
+from services.feed.directory import local_path, read_local, reservoir
+from services.feed.s3 import S3Access, parse_s3_uri
+
+
+class ManifestFeed(PooledFeed):
+    """Entries of a manifest file, sampled uniformly, re-read when the file changes."""
+
+    def __init__(self, spec: FeedSpec) -> None:
+        super().__init__(spec)
+        self.on_s3 = spec.uri.startswith("s3://")
+        path = urlsplit(spec.uri).path if self.on_s3 else spec.uri
+        suffix = os.path.splitext(path.lower())[1]
+        # An explicit kind="manifest" with another suffix is read as one entry per line.
+        self.format = suffix if suffix in (".parquet", ".csv") else ".txt"
+        self.s3 = S3Access(spec, self)
+        if self.on_s3:
+            self.m_bucket, self.m_key = parse_s3_uri(spec.uri)
+            default_base = f"s3://{self.m_bucket}/"
+        else:
+            self.m_path = local_path(spec.uri)
+            default_base = os.path.dirname(self.m_path)
+        base = spec.manifest_base
+        if base is None:
+            self.base = default_base
+        elif base.startswith("s3://"):
+            parse_s3_uri(base)  # validates
+            self.base = base
+        else:
+            self.base = local_path(base)
+        self._version: tuple[Any, ...] | None = None
+        self._oversized = False
+
+    # -- reading ------------------------------------------------------------------------------
+    def _version_now(self) -> tuple[Any, ...]:
+        if self.on_s3:
+            head = self.s3.head(self.m_bucket, self.m_key)
+            return (head.get("ETag"), str(head.get("LastModified")), head.get("ContentLength"))
+        st = os.stat(self.m_path)
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    @contextlib.contextmanager
+    def _local_copy(self) -> Iterator[str]:
+        if not self.on_s3:
+            yield self.m_path
+            return
+        fd, tmp = tempfile.mkstemp(prefix="seer-manifest-", suffix=self.format)
+        os.close(fd)
+        try:
+            self.s3.download(self.m_bucket, self.m_key, tmp)
+            yield tmp
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    def _column(self, names: list[str]) -> str:
+        col = self.spec.manifest_column
+        if col in names:
+            return col
+        if col == "key" and "uri" in names:  # the two conventional names
+            return "uri"
+        raise FeedError(
+            f"manifest {self.spec.uri} has no column {col!r} (columns: {', '.join(names)}); "
+            "set manifest_column"
+        )
+
+    def _read_parquet(self, path: str) -> tuple[list[str], int]:
+        pf = pq.ParquetFile(path)
+        col = self._column(pf.schema_arrow.names)
+        total = pf.metadata.num_rows
+        k = min(self.spec.pool_size, total)
+        # Row counts are known up front, so draw the row numbers first and read only those:
+        # exact uniform sampling without a per-row Python loop over a huge manifest.
+        wanted = sorted(self._rng.sample(range(total), k))
+        out: list[str] = []
+        offset = i = 0
+        for batch in pf.iter_batches(columns=[col], batch_size=65536):
+            end = offset + batch.num_rows
+            j = i
+            while j < len(wanted) and wanted[j] < end:
+                j += 1
+            if j > i:
+                local = pa.array([w - offset for w in wanted[i:j]], type=pa.int64())
+                values = batch.column(0).take(local).to_pylist()
+                out.extend(str(v) for v in values if v is not None and str(v).strip())
+                i = j
+            offset = end
+            if i >= len(wanted):
+                break
+        return out, total
+
+    def _read_text(self, path: str) -> tuple[list[str], int]:
+        def lines() -> Iterator[str]:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    s = line.strip()
+                    if s and not s.startswith("#"):
+                        yield s
+
+        return reservoir(lines(), self.spec.pool_size, self._rng)
+
+    def _read_csv(self, path: str) -> tuple[list[str], int]:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                return [], 0
+            idx = header.index(self._column([h.strip() for h in header]))
+            rows = (r[idx].strip() for r in reader if len(r) > idx and r[idx].strip())
+            return reservoir(rows, self.spec.pool_size, self._rng)
+
+    def _resolve(self, entry: str) -> str:
+        """An entry as a fetchable name: an ``s3://`` URI or an absolute local path."""
+        if entry.startswith("s3://"):
+            return entry
+        if entry.startswith("file://"):
+            return local_path(entry)
+        if self.base.startswith("s3://"):
+            return self.base.rstrip("/") + "/" + entry.lstrip("/")
+        if os.path.isabs(entry):
+            return entry
+        return os.path.normpath(os.path.join(self.base, entry))
+
+    def _refresh(self) -> None:
+        version = self._version_now()
+        if version == self._version and not self._oversized:
+            return
+        with self._local_copy() as path:
+            self._count("listings")
+            if self.format == ".parquet":
+                entries, total = self._read_parquet(path)
+            elif self.format == ".csv":
+                entries, total = self._read_csv(path)
+            else:
+                entries, total = self._read_text(path)
+        self._replace_keys(self._resolve(e) for e in entries)
+        self._version = version
+        self._oversized = total > self.spec.pool_size
+        self._count("manifest_reads")
+        self._set("source_objects", total)
+
+    # -- fetching -----------------------------------------------------------------------------
+    def fetch(self, key: str) -> bytes:
+        """Bytes of a sampled entry (``s3://`` URI or local path)."""
+        try:
+            if key.startswith("s3://"):
+                bucket, obj = parse_s3_uri(key)
+                return self.s3.get(bucket, obj, name=key)
+            return read_local(self, key)
+        except ObjectVanished:
+            self._forget(key)
+            raise
+
+    def _close_resources(self) -> None:
+        self.s3.close()

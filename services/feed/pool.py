@@ -1,0 +1,128 @@
+"""The bounded key pool every feed samples from.
+
+Sampling must be O(1) per key (the ingest stage draws thousands per second) and eviction must
+be O(1) too (a refresh inserts up to ``pool_size`` keys). A plain list gives O(1) uniform
+sampling; a dict of positions lets a key leave by swapping with the last slot; an ordered dict
+of last-seen order tells which key has gone longest without being confirmed by a listing, which
+is the one to evict when a newly listed key needs room.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+
+
+class KeyPool:
+    """A thread-safe, bounded set of keys with uniform sampling and oldest-first eviction."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity!r}")
+        self.capacity = capacity
+        self._keys: list[str] = []
+        self._pos: dict[str, int] = {}
+        self._age: OrderedDict[str, None] = OrderedDict()  # oldest confirmation first
+        self._lock = threading.Lock()
+        # Waiters in Feed.sample block on this until the first key arrives.
+        self.nonempty = threading.Condition(self._lock)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._pos
+
+    def _remove_locked(self, key: str) -> None:
+        i = self._pos.pop(key)
+        last = self._keys.pop()
+        if last != key:
+            self._keys[i] = last
+            self._pos[last] = i
+        del self._age[key]
+
+    def add(self, keys: Iterable[str]) -> tuple[int, int]:
+        """Adds or re-confirms keys; returns (added, evicted).
+
+        A key already present moves to the young end: a listing just confirmed it exists.
+        """
+        added = evicted = 0
+        with self._lock:
+            for key in keys:
+                if key in self._pos:
+                    self._age.move_to_end(key)
+                    continue
+                if len(self._keys) >= self.capacity:
+                    oldest = next(iter(self._age))
+                    self._remove_locked(oldest)
+                    evicted += 1
+                self._pos[key] = len(self._keys)
+                self._keys.append(key)
+                self._age[key] = None
+                added += 1
+            if added:
+                self.nonempty.notify_all()
+        return added, evicted
+
+    def replace(self, keys: Iterable[str]) -> tuple[int, int]:
+        """Makes the pool exactly ``keys`` (the first ``capacity`` distinct ones).
+
+        Used when a source was read in full (a directory walk, a manifest, a small bucket):
+        the listing is then the truth, and anything not in it is gone.
+        """
+        fresh: list[str] = []
+        pos: dict[str, int] = {}
+        for key in keys:
+            if key not in pos:
+                if len(fresh) >= self.capacity:
+                    break
+                pos[key] = len(fresh)
+                fresh.append(key)
+        with self._lock:
+            added = sum(1 for k in fresh if k not in self._pos)
+            removed = sum(1 for k in self._keys if k not in pos)
+            self._keys = fresh
+            self._pos = pos
+            self._age = OrderedDict.fromkeys(fresh)
+            if fresh:
+                self.nonempty.notify_all()
+        return added, removed
+
+    def discard(self, key: str) -> bool:
+        """Removes ``key`` if present (an object found missing on fetch); returns whether it was."""
+        with self._lock:
+            if key not in self._pos:
+                return False
+            self._remove_locked(key)
+            return True
+
+    def discard_many(self, keys: Iterable[str]) -> int:
+        """Removes every present key of ``keys``; returns how many left."""
+        n = 0
+        with self._lock:
+            for key in keys:
+                if key in self._pos:
+                    self._remove_locked(key)
+                    n += 1
+        return n
+
+    def sample(self, n: int, rng: random.Random) -> list[str]:
+        """``n`` keys drawn uniformly with replacement (SEER has no epochs: repeats are fine)."""
+        with self._lock:
+            if not self._keys:
+                return []
+            return rng.choices(self._keys, k=n)
+
+    def random_key(self, rng: random.Random) -> str | None:
+        """One uniformly drawn key, or None when the pool is empty."""
+        with self._lock:
+            return self._keys[rng.randrange(len(self._keys))] if self._keys else None
+
+    def snapshot(self) -> list[str]:
+        """A copy of the current keys (for eviction passes and tests)."""
+        with self._lock:
+            return list(self._keys)
