@@ -192,7 +192,7 @@ class PlateauHalving(Schedule):
             return
         smoothed = self.smoothed_loss
         assert smoothed is not None
-        if smoothed < self.best - self.min_delta * abs(self.best):
+        if math.isinf(self.best) or smoothed < self.best - self.min_delta * abs(self.best):
             self.best = smoothed
             self.bad_steps = 0
         else:
