@@ -1,0 +1,144 @@
+"""Activation checkpointing per trunk stage.
+
+SEER fits RegNetY-256GF on 32 GB GPUs only by recomputing activations in the backward pass.
+Each stage (RegNet ``trunk_output.blockN``, ResNet ``layerN``, MobileNetV2 ``features[i]``) is
+wrapped in :class:`CheckpointedStage`, which
+
+* checkpoints only while training with grad enabled (eval / ``no_grad`` run plainly: there is
+  nothing to save, and checkpoint bookkeeping would only cost time);
+* undoes BatchNorm's running-statistics update made by the recomputation: the recomputed
+  forward sees the same batch, so without this every checkpointed BN would apply its momentum
+  twice per step and its running stats would drift away from the un-checkpointed model's;
+* is invisible in ``state_dict`` keys (hooks drop / re-add the wrapper's child name), so a
+  checkpoint taken with activation checkpointing loads into a model without it and vice versa.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
+
+# Child name of the wrapped stage. Also stripped by the exporter should a raw key carry it.
+WRAPPED = "checkpointed"
+
+
+@contextlib.contextmanager
+def _running_stats_kept(module: nn.Module) -> Iterator[None]:
+    """Undo, on exit, whatever the enclosed code does to the running statistics of `module`'s
+    BatchNorms.
+
+    The recomputation must save exactly the tensors the first forward saved (non-reentrant
+    checkpointing matches them by position), so BN has to run as it did, updates included;
+    restoring a snapshot afterwards is the exact way to make it count once. The snapshot is a
+    few vectors per BN layer.
+    """
+    saved = [
+        (buf, buf.clone())
+        for m in module.modules()
+        if isinstance(m, _BatchNorm) and m.training and m.track_running_stats
+        for buf in (m.running_mean, m.running_var, m.num_batches_tracked)
+        if buf is not None
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)
+
+
+def _hide_wrapper_in_state_dict(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any]
+) -> None:
+    inner = f"{prefix}{WRAPPED}."
+    if not any(k.startswith(inner) for k in state_dict):
+        return
+    renamed = [
+        (prefix + k[len(inner) :] if k.startswith(inner) else k, v) for k, v in state_dict.items()
+    ]
+    state_dict.clear()  # rebuilt rather than popped, to keep the key order of the plain model
+    state_dict.update(renamed)
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:
+        inner_meta = inner[:-1]
+        fixed = OrderedDict()
+        for k, v in metadata.items():
+            if k == inner_meta:
+                continue
+            fixed[prefix + k[len(inner) :] if k.startswith(inner) else k] = v
+        metadata.clear()
+        metadata.update(fixed)
+
+
+_hide_wrapper_in_state_dict._from_public_api = True  # type: ignore[attr-defined]
+
+
+def _expect_wrapper_on_load(
+    module: nn.Module,
+    state_dict: dict[str, Any],
+    prefix: str,
+    local_metadata: dict[str, Any],
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
+    inner = f"{prefix}{WRAPPED}."
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]:
+        state_dict[inner + key[len(prefix) :]] = state_dict.pop(key)
+
+
+class CheckpointedStage(nn.Module):
+    """Runs the wrapped stage under ``torch.utils.checkpoint`` (non-reentrant) when training."""
+
+    def __init__(self, stage: nn.Module) -> None:
+        super().__init__()
+        self.add_module(WRAPPED, stage)
+        self.register_state_dict_post_hook(_hide_wrapper_in_state_dict)
+        self.register_load_state_dict_pre_hook(_expect_wrapper_on_load)
+
+    @property
+    def stage(self) -> nn.Module:
+        return self._modules[WRAPPED]  # type: ignore[return-value]
+
+    def _contexts(self) -> tuple[contextlib.AbstractContextManager[None], ...]:
+        return contextlib.nullcontext(), _running_stats_kept(self.stage)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and torch.is_grad_enabled():
+            return checkpoint(self.stage, x, use_reentrant=False, context_fn=self._contexts)
+        return self.stage(x)
+
+
+def _stage_slots(trunk: nn.Module) -> list[tuple[nn.Module, str]]:
+    """(parent, attribute) of every stage of a torchvision trunk."""
+    if isinstance(trunk, torchvision.models.RegNet):
+        parent = trunk.trunk_output
+        return [(parent, name) for name in parent._modules]
+    if isinstance(trunk, torchvision.models.ResNet):
+        return [(trunk, f"layer{i}") for i in range(1, 5)]
+    if isinstance(trunk, torchvision.models.MobileNetV2):
+        # Its "stages" are the 19 feature blocks; checkpointing each keeps only block inputs.
+        parent = trunk.features
+        return [(parent, name) for name in parent._modules]
+    raise TypeError(f"activation checkpointing does not know {type(trunk).__name__}")
+
+
+def enable_activation_checkpointing(trunk: nn.Module) -> None:
+    """Wrap every stage of `trunk` (a trunk, or a ``SwAVModel``'s) in a CheckpointedStage.
+
+    Idempotent. Call before wrapping the model in DDP, so DDP sees the final module tree.
+    """
+    body = getattr(trunk, "trunk", trunk)
+    for parent, name in _stage_slots(body):
+        stage = parent._modules[name]
+        if stage is not None and not isinstance(stage, CheckpointedStage):
+            setattr(parent, name, CheckpointedStage(stage))
