@@ -417,6 +417,28 @@ def test_export_round_trip_into_torchvision(name: str) -> None:
         torch.testing.assert_close(reference(x), model.trunk(x))
 
 
+def test_export_strips_ddp_and_checkpoint_wrappers(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = build_swav_model("tiny", [16], 8, False, 5)
+    enable_activation_checkpointing(model)
+    expected = export_trunk_state_dict(model)
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        wrapped = nn.parallel.DistributedDataParallel(model)
+        assert all(k.startswith("module.") for k in wrapped.state_dict())
+        exported = export_trunk_state_dict(wrapped)
+    finally:
+        dist.destroy_process_group()
+    assert list(exported) == list(expected)
+    for key, value in exported.items():
+        torch.testing.assert_close(value, expected[key])
+    # Raw names (as named_parameters gives them) lose the wrapper segment too.
+    raw = {f"module.{k}": p for k, p in model.named_parameters()}
+    assert any(".checkpointed." in k for k in raw)
+    assert set(export_trunk_state_dict(raw)) <= set(expected)
+
+
 # ------------------------------------------------------------------------------- table
 
 
