@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bisect
 import random
-from collections import Counter
 from collections.abc import Iterable, Sequence
 
 #: (lo, hi): every key k with lo < k <= hi. lo None is -infinity, hi None is +infinity.
@@ -69,37 +68,57 @@ class Coverage:
 
 
 class KeyAlphabet:
-    """Per-position character frequencies of observed keys (after the feed's prefix).
+    """Which characters occur at each position of observed keys (after the feed's prefix).
 
-    This is the model random start points are drawn from; see :func:`random_start`.
+    Sets rather than frequencies on purpose: the first listing of a cycle starts at the very
+    beginning of the key space, so early observations over-represent small characters; a
+    frequency model would keep drawing them and the pool would never leave the start of the key
+    space. A set only records that a character is possible there; each new range listed adds
+    what it finds. ``explore`` is the chance of drawing from the characters seen anywhere,
+    which is how a position learns characters it has not met yet.
     """
 
-    def __init__(self, positions: int = 32) -> None:
+    def __init__(self, positions: int = 32, explore: float = 0.1) -> None:
         self.positions = positions
-        self._counts: list[Counter[str]] = [Counter() for _ in range(positions)]
-        self._tables: list[tuple[list[str], list[int]] | None] = [None] * positions
+        self.explore = explore
+        self._sets: list[set[str]] = [set() for _ in range(positions)]
+        self._all: set[str] = set()
+        self._tables: list[list[str] | None] = [None] * positions
+        self._all_table: list[str] | None = None
 
     def observe(self, suffixes: Iterable[str]) -> None:
         for s in suffixes:
             for i, ch in enumerate(s[: self.positions]):
-                self._counts[i][ch] += 1
-                self._tables[i] = None
+                if ch not in self._sets[i]:
+                    self._sets[i].add(ch)
+                    self._tables[i] = None
+                    if ch not in self._all:
+                        self._all.add(ch)
+                        self._all_table = None
 
     def empty(self) -> bool:
-        return not self._counts[0]
+        return not self._all
+
+    def chars_at(self, position: int) -> list[str]:
+        """Sorted characters seen at ``position`` (for tests and debugging)."""
+        table = self._tables[position]
+        if table is None:
+            table = sorted(self._sets[position])
+            self._tables[position] = table
+        return table
 
     def draw(self, rng: random.Random, start: int) -> str:
-        """Characters for positions ``start..`` drawn from each position's frequencies."""
+        """Characters for positions ``start..``, each uniform over those seen there."""
         out: list[str] = []
         for i in range(start, self.positions):
-            if not self._counts[i]:
+            if not self._sets[i]:
                 break
-            table = self._tables[i]
-            if table is None:
-                chars = sorted(self._counts[i])
-                table = (chars, [self._counts[i][c] for c in chars])
-                self._tables[i] = table
-            out.append(rng.choices(table[0], weights=table[1])[0])
+            if rng.random() < self.explore:
+                if self._all_table is None:
+                    self._all_table = sorted(self._all)
+                out.append(rng.choice(self._all_table))
+            else:
+                out.append(rng.choice(self.chars_at(i)))
         return "".join(out)
 
 
@@ -108,26 +127,27 @@ def random_start(
 ) -> str:
     """A random ``StartAfter`` point in the key space under ``prefix``.
 
-    Method: take a uniformly drawn known key (from the pool), keep a random-length head of it
-    (``j`` uniform in ``0..len``), and complete it with characters drawn position by position
-    from the observed character frequencies. Why this mixture:
+    Method: half of the time, a random string over the observed key alphabet (each position
+    uniform over the characters seen at that position); otherwise, a random-length head of a
+    known key (drawn uniformly from the pool) completed the same way. Why this mixture:
 
-    - ``j = 0`` is a random string over the observed key alphabet. For the common naming
-      schemes (hashes, UUIDs, zero-padded numbers) characters at each position are close to
-      independent, so such points land in proportion to key density, and they reach ranges the
-      pool has never seen (exploration).
-    - a long head is a point "just after a known key": its distribution follows the pool's keys,
-      which handles skewed layouts (``2019/`` holding ten times ``2024/``) that per-position
-      frequencies flatten (exploitation).
-    - the remaining bias, towards keys that follow an empty gap, is small because each start
-      yields a short run and a cycle uses many starts.
+    - the pure random string is exploration. For the common naming schemes (hashes, UUIDs,
+      zero-padded numbers, dates) each position takes its possible characters about equally
+      often and independently, so such points land in proportion to key density, and they reach
+      ranges the pool has never seen.
+    - the head of a known key follows the pool's own distribution, which handles skewed layouts
+      (``2019/`` holding ten times ``2024/``) that the per-position model flattens.
+    - Each cycle's pool is made of runs from these points; half of them independent of the last
+      pool, so whatever bias the first listing (which starts at the beginning of the key space)
+      left decays geometrically, by half per cycle.
+    - What remains is a mild over-sampling of keys that follow empty gaps of the key space; each
+      start yields a short run and a cycle uses many starts, which keeps it small.
 
-    No method short of a full listing is exactly uniform; the pool is re-drawn every cycle, so
-    any bias moves around rather than settling on the same keys.
+    No method short of a full listing is exactly uniform over a bucket it has not seen.
     """
     head = ""
-    if known is not None and known.startswith(prefix):
+    if known is not None and known.startswith(prefix) and rng.random() < 0.5:
         suffix = known[len(prefix) :]
-        head = suffix[: rng.randint(0, len(suffix))]
+        head = suffix[: rng.randint(1, max(1, len(suffix)))]
     point = prefix + head + alphabet.draw(rng, len(head))
     return point[:max_len]

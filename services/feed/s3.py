@@ -209,7 +209,7 @@ class S3Feed(PooledFeed):
         super().__init__(spec)
         self.bucket, self.prefix = parse_s3_uri(spec.uri)
         self.s3 = S3Access(spec, self)
-        self.chunk = max(10, min(MAX_PAGE, spec.pool_size // 16))
+        self.chunk = max(4, min(MAX_PAGE, spec.pool_size // 16))
         self._small: bool | None = None  # None until a cycle has told
         self._alphabet = KeyAlphabet()
 
@@ -236,7 +236,7 @@ class S3Feed(PooledFeed):
             coverage = Coverage(intervals)
             self._small = coverage.complete and len(accepted) <= pool_size
         else:
-            max_runs = 2 * math.ceil(pool_size / self.chunk) + 4
+            max_runs = 3 * math.ceil(pool_size / self.chunk) + 4
             start = None if self._alphabet.empty() else self._start_point()
             runs = 0
             while True:
@@ -291,7 +291,9 @@ class S3Feed(PooledFeed):
                 return intervals
             if not more:
                 intervals.append((lo, None))
-                if wrapped or start is None or (quota is not None and n >= quota):
+                # A start past the last key says nothing about where keys are: wrapping to the
+                # first keys would over-sample them, so the caller draws another start instead.
+                if wrapped or start is None or n == 0 or (quota is not None and n >= quota):
                     return intervals
                 wrapped, lo, cursor = True, None, None
                 continue
@@ -305,7 +307,4 @@ class S3Feed(PooledFeed):
         good = [k for k in keys if self.spec.accepts(k)]
         accepted.update(good)
         self._add_keys(good)
-        if keys:
-            # A few keys per page are enough to learn the alphabet; all of them would cost CPU.
-            step = max(1, len(keys) // 64)
-            self._alphabet.observe(k[len(self.prefix) :] for k in keys[::step])
+        self._alphabet.observe(k[len(self.prefix) :] for k in keys)
