@@ -10,6 +10,7 @@ fixtures in ``tests/conftest.py``). moto keeps its state in memory: a restarted 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
@@ -123,10 +124,8 @@ class MotoServer:
         """Stops the server and removes its log."""
         self.stop()
         self._log.close()
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(self._log.name)
-        except OSError:
-            pass
 
     def __enter__(self) -> MotoServer:
         return self.start()
@@ -151,7 +150,7 @@ def put_objects(client: Any, bucket: str, objects: dict[str, bytes]) -> None:
 
 
 def empty_bucket(client: Any, bucket: str, delete: bool = False) -> None:
-    """Deletes every object of ``bucket`` (and the bucket when ``delete``); ignores a missing one."""
+    """Deletes every object of ``bucket`` (and the bucket if ``delete``); a missing one is fine."""
     try:
         paginator = client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=bucket):
@@ -300,10 +299,8 @@ class FaultProxy:
             conns = list(self._conns)
             threads = list(self._handler_threads)
         for c in conns:
-            try:
+            with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         for t in threads:
             t.join(timeout=5)
         if self._thread is not None:
@@ -328,7 +325,7 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
+        def log_message(self, format: str, *args: Any) -> None:
             pass  # keep test output clean
 
         def _read_body(self) -> bytes:
@@ -351,10 +348,8 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             fault = proxy._take_fault(f"{self.command} {self.path}")
             if fault is not None and fault.kind == "drop":
                 self.close_connection = True
-                try:
+                with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 return
             if fault is not None and fault.kind == "status":
                 payload = b"" if self.command == "HEAD" else _error_body(fault.status, fault.code)
