@@ -239,6 +239,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is Literal:
         allowed = typing.get_args(tp)
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted `off` / `on` as a boolean
+            value = {False: "off", True: "on"}[value]
         if value not in allowed:
             raise ConfigError(
                 f"{key}: {value!r} is not allowed; allowed values: "

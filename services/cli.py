@@ -1,0 +1,207 @@
+"""The `seer` command: pretrain, seed, status, models, config, export.
+
+Every command validates its input before doing anything slow, and says what to do next when it
+cannot go on (a missing feed folder, an unknown preset, no checkpoint yet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from seer_core.config import ConfigError, SeerConfig, load_config, preset_names
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", "-c", default="local",
+        help="a preset name (%(default)s, seer-rg256, sslight-mobilenet, ...) or a YAML file",
+    )
+    parser.add_argument(
+        "--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one key, e.g. --set train.max_steps=100 (repeatable)",
+    )
+
+
+def _config(args: argparse.Namespace, extra: Sequence[str] = ()) -> SeerConfig:
+    return load_config(args.config, [*args.overrides, *extra])
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from services.pretrain import run_pretraining
+
+    extra = []
+    if args.max_steps is not None:
+        extra.append(f"train.max_steps={args.max_steps}")
+    if args.max_minutes is not None:
+        extra.append(f"train.max_minutes={args.max_minutes}")
+    cfg = _config(args, extra)
+    run_pretraining(cfg, address=args.address, synthetic=args.synthetic)
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from services.sample_images import generate_sample_images
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        print(f"{out} already holds files; add --force to write more", file=sys.stderr)
+        return 1
+    start = time.perf_counter()
+    n = generate_sample_images(out, args.count, seed=args.seed, progress=True)
+    print(f"wrote {n} sample images to {out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from services.storage import resolve_storage
+
+    cfg = _config(args)
+    storage = resolve_storage(cfg.checkpoint.storage, cfg.checkpoint.run_name,
+                              cfg.checkpoint.endpoint_url)
+    checkpoints = storage.list_checkpoints()
+    if not checkpoints:
+        msg = f"no checkpoint yet for run {cfg.checkpoint.run_name!r} in {storage.display}"
+        if args.json:
+            print(json.dumps({"run": cfg.checkpoint.run_name, "checkpoints": 0}))
+        else:
+            print(msg)
+        return 1
+    step, path = checkpoints[-1]
+    meta = storage.read_meta(path)
+    summary = {
+        "run": cfg.checkpoint.run_name,
+        "storage": storage.display,
+        "checkpoints": len(checkpoints),
+        "steps": [s for s, _ in checkpoints],
+        "newest": path,
+        "step": meta.get("step", step),
+        "images_seen": meta.get("images_seen"),
+        "loss": meta.get("loss"),
+        "lr": meta.get("lr"),
+        "written": meta.get("time"),
+        "age_seconds": round(time.time() - meta["time"], 1) if "time" in meta else None,
+    }
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"run {summary['run']} in {summary['storage']}")
+    steps = ', '.join(map(str, summary['steps']))
+    print(f"  checkpoints:  {summary['checkpoints']} (steps {steps})")
+    print(f"  newest:       {path}")
+    print(f"  step:         {summary['step']}")
+    print(f"  images seen:  {summary['images_seen']}")
+    if summary["loss"] is not None:
+        print(f"  loss:         {summary['loss']:.4f}")
+    if summary["lr"] is not None:
+        print(f"  lr:           {summary['lr']:.6g}")
+    if summary["age_seconds"] is not None:
+        print(f"  written:      {summary['age_seconds']:.0f} s ago")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from seer_core.models import TRUNK_NAMES, model_table
+
+    names = args.names or list(TRUNK_NAMES)
+    unknown = [n for n in names if n not in TRUNK_NAMES]
+    if unknown:
+        print(f"unknown trunk {unknown[0]!r}; allowed: {', '.join(TRUNK_NAMES)}", file=sys.stderr)
+        return 2
+    print(model_table(names))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.list:
+        print("\n".join(preset_names()))
+        return 0
+    print(_config(args).to_yaml(), end="")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from seer_core.checkpoint import load_state
+    from seer_core.models import export_trunk_state_dict
+    from seer_core.training import config_of
+
+    saved = load_state(args.checkpoint)
+    cfg = config_of(saved)
+    from seer_core.models import build_swav_model
+
+    model = build_swav_model(cfg.model.trunk, cfg.model.head_hidden, cfg.model.head_out,
+                             cfg.model.head_batchnorm, cfg.model.prototypes)
+    model.load_state_dict(saved["model"])
+    torch.save(export_trunk_state_dict(model), args.out)
+    print(f"wrote the {cfg.model.trunk} trunk (torchvision key names) of step {saved['step']} "
+          f"to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seer",
+        description="Never-ending SEER pretraining (SwAV on RegNetY) on a stream of images.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="train until stopped (Ctrl-C/SIGTERM checkpoint first)")
+    _add_config_args(p)
+    p.add_argument("--max-steps", type=int, help="stop after this step (demos, tests)")
+    p.add_argument("--max-minutes", type=float, help="stop after this many minutes")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)")
+    p.add_argument("--synthetic", action="store_true",
+                   help="train on in-memory random batches (the compute-only ceiling)")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("seed", help="write sample images for the embedded default feed")
+    p.add_argument("--out", default="runs/sample-images", help="folder (default: %(default)s)")
+    p.add_argument("--count", type=int, default=2000, help="images (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    p.set_defaults(func=cmd_seed)
+
+    p = sub.add_parser("status", help="newest checkpoint, step, images seen, loss, LR")
+    _add_config_args(p)
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("models", help="trunks: parameters, output width, GFLOPs at 224")
+    p.add_argument("names", nargs="*", help="only these trunks")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("config", help="print the resolved config (or --list the presets)")
+    _add_config_args(p)
+    p.add_argument("--list", action="store_true")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("export", help="a checkpoint's trunk as a torchvision state_dict")
+    p.add_argument("checkpoint", help="a checkpoint folder or state.pt")
+    p.add_argument("out", help="output .pt file")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "count", 1) is not None and getattr(args, "count", 1) < 1:
+        parser.error("--count must be >= 1")
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"seer: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("seer: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
