@@ -1,0 +1,124 @@
+"""DirectoryFeed: walking, filtering, re-scans, vanished files, empty feeds, threads."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from services.feed import Feed, FeedEmpty, FeedSpec, ObjectVanished, open_feed
+
+
+def wait_until(cond, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_refreshers():
+    yield
+    assert wait_until(
+        lambda: not [t for t in threading.enumerate() if t.name.startswith("seer-feed-refresh")],
+        5.0,
+    ), "a feed refresher thread outlived its test"
+
+
+def make_tree(root: Path, names: list[str]) -> None:
+    for name in names:
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(name.encode())
+
+
+def test_walks_recursively_with_extension_filter(tmp_path: Path) -> None:
+    make_tree(tmp_path, ["a.jpg", "sub/b.PNG", "sub/deeper/c.jpeg", "notes.txt", ".hidden.jpg",
+                         ".cache/d.jpg"])
+    with open_feed(f"file://{tmp_path}", refresh_seconds=60) as feed:
+        assert isinstance(feed, Feed)
+        keys = set(feed.sample(200, random.Random(0)))
+        assert keys == {str(tmp_path / n) for n in ["a.jpg", "sub/b.PNG", "sub/deeper/c.jpeg"]}
+        assert feed.fetch(str(tmp_path / "sub/b.PNG")) == b"sub/b.PNG"
+        assert feed.pool_size() == 3
+        stats = feed.stats()
+        assert stats["fetches"] == 1 and stats["bytes_fetched"] == len(b"sub/b.PNG")
+        assert stats["source_objects"] == 3
+
+
+def test_any_extension_when_empty(tmp_path: Path) -> None:
+    make_tree(tmp_path, ["a.jpg", "b.bin"])
+    with FeedSpec(str(tmp_path), extensions=()).open() as feed:
+        assert set(feed.sample(100, random.Random(0))) == {str(tmp_path / "a.jpg"),
+                                                           str(tmp_path / "b.bin")}
+
+
+def test_rescan_sees_added_and_removed_files(tmp_path: Path) -> None:
+    make_tree(tmp_path, ["a.jpg", "b.jpg"])
+    with FeedSpec(str(tmp_path), refresh_seconds=0.05).open() as feed:
+        assert feed.pool_size() in (0, 2)
+        assert wait_until(lambda: feed.pool_size() == 2)
+        make_tree(tmp_path, ["c.jpg"])
+        os.remove(tmp_path / "a.jpg")
+        assert wait_until(lambda: set(feed.keys()) == {str(tmp_path / "b.jpg"),
+                                                        str(tmp_path / "c.jpg")})
+        assert feed.stats()["refreshes"] >= 2
+
+
+def test_vanished_file_raises_and_leaves_the_pool(tmp_path: Path) -> None:
+    make_tree(tmp_path, ["a.jpg", "b.jpg"])
+    with FeedSpec(str(tmp_path), refresh_seconds=60).open() as feed:
+        assert wait_until(lambda: feed.pool_size() == 2)
+        gone = str(tmp_path / "a.jpg")
+        os.remove(gone)
+        with pytest.raises(ObjectVanished) as info:
+            feed.fetch(gone)
+        assert info.value.key == gone
+        assert gone not in feed.keys()
+        assert feed.stats()["vanished"] == 1
+
+
+def test_pool_bounded_and_uniform_over_large_directory(tmp_path: Path) -> None:
+    make_tree(tmp_path, [f"{i:03d}.jpg" for i in range(60)])
+    with FeedSpec(str(tmp_path), pool_size=20, refresh_seconds=60, seed=3).open() as feed:
+        assert wait_until(lambda: feed.pool_size() == 20)
+        assert feed.stats()["source_objects"] == 60
+        counts = Counter(feed.sample(8000, random.Random(1)))
+        assert len(counts) == 20
+        chi2 = sum((c - 400) ** 2 / 400 for c in counts.values())
+        assert chi2 < 43.8  # 19 d.o.f., p = 0.001
+
+
+def test_empty_directory_raises_feed_empty_with_reason(tmp_path: Path) -> None:
+    make_tree(tmp_path, ["only.txt"])
+    with FeedSpec(str(tmp_path), refresh_seconds=60).open() as feed:
+        with pytest.raises(FeedEmpty, match="no matching objects"):
+            feed.sample(1, random.Random(0), timeout=0.5)
+
+
+def test_missing_directory_reports_the_refresh_error_and_recovers(tmp_path: Path) -> None:
+    root = tmp_path / "later"
+    with FeedSpec(str(root), refresh_seconds=0.05).open() as feed:
+        with pytest.raises(FeedEmpty, match="does not exist"):
+            feed.sample(1, random.Random(0), timeout=0.5)
+        assert feed.stats()["refresh_errors"] >= 1
+        make_tree(root, ["x.jpg"])
+        assert feed.sample(2, random.Random(0), timeout=10) == [str(root / "x.jpg")] * 2
+
+
+def test_close_stops_the_refresher(tmp_path: Path) -> None:
+    make_tree(tmp_path, ["a.jpg"])
+    feed = FeedSpec(str(tmp_path), refresh_seconds=0.01).open()
+    feed.sample(1, random.Random(0), timeout=5)
+    feed.close()
+    feed.close()  # idempotent
+    before = feed.stats()["refreshes"]
+    time.sleep(0.1)
+    assert feed.stats()["refreshes"] == before

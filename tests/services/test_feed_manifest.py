@@ -1,0 +1,117 @@
+"""ManifestFeed with local manifests: Parquet, CSV, text; resolution; re-read on change."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from services.feed import FeedEmpty, FeedSpec, ObjectVanished
+from services.feed.manifest import ManifestFeed
+
+
+def wait_until(cond, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_refreshers():
+    yield
+    assert wait_until(
+        lambda: not [t for t in threading.enumerate() if t.name.startswith("seer-feed-refresh")],
+        5.0,
+    )
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i in range(5):
+        (d / f"{i}.jpg").write_bytes(b"img%d" % i)
+    return d
+
+
+def bump_mtime(path: Path) -> None:
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+
+
+def test_text_manifest_relative_to_its_directory(tmp_path: Path, images: Path) -> None:
+    m = tmp_path / "list.txt"
+    m.write_text("# comment\nimgs/0.jpg\n\n  imgs/1.jpg  \n" + f"{images}/2.jpg\n")
+    with FeedSpec(str(m), refresh_seconds=60).open() as feed:
+        assert isinstance(feed, ManifestFeed)
+        keys = set(feed.sample(100, random.Random(0)))
+        assert keys == {str(images / f"{i}.jpg") for i in range(3)}
+        assert feed.fetch(str(images / "1.jpg")) == b"img1"
+
+
+def test_parquet_manifest_with_base_and_uri_column_fallback(tmp_path: Path, images: Path) -> None:
+    m = tmp_path / "list.parquet"
+    pq.write_table(pa.table({"uri": ["0.jpg", "3.jpg", None], "size": [1, 2, 3]}), m)
+    spec = FeedSpec(str(m), manifest_base=str(images), refresh_seconds=60)
+    with spec.open() as feed:
+        assert set(feed.sample(50, random.Random(0))) == {str(images / "0.jpg"),
+                                                          str(images / "3.jpg")}
+    bad = FeedSpec(str(m), manifest_column="path", refresh_seconds=60)
+    with bad.open() as feed, pytest.raises(FeedEmpty, match="no column 'path'"):
+        feed.sample(1, random.Random(0), timeout=1.0)
+
+
+def test_large_parquet_manifest_is_sampled_into_the_pool(tmp_path: Path) -> None:
+    m = tmp_path / "big.parquet"
+    pq.write_table(pa.table({"key": [f"/d/{i}.jpg" for i in range(5000)]}), m, row_group_size=700)
+    with FeedSpec(str(m), pool_size=300, refresh_seconds=0.05, seed=0).open() as feed:
+        assert wait_until(lambda: feed.pool_size() == 300)
+        first = set(feed.keys())
+        assert len(first) == 300 and all(k.startswith("/d/") for k in first)
+        # Spread over the whole manifest, not its head.
+        assert max(int(k[3:-4]) for k in first) > 4000 and min(int(k[3:-4]) for k in first) < 1000
+        # Larger than the pool: re-drawn every refresh, so the pool moves through it.
+        assert wait_until(lambda: set(feed.keys()) != first)
+        assert feed.stats()["source_objects"] == 5000
+
+
+def test_csv_manifest(tmp_path: Path, images: Path) -> None:
+    m = tmp_path / "list.csv"
+    m.write_text("id,key\n1,imgs/4.jpg\n2,imgs/0.jpg\n")
+    with FeedSpec(str(m), refresh_seconds=60).open() as feed:
+        assert set(feed.sample(40, random.Random(0))) == {str(images / "4.jpg"),
+                                                          str(images / "0.jpg")}
+
+
+def test_manifest_re_read_when_changed(tmp_path: Path, images: Path) -> None:
+    m = tmp_path / "list.txt"
+    m.write_text("imgs/0.jpg\n")
+    with FeedSpec(str(m), refresh_seconds=0.05).open() as feed:
+        assert feed.sample(3, random.Random(0), timeout=5) == [str(images / "0.jpg")] * 3
+        reads = feed.stats()["manifest_reads"]
+        time.sleep(0.3)
+        assert feed.stats()["manifest_reads"] == reads  # unchanged: not re-read
+        m.write_text("imgs/1.jpg\nimgs/2.jpg\n")
+        bump_mtime(m)
+        want = {str(images / "1.jpg"), str(images / "2.jpg")}
+        assert wait_until(lambda: set(feed.keys()) == want)
+
+
+def test_vanished_entry(tmp_path: Path, images: Path) -> None:
+    m = tmp_path / "list.txt"
+    m.write_text("imgs/0.jpg\nimgs/1.jpg\n")
+    with FeedSpec(str(m), refresh_seconds=60).open() as feed:
+        assert wait_until(lambda: feed.pool_size() == 2)
+        os.remove(images / "0.jpg")
+        with pytest.raises(ObjectVanished):
+            feed.fetch(str(images / "0.jpg"))
+        assert feed.keys() == [str(images / "1.jpg")]
