@@ -1,6 +1,6 @@
 """Colour jitter and grayscale as one affine colour map, composed on the CPU per crop.
 
-Brightness, saturation, hue (approximated as a rotation about the grey axis in YIQ) and grayscale
+Brightness, saturation, hue (approximated as a rotation about the grey axis) and grayscale
 are linear maps of RGB; contrast is affine given the image's mean grey level. Whatever their
 random order, the whole jitter therefore composes into a 3x3 matrix plus an offset, which PIL
 applies to a crop in one C pass (`Image.convert("RGB", matrix)`), instead of four passes plus an
