@@ -411,8 +411,9 @@ class PooledFeed:
         self._ensure_started()
         return len(self._pool)
 
-    def keys(self) -> list[str]:
-        """A snapshot of the pool (tests, debugging)."""
+    def pooled_keys(self) -> list[str]:
+        """A snapshot of the pool (tests, debugging); like ``pool_size`` it starts the refresher."""
+        self._ensure_started()
         return self._pool.snapshot()
 
     def fetch(self, key: str) -> bytes:

@@ -67,7 +67,7 @@ def test_rescan_sees_added_and_removed_files(tmp_path: Path) -> None:
         assert wait_until(lambda: feed.pool_size() == 2)
         make_tree(tmp_path, ["c.jpg"])
         os.remove(tmp_path / "a.jpg")
-        assert wait_until(lambda: set(feed.keys()) == {str(tmp_path / "b.jpg"),
+        assert wait_until(lambda: set(feed.pooled_keys()) == {str(tmp_path / "b.jpg"),
                                                         str(tmp_path / "c.jpg")})
         assert feed.stats()["refreshes"] >= 2
 
@@ -81,7 +81,7 @@ def test_vanished_file_raises_and_leaves_the_pool(tmp_path: Path) -> None:
         with pytest.raises(ObjectVanished) as info:
             feed.fetch(gone)
         assert info.value.key == gone
-        assert gone not in feed.keys()
+        assert gone not in feed.pooled_keys()
         assert feed.stats()["vanished"] == 1
 
 
@@ -98,9 +98,9 @@ def test_pool_bounded_and_uniform_over_large_directory(tmp_path: Path) -> None:
 
 def test_empty_directory_raises_feed_empty_with_reason(tmp_path: Path) -> None:
     make_tree(tmp_path, ["only.txt"])
-    with FeedSpec(str(tmp_path), refresh_seconds=60).open() as feed:
-        with pytest.raises(FeedEmpty, match="no matching objects"):
-            feed.sample(1, random.Random(0), timeout=0.5)
+    feed = FeedSpec(str(tmp_path), refresh_seconds=60).open()
+    with feed, pytest.raises(FeedEmpty, match="no matching objects"):
+        feed.sample(1, random.Random(0), timeout=0.5)
 
 
 def test_missing_directory_reports_the_refresh_error_and_recovers(tmp_path: Path) -> None:

@@ -75,12 +75,12 @@ def test_large_parquet_manifest_is_sampled_into_the_pool(tmp_path: Path) -> None
     pq.write_table(pa.table({"key": [f"/d/{i}.jpg" for i in range(5000)]}), m, row_group_size=700)
     with FeedSpec(str(m), pool_size=300, refresh_seconds=0.05, seed=0).open() as feed:
         assert wait_until(lambda: feed.pool_size() == 300)
-        first = set(feed.keys())
+        first = set(feed.pooled_keys())
         assert len(first) == 300 and all(k.startswith("/d/") for k in first)
         # Spread over the whole manifest, not its head.
         assert max(int(k[3:-4]) for k in first) > 4000 and min(int(k[3:-4]) for k in first) < 1000
         # Larger than the pool: re-drawn every refresh, so the pool moves through it.
-        assert wait_until(lambda: set(feed.keys()) != first)
+        assert wait_until(lambda: set(feed.pooled_keys()) != first)
         assert feed.stats()["source_objects"] == 5000
 
 
@@ -103,7 +103,7 @@ def test_manifest_re_read_when_changed(tmp_path: Path, images: Path) -> None:
         m.write_text("imgs/1.jpg\nimgs/2.jpg\n")
         bump_mtime(m)
         want = {str(images / "1.jpg"), str(images / "2.jpg")}
-        assert wait_until(lambda: set(feed.keys()) == want)
+        assert wait_until(lambda: set(feed.pooled_keys()) == want)
 
 
 def test_vanished_entry(tmp_path: Path, images: Path) -> None:
@@ -114,4 +114,4 @@ def test_vanished_entry(tmp_path: Path, images: Path) -> None:
         os.remove(images / "0.jpg")
         with pytest.raises(ObjectVanished):
             feed.fetch(str(images / "0.jpg"))
-        assert feed.keys() == [str(images / "1.jpg")]
+        assert feed.pooled_keys() == [str(images / "1.jpg")]

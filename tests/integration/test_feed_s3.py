@@ -1,0 +1,238 @@
+"""S3 and S3-manifest feeds against a real moto_server, with real faults.
+
+Faults are real: a server process stopped and restarted, objects deleted and added behind the
+feed's back, 503/500 answers and dropped connections from a proxy on the wire.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from services.feed import FeedEmpty, FeedSpec, FetchFailed, ObjectVanished
+from services.feed.s3 import S3Feed
+from tests.s3server import FaultProxy, MotoServer, make_client, put_objects
+
+pytestmark = pytest.mark.integration
+
+
+def wait_until(cond, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_refreshers():
+    yield
+    assert wait_until(
+        lambda: not [t for t in threading.enumerate() if t.name.startswith("seer-feed-refresh")],
+        5.0,
+    ), "a feed refresher thread outlived its test"
+
+
+def s3_spec(bucket: str, endpoint: str, prefix: str = "img/", **kw: Any) -> FeedSpec:
+    kw.setdefault("refresh_seconds", 0.1)
+    kw.setdefault("retry_budget_s", 5.0)
+    kw.setdefault("seed", 0)
+    return FeedSpec(f"s3://{bucket}/{prefix}", endpoint_url=endpoint, **kw)
+
+
+def test_small_bucket_fully_listed_and_uniformly_sampled(s3_server, s3_client, s3_bucket):
+    keys = [f"img/{i:02d}.jpg" for i in range(12)]
+    put_objects(s3_client, s3_bucket, {k: k.encode() for k in keys})
+    put_objects(s3_client, s3_bucket, {"img/readme.txt": b"x", "other/x.jpg": b"y"})
+    with s3_spec(s3_bucket, s3_server.endpoint_url, pool_size=100).open() as feed:
+        assert isinstance(feed, S3Feed)
+        feed.sample(1, random.Random(0), timeout=10)
+        assert wait_until(lambda: sorted(feed.pooled_keys()) == keys)
+        counts = Counter(feed.sample(12_000, random.Random(1)))
+        chi2 = sum((counts[k] - 1000) ** 2 / 1000 for k in keys)
+        assert set(counts) == set(keys) and chi2 < 31.3  # 11 d.o.f., p = 0.001
+        assert feed.fetch("img/03.jpg") == b"img/03.jpg"
+        assert feed.fetch(f"s3://{s3_bucket}/img/04.jpg") == b"img/04.jpg"
+        stats = feed.stats()
+        assert stats["listings"] >= 1 and stats["fetches"] == 2
+
+
+def test_pool_bounded_and_moves_over_the_key_space(s3_server, s3_client, s3_bucket):
+    keys = [f"img/{i:04d}.jpg" for i in range(400)]
+    put_objects(s3_client, s3_bucket, {k: b"" for k in keys})
+    seen: set[str] = set()
+    with s3_spec(s3_bucket, s3_server.endpoint_url, pool_size=50, refresh_seconds=0.02).open() \
+            as feed:
+        feed.sample(1, random.Random(0), timeout=10)
+
+        def covered() -> bool:
+            pool = feed.pooled_keys()
+            assert len(pool) <= 50
+            seen.update(pool)
+            return {int(k[4:8]) // 40 for k in seen} == set(range(10))  # all ten tenths
+
+        assert wait_until(covered, timeout=30), sorted(seen)
+        assert feed.stats()["refreshes"] >= 2
+        assert len(feed.pooled_keys()) <= 50
+
+
+def test_added_objects_get_sampled_and_deleted_ones_vanish(s3_server, s3_client, s3_bucket):
+    put_objects(s3_client, s3_bucket, {f"img/{i}.jpg": b"a" for i in range(5)})
+    with s3_spec(s3_bucket, s3_server.endpoint_url, pool_size=100).open() as feed:
+        assert wait_until(lambda: feed.pool_size() == 5)
+        put_objects(s3_client, s3_bucket, {"img/new.jpg": b"new"})
+        assert wait_until(lambda: "img/new.jpg" in feed.sample(200, random.Random(0)))
+        s3_client.delete_object(Bucket=s3_bucket, Key="img/2.jpg")
+        if "img/2.jpg" in feed.pooled_keys():
+            try:
+                feed.fetch("img/2.jpg")
+                raise AssertionError("fetch of a deleted object succeeded")
+            except ObjectVanished as exc:
+                assert exc.key == "img/2.jpg"
+        assert wait_until(lambda: "img/2.jpg" not in feed.pooled_keys())
+        # And a refresh does not bring it back.
+        time.sleep(0.3)
+        assert "img/2.jpg" not in feed.pooled_keys() and len(feed.pooled_keys()) == 5
+
+
+def test_deleted_after_listing_raises_object_vanished(s3_server, s3_client, s3_bucket):
+    put_objects(s3_client, s3_bucket, {"img/a.jpg": b"a", "img/b.jpg": b"b"})
+    with s3_spec(s3_bucket, s3_server.endpoint_url, refresh_seconds=60).open() as feed:
+        assert wait_until(lambda: feed.pool_size() == 2)
+        s3_client.delete_object(Bucket=s3_bucket, Key="img/a.jpg")
+        with pytest.raises(ObjectVanished):
+            feed.fetch("img/a.jpg")
+        assert feed.pooled_keys() == ["img/b.jpg"]
+        assert feed.stats()["vanished"] == 1
+
+
+def test_throttling_and_5xx_are_retried(s3_client, s3_bucket, fault_proxy: FaultProxy):
+    put_objects(s3_client, s3_bucket, {"img/a.jpg": b"payload"})
+    spec = s3_spec(s3_bucket, fault_proxy.endpoint_url, refresh_seconds=60)
+    with spec.open() as feed:
+        feed.sample(1, random.Random(0), timeout=10)
+        get = rf"^GET /{s3_bucket}/img/a\.jpg"
+        fault_proxy.fail_next(2, 503, "SlowDown", match=get)
+        fault_proxy.fail_next(1, 500, "InternalError", match=get)
+        fault_proxy.fail_next(1, 429, "TooManyRequests", match=get)
+        fault_proxy.drop_next(1, match=get)
+        assert feed.fetch("img/a.jpg") == b"payload"
+        assert fault_proxy.faults_served == 5
+        assert feed.stats()["retries"] == 5
+
+
+def test_listing_throttled_then_recovers(s3_client, s3_bucket, fault_proxy: FaultProxy):
+    put_objects(s3_client, s3_bucket, {"img/a.jpg": b"a"})
+    fault_proxy.fail_next(4, 503, "SlowDown", match=r"list-type=2")
+    with s3_spec(s3_bucket, fault_proxy.endpoint_url).open() as feed:
+        assert feed.sample(2, random.Random(0), timeout=10) == ["img/a.jpg"] * 2
+        assert fault_proxy.faults_served == 4
+
+
+def test_persistent_5xx_fails_within_the_budget(
+    s3_client, s3_bucket, fault_proxy: FaultProxy, monkeypatch, caplog
+):
+    secret = "s3cr3t-VALUE-never-logged"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    put_objects(s3_client, s3_bucket, {"img/a.jpg": b"a"})
+    spec = s3_spec(s3_bucket, fault_proxy.endpoint_url, refresh_seconds=60, retry_budget_s=1.5,
+                   max_attempts=1000)
+    with caplog.at_level(logging.DEBUG, logger="seer"), spec.open() as feed:
+        fault_proxy.fail_next(-1, 500, "InternalError", match=rf"^GET /{s3_bucket}/img/a\.jpg")
+        t0 = time.monotonic()
+        with pytest.raises(FetchFailed) as info:
+            feed.fetch("img/a.jpg")
+        elapsed = time.monotonic() - t0
+        assert 1.0 <= elapsed < 1.5 + 2.0
+        assert info.value.reason == "InternalError" and info.value.attempts > 2
+        assert feed.stats()["fetch_failures"] == 1
+    assert secret not in str(info.value)
+    assert secret not in caplog.text
+
+
+def test_server_restart_mid_stream(fresh_s3_server: MotoServer):
+    client = make_client(fresh_s3_server.endpoint_url)
+
+    def populate(keys: list[str]) -> None:
+        client.create_bucket(Bucket="restart-bucket")
+        put_objects(client, "restart-bucket", {k: k.encode() for k in keys})
+
+    populate(["img/a.jpg", "img/b.jpg"])
+    spec = s3_spec("restart-bucket", fresh_s3_server.endpoint_url, retry_budget_s=1.0,
+                   fetch_timeout_s=2.0)
+    with spec.open() as feed:
+        assert wait_until(lambda: feed.pool_size() == 2)
+        fresh_s3_server.stop()
+        # Store down: fetches fail within the budget, the pool is kept, nothing crashes.
+        t0 = time.monotonic()
+        with pytest.raises(FetchFailed):
+            feed.fetch("img/a.jpg")
+        assert time.monotonic() - t0 < 1.0 + 3.0
+        assert wait_until(lambda: feed.stats()["refresh_errors"] >= 1)
+        assert sorted(feed.sample(10, random.Random(0))) != []
+        assert feed.pool_size() == 2
+        fresh_s3_server.start()  # same port, empty: re-create the bucket with new contents
+        populate(["img/a.jpg", "img/c.jpg"])
+        assert wait_until(lambda: sorted(feed.pooled_keys()) == ["img/a.jpg", "img/c.jpg"])
+        assert feed.fetch("img/c.jpg") == b"img/c.jpg"
+    client.close()
+
+
+def test_empty_prefix_raises_feed_empty(s3_server, s3_bucket):
+    with s3_spec(s3_bucket, s3_server.endpoint_url).open() as feed, \
+            pytest.raises(FeedEmpty, match="no matching objects"):
+        feed.sample(1, random.Random(0), timeout=1.0)
+
+
+def parquet_bytes(column: str, values: list[str]) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(pa.table({column: values}), buf)
+    return buf.getvalue()
+
+
+def test_parquet_manifest_on_s3_reread_on_change(s3_server, s3_client, s3_bucket):
+    put_objects(s3_client, s3_bucket, {"data/x.jpg": b"x", "data/y.jpg": b"y", "data/z": b"z"})
+    put_objects(s3_client, s3_bucket,
+                {"lists/m.parquet": parquet_bytes("key", ["data/x.jpg", "data/y.jpg"])})
+    spec = FeedSpec(f"s3://{s3_bucket}/lists/m.parquet", endpoint_url=s3_server.endpoint_url,
+                    refresh_seconds=0.1, retry_budget_s=5.0, seed=0)
+    with spec.open() as feed:
+        want = {f"s3://{s3_bucket}/data/x.jpg", f"s3://{s3_bucket}/data/y.jpg"}
+        assert wait_until(lambda: set(feed.pooled_keys()) == want)
+        assert feed.fetch(f"s3://{s3_bucket}/data/y.jpg") == b"y"
+        reads = feed.stats()["manifest_reads"]
+        put_objects(s3_client, s3_bucket,
+                    {"lists/m.parquet": parquet_bytes("key", ["data/z"])})  # new ETag
+        assert wait_until(lambda: feed.pooled_keys() == [f"s3://{s3_bucket}/data/z"])
+        assert feed.stats()["manifest_reads"] == reads + 1
+
+
+def test_text_manifest_on_s3_with_s3_base_and_local_manifest_of_uris(
+    s3_server, s3_client, s3_bucket, tmp_path
+):
+    put_objects(s3_client, s3_bucket, {"pre/1.jpg": b"1", "pre/2.jpg": b"2"})
+    put_objects(s3_client, s3_bucket, {"m.txt": b"1.jpg\n2.jpg\n"})
+    spec = FeedSpec(f"s3://{s3_bucket}/m.txt", endpoint_url=s3_server.endpoint_url,
+                    manifest_base=f"s3://{s3_bucket}/pre/", refresh_seconds=60, seed=0)
+    with spec.open() as feed:
+        got = set(feed.sample(50, random.Random(0), timeout=10))
+        assert got == {f"s3://{s3_bucket}/pre/1.jpg", f"s3://{s3_bucket}/pre/2.jpg"}
+        assert feed.fetch(f"s3://{s3_bucket}/pre/2.jpg") == b"2"
+    local = tmp_path / "uris.txt"
+    local.write_text(f"s3://{s3_bucket}/pre/1.jpg\n")
+    with FeedSpec(str(local), endpoint_url=s3_server.endpoint_url, refresh_seconds=60).open() as f:
+        (key,) = f.sample(1, random.Random(0), timeout=10)
+        assert f.fetch(key) == b"1"
+        s3_client.delete_object(Bucket=s3_bucket, Key="pre/1.jpg")
+        with pytest.raises(ObjectVanished):
+            f.fetch(key)
