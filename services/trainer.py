@@ -257,7 +257,12 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
                     f"{state.bad_steps} non-finite losses in a row at step {state.step}: "
                     "rolling back to the newest checkpoint"
                 )
-        if result.step % max(1, 10 * cfg.train.log_every_steps) == 0 and not result.skipped:
+        # Loss starts above ln K at initialisation: judge collapse only once the model has had
+        # its warmup and its prototypes have been free to move for a while.
+        settled = result.step > max(cfg.schedule.warmup_steps, cfg.swav.freeze_prototypes_steps)
+        if settled and result.step % max(1, 10 * cfg.train.log_every_steps) == 0 and (
+            not result.skipped
+        ):
             suspected = collapse_suspected(result.loss, n_prototypes) or (
                 result.usage_entropy < 0.05
             )
