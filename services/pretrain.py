@@ -28,6 +28,7 @@ class PretrainOutcome:
     images_seen: int
     checkpoint: str | None
     stopped_by: str
+    metrics: dict[str, Any]
 
 
 def required_cpus(cfg: SeerConfig) -> float:
@@ -221,7 +222,8 @@ def run_pretraining(
     final = storage.list_checkpoints()
     step = int(result.metrics.get("step", 0)) if result.metrics else 0
     images = int(result.metrics.get("images_seen", 0)) if result.metrics else 0
-    outcome = PretrainOutcome(step, images, final[-1][1] if final else None, stopped_by[0])
+    outcome = PretrainOutcome(step, images, final[-1][1] if final else None, stopped_by[0],
+                              dict(result.metrics or {}))
     print(
         f"stopped ({outcome.stopped_by}) at step {outcome.step}, {outcome.images_seen} images "
         f"seen; newest checkpoint: {outcome.checkpoint}",

@@ -149,7 +149,8 @@ def _queue_file(rank: int) -> str:
     return f"queue_rank{rank:05d}.pt"
 
 
-def report_checkpoint(state: TrainState, rank: int, result: StepResult | None) -> None:
+def report_checkpoint(state: TrainState, rank: int, result: StepResult | None,
+                      extra: Mapping[str, float] | None = None) -> None:
     """Every rank calls this together: rank 0 writes the state, each rank its own queue."""
     import ray.train
 
@@ -158,6 +159,7 @@ def report_checkpoint(state: TrainState, rank: int, result: StepResult | None) -
         "images_seen": state.images_seen,
         "loss": result.loss if result else float("nan"),
         "lr": result.lr if result else state.schedule.lr,
+        **(extra or {}),
     }
     with tempfile.TemporaryDirectory(prefix="seer-ckpt-") as tmp:
         wrote = False
@@ -238,6 +240,7 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
     )
 
     result: StepResult | None = None
+    run_meter = RunMeter(skip_steps=2)
     window_start = time.perf_counter()
     window_images = 0
     window_wait = 0.0
@@ -248,6 +251,7 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
         result = train_step_with_metrics(state, batch, metrics, data_wait)
         window_images += len_batch(batch) * world
         window_wait += data_wait
+        run_meter.add(len_batch(batch) * world, data_wait)
 
         if result.skipped:
             log.error("rank %d: non-finite loss at step %d (%d in a row)", rank, result.step,
@@ -293,7 +297,7 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
 
         checkpoint_now, stop_now = decider.decide(state.step)
         if checkpoint_now or stop_now:
-            report_checkpoint(state, rank, result)
+            report_checkpoint(state, rank, result, run_meter.summary())
             last_checkpoint_step = state.step
             metrics.checkpointed(state.step)
         if stop_now:
@@ -301,6 +305,32 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
                 log.info("stopping at step %d: %s", state.step, decider.stop_reason)
             return
         wait_start = time.perf_counter()
+
+
+class RunMeter:
+    """Throughput and data-wait share over the run so far, past the first (warm-up) steps."""
+
+    def __init__(self, skip_steps: int) -> None:
+        self.skip = skip_steps
+        self.start = 0.0
+        self.images = 0
+        self.wait = 0.0
+
+    def add(self, images: int, wait: float) -> None:
+        if self.skip > 0:
+            self.skip -= 1
+            if self.skip == 0:
+                self.start = time.perf_counter()
+            return
+        self.images += images
+        self.wait += wait
+
+    def summary(self) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.start if self.start else 0.0
+        if elapsed <= 0 or not self.images:
+            return {}
+        return {"run_images_per_second": self.images / elapsed,
+                "run_data_wait_share": self.wait / elapsed}
 
 
 def len_batch(batch: Mapping[str, torch.Tensor]) -> int:
