@@ -25,9 +25,9 @@ from services.feed.base import (
     FeedSpec,
     FetchFailed,
     ObjectVanished,
-    PooledFeed,
     open_feed,
 )
+from services.feed.pooled import PooledFeed
 
 __all__ = [
     "DEFAULT_IMAGE_EXTENSIONS",

@@ -21,8 +21,8 @@ from services.feed.base import (
     FeedSpec,
     FetchFailed,
     ObjectVanished,
-    PooledFeed,
 )
+from services.feed.pooled import PooledFeed
 from services.feed.retry import RetryExhausted, RetryPolicy, call_with_retry
 
 T = TypeVar("T")

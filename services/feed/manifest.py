@@ -27,8 +27,9 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from services.feed.base import FeedError, FeedSpec, ObjectVanished, PooledFeed
+from services.feed.base import FeedError, FeedSpec, ObjectVanished
 from services.feed.directory import local_path, read_local, reservoir
+from services.feed.pooled import PooledFeed
 from services.feed.s3 import S3Access, parse_s3_uri
 
 

@@ -23,10 +23,10 @@ from services.feed.base import (
     FeedSpec,
     FetchFailed,
     ObjectVanished,
-    PooledFeed,
     logger,
 )
 from services.feed.keyspace import Coverage, Interval, KeyAlphabet, random_start
+from services.feed.pooled import PooledFeed
 from services.feed.retry import (
     MISSING,
     TRANSIENT,
