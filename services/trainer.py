@@ -225,9 +225,13 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
 
     state = build_train_state(cfg, device, wrap=ray.train.torch.prepare_model)
     source = restore(state, rank, loop_config.get("resume_from"))
-    if source and rank == 0:
-        log.info("resumed from %s at step %d (%d images seen)", source, state.step,
-                 state.images_seen)
+    resumed: dict[str, float] = {}
+    if source:
+        resumed = {"resumed_step": state.step, "resumed_lr": state.schedule.lr,
+                   "resumed_queue_filled": state.queue.filled if state.queue else 0}
+        if rank == 0:
+            log.info("resumed from %s at step %d (%d images seen)", source, state.step,
+                     state.images_seen)
 
     metrics = TrainMetrics(rank)
     control = find_control(cfg.checkpoint.run_name) if rank == 0 else None
@@ -297,7 +301,7 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
 
         checkpoint_now, stop_now = decider.decide(state.step)
         if checkpoint_now or stop_now:
-            report_checkpoint(state, rank, result, run_meter.summary())
+            report_checkpoint(state, rank, result, {**resumed, **run_meter.summary()})
             last_checkpoint_step = state.step
             metrics.checkpointed(state.step)
         if stop_now:

@@ -1,0 +1,190 @@
+"""The pretraining service for real: Ray Train with 2 gloo workers, the ingest stream from a real
+S3 server, checkpoints in that S3 server, resume, a killed worker, metrics scraped over HTTP,
+and SIGTERM through the real `seer pretrain` command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from seer_core.checkpoint import load_state
+from seer_core.config import SeerConfig, load_config
+from services.pretrain import PretrainOutcome, run_pretraining
+from services.sample_images import generate_sample_images
+from services.storage import resolve_storage
+from tests.s3server import put_objects
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def image_bucket(s3_client: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A bucket of 48 small, varied sample images (the feed of every test here)."""
+    bucket = f"images-{uuid.uuid4().hex[:8]}"
+    s3_client.create_bucket(Bucket=bucket)
+    folder = tmp_path_factory.mktemp("images")
+    generate_sample_images(folder, 48, seed=1, min_side=64, max_side=160, progress=False)
+    put_objects(s3_client, bucket,
+                {f"img/{p.name}": p.read_bytes() for p in sorted(folder.iterdir())})
+    return bucket
+
+
+def service_config(endpoint: str, image_bucket: str, ckpt_bucket: str, run: str,
+                   *extra: str) -> SeerConfig:
+    return load_config("local", [
+        "model.trunk=tiny", "model.head_hidden=[32]", "model.head_out=16",
+        "model.prototypes=32", "augment.global_size=32", "augment.local_size=16",
+        "augment.min_side=16", "train.batch_size=4", "train.num_workers=2",
+        "train.torch_threads=1", "swav.queue_length=16", "swav.freeze_prototypes_steps=2",
+        "schedule.name=warmup_cosine", "schedule.warmup_steps=4", "schedule.cosine_steps=50",
+        f"feed.uri=s3://{image_bucket}/img/", f"feed.endpoint_url={endpoint}",
+        "feed.refresh_seconds=5", "ingest.actors_min=1", "ingest.actors_max=1",
+        "ingest.cpus_per_actor=0.5", "ingest.read_tasks=1", "ingest.window_images=24",
+        "ingest.read_task_cpus=0.25", "train.cpus_per_worker=0.5",
+        f"checkpoint.storage=s3://{ckpt_bucket}/runs", f"checkpoint.endpoint_url={endpoint}",
+        f"checkpoint.run_name={run}", "checkpoint.every_steps=3", "checkpoint.keep=2",
+        "checkpoint.every_minutes=0", "metrics.status_port=0", "train.log_every_steps=1",
+        *extra,
+    ])
+
+
+@pytest.fixture
+def ckpt_bucket(s3_client: Any) -> str:
+    bucket = f"ckpt-{uuid.uuid4().hex[:8]}"
+    s3_client.create_bucket(Bucket=bucket)
+    return bucket
+
+
+def test_checkpoints_retention_and_resume(ray_cluster, s3_server, image_bucket,
+                                          ckpt_bucket) -> None:
+    endpoint = s3_server.endpoint_url
+    cfg = service_config(endpoint, image_bucket, ckpt_bucket, "resume", "train.max_steps=8")
+    first = run_pretraining(cfg, install_signals=False)
+    assert first.step == 8 and first.images_seen == 8 * 4 * 2
+
+    storage = resolve_storage(cfg.checkpoint.storage, "resume", endpoint)
+    steps = [s for s, _ in storage.list_checkpoints()]
+    assert steps == [6, 8], steps  # every 3 steps + the final one, newest 2 kept
+    meta8 = storage.read_meta(storage.list_checkpoints()[-1][1])
+    assert meta8["step"] == 8
+
+    second = run_pretraining(service_config(endpoint, image_bucket, ckpt_bucket, "resume",
+                                            "train.max_steps=11"), install_signals=False)
+    assert second.metrics["resumed_step"] == 8
+    assert second.metrics["resumed_lr"] == pytest.approx(meta8["lr"])
+    assert second.metrics["resumed_queue_filled"] == 8  # 16 over 2 workers: full when saved
+    assert second.step == 11 and second.images_seen == 11 * 4 * 2
+    assert [s for s, _ in storage.list_checkpoints()] == [9, 11]
+
+    newest = storage.list_checkpoints()[-1][1]
+    with storage.filesystem.open_input_stream(f"{newest}/state.pt") as handle:
+        local = Path(os.environ.get("TMPDIR", "/tmp")) / f"state-{uuid.uuid4().hex}.pt"
+        local.write_bytes(handle.read())
+    try:
+        saved = load_state(local)
+    finally:
+        local.unlink()
+    assert saved["step"] == 11 and saved["schedule"]["steps_done"] == 11
+    assert saved["config"]["checkpoint"]["run_name"] == "resume"
+
+
+def _train_workers() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "RayTrainWorker" in cmd:
+            found.append(proc)
+    return found
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+def test_killed_worker_resumes_and_metrics_are_scraped(ray_cluster, s3_server, image_bucket,
+                                                       ckpt_bucket) -> None:
+    endpoint = s3_server.endpoint_url
+    cfg = service_config(endpoint, image_bucket, ckpt_bucket, "faults", "train.max_steps=24")
+    storage = resolve_storage(cfg.checkpoint.storage, "faults", endpoint)
+    outcome: list[PretrainOutcome] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(run_pretraining(cfg, install_signals=False))
+        except BaseException as exc:  # surfaced in the assertion below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 240
+    while not storage.list_checkpoints() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert storage.list_checkpoints(), "no checkpoint within 240 s"
+
+    # The workers' metrics reach Ray's Prometheus endpoint (Ray adds the ray_ prefix).
+    text = ""
+    while time.monotonic() < deadline:
+        text = _scrape(ray_cluster.metrics_url)
+        if "ray_seer_train_steps_total" in text and "ray_seer_ingest_images_total" in text:
+            break
+        time.sleep(1)
+    assert "ray_seer_train_steps_total" in text
+    assert "ray_seer_train_step_seconds_bucket" in text
+    assert "ray_seer_train_loss" in text
+    assert "ray_seer_ingest_images_total" in text
+
+    workers = _train_workers()
+    assert len(workers) == 2, workers
+    workers[1].kill()
+
+    thread.join(timeout=300)
+    assert not thread.is_alive(), "the run did not finish after a worker was killed"
+    assert not errors, errors
+    assert outcome[0].step == 24
+    assert outcome[0].metrics.get("resumed_step", 0) >= 3  # restarted from a checkpoint
+
+
+def test_sigterm_checkpoints_and_exits_cleanly(ray_cluster, s3_server, image_bucket,
+                                               ckpt_bucket, tmp_path: Path) -> None:
+    endpoint = s3_server.endpoint_url
+    run = "sigterm"
+    cfg = service_config(endpoint, image_bucket, ckpt_bucket, run, "checkpoint.every_steps=1000")
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(cfg.to_yaml())
+    args = [sys.executable, "-m", "services.cli", "pretrain", "--address", ray_cluster.address,
+            "--config", str(config_file)]
+    log = tmp_path / "pretrain.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline and "step " not in log.read_text():
+                assert proc.poll() is None, log.read_text()
+                time.sleep(1)
+            assert "step " in log.read_text(), log.read_text()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=180) == 0, log.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert "stopped (SIGTERM)" in text, text
+    storage = resolve_storage(cfg.checkpoint.storage, run, endpoint)
+    checkpoints = storage.list_checkpoints()
+    assert checkpoints and checkpoints[-1][0] > 0  # the final checkpoint, not a periodic one
