@@ -92,9 +92,10 @@ def test_windows_are_fresh_every_pass(image_dir: Path) -> None:
 
 
 def test_stream_yields_batches_pass_after_pass(ray_cluster: Any, image_dir: Path) -> None:
+    """Three passes through the task-based variant (the actor pool is covered over S3)."""
     cfg = stream_cfg(str(image_dir))
     stats = start_stats()
-    ds = build_stream(cfg, stats=stats)
+    ds = build_stream(cfg, stats=stats, compute="tasks")
     passes = 3
     per_pass: list[int] = []
     for _ in range(passes):
@@ -125,6 +126,8 @@ def test_stream_yields_batches_pass_after_pass(ray_cluster: Any, image_dir: Path
 
 def test_dataset_factory_is_picklable_and_builds(ray_cluster: Any, image_dir: Path) -> None:
     cfg = stream_cfg(str(image_dir), target_max_block_mb=3)
+    with pytest.raises(ValueError, match="compute"):
+        dataset_factory(cfg, compute="threads")
     factory = pickle.loads(pickle.dumps(dataset_factory(cfg)))
     ds = factory()
     from ray.data import DataContext

@@ -1,0 +1,275 @@
+"""Ingest benchmark: what the ingest stage costs on top of multi-crop, and how actors scale.
+
+1. Per core, single thread, same images in memory: images/s of ``build_multicrop`` alone and of
+   ``IngestWorker.process_bytes`` (guards, metrics, counting, collation into a batch). The
+   ingest overhead is the relative slowdown; the target is <= 15 %.
+2. End to end: N ingest actors (``--actors 1 2``) behind the Ray Data stream, reading from an S3
+   server (a local ``moto_server`` with the images uploaded, or ``--s3 s3://bucket/prefix`` with
+   ``--endpoint``). Reports images/s within passes (steady state) and overall (pass switches
+   included), and the 1 -> 2 actor scaling.
+
+    python benchmarks/ingest.py                      # 40 generated 1080-px photos
+    python benchmarks/ingest.py --images DIR --seconds 20 --actors 1 2 4
+
+Figures depend on the machine and on whatever else runs on it: quote them with both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from seer_core.augment import build_multicrop  # noqa: E402
+from seer_core.config import SeerConfig, config_from_dict  # noqa: E402
+from services.ingest import IngestWorker  # noqa: E402
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def load_images(folder: str | None, n: int, side: int) -> list[tuple[str, bytes]]:
+    """``n`` encoded images from ``folder``, or freshly generated ~``side``-px photos."""
+    if folder is None:
+        from services.sample_images import generate_photo_like_jpegs
+
+        tmp = tempfile.mkdtemp(prefix="seer-bench-ingest-")
+        try:
+            paths = generate_photo_like_jpegs(tmp, n, side=side, seed=0)
+            return [(p.name, p.read_bytes()) for p in paths]
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise SystemExit(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+    return [(p.name, p.read_bytes()) for p in paths[:n]]
+
+
+def bench_cfg(recipe: str, **ingest: Any) -> SeerConfig:
+    return config_from_dict(
+        {"augment": {"recipe": recipe}, "ingest": {"max_object_bytes": 64 << 20, **ingest}}
+    )
+
+
+def per_core(images: list[tuple[str, bytes]], recipe: str, seconds: float, rounds: int,
+             batch: int) -> dict[str, float]:
+    """Single-thread images/s of multi-crop alone vs the ingest worker, interleaved rounds.
+
+    Rounds alternate A/B so that load from other processes hits both alike; the best round of
+    each is reported (the least disturbed), with the median alongside.
+    """
+    torch.set_num_threads(1)
+    multicrop = build_multicrop(recipe, seed=0)
+    worker = IngestWorker(bench_cfg(recipe), seed=0, metrics_backend="prometheus")
+    per_round = seconds / (2 * rounds)
+    datas = [d for _, d in images]
+
+    def run_multicrop() -> float:
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < per_round:
+            for data in datas:
+                multicrop(data)
+                count += 1
+        return count / (time.perf_counter() - start)
+
+    def run_worker() -> float:
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < per_round:
+            for i in range(0, len(images), batch):
+                result = worker.process_bytes(images[i : i + batch])
+                count += len(result.keys)
+        return count / (time.perf_counter() - start)
+
+    run_multicrop(), run_worker()  # warm-up: caches, allocator, lazy imports
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(run_multicrop())
+        b.append(run_worker())
+    return {
+        "multicrop_best": max(a), "worker_best": max(b),
+        "multicrop_median": statistics.median(a), "worker_median": statistics.median(b),
+    }
+
+
+# -- S3 server -----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalMoto:
+    """A throwaway moto_server on 127.0.0.1 (dummy credentials, set for this process only)."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        exe = Path(sys.executable).with_name("moto_server")
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
+        self.proc = subprocess.Popen(
+            [*cmd, "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.close()
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.1)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def upload(endpoint: str, images: list[tuple[str, bytes]]) -> str:
+    import boto3
+    import botocore.config
+
+    client = boto3.session.Session(region_name="us-east-1").client(
+        "s3", endpoint_url=endpoint, config=botocore.config.Config(s3={"addressing_style": "path"})
+    )
+    bucket = f"bench-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    for name, data in images:
+        client.put_object(Bucket=bucket, Key=f"images/{name}", Body=data)
+    return f"s3://{bucket}/images/"
+
+
+def end_to_end(uri: str, endpoint: str | None, actors: list[int], recipe: str, seconds: float,
+               window: int, batch: int) -> dict[int, dict[str, float]]:
+    """Images/s out of the stream with N actors, for each N."""
+    import ray
+
+    from services.stream import build_stream
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=max(actors) + 1, include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR")
+    out: dict[int, dict[str, float]] = {}
+    try:
+        for n in actors:
+            cfg = bench_cfg(recipe, actors_min=n, actors_max=n, cpus_per_actor=1.0,
+                            read_tasks=2, window_images=window, read_task_cpus=0.25)
+            cfg.feed.uri = uri
+            cfg.feed.endpoint_url = endpoint
+            cfg.train.batch_size = batch
+            ds = build_stream(cfg)
+            total_rows, total_start = 0, None
+            steady_rows, steady_s = 0, 0.0
+            passes = 0
+            while total_start is None or time.perf_counter() - total_start < seconds:
+                first = last = None
+                rows = first_rows = 0
+                for b in ds.iter_torch_batches(batch_size=batch, drop_last=False):
+                    now = time.perf_counter()
+                    if first is None:
+                        first, first_rows = now, b["crops_224"].shape[0]
+                    last = now
+                    rows += b["crops_224"].shape[0]
+                passes += 1
+                if passes == 1:
+                    total_start = time.perf_counter()  # the first pass pays for imports
+                    continue
+                total_rows += rows
+                if first is not None and last is not None and last > first:
+                    steady_rows += rows - first_rows
+                    steady_s += last - first
+            elapsed = time.perf_counter() - (total_start or time.perf_counter())
+            out[n] = {
+                "overall": total_rows / elapsed if elapsed else 0.0,
+                "steady": steady_rows / steady_s if steady_s else 0.0,
+                "passes": passes - 1,
+            }
+            print(f"  {n} actor(s): {out[n]['steady']:.1f} img/s within passes, "
+                  f"{out[n]['overall']:.1f} img/s overall ({passes - 1} timed passes of "
+                  f"{2 * window} images)", flush=True)
+    finally:
+        ray.shutdown()
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", help="folder of images (default: generate --n photos)")
+    ap.add_argument("--n", type=int, default=40, help="images to use / generate")
+    ap.add_argument("--side", type=int, default=1080, help="side of generated photos")
+    ap.add_argument("--recipe", default="seer")
+    ap.add_argument("--seconds", type=float, default=12.0, help="time per measurement")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved A/B rounds (per core)")
+    ap.add_argument("--batch", type=int, default=16, help="images per ingest batch")
+    ap.add_argument("--window", type=int, default=48, help="images per read task per pass")
+    ap.add_argument("--actors", type=int, nargs="*", default=[1, 2])
+    ap.add_argument("--s3", help="s3://bucket/prefix of an existing bucket (else a local moto)")
+    ap.add_argument("--endpoint", help="S3 endpoint URL for --s3")
+    ap.add_argument("--skip-ray", action="store_true", help="only the per-core comparison")
+    args = ap.parse_args(argv)
+
+    images = load_images(args.images, args.n, args.side)
+    mean_kb = sum(len(d) for _, d in images) / len(images) / 1024
+    print(f"{len(images)} images, {mean_kb:.0f} KiB on average, recipe {args.recipe}, "
+          f"{os.cpu_count()} CPUs visible (load avg {os.getloadavg()[0]:.1f})", flush=True)
+
+    r = per_core(images, args.recipe, args.seconds, args.rounds, args.batch)
+    overhead = r["multicrop_best"] / r["worker_best"] - 1
+    print("per core (1 thread):")
+    print(f"  build_multicrop alone: {r['multicrop_best']:.1f} img/s "
+          f"(median {r['multicrop_median']:.1f})")
+    print(f"  IngestWorker:          {r['worker_best']:.1f} img/s "
+          f"(median {r['worker_median']:.1f})")
+    print(f"  ingest overhead:       {100 * overhead:+.1f} % (target <= 15 %)", flush=True)
+
+    if args.skip_ray or not args.actors:
+        return
+    print("end to end (S3 -> read tasks -> ingest actors -> iter_torch_batches):", flush=True)
+    server = None
+    try:
+        if args.s3:
+            uri, endpoint = args.s3, args.endpoint
+        else:
+            dummy = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+            for k, v in dummy.items():
+                os.environ.setdefault(k, v)
+            server = LocalMoto()
+            endpoint = server.endpoint
+            uri = upload(endpoint, images)
+        res = end_to_end(uri, endpoint, sorted(set(args.actors)), args.recipe, args.seconds,
+                         args.window, args.batch)
+    finally:
+        if server is not None:
+            server.close()
+    if 1 in res and 2 in res and res[1]["steady"]:
+        print(f"  scaling 1 -> 2 actors: x{res[2]['steady'] / res[1]['steady']:.2f} within "
+              f"passes, x{res[2]['overall'] / max(res[1]['overall'], 1e-9):.2f} overall")
+
+
+if __name__ == "__main__":
+    main()
