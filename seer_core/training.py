@@ -219,8 +219,7 @@ def prepare_inputs(state: TrainState, batch: Mapping[str, torch.Tensor]) -> list
     for g in groups:
         g = torch.as_tensor(g).to(state.device, non_blocking=True)
         if state.photometric is not None:
-            x = state.photometric(g.float().div_(255), generator=state.generator)
-            x = normalize((x * 255).round_().to(torch.uint8))
+            x = normalize(state.photometric(g.float().div_(255), generator=state.generator))
         else:
             x = normalize(g)
         if state.cfg.model.channels_last:

@@ -30,6 +30,7 @@ from seer_core.training import (
     build_train_state,
     load_state_dict,
     state_dict,
+    train_step,
 )
 from services.storage import META_FILE, resolve_storage
 from services.train_metrics import TrainMetrics
@@ -343,8 +344,6 @@ def len_batch(batch: Mapping[str, torch.Tensor]) -> int:
 
 def train_step_with_metrics(state: TrainState, batch: Mapping[str, torch.Tensor],
                             metrics: TrainMetrics, data_wait: float) -> StepResult:
-    from seer_core.training import train_step
-
     result = train_step(state, batch)
     metrics.observe(state, result, data_wait)
     return result
