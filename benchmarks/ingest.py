@@ -162,8 +162,12 @@ def upload(endpoint: str, images: list[tuple[str, bytes]]) -> str:
 
 
 def end_to_end(uri: str, endpoint: str | None, actors: list[int], recipe: str, seconds: float,
-               window: int, batch: int) -> dict[int, dict[str, float]]:
-    """Images/s out of the stream with N actors, for each N."""
+               window: int, batch: int, compute: str) -> dict[int, dict[str, float]]:
+    """Images/s out of the stream with N actors (or N concurrent tasks), for each N.
+
+    ``steady``: images per second between the first and the last batch of a pass (the decode
+    rate); ``overall``: over whole passes, pass switches (and actor start-up) included.
+    """
     import ray
 
     from services.stream import build_stream
@@ -171,6 +175,7 @@ def end_to_end(uri: str, endpoint: str | None, actors: list[int], recipe: str, s
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # One CPU per ingest worker plus one for the read tasks (0.25 CPU each).
     ray.init(num_cpus=max(actors) + 1, include_dashboard=False, log_to_driver=False,
              logging_level="ERROR")
     out: dict[int, dict[str, float]] = {}
@@ -181,7 +186,7 @@ def end_to_end(uri: str, endpoint: str | None, actors: list[int], recipe: str, s
             cfg.feed.uri = uri
             cfg.feed.endpoint_url = endpoint
             cfg.train.batch_size = batch
-            ds = build_stream(cfg)
+            ds = build_stream(cfg, compute=compute)
             total_rows, total_start = 0, None
             steady_rows, steady_s = 0, 0.0
             passes = 0
@@ -208,7 +213,7 @@ def end_to_end(uri: str, endpoint: str | None, actors: list[int], recipe: str, s
                 "steady": steady_rows / steady_s if steady_s else 0.0,
                 "passes": passes - 1,
             }
-            print(f"  {n} actor(s): {out[n]['steady']:.1f} img/s within passes, "
+            print(f"  {compute}, {n} worker(s): {out[n]['steady']:.1f} img/s within passes, "
                   f"{out[n]['overall']:.1f} img/s overall ({passes - 1} timed passes of "
                   f"{2 * window} images)", flush=True)
     finally:
@@ -225,7 +230,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=12.0, help="time per measurement")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved A/B rounds (per core)")
     ap.add_argument("--batch", type=int, default=16, help="images per ingest batch")
-    ap.add_argument("--window", type=int, default=48, help="images per read task per pass")
+    ap.add_argument("--window", type=int, default=160, help="images per read task per pass")
+    ap.add_argument("--compute", nargs="*", default=["actors"], choices=["actors", "tasks"],
+                    help="ingest on an actor pool (default) and/or on tasks")
     ap.add_argument("--actors", type=int, nargs="*", default=[1, 2])
     ap.add_argument("--s3", help="s3://bucket/prefix of an existing bucket (else a local moto)")
     ap.add_argument("--endpoint", help="S3 endpoint URL for --s3")
@@ -261,14 +268,16 @@ def main(argv: list[str] | None = None) -> None:
             server = LocalMoto()
             endpoint = server.endpoint
             uri = upload(endpoint, images)
-        res = end_to_end(uri, endpoint, sorted(set(args.actors)), args.recipe, args.seconds,
-                         args.window, args.batch)
+        for compute in args.compute:
+            res = end_to_end(uri, endpoint, sorted(set(args.actors)), args.recipe, args.seconds,
+                             args.window, args.batch, compute)
+            if 1 in res and 2 in res and res[1]["steady"]:
+                print(f"  {compute}: scaling 1 -> 2: x{res[2]['steady'] / res[1]['steady']:.2f} "
+                      f"within passes, x{res[2]['overall'] / max(res[1]['overall'], 1e-9):.2f} "
+                      "overall", flush=True)
     finally:
         if server is not None:
             server.close()
-    if 1 in res and 2 in res and res[1]["steady"]:
-        print(f"  scaling 1 -> 2 actors: x{res[2]['steady'] / res[1]['steady']:.2f} within "
-              f"passes, x{res[2]['overall'] / max(res[1]['overall'], 1e-9):.2f} overall")
 
 
 if __name__ == "__main__":

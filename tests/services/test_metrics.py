@@ -154,8 +154,10 @@ def test_serve_over_http(registry: prometheus_client.CollectorRegistry) -> None:
         thread.join(timeout=5)
 
 
-def test_auto_backend_outside_ray(registry: prometheus_client.CollectorRegistry) -> None:
-    if metrics.ray_active():
-        pytest.skip("a Ray session is active in this process (integration tests ran first)")
+def test_auto_backend_follows_ray(registry: prometheus_client.CollectorRegistry) -> None:
+    """Outside Ray: prometheus_client; inside (the integration session may be up): Ray's."""
     g = metrics.gauge("seer_test_auto_keys", "x", registry=registry)
-    assert g.backend == "prometheus"
+    assert g.backend == ("ray" if metrics.ray_active() else "prometheus")
+    g.set(3)
+    if g.backend == "prometheus":
+        assert _value(registry, "seer_test_auto_keys") == 3
