@@ -9,6 +9,7 @@ from .batching import collate_crops, crops_to_groups
 from .colour import PhotometricParams
 from .crops import (
     MultiCrop,
+    box_reduction,
     build_multicrop,
     max_reduction,
     min_box_side,
@@ -36,6 +37,7 @@ __all__ = [
     "MultiCrop",
     "MultiCropRecipe",
     "PhotometricParams",
+    "box_reduction",
     "build_multicrop",
     "collate_crops",
     "crops_to_groups",

@@ -140,9 +140,11 @@ def apply_affine(img: Image.Image, m: np.ndarray, t: np.ndarray) -> Image.Image:
     return img.convert("RGB", matrix=tuple(float(v) for v in matrix))
 
 
-def sample_jitter(
-    params: PhotometricParams, rng: random.Random
-) -> tuple[list[int], tuple[float, float, float, float] | None, bool, float | None]:
+# (order, factors or None, grayscale?, blur sigma or None), as drawn by `sample_jitter`.
+JitterDraw = tuple[list[int], tuple[float, float, float, float] | None, bool, float | None]
+
+
+def sample_jitter(params: PhotometricParams, rng: random.Random) -> JitterDraw:
     """Draw (order, factors or None, grayscale?, blur sigma or None) like SwAV's pipeline does."""
     factors = None
     order = [BRIGHTNESS, CONTRAST, SATURATION, HUE]
@@ -164,13 +166,28 @@ def _mean_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.reduce(img.size).getpixel((0, 0)), dtype=np.float64)
 
 
-def photometric_pil(img: Image.Image, params: PhotometricParams, rng: random.Random) -> Image.Image:
-    """Colour jitter (random order) -> grayscale -> Gaussian blur on one RGB crop."""
-    order, factors, grayscale, sigma = sample_jitter(params, rng)
+def apply_photometric(img: Image.Image, draw: JitterDraw) -> Image.Image:
+    """Apply a `sample_jitter` draw: one affine colour pass, then the blur.
+
+    A grayscale crop comes back in mode "L": its composed map has three equal rows, so one
+    output band (a cheaper pass, and a third of the bytes to copy) holds the whole result;
+    expanding it to RGB is left to the final tensor copy.
+    """
+    order, factors, grayscale, sigma = draw
     if factors is not None or grayscale:
-        mean = _mean_rgb(img) if factors else np.zeros(3)
+        mean = _mean_rgb(img) if factors else _ZERO
         m, t = compose_jitter(order, factors, grayscale, mean)
-        img = apply_affine(img, m, t)
+        if grayscale:
+            row = (float(m[0, 0]), float(m[0, 1]), float(m[0, 2]), float(t[0]))
+            img = img.convert("L", matrix=row)
+        else:
+            img = apply_affine(img, m, t)
     if sigma is not None:
         img = img.filter(ImageFilter.GaussianBlur(radius=sigma))
     return img
+
+
+def photometric_pil(img: Image.Image, params: PhotometricParams, rng: random.Random) -> Image.Image:
+    """Colour jitter (random order) -> grayscale -> Gaussian blur on one RGB crop."""
+    out = apply_photometric(img, sample_jitter(params, rng))
+    return out.convert("RGB") if out.mode != "RGB" else out

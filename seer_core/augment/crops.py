@@ -1,10 +1,12 @@
 """Multi-crop: encoded bytes -> the recipe's crops, as uint8 tensors, in one decode.
 
 Speed is the point of this module (the ingest CPUs must keep GPUs fed): an image is decoded once,
-at reduced size when no crop can lose resolution; each crop is resampled straight from the decoded
-image (`Image.resize(box=...)`, no intermediate crop copy); the colour jitter is one affine pass
-(see `colour.py`); only the final crop is copied into a tensor. Normalisation happens later, on
-the trainer's device, because uint8 is 4x smaller on the wire.
+and every random choice for it (boxes, flips, colour) is drawn from the header's size *before*
+decoding, so that a JPEG can be decoded at 1/2, 1/4 or 1/8 scale whenever none of *this image's*
+boxes would then have fewer pixels than its output (`box_reduction`); each crop is resampled
+straight from the decoded image (`Image.resize(box=...)`, no intermediate crop copy); the colour
+jitter is one affine pass (see `colour.py`); only the final crop is copied into a tensor.
+Normalisation happens later, on the trainer's device, because uint8 is 4x smaller on the wire.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .colour import PhotometricParams, photometric_pil
+from .colour import JitterDraw, PhotometricParams, apply_photometric, sample_jitter
 from .decode import decode_image
 from .recipes import CropGroup, MultiCropRecipe, resolve_recipe
 
@@ -90,15 +92,34 @@ def max_reduction(width: int, height: int, recipe: MultiCropRecipe) -> int:
     return 1
 
 
+def box_reduction(boxes: Sequence[tuple[int, int, int, int]], sizes: Sequence[int]) -> int:
+    """The largest JPEG draft reduction (8, 4, 2, else 1) under which no given crop loses pixels.
+
+    `boxes` are (top, left, h, w) at full resolution, `sizes` their output sides: a reduction k
+    is allowed when every box still spans at least its output size per side after dividing by
+    k, so each resize stays a downscale (or as much of an upscale as at full resolution: a box
+    already smaller than its output forbids any reduction). Unlike `max_reduction`, this looks at
+    the boxes actually drawn for the image, not the worst the recipe could draw, which is what
+    lets ~1080 px photos decode at half size most of the time.
+    """
+    side = min((min(b[2], b[3]) / s for b, s in zip(boxes, sizes, strict=True)), default=0.0)
+    return next((k for k in DRAFT_REDUCTIONS if side >= k), 1)
+
+
 def to_tensor_uint8(img: Image.Image, flip: bool = False) -> torch.Tensor:
-    """An RGB PIL image as a contiguous uint8 [3, h, w] tensor, optionally mirrored.
+    """An RGB (or grey "L") PIL image as a contiguous uint8 [3, h, w] tensor, optionally mirrored.
 
     Copies plane by plane (PIL packs one band contiguously in C, then one contiguous copy), about
-    4x faster than transposing an HWC array; the horizontal flip rides along in that copy.
+    4x faster than transposing an HWC array; the horizontal flip rides along in that copy. An
+    "L" image fills all three planes (a grayscale crop leaves colour conversion to this copy).
     """
     w, h = img.size
     out = torch.empty((3, h, w), dtype=torch.uint8)
     planes = out.numpy()
+    if img.mode == "L":
+        plane = np.frombuffer(img.tobytes(), dtype=np.uint8).reshape(h, w)
+        planes[:] = plane[:, ::-1] if flip else plane
+        return out
     for i, band in enumerate("RGB"):
         plane = np.frombuffer(img.tobytes("raw", band), dtype=np.uint8).reshape(h, w)
         planes[i] = plane[:, ::-1] if flip else plane
@@ -136,31 +157,47 @@ class MultiCrop:
         """Restart the random stream (e.g. per worker, or to replay exactly)."""
         self._rng.seed(seed)
 
-    def _reduction_for(self, width: int, height: int) -> int:
-        return max_reduction(width, height, self.recipe)
+    def _plan(
+        self, width: int, height: int
+    ) -> list[tuple[CropGroup, tuple[int, int, int, int], bool, JitterDraw | None]]:
+        """Every random choice for one image, in recipe order: (group, box, flip, colour draw)."""
+        rng = self._rng
+        plan = []
+        for group in self.recipe.groups:
+            for _ in range(group.count):
+                box = sample_crop_box(width, height, group.scale, group.ratio, rng)
+                flip = rng.random() < 0.5
+                draw = sample_jitter(self.params, rng) if self.photometric else None
+                plan.append((group, box, flip, draw))
+        return plan
 
     def __call__(self, data: bytes) -> list[torch.Tensor]:
+        plan: list[tuple[CropGroup, tuple[int, int, int, int], bool, JitterDraw | None]] = []
+
+        def reduction_for(width: int, height: int) -> int:
+            # Called by the decoder with the upright full size, before decoding a JPEG.
+            plan.extend(self._plan(width, height))
+            return box_reduction([p[1] for p in plan], [p[0].size for p in plan])
+
         decoded = decode_image(
             data,
             max_pixels=self.max_pixels,
             min_side=self.min_side,
-            reduction_for=self._reduction_for,
+            reduction_for=reduction_for,
         )
-        img, width, height = decoded.image, decoded.width, decoded.height
-        inv = 1.0 / decoded.reduction
-        rng = self._rng
+        img = decoded.image
         out: list[torch.Tensor] = []
-        for group in self.recipe.groups:
-            size = (group.size, group.size)
-            for _ in range(group.count):
-                top, left, h, w = sample_crop_box(width, height, group.scale, group.ratio, rng)
-                box = (left * inv, top * inv, (left + w) * inv, (top + h) * inv)
-                crop = img.resize(size, group.resample, box=box, reducing_gap=REDUCING_GAP)
-                flip = rng.random() < 0.5
-                if self.photometric:
-                    # Colour ops commute with a mirror: flipping in the final copy is free.
-                    crop = photometric_pil(crop, self.params, rng)
-                out.append(to_tensor_uint8(crop, flip))
+        for group, box, flip, draw in plan:
+            crop = img.resize(
+                (group.size, group.size),
+                group.resample,
+                box=decoded.map_box(*box),
+                reducing_gap=REDUCING_GAP,
+            )
+            if draw is not None:
+                # Colour ops commute with a mirror: flipping in the final copy is free.
+                crop = apply_photometric(crop, draw)
+            out.append(to_tensor_uint8(crop, flip))
         return out
 
     def __repr__(self) -> str:

@@ -53,17 +53,42 @@ class ImageRejected(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
+# Oriented axes that run backwards through the stored pixels, per EXIF orientation: (x, y).
+# A reduced decode has ceil(side / k) pixels per side, so where an axis is reversed the partial
+# last DCT block lands at the start and every mapped coordinate shifts by the rounding excess.
+_REVERSED_AXES: dict[int, tuple[bool, bool]] = {
+    1: (False, False),
+    2: (True, False),
+    3: (True, True),
+    4: (False, True),
+    5: (False, False),
+    6: (True, False),
+    7: (True, True),
+    8: (False, True),
+}
+
+
 class DecodedImage(NamedTuple):
     """An upright RGB image plus the full-resolution size that crop boxes are sampled in.
 
     `image` may be smaller than (`width`, `height`) by the integer `reduction` (reduced-size JPEG
-    decoding); crop boxes sampled at full resolution are divided by it.
+    decoding); crop boxes sampled at full resolution are mapped into it by `map_box`, which also
+    applies the sub-pixel `offset_x`/`offset_y` of a reduced decode seen through an EXIF flip.
     """
 
     image: Image.Image
     width: int
     height: int
     reduction: int
+    offset_x: float = 0.0
+    offset_y: float = 0.0
+
+    def map_box(self, top: int, left: int, h: int, w: int) -> tuple[float, float, float, float]:
+        """A full-resolution (top, left, h, w) box as PIL's (x0, y0, x1, y1) in `image`."""
+        inv = 1.0 / self.reduction
+        x0 = left * inv + self.offset_x
+        y0 = top * inv + self.offset_y
+        return x0, y0, x0 + w * inv, y0 + h * inv
 
 
 def _open_unchecked(data: bytes) -> ImageFile.ImageFile:
@@ -169,6 +194,18 @@ def _orientation(im: Image.Image) -> int:
     return value if isinstance(value, int) and value in _ORIENT_TRANSPOSE else 1
 
 
+def draft_scale(width: int, height: int, reduction: int) -> int:
+    """The DCT scale PIL's JPEG `draft` picks when asked for 1/`reduction` of the size.
+
+    `draft` rounds the request to a power of two that may be larger than asked (small images);
+    callers compare with the reduction they can afford before asking.
+    """
+    if reduction <= 1:
+        return 1
+    ratio = min(width // max(1, width // reduction), height // max(1, height // reduction))
+    return next(s for s in (8, 4, 2, 1) if ratio >= s)
+
+
 def decode_image(
     data: bytes,
     *,
@@ -178,26 +215,38 @@ def decode_image(
 ) -> DecodedImage:
     """Decode to an upright RGB image, reduced at decode time where `reduction_for` allows.
 
-    `reduction_for(width, height)` gets the full stored size and returns the largest reduction
-    (1, 2, 4 or 8) that loses no output resolution; it is used only for JPEG, whose decoder can
-    skip DCT coefficients (several times faster than decoding fully and resizing).
+    `reduction_for(width, height)` is called exactly once, with the full-resolution size in the
+    upright (EXIF-oriented) frame, before any pixel is decoded for JPEG (after, for formats that
+    cannot decode reduced); it returns the largest reduction (1, 2, 4 or 8) that loses no output
+    resolution. That lets a caller sample its crop boxes first and pick the reduction from them.
+    The reduction is used only for JPEG, whose decoder can skip DCT coefficients (faster than
+    decoding fully and resizing), and only when `draft` would honour it exactly.
     Truncated data is always rejected: `ImageFile.LOAD_TRUNCATED_IMAGES` is forced off, since a
     silently grey-filled half image would poison the crops.
     """
     im = open_image(data, max_pixels=max_pixels, min_side=min_side)
-    width, height = im.size
+    stored_w, stored_h = im.size
     reduction = 1
     try:
-        if reduction_for is not None and im.format in ("JPEG", "MPO"):
-            want = int(reduction_for(width, height))
-            if want > 1:
-                drafted = im.draft("RGB", (max(1, width // want), max(1, height // want)))
-                if drafted is not None:
-                    reduction = max(1, round(width / drafted[1][2]))
         if ImageFile.LOAD_TRUNCATED_IMAGES:
             ImageFile.LOAD_TRUNCATED_IMAGES = False
-        im.load()  # first frame only, for animated GIF/PNG/WebP
-        orientation = _orientation(im)
+        draftable = im.format in ("JPEG", "MPO")
+        if draftable:
+            # JPEG EXIF sits in the header: the orientation is known before decoding.
+            orientation = _orientation(im)
+        else:
+            im.load()  # first frame only, for animated GIF/PNG/WebP; PNG's eXIf may follow IDAT
+            orientation = _orientation(im)
+        swap = orientation in (5, 6, 7, 8)
+        width, height = (stored_h, stored_w) if swap else (stored_w, stored_h)
+        want = int(reduction_for(width, height)) if reduction_for is not None else 1
+        while want > 1 and draft_scale(stored_w, stored_h, want) != want:
+            want //= 2  # draft would round up to a coarser scale: settle for a finer one
+        if draftable and want > 1:
+            drafted = im.draft("RGB", (stored_w // want, stored_h // want))
+            if drafted is not None:
+                reduction = max(1, round(stored_w / drafted[1][2]))
+        im.load()
         rgb = to_rgb(im)
     except ImageRejected:
         raise
@@ -209,6 +258,12 @@ def decode_image(
         raise ImageRejected("corrupt", f"{type(exc).__name__}: {exc}") from exc
     if orientation != 1:
         rgb = rgb.transpose(_ORIENT_TRANSPOSE[orientation])
-        if orientation in (5, 6, 7, 8):
-            width, height = height, width
-    return DecodedImage(rgb, width, height, reduction)
+    offset_x = offset_y = 0.0
+    if reduction > 1:
+        # Where an oriented axis runs backwards, the partial last block comes first.
+        rev_x, rev_y = _REVERSED_AXES[orientation]
+        if rev_x:
+            offset_x = rgb.size[0] - width / reduction
+        if rev_y:
+            offset_y = rgb.size[1] - height / reduction
+    return DecodedImage(rgb, width, height, reduction, offset_x, offset_y)
