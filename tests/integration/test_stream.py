@@ -152,3 +152,46 @@ def test_ingest_metrics_reach_rays_endpoint(ray_cluster: Any) -> None:
     assert sum(float(ln.rsplit(" ", 1)[1]) for ln in lines) >= READ_TASKS * WINDOW
     assert "ray_seer_ingest_decode_seconds_bucket" in text
     assert "ray_seer_ingest_fetch_seconds_bucket" in text
+
+
+def test_ingest_actor_maps_read_rows_to_crop_rows() -> None:
+    """The actor's callable without Ray: failed rows are counted and dropped, shapes kept."""
+    import numpy as np
+
+    from services.stream import IngestActor, IngestStats
+
+    class LocalStats:  # forwards ``.record.remote(...)`` to a real IngestStats, in-process
+        def __init__(self) -> None:
+            self.inner = IngestStats()
+            self.record = type("R", (), {"remote": staticmethod(self.inner.record)})()
+
+    stats = LocalStats()
+    actor = IngestActor(stream_cfg("unused"), stats)
+    batch = {
+        "key": np.array(["a", "b", "c", "d"], dtype=object),
+        "data": np.array([good_jpeg(seed=1), b"", b"", b"<html>"], dtype=object),
+        "reason": np.array(["", "vanished", "too_large", ""], dtype=object),
+        "window": np.array([7, 7, 7, 8], dtype=np.int64),
+    }
+    out = actor(batch)
+    assert {k: v.shape for k, v in out.items()} == {
+        "crops_32": (1, 2, 3, 32, 32), "crops_16": (1, 2, 3, 16, 16)
+    }
+    assert all(v.dtype == np.uint8 for v in out.values())
+    snap = stats.inner.snapshot()
+    assert snap["counts"] == {"images": 1, "vanished": 1, "too_large": 1, "not_image": 1}
+    assert snap["windows"] == {7: ["a", "b", "c"], 8: ["d"]}
+    # A batch in which everything failed still yields well-formed (empty) columns.
+    failed = actor({k: v[1:3] for k, v in batch.items()})
+    assert failed["crops_32"].shape == (0, 2, 3, 32, 32)
+
+
+def test_ingest_stats_memory_is_bounded() -> None:
+    from services.stream import IngestStats
+
+    stats = IngestStats(max_windows=3, max_keys_per_window=2)
+    for w in range(5):
+        stats.record({"images": 1}, [(w, f"k{w}a"), (w, f"k{w}b"), (w, f"k{w}c")])
+    snap = stats.snapshot()
+    assert snap["counts"] == {"images": 5}
+    assert snap["windows"] == {2: ["k2a", "k2b"], 3: ["k3a", "k3b"], 4: ["k4a", "k4b"]}
