@@ -21,7 +21,7 @@ import logging
 import os
 import random
 import threading
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,7 +37,14 @@ from ray.data.datasource import Datasource, ReadTask
 
 from seer_core.config import SeerConfig
 from services.feed import FeedEmpty, FeedSpec
-from services.ingest import IngestMetrics, IngestWorker, feed_spec, fetch_object, process_feed
+from services.ingest import (
+    IngestMetrics,
+    IngestStats,
+    IngestWorker,
+    feed_spec,
+    fetch_object,
+    process_feed,
+)
 from services.ratelimit import RateLimitedLogger
 
 logger = logging.getLogger("seer.stream")
@@ -206,40 +213,6 @@ class RandomWindowDatasource(Datasource):
             )
             for read in self.windows()
         ]
-
-
-class IngestStats:
-    """Aggregates what the ingest actors report: counts by reason, and recent windows' keys.
-
-    Runs as a tiny Ray actor (``num_cpus=0``) so tests and the CLI can read exact counts without
-    scraping Prometheus. Memory is bounded: the last ``max_windows`` windows are kept.
-    """
-
-    def __init__(self, max_windows: int = 64, max_keys_per_window: int = 4096) -> None:
-        self.counts: Counter[str] = Counter()
-        self.windows: dict[int, list[str]] = {}
-        self._order: deque[int] = deque()
-        self.max_windows = max_windows
-        self.max_keys = max_keys_per_window
-
-    def record(self, counts: dict[str, int], rows: list[tuple[int, str]]) -> None:
-        self.counts.update(counts)
-        for window, key in rows:
-            keys = self.windows.get(window)
-            if keys is None:
-                keys = self.windows[window] = []
-                self._order.append(window)
-                while len(self._order) > self.max_windows:
-                    self.windows.pop(self._order.popleft(), None)
-            if len(keys) < self.max_keys:
-                keys.append(key)
-
-    def snapshot(self) -> dict[str, Any]:
-        """``{"counts": {...}, "windows": {window_id: [keys...]}}`` (window order = first seen)."""
-        return {
-            "counts": dict(self.counts),
-            "windows": {w: list(self.windows[w]) for w in self._order if w in self.windows},
-        }
 
 
 def start_stats() -> Any:
