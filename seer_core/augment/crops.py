@@ -20,13 +20,17 @@ import torch
 from PIL import Image
 
 from .colour import JitterDraw, PhotometricParams, apply_photometric, sample_jitter
-from .decode import decode_image
+from .decode import DecodedImage, decode_image
 from .recipes import CropGroup, MultiCropRecipe, resolve_recipe
 
 # Two-step resampling (integer `reduce` first, then a filter over at least this ratio): several
 # times faster for the large downscales of global crops, visually indistinguishable.
 REDUCING_GAP = 2.0
 DRAFT_REDUCTIONS = (8, 4, 2)
+
+# One crop's random choices: (group, full-resolution (top, left, h, w) box, mirror?, colour draw
+# or None when the colour stage is left to the trainer's device).
+CropPlan = tuple[CropGroup, tuple[int, int, int, int], bool, JitterDraw | None]
 
 
 def sample_crop_box(
@@ -157,9 +161,7 @@ class MultiCrop:
         """Restart the random stream (e.g. per worker, or to replay exactly)."""
         self._rng.seed(seed)
 
-    def _plan(
-        self, width: int, height: int
-    ) -> list[tuple[CropGroup, tuple[int, int, int, int], bool, JitterDraw | None]]:
+    def _plan(self, width: int, height: int) -> list[CropPlan]:
         """Every random choice for one image, in recipe order: (group, box, flip, colour draw)."""
         rng = self._rng
         plan = []
@@ -171,11 +173,16 @@ class MultiCrop:
                 plan.append((group, box, flip, draw))
         return plan
 
-    def __call__(self, data: bytes) -> list[torch.Tensor]:
-        plan: list[tuple[CropGroup, tuple[int, int, int, int], bool, JitterDraw | None]] = []
+    def _decode_and_plan(self, data: bytes) -> tuple[DecodedImage, list[CropPlan]]:
+        """Draw every random choice from the header's size, then decode as reduced as they allow.
+
+        The boxes are drawn in the upright frame before any pixel is decoded (same distribution
+        and draw order as sampling after a full decode), so the draft reduction can depend on
+        them (`box_reduction`); `DecodedImage.map_box` maps them into whatever was decoded.
+        """
+        plan: list[CropPlan] = []
 
         def reduction_for(width: int, height: int) -> int:
-            # Called by the decoder with the upright full size, before decoding a JPEG.
             plan.extend(self._plan(width, height))
             return box_reduction([p[1] for p in plan], [p[0].size for p in plan])
 
@@ -185,6 +192,10 @@ class MultiCrop:
             min_side=self.min_side,
             reduction_for=reduction_for,
         )
+        return decoded, plan
+
+    def __call__(self, data: bytes) -> list[torch.Tensor]:
+        decoded, plan = self._decode_and_plan(data)
         img = decoded.image
         out: list[torch.Tensor] = []
         for group, box, flip, draw in plan:

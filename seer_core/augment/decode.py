@@ -12,9 +12,10 @@ thread-safe to silence), and formats such as EPS would run external programs.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -194,6 +195,21 @@ def _orientation(im: Image.Image) -> int:
     return value if isinstance(value, int) and value in _ORIENT_TRANSPOSE else 1
 
 
+@contextlib.contextmanager
+def _rejecting_decode_errors() -> Iterator[None]:
+    """Map whatever PIL raises while decoding untrusted bytes to `ImageRejected`."""
+    try:
+        yield
+    except ImageRejected:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected("too_large", str(exc)) from exc
+    except MemoryError as exc:
+        raise ImageRejected("too_large", "out of memory while decoding") from exc
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
+        raise ImageRejected("corrupt", f"{type(exc).__name__}: {exc}") from exc
+
+
 def draft_scale(width: int, height: int, reduction: int) -> int:
     """The DCT scale PIL's JPEG `draft` picks when asked for 1/`reduction` of the size.
 
@@ -226,20 +242,20 @@ def decode_image(
     """
     im = open_image(data, max_pixels=max_pixels, min_side=min_side)
     stored_w, stored_h = im.size
-    reduction = 1
-    try:
+    draftable = im.format in ("JPEG", "MPO")
+    with _rejecting_decode_errors():
         if ImageFile.LOAD_TRUNCATED_IMAGES:
             ImageFile.LOAD_TRUNCATED_IMAGES = False
-        draftable = im.format in ("JPEG", "MPO")
-        if draftable:
-            # JPEG EXIF sits in the header: the orientation is known before decoding.
-            orientation = _orientation(im)
-        else:
+        if not draftable:
             im.load()  # first frame only, for animated GIF/PNG/WebP; PNG's eXIf may follow IDAT
-            orientation = _orientation(im)
-        swap = orientation in (5, 6, 7, 8)
-        width, height = (stored_h, stored_w) if swap else (stored_w, stored_h)
-        want = int(reduction_for(width, height)) if reduction_for is not None else 1
+        # JPEG EXIF sits in the header: the orientation is known before decoding.
+        orientation = _orientation(im)
+    swap = orientation in (5, 6, 7, 8)
+    width, height = (stored_h, stored_w) if swap else (stored_w, stored_h)
+    # Outside the error mapping: a failing callback is a bug, not a corrupt image.
+    want = int(reduction_for(width, height)) if reduction_for is not None else 1
+    reduction = 1
+    with _rejecting_decode_errors():
         while want > 1 and draft_scale(stored_w, stored_h, want) != want:
             want //= 2  # draft would round up to a coarser scale: settle for a finer one
         if draftable and want > 1:
@@ -248,14 +264,6 @@ def decode_image(
                 reduction = max(1, round(stored_w / drafted[1][2]))
         im.load()
         rgb = to_rgb(im)
-    except ImageRejected:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ImageRejected("too_large", str(exc)) from exc
-    except MemoryError as exc:
-        raise ImageRejected("too_large", "out of memory while decoding") from exc
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
-        raise ImageRejected("corrupt", f"{type(exc).__name__}: {exc}") from exc
     if orientation != 1:
         rgb = rgb.transpose(_ORIENT_TRANSPOSE[orientation])
     offset_x = offset_y = 0.0
