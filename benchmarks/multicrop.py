@@ -106,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(images)} images (e.g. {sorted(sizes)[:3]}), recipe {args.recipe}, "
           f"PIL {Image.__version__}, 1 thread, {args.seconds:.0f} s each")
 
+    probe = build_multicrop(args.recipe, seed=1)
+    reductions = [probe._decode_and_plan(b)[0].reduction for b in images for _ in range(4)]
+    shares = ", ".join(f"1/{k}: {reductions.count(k) / len(reductions):.0%}"
+                       for k in sorted(set(reductions)))
+    print(f"JPEG decode scale chosen from each image's crop boxes: {shares}")
+
     ours = build_multicrop(args.recipe, seed=0)
     geometric = build_multicrop(args.recipe, seed=0, photometric=False)
     ref = reference_pipeline(args.recipe)
