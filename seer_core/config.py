@@ -157,14 +157,25 @@ class FeedConfig:
     refresh_seconds: float = knob(300.0, gt=0, help="how often the key pool is refreshed")
     manifest_column: str = knob("key")
     manifest_base: str | None = knob(None, help="prefix for relative keys in a manifest")
+    extensions: list[str] = knob(
+        factory=lambda: [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"],
+        help="object name endings sampled from folders and buckets ([] = any)",
+    )
     fetch_timeout_s: float = knob(30.0, gt=0)
     retry_budget_s: float = knob(120.0, gt=0, help="total time a fetch may spend retrying")
+    max_attempts: int = knob(8, ge=1, help="fetch attempts within the retry budget")
 
 
 @dataclass
 class IngestConfig:
+    compute: Literal["actors", "tasks"] = knob(
+        "tasks",
+        help="decode + multi-crop in a Ray actor pool (re-created every pass: use with passes "
+        "of a minute or more) or in Ray tasks (worker processes survive between passes)",
+    )
     actors_min: int = knob(1, ge=1, help="ingest (decode + multi-crop) actor pool minimum")
-    actors_max: int = knob(2, ge=1, help="ingest actor pool maximum")
+    actors_max: int = knob(2, ge=1, help="ingest actor pool maximum (tasks: at most at once)")
+    fetch_threads: int = knob(8, ge=1, help="concurrent object fetches per read task")
     cpus_per_actor: float = knob(1.0, gt=0)
     read_tasks: int = knob(2, ge=1, help="random-window read tasks per pass")
     window_images: int = knob(256, ge=1, help="images each read task samples per pass")

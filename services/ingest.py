@@ -77,8 +77,10 @@ def feed_spec(cfg: FeedConfig | SeerConfig) -> FeedSpec:
         refresh_seconds=feed.refresh_seconds,
         manifest_column=feed.manifest_column,
         manifest_base=feed.manifest_base,
+        extensions=tuple(feed.extensions),
         fetch_timeout_s=feed.fetch_timeout_s,
         retry_budget_s=feed.retry_budget_s,
+        max_attempts=feed.max_attempts,
     )
 
 

@@ -146,8 +146,10 @@ class RandomWindowDatasource(Datasource):
         chunk_rows: int,
         chunk_bytes: int,
         seed: int | None = None,
+        fetch_threads: int = FETCH_THREADS,
     ) -> None:
         super().__init__()
+        self.fetch_threads = max(1, fetch_threads)
         self.spec = spec
         self.read_tasks = read_tasks
         self.window_images = window_images
@@ -187,6 +189,7 @@ class RandomWindowDatasource(Datasource):
                 max_object_bytes=self.max_object_bytes,
                 chunk_rows=self.chunk_rows,
                 chunk_bytes=self.chunk_bytes,
+                fetch_threads=self.fetch_threads,
             )
             for i in range(self.read_tasks)
         ]
@@ -306,16 +309,17 @@ def build_stream(
     stats: Any = None,
     seed: int | None = None,
     spec: FeedSpec | None = None,
-    compute: str = "actors",
+    compute: str | None = None,
 ) -> Dataset:
     """The ingest stream as a Ray Dataset: one random window per read task per execution.
 
     ``stats``: an :func:`start_stats` actor to report counts to (tests, CLI progress).
     ``seed``: reproducible windows (tests); None draws from ``os.urandom`` every pass.
     ``spec``: a FeedSpec overriding the one ``cfg.feed`` describes (e.g. test-only fields).
-    ``compute``: ``"actors"`` (the default, DESIGN's shape): a pool of ``ingest.actors_min`` to
-    ``ingest.actors_max`` :class:`IngestActor`; ``"tasks"``: the same work as Ray tasks (at most
-    ``ingest.actors_max`` at once) with the worker cached per process. Why both: Ray Data starts
+    ``compute``: ``ingest.compute`` unless given. ``"actors"`` (DESIGN's shape): a pool of
+    ``ingest.actors_min`` to ``ingest.actors_max`` :class:`IngestActor`; ``"tasks"``: the same
+    work as Ray tasks (at most ``ingest.actors_max`` at once) with the worker cached per
+    process. Why both: Ray Data starts
     a new actor pool for every execution, so each pass pays actor start-up (process + torch
     import: ~5 s on a loaded 2-core machine), while task worker processes survive across passes
     (pass switch ~1 s there). Prefer "actors" with large windows (a pass of a minute or more),
@@ -323,6 +327,7 @@ def build_stream(
     """
     configure_data_context(cfg)
     ing = cfg.ingest
+    compute = compute or ing.compute
     batch_rows = max(1, min(cfg.train.batch_size, ing.window_images))
     source = RandomWindowDatasource(
         spec if spec is not None else feed_spec(cfg),
@@ -332,6 +337,7 @@ def build_stream(
         chunk_rows=batch_rows,
         chunk_bytes=max(1, ing.target_max_block_mb * MiB // 2),
         seed=seed,
+        fetch_threads=ing.fetch_threads,
     )
     ds = ray.data.read_datasource(
         source,
@@ -365,14 +371,14 @@ class StreamFactory:
 
     cfg: SeerConfig
     seed: int | None = None
-    compute: str = "actors"
+    compute: str | None = None
 
     def __call__(self) -> Dataset:
         return build_stream(self.cfg, seed=self.seed, compute=self.compute)
 
 
-def dataset_factory(cfg: SeerConfig, *, compute: str = "actors") -> Callable[[], Dataset]:
+def dataset_factory(cfg: SeerConfig, *, compute: str | None = None) -> Callable[[], Dataset]:
     """``datasets={"train": dataset_factory(cfg)}``: DataContext is tuned inside the call."""
-    if compute not in ("actors", "tasks"):
+    if compute not in (None, "actors", "tasks"):
         raise ValueError(f"compute must be 'actors' or 'tasks', got {compute!r}")
     return StreamFactory(cfg, compute=compute)

@@ -85,7 +85,7 @@ def test_bad_inputs_through_the_stream(
     window = 40
     cfg = s3_cfg(f"s3://{s3_bucket}/bad/", s3_server.endpoint_url, window)
     stats = start_stats()
-    ds = build_stream(cfg, stats=stats)
+    ds = build_stream(cfg, stats=stats, compute="actors")  # the actor pool path, for real
     images = 0
     passes = 0
     seen: set[str] = set()
