@@ -184,11 +184,11 @@ def run_pretraining(
     ray_metrics = init_ray(cfg, address)
     storage = storage_for(cfg)
     existing = storage.list_checkpoints()
-    resume_from = existing[-1][1] if existing else None
     page = StatusPage(cfg.metrics.status_port if cfg.metrics.enabled else 0)
     print(banner(cfg, storage, ray_metrics, cfg.metrics.status_port), file=out, flush=True)
-    if resume_from:
-        print(f"  resuming:    from step {existing[-1][0]} ({resume_from})", file=out, flush=True)
+    if existing:
+        print(f"  resuming:    from step {existing[-1][0]} ({existing[-1][1]})", file=out,
+              flush=True)
 
     control = create_control(cfg.checkpoint.run_name)
     stopped_by = ["limit"]
@@ -209,7 +209,7 @@ def run_pretraining(
     printer = ProgressPrinter(control, out, page)
     printer.start()
     try:
-        trainer = build_trainer(cfg, synthetic=synthetic, resume_from=resume_from)
+        trainer = build_trainer(cfg, synthetic=synthetic)
         result = trainer.fit()
     finally:
         printer.done.set()

@@ -21,7 +21,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from seer_core.checkpoint import STATE_FILE, load_state, save_state, step_dir_name
+from seer_core.checkpoint import (
+    STATE_FILE,
+    CheckpointLoadError,
+    load_state,
+    save_state,
+    step_dir_name,
+)
 from seer_core.config import SeerConfig, config_from_dict
 from seer_core.swav import collapse_suspected
 from seer_core.training import (
@@ -177,29 +183,47 @@ def report_checkpoint(state: TrainState, rank: int, result: StepResult | None,
                          checkpoint_dir_name=step_dir_name(state.step))
 
 
-def restore(state: TrainState, rank: int, resume_from: str | None) -> str | None:
-    """Loads the newest checkpoint: Ray's (after a restart or a rerun) or the one found in
-    storage by the driver. Returns where it came from."""
+def checkpoints_newest_first(cfg: SeerConfig, rank: int, world: int) -> list[str]:
+    """Complete checkpoints in the run's storage, newest first, as rank 0 sees them.
+
+    Not `ray.train.get_checkpoint()`: Ray hands a restarted group the newest checkpoint its
+    controller has *registered*, and a worker killed moments after reporting leaves a complete,
+    newer checkpoint that was never registered (seen in tests). Ray writes into this same
+    storage, so the listing covers its checkpoints too, and nothing written is thrown away.
+    Rank 0 lists and broadcasts so that every rank loads the same one.
+    """
+    choice: list[list[str]] = [[]]
+    if rank == 0:
+        choice[0] = [path for _, path in reversed(storage_for(cfg).list_checkpoints())]
+    if world > 1:
+        dist.broadcast_object_list(choice, src=0)
+    return choice[0]
+
+
+def restore(state: TrainState, rank: int, world: int) -> str | None:
+    """Loads the newest loadable checkpoint (an unreadable one, e.g. cut short by a crash while
+    it was copied, is skipped with an error). Returns its path, or None for a fresh start."""
     import ray.train
 
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and resume_from:
-        cfg = state.cfg
-        storage = resolve_storage(cfg.checkpoint.storage, cfg.checkpoint.run_name,
-                                  cfg.checkpoint.endpoint_url)
-        checkpoint = ray.train.Checkpoint(path=resume_from, filesystem=storage.filesystem)
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as directory:
-        saved = load_state(Path(directory) / STATE_FILE, map_location="cpu")
+    filesystem = storage_for(state.cfg).filesystem
+    for path in checkpoints_newest_first(state.cfg, rank, world):
+        checkpoint = ray.train.Checkpoint(path=path, filesystem=filesystem)
+        try:
+            with checkpoint.as_directory() as directory:
+                saved = load_state(Path(directory) / STATE_FILE, map_location="cpu")
+                queue_path = Path(directory) / _queue_file(rank)
+                queue = load_state(queue_path) if queue_path.is_file() else None
+        except (CheckpointLoadError, OSError) as exc:
+            log.error("rank %d: skipping unreadable checkpoint %s: %s", rank, path, exc)
+            continue
         load_state_dict(state, saved)
-        queue_path = Path(directory) / _queue_file(rank)
         if state.queue is not None:
-            if queue_path.is_file():
-                state.queue.load_state_dict(load_state(queue_path), strict=False)
+            if queue is not None:
+                state.queue.load_state_dict(queue, strict=False)
             else:
-                log.warning("no saved queue for rank %d: it starts empty", rank)
-    return checkpoint.path
+                log.warning("no saved queue for rank %d in %s: it starts empty", rank, path)
+        return path
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,7 +249,7 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
     state = build_train_state(cfg, device, wrap=ray.train.torch.prepare_model)
-    source = restore(state, rank, loop_config.get("resume_from"))
+    source = restore(state, rank, world)
     resumed: dict[str, float] = {}
     if source:
         resumed = {"resumed_step": state.step, "resumed_lr": state.schedule.lr,
@@ -358,7 +382,7 @@ def storage_for(cfg: SeerConfig):
                            cfg.checkpoint.endpoint_url)
 
 
-def build_trainer(cfg: SeerConfig, *, synthetic: bool = False, resume_from: str | None = None):
+def build_trainer(cfg: SeerConfig, *, synthetic: bool = False):
     """The TorchTrainer for a config; `fit()` runs until a stop condition or a stop request."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -373,8 +397,7 @@ def build_trainer(cfg: SeerConfig, *, synthetic: bool = False, resume_from: str 
         dataset_config = DataConfig(execution_options=execution_options(cfg))
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "synthetic": synthetic,
-                           "resume_from": resume_from},
+        train_loop_config={"config": cfg.to_dict(), "synthetic": synthetic},
         torch_config=TorchConfig(timeout_s=int(cfg.train.collective_timeout_s)),
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,

@@ -103,3 +103,16 @@ def fresh_s3_server(aws_test_env: dict[str, str]) -> Iterator[MotoServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def no_leaked_refreshers() -> Iterator[None]:
+    """Fails a test that leaves a feed refresher thread running (threads already running before
+    it, such as a process-wide cached feed of an earlier test, are not its business)."""
+    from tests.waiting import refresher_threads, wait_until
+
+    before = refresher_threads()
+    yield
+    assert wait_until(lambda: not (refresher_threads() - before), 5.0), (
+        "a feed refresher thread outlived its test"
+    )

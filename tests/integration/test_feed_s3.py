@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import logging
 import random
-import threading
 import time
 from collections import Counter
 from typing import Any
@@ -21,26 +20,18 @@ import pytest
 from services.feed import FeedEmpty, FeedSpec, FetchFailed, ObjectVanished
 from services.feed.s3 import S3Feed
 from tests.s3server import FaultProxy, MotoServer, make_client, put_objects
+from tests.waiting import wait_until as _wait
 
 pytestmark = pytest.mark.integration
 
 
 def wait_until(cond, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
+    return _wait(cond, timeout)
 
 
 @pytest.fixture(autouse=True)
-def no_leaked_refreshers():
-    yield
-    assert wait_until(
-        lambda: not [t for t in threading.enumerate() if t.name.startswith("seer-feed-refresh")],
-        5.0,
-    ), "a feed refresher thread outlived its test"
+def _no_leaked_refreshers(no_leaked_refreshers: None) -> None:
+    """Every test here must stop the refresher threads it starts."""
 
 
 def s3_spec(bucket: str, endpoint: str, prefix: str = "img/", **kw: Any) -> FeedSpec:

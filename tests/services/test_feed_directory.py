@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -12,24 +11,12 @@ from pathlib import Path
 import pytest
 
 from services.feed import Feed, FeedEmpty, FeedSpec, ObjectVanished, open_feed
-
-
-def wait_until(cond, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
+from tests.waiting import wait_until
 
 
 @pytest.fixture(autouse=True)
-def no_leaked_refreshers():
-    yield
-    assert wait_until(
-        lambda: not [t for t in threading.enumerate() if t.name.startswith("seer-feed-refresh")],
-        5.0,
-    ), "a feed refresher thread outlived its test"
+def _no_leaked_refreshers(no_leaked_refreshers: None) -> None:
+    """Every test here must stop the refresher threads it starts."""
 
 
 def make_tree(root: Path, names: list[str]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 import time
 from pathlib import Path
 
@@ -14,24 +13,12 @@ import pytest
 
 from services.feed import FeedEmpty, FeedSpec, ObjectVanished
 from services.feed.manifest import ManifestFeed
-
-
-def wait_until(cond, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
+from tests.waiting import wait_until
 
 
 @pytest.fixture(autouse=True)
-def no_leaked_refreshers():
-    yield
-    assert wait_until(
-        lambda: not [t for t in threading.enumerate() if t.name.startswith("seer-feed-refresh")],
-        5.0,
-    )
+def _no_leaked_refreshers(no_leaked_refreshers: None) -> None:
+    """Every test here must stop the refresher threads it starts."""
 
 
 @pytest.fixture
