@@ -40,7 +40,7 @@ from seer_core.augment import ImageRejected, MultiCrop, build_multicrop, collate
 from seer_core.augment.recipes import MultiCropRecipe
 from seer_core.config import FeedConfig, SeerConfig
 from services import metrics
-from services.feed import Feed, FeedSpec, FetchFailed, ObjectVanished
+from services.feed import Feed, FeedSpec, FetchFailed, ObjectTooLarge, ObjectVanished
 from services.ratelimit import RateLimitedLogger
 
 logger = logging.getLogger("seer.ingest")
@@ -163,7 +163,9 @@ def fetch_object(
     data: bytes | None = None
     detail = ""
     try:
-        data = feed.fetch(key)
+        data = feed.fetch(key, max_bytes=max_object_bytes)
+    except ObjectTooLarge as exc:
+        reason, detail = "too_large", f"{exc.size} bytes > {exc.limit}"
     except ObjectVanished:
         reason = "vanished"
     except FetchFailed as exc:

@@ -24,6 +24,7 @@ from services.feed.base import (
     FeedError,
     FeedSpec,
     FetchFailed,
+    ObjectTooLarge,
     ObjectVanished,
     open_feed,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "FeedError",
     "FeedSpec",
     "FetchFailed",
+    "ObjectTooLarge",
     "ObjectVanished",
     "PooledFeed",
     "open_feed",

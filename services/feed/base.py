@@ -69,6 +69,17 @@ class FetchFailed(FeedError):
         self.elapsed_s = elapsed_s
 
 
+class ObjectTooLarge(FeedError):
+    """The object is larger than the caller's limit; found from its size, before its bytes are
+    read, so a multi-gigabyte object never lands in memory."""
+
+    def __init__(self, key: str, size: int, limit: int) -> None:
+        super().__init__(f"object too large: {key}: {size} bytes > {limit}")
+        self.key = key
+        self.size = size
+        self.limit = limit
+
+
 class FeedClosed(FeedError):
     """Raised inside a feed's own waits once ``close()`` was called."""
 
@@ -207,8 +218,9 @@ class Feed(Protocol):
         """``n`` keys, uniform with replacement; blocks until the pool has a key, else FeedEmpty."""
         ...
 
-    def fetch(self, key: str) -> bytes:
-        """The object's bytes; ObjectVanished if gone, FetchFailed after the retry budget."""
+    def fetch(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The object's bytes; ObjectVanished if gone, FetchFailed after the retry budget,
+        ObjectTooLarge (without reading it) when it holds more than ``max_bytes``."""
         ...
 
     def pool_size(self) -> int:

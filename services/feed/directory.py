@@ -20,6 +20,7 @@ from services.feed.base import (
     FeedError,
     FeedSpec,
     FetchFailed,
+    ObjectTooLarge,
     ObjectVanished,
 )
 from services.feed.pooled import PooledFeed
@@ -61,7 +62,9 @@ def reservoir(items: Iterable[T], k: int, rng: random.Random) -> tuple[list[T], 
     return sample, n
 
 
-def read_local(feed: PooledFeed, path: str, name: str | None = None) -> bytes:
+def read_local(
+    feed: PooledFeed, path: str, name: str | None = None, max_bytes: int | None = None
+) -> bytes:
     """Reads a local file with the feed's retry policy (network file systems hiccup too).
 
     Missing -> ObjectVanished; permission or is-a-directory -> FetchFailed at once; other
@@ -74,6 +77,9 @@ def read_local(feed: PooledFeed, path: str, name: str | None = None) -> bytes:
 
     def attempt() -> bytes:
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if max_bytes is not None and size > max_bytes:
+                raise ObjectTooLarge(name, size, max_bytes)
             return f.read()
 
     def transient(exc: BaseException) -> bool:
@@ -129,10 +135,10 @@ class DirectoryFeed(PooledFeed):
         self._set("source_objects", total)
         self._replace_keys(sample)
 
-    def fetch(self, key: str) -> bytes:
+    def fetch(self, key: str, max_bytes: int | None = None) -> bytes:
         """Bytes of the file at ``key`` (a path as returned by ``sample``)."""
         try:
-            return read_local(self, key)
+            return read_local(self, key, max_bytes=max_bytes)
         except ObjectVanished:
             self._forget(key)
             raise

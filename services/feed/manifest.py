@@ -170,13 +170,13 @@ class ManifestFeed(PooledFeed):
         self._set("source_objects", total)
 
     # -- fetching -----------------------------------------------------------------------------
-    def fetch(self, key: str) -> bytes:
+    def fetch(self, key: str, max_bytes: int | None = None) -> bytes:
         """Bytes of a sampled entry (``s3://`` URI or local path)."""
         try:
             if key.startswith("s3://"):
                 bucket, obj = parse_s3_uri(key)
-                return self.s3.get(bucket, obj, name=key)
-            return read_local(self, key)
+                return self.s3.get(bucket, obj, name=key, max_bytes=max_bytes)
+            return read_local(self, key, max_bytes=max_bytes)
         except ObjectVanished:
             self._forget(key)
             raise

@@ -190,7 +190,7 @@ class PooledFeed:
         self._ensure_started()
         return self._pool.snapshot()
 
-    def fetch(self, key: str) -> bytes:
+    def fetch(self, key: str, max_bytes: int | None = None) -> bytes:
         raise NotImplementedError
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ from services.feed.base import (
     FeedClosed,
     FeedSpec,
     FetchFailed,
+    ObjectTooLarge,
     ObjectVanished,
     logger,
 )
@@ -124,22 +125,29 @@ class S3Access:
         )
         return result, attempts[0]
 
-    def get(self, bucket: str, key: str, name: str) -> bytes:
+    def get(self, bucket: str, key: str, name: str, max_bytes: int | None = None) -> bytes:
         """The object's bytes. ObjectVanished when missing, FetchFailed when the budget is spent
-        or the store refuses for good. ``name`` is what the caller knows the object as."""
+        or the store refuses for good, ObjectTooLarge (body left unread) over ``max_bytes``.
+        ``name`` is what the caller knows the object as."""
         feed = self.feed
         feed._count("fetches")
         start = time.monotonic()
 
         def attempt() -> bytes:
-            body = self.client().get_object(Bucket=bucket, Key=key)["Body"]
+            response = self.client().get_object(Bucket=bucket, Key=key)
+            body = response["Body"]
             try:
+                size = response.get("ContentLength")
+                if max_bytes is not None and size is not None and size > max_bytes:
+                    raise ObjectTooLarge(name, int(size), max_bytes)
                 return body.read()  # a truncated body raises, and is retried
             finally:
                 body.close()
 
         try:
             data, _ = self.call("get", attempt)
+        except ObjectTooLarge:
+            raise
         except RetryExhausted as exc:
             raise self._failed(name, error_code(exc.last), exc.attempts, start) from None
         except FeedClosed:
@@ -213,11 +221,11 @@ class S3Feed(PooledFeed):
         self._small: bool | None = None  # None until a cycle has told
         self._alphabet = KeyAlphabet()
 
-    def fetch(self, key: str) -> bytes:
+    def fetch(self, key: str, max_bytes: int | None = None) -> bytes:
         """Bytes of ``key`` (a key in this bucket, or a full ``s3://`` URI)."""
         bucket, obj = parse_s3_uri(key) if key.startswith("s3://") else (self.bucket, key)
         try:
-            return self.s3.get(bucket, obj, name=key)
+            return self.s3.get(bucket, obj, name=key, max_bytes=max_bytes)
         except ObjectVanished:
             self._forget(key)
             raise

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from services.feed import FeedEmpty, FeedSpec, FetchFailed, ObjectVanished
+from services.feed import FeedEmpty, FeedSpec, FetchFailed, ObjectTooLarge, ObjectVanished
 from services.feed.s3 import S3Feed
 from tests.s3server import FaultProxy, MotoServer, make_client, put_objects
 from tests.waiting import wait_until as _wait
@@ -227,3 +227,14 @@ def test_text_manifest_on_s3_with_s3_base_and_local_manifest_of_uris(
         s3_client.delete_object(Bucket=s3_bucket, Key="pre/1.jpg")
         with pytest.raises(ObjectVanished):
             f.fetch(key)
+
+
+def test_oversized_object_refused_from_its_size(s3_server, s3_client, s3_bucket):
+    put_objects(s3_client, s3_bucket, {"img/big.jpg": b"x" * 200_000, "img/ok.jpg": b"y" * 10})
+    with S3Feed(s3_spec(s3_bucket, s3_server.endpoint_url)) as feed:
+        with pytest.raises(ObjectTooLarge) as info:
+            feed.fetch("img/big.jpg", max_bytes=1000)
+        assert (info.value.size, info.value.limit) == (200_000, 1000)
+        assert feed.stats()["bytes_fetched"] == 0  # the body was never read
+        assert feed.fetch("img/ok.jpg", max_bytes=1000) == b"y" * 10
+        assert len(feed.fetch("img/big.jpg")) == 200_000  # no limit: read whole

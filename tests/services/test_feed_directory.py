@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.feed import Feed, FeedEmpty, FeedSpec, ObjectVanished, open_feed
+from services.feed import Feed, FeedEmpty, FeedSpec, ObjectTooLarge, ObjectVanished, open_feed
 from tests.waiting import wait_until
 
 
@@ -109,3 +109,12 @@ def test_close_stops_the_refresher(tmp_path: Path) -> None:
     before = feed.stats()["refreshes"]
     time.sleep(0.1)
     assert feed.stats()["refreshes"] == before
+
+
+def test_oversized_file_refused_from_its_size(tmp_path: Path) -> None:
+    (tmp_path / "big.jpg").write_bytes(b"x" * 5000)
+    with open_feed(str(tmp_path), refresh_seconds=60.0) as feed:
+        key = feed.sample(1, random.Random(0))[0]
+        with pytest.raises(ObjectTooLarge, match="5000 bytes > 100"):
+            feed.fetch(key, max_bytes=100)
+        assert feed.fetch(key, max_bytes=5000) == b"x" * 5000
