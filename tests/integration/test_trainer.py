@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from seer_core.checkpoint import load_state
 from seer_core.config import SeerConfig, load_config
@@ -154,10 +155,16 @@ def test_killed_worker_resumes_and_metrics_are_scraped(ray_cluster, s3_server, i
             if "ray_seer_train_steps_total" in text and "ray_seer_ingest_images_total" in text:
                 break
             time.sleep(1)
-        assert "ray_seer_train_steps_total" in text
-        assert "ray_seer_train_step_seconds_bucket" in text
-        assert "ray_seer_train_loss" in text
-        assert "ray_seer_ingest_images_total" in text
+        samples = {
+            sample.name: sample
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+        assert samples["ray_seer_train_steps_total"].value >= 3
+        assert samples["ray_seer_train_steps_total"].labels["worker"] in ("0", "1")
+        assert "ray_seer_train_step_seconds_bucket" in samples
+        assert "ray_seer_train_loss" in samples
+        assert samples["ray_seer_ingest_images_total"].value > 0
 
         workers = _train_workers()
         assert len(workers) == 2, workers

@@ -1,0 +1,68 @@
+"""The pretrain driver's pieces that need no Ray: status page, progress line, banner, checks."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from seer_core.config import load_config
+from services.pretrain import StatusPage, banner, check_feed, format_progress, required_cpus
+from services.storage import resolve_storage
+
+PROGRESS = {"step": 120, "images_seen": 1920, "loss": 6.25, "lr": 0.0375,
+            "images_per_second": 41.5, "data_wait_share": 0.02, "last_checkpoint_step": 100}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_status_page_serves_parsable_progress() -> None:
+    port = _free_port()
+    page = StatusPage(port)
+    try:
+        page.update(PROGRESS)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    finally:
+        page.close()
+    values = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert values["seer_cli_step"] == 120
+    assert values["seer_cli_images_seen"] == 1920
+    assert values["seer_cli_loss"] == 6.25
+    assert values["seer_cli_data_wait_ratio"] == pytest.approx(0.02)
+    assert values["seer_cli_checkpoint_step"] == 100
+
+
+def test_progress_line_and_banner(tmp_path: Path) -> None:
+    line = format_progress(PROGRESS)
+    assert "step      120" in line and "41.5 img/s" in line and "loss 6.2500" in line
+    assert "data wait  2.0%" in line and "last ckpt 100" in line
+    cfg = load_config("local", [f"checkpoint.storage={tmp_path}", "train.max_steps=50"])
+    text = banner(cfg, resolve_storage(str(tmp_path), "seer-local"), "http://x/metrics", 9100)
+    assert "run 'seer-local'" in text and str(tmp_path / "seer-local") in text
+    assert "stops at:    step 50" in text and "status page: http://127.0.0.1:9100" in text
+
+
+def test_missing_local_feed_says_how_to_fix(tmp_path: Path) -> None:
+    cfg = load_config("local", [f"feed.uri={tmp_path / 'nothing'}"])
+    with pytest.raises(SystemExit, match="seer seed --out"):
+        check_feed(cfg)
+    check_feed(load_config("local", ["feed.uri=s3://bucket/prefix/"]))  # remote: not checked
+
+
+def test_required_cpus_counts_every_consumer() -> None:
+    cfg = load_config("local", ["train.num_workers=2", "train.cpus_per_worker=1",
+                                "ingest.actors_max=3", "ingest.cpus_per_actor=1",
+                                "ingest.read_tasks=4", "ingest.read_task_cpus=0.25"])
+    assert required_cpus(cfg) == pytest.approx(2 + 3 + 1 + 0.5)
