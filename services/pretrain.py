@@ -117,17 +117,21 @@ class ProgressPrinter(threading.Thread):
         self.last: dict[str, Any] = {}
 
     def run(self) -> None:
+        while not self.done.wait(self.every):
+            self.poll()
+        self.poll()  # the run's last report, which may have come after the last tick
+
+    def poll(self) -> None:
         import ray
 
-        while not self.done.wait(self.every):
-            try:
-                p = ray.get(self.control.progress.remote(), timeout=10)
-            except Exception:
-                continue
-            if "step" in p and p["step"] != self.last_step:
-                self.last_step, self.last = p["step"], p
-                self.page.update(p)
-                print(format_progress(p), file=self.out, flush=True)
+        try:
+            p = ray.get(self.control.progress.remote(), timeout=10)
+        except Exception:  # the actor is busy or gone: the next tick will tell
+            return
+        if "step" in p and p["step"] != self.last_step:
+            self.last_step, self.last = p["step"], p
+            self.page.update(p)
+            print(format_progress(p), file=self.out, flush=True)
 
 
 def banner(cfg: SeerConfig, storage: RunStorage, ray_metrics: str, status_port: int) -> str:
@@ -213,7 +217,7 @@ def run_pretraining(
         result = trainer.fit()
     finally:
         printer.done.set()
-        printer.join(timeout=5)
+        printer.join(timeout=15)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         page.close()

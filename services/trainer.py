@@ -307,6 +307,11 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
                         "%.3f", result.step, result.loss, math.log(n_prototypes),
                         result.usage_entropy)
 
+        checkpoint_now, stop_now = decider.decide(state.step)
+        if checkpoint_now or stop_now:
+            report_checkpoint(state, rank, result, {**resumed, **run_meter.summary()})
+            last_checkpoint_step = state.step
+            metrics.checkpointed(state.step)
         if rank == 0 and result.step % cfg.train.log_every_steps == 0:
             elapsed = time.perf_counter() - window_start
             progress = {
@@ -324,11 +329,6 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
                 control.report.remote(progress)
             window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
 
-        checkpoint_now, stop_now = decider.decide(state.step)
-        if checkpoint_now or stop_now:
-            report_checkpoint(state, rank, result, {**resumed, **run_meter.summary()})
-            last_checkpoint_step = state.step
-            metrics.checkpointed(state.step)
         if stop_now:
             if rank == 0:
                 log.info("stopping at step %d: %s", state.step, decider.stop_reason)
