@@ -21,7 +21,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from seer_core.augment import RECIPES, BatchPhotometric, crops_to_groups, normalize
+from seer_core.augment import (
+    RECIPES,
+    BatchPhotometric,
+    MultiCropRecipe,
+    crops_to_groups,
+    normalize,
+)
 from seer_core.config import SeerConfig, config_from_dict
 from seer_core.models import (
     SwAVModel,
@@ -30,7 +36,7 @@ from seer_core.models import (
     enable_activation_checkpointing,
 )
 from seer_core.optim import LARS, param_groups, set_lr
-from seer_core.schedules import build_schedule
+from seer_core.schedules import Schedule, build_schedule
 from seer_core.swav import (
     SwAVQueue,
     cancel_prototype_gradients,
@@ -70,7 +76,7 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def recipe_for(cfg: SeerConfig):
+def recipe_for(cfg: SeerConfig) -> MultiCropRecipe:
     """The multi-crop recipe the config asks for, overrides applied (the trainer's view)."""
     from seer_core.augment import build_multicrop
 
@@ -84,13 +90,13 @@ class TrainState:
     cfg: SeerConfig
     model: nn.Module
     optimizer: LARS
-    schedule: Any
+    schedule: Schedule
     queue: SwAVQueue | None
     scaler: torch.amp.GradScaler | None
     device: torch.device
     amp_dtype: torch.dtype | None
     photometric: BatchPhotometric | None
-    recipe: Any
+    recipe: MultiCropRecipe
     step: int = 0
     images_seen: int = 0
     bad_steps: int = 0
@@ -181,7 +187,7 @@ def build_train_state(
     )
 
 
-def make_schedule(cfg: SeerConfig):
+def make_schedule(cfg: SeerConfig) -> Schedule:
     """The LR schedule of a config; fractions in the config are of the scaled base LR."""
     base = cfg.scaled_lr()
     s = cfg.schedule

@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from ray.train.torch import TorchTrainer
 
+from seer_core.augment import MultiCropRecipe
 from seer_core.checkpoint import (
     STATE_FILE,
     CheckpointLoadError,
@@ -38,7 +40,7 @@ from seer_core.training import (
     state_dict,
     train_step,
 )
-from services.storage import META_FILE, resolve_storage
+from services.storage import META_FILE, RunStorage, resolve_storage
 from services.train_metrics import TrainMetrics
 
 log = logging.getLogger("seer.trainer")
@@ -56,7 +58,9 @@ class NonFiniteLossError(RuntimeError):
 # Batches
 
 
-def synthetic_batches(cfg: SeerConfig, recipe: Any, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+def synthetic_batches(
+    cfg: SeerConfig, recipe: MultiCropRecipe, seed: int
+) -> Iterator[dict[str, torch.Tensor]]:
     """The same batch again and again: the compute-only ceiling of the e2e benchmark."""
     gen = torch.Generator().manual_seed(seed)
     batch = {
@@ -68,7 +72,7 @@ def synthetic_batches(cfg: SeerConfig, recipe: Any, seed: int) -> Iterator[dict[
         yield batch
 
 
-def stream_batches(cfg: SeerConfig, recipe: Any) -> Iterator[dict[str, torch.Tensor]]:
+def stream_batches(cfg: SeerConfig, recipe: MultiCropRecipe) -> Iterator[dict[str, torch.Tensor]]:
     """Pass after pass over this worker's shard of the random stream (each pass is new)."""
     import ray.train
 
@@ -377,15 +381,15 @@ def train_step_with_metrics(state: TrainState, batch: Mapping[str, torch.Tensor]
 # The driver
 
 
-def storage_for(cfg: SeerConfig):
+def storage_for(cfg: SeerConfig) -> RunStorage:
     return resolve_storage(cfg.checkpoint.storage, cfg.checkpoint.run_name,
                            cfg.checkpoint.endpoint_url)
 
 
-def build_trainer(cfg: SeerConfig, *, synthetic: bool = False):
+def build_trainer(cfg: SeerConfig, *, synthetic: bool = False) -> TorchTrainer:
     """The TorchTrainer for a config; `fit()` runs until a stop condition or a stop request."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     storage = storage_for(cfg)
     datasets = None
