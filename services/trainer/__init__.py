@@ -1,0 +1,19 @@
+"""The never-ending SwAV trainer on Ray Train: workers, rolling checkpoints, resume and faults.
+
+Each worker takes batches of uint8 crops from its shard of the ingest stream, pass after pass,
+for ever, and runs seer_core's train step. Everything that decides *when* something happens
+(checkpoint now, stop now) is decided on rank 0 and broadcast, because `ray.train.report` is a
+barrier that every rank must reach equally often, and wall clocks differ between machines.
+"""
+
+from services.trainer.build import build_trainer
+from services.trainer.checkpoints import restore, storage_for
+from services.trainer.loop import NonFiniteLossError, train_loop_per_worker
+
+__all__ = [
+    "NonFiniteLossError",
+    "build_trainer",
+    "restore",
+    "storage_for",
+    "train_loop_per_worker",
+]

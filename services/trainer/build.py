@@ -1,0 +1,53 @@
+"""The TorchTrainer of a config: scaling, storage, failure and checkpoint policy, data."""
+
+from __future__ import annotations
+
+import os
+
+from ray.train.torch import TorchTrainer
+
+from seer_core.config import SeerConfig
+from services.trainer.checkpoints import storage_for
+from services.trainer.loop import train_loop_per_worker
+
+
+def build_trainer(cfg: SeerConfig, *, synthetic: bool = False) -> TorchTrainer:
+    """The TorchTrainer for a config; `fit()` runs until a stop condition or a stop request."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig
+
+    storage = storage_for(cfg)
+    datasets = None
+    dataset_config = None
+    if not synthetic:
+        from services.stream import dataset_factory, execution_options
+
+        datasets = {"train": dataset_factory(cfg)}
+        dataset_config = DataConfig(execution_options=execution_options(cfg))
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "synthetic": synthetic},
+        torch_config=TorchConfig(timeout_s=int(cfg.train.collective_timeout_s)),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=cfg.checkpoint.run_name,
+            storage_path=storage.root,
+            storage_filesystem=storage.filesystem,
+            failure_config=FailureConfig(max_failures=-1),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+            worker_runtime_env={"env_vars": _forwarded_env()},
+        ),
+        datasets=datasets,
+        dataset_config=dataset_config,
+    )
+
+
+def _forwarded_env() -> dict[str, str]:
+    """Endpoint settings the workers need (never credentials: those come from the chain)."""
+    names = ("SEER_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
+             "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")
+    return {n: os.environ[n] for n in names if n in os.environ}

@@ -1,0 +1,98 @@
+"""Checkpoint and stop decisions, taken on rank 0 and broadcast, and the run-level meters.
+
+`ray.train.report` is a barrier every rank must reach equally often, and wall clocks differ
+between machines, so anything decided from time or from the driver is decided once, on rank 0."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from seer_core.config import SeerConfig
+
+log = logging.getLogger("seer.trainer")
+
+
+class Decider:
+    """Checkpoint / stop decisions of rank 0, shared with every rank by one broadcast."""
+
+    def __init__(self, cfg: SeerConfig, rank: int, world: int, device: torch.device,
+                 control: Any) -> None:
+        self.cfg = cfg
+        self.rank = rank
+        self.world = world
+        self.device = device
+        self.control = control
+        self.started = time.monotonic()
+        self.last_checkpoint = time.monotonic()
+        self.last_poll = 0.0
+        self.stop_reason: str | None = None
+
+    def _poll_control(self) -> str | None:
+        if self.control is None or time.monotonic() - self.last_poll < 1.0:
+            return None
+        self.last_poll = time.monotonic()
+        import ray
+
+        try:
+            return ray.get(self.control.stop_reason.remote(), timeout=5)
+        except Exception:  # the driver went away: keep training, the job owns our lifetime
+            return None
+
+    def decide(self, step: int) -> tuple[bool, bool]:
+        """(checkpoint now, stop now) — identical on every rank."""
+        flags = torch.zeros(2, dtype=torch.int64)
+        if self.rank == 0:
+            cfg = self.cfg
+            minutes = (time.monotonic() - self.started) / 60
+            reason = None
+            if cfg.train.max_steps and step >= cfg.train.max_steps:
+                reason = f"reached train.max_steps={cfg.train.max_steps}"
+            elif cfg.train.max_minutes and minutes >= cfg.train.max_minutes:
+                reason = f"reached train.max_minutes={cfg.train.max_minutes}"
+            else:
+                reason = self._poll_control()
+            due_minutes = cfg.checkpoint.every_minutes and (
+                time.monotonic() - self.last_checkpoint >= cfg.checkpoint.every_minutes * 60
+            )
+            flags[0] = int(step % cfg.checkpoint.every_steps == 0 or bool(due_minutes))
+            flags[1] = int(reason is not None)
+            self.stop_reason = reason
+        if self.world > 1:
+            on_device = flags.to(self.device)
+            dist.broadcast(on_device, src=0)
+            flags = on_device.cpu()
+        checkpoint, stop = bool(flags[0]), bool(flags[1])
+        if checkpoint or stop:
+            self.last_checkpoint = time.monotonic()
+        return checkpoint, stop
+
+
+class RunMeter:
+    """Throughput and data-wait share over the run so far, past the first (warm-up) steps."""
+
+    def __init__(self, skip_steps: int) -> None:
+        self.skip = skip_steps
+        self.start = 0.0
+        self.images = 0
+        self.wait = 0.0
+
+    def add(self, images: int, wait: float) -> None:
+        if self.skip > 0:
+            self.skip -= 1
+            if self.skip == 0:
+                self.start = time.perf_counter()
+            return
+        self.images += images
+        self.wait += wait
+
+    def summary(self) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.start if self.start else 0.0
+        if elapsed <= 0 or not self.images:
+            return {}
+        return {"run_images_per_second": self.images / elapsed,
+                "run_data_wait_share": self.wait / elapsed}

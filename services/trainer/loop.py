@@ -1,0 +1,151 @@
+"""The training function every Ray Train worker runs, for ever or until told to stop."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from seer_core.config import config_from_dict
+from seer_core.swav import collapse_suspected
+from seer_core.training import (
+    StepResult,
+    TrainState,
+    build_train_state,
+    train_step,
+)
+from services.train_metrics import TrainMetrics
+from services.trainer.batches import stream_batches, synthetic_batches
+from services.trainer.checkpoints import report_checkpoint, restore
+from services.trainer.decisions import Decider, RunMeter
+
+log = logging.getLogger("seer.trainer")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised on every rank together after repeated non-finite losses.
+
+    Ray Train's FailureConfig(max_failures=-1) then restarts the worker group from the newest
+    checkpoint: the rollback uses the same path as any other worker failure.
+    """
+
+
+def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from services.control import find_control
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg = config_from_dict(loop_config["config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if cfg.train.torch_threads:
+        torch.set_num_threads(cfg.train.torch_threads)
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    state = build_train_state(cfg, device, wrap=ray.train.torch.prepare_model)
+    source = restore(state, rank, world)
+    resumed: dict[str, float] = {}
+    if source:
+        resumed = {"resumed_step": state.step, "resumed_lr": state.schedule.lr,
+                   "resumed_queue_filled": state.queue.filled if state.queue else 0}
+        if rank == 0:
+            log.info("resumed from %s at step %d (%d images seen)", source, state.step,
+                     state.images_seen)
+
+    metrics = TrainMetrics(rank)
+    control = find_control(cfg.checkpoint.run_name) if rank == 0 else None
+    decider = Decider(cfg, rank, world, device, control)
+    n_prototypes = cfg.model.prototypes[0]
+    batches = (
+        synthetic_batches(cfg, state.recipe, cfg.train.seed + rank)
+        if loop_config.get("synthetic")
+        else stream_batches(cfg, state.recipe)
+    )
+
+    result: StepResult | None = None
+    run_meter = RunMeter(skip_steps=2)
+    window_start = time.perf_counter()
+    window_images = 0
+    window_wait = 0.0
+    last_checkpoint_step = state.step if source else -1
+    wait_start = time.perf_counter()
+    for batch in batches:
+        data_wait = time.perf_counter() - wait_start
+        result = train_step_with_metrics(state, batch, metrics, data_wait)
+        window_images += len_batch(batch) * world
+        window_wait += data_wait
+        run_meter.add(len_batch(batch) * world, data_wait)
+
+        if result.skipped:
+            log.error("rank %d: non-finite loss at step %d (%d in a row)", rank, result.step,
+                      state.bad_steps)
+            if state.bad_steps >= cfg.train.max_bad_steps:
+                raise NonFiniteLossError(
+                    f"{state.bad_steps} non-finite losses in a row at step {state.step}: "
+                    "rolling back to the newest checkpoint"
+                )
+        # Loss starts above ln K at initialisation: judge collapse only once the model has had
+        # its warmup and its prototypes have been free to move for a while.
+        settled = result.step > max(cfg.schedule.warmup_steps, cfg.swav.freeze_prototypes_steps)
+        if settled and result.step % max(1, 10 * cfg.train.log_every_steps) == 0 and (
+            not result.skipped
+        ):
+            suspected = collapse_suspected(result.loss, n_prototypes) or (
+                result.usage_entropy < 0.05
+            )
+            metrics.collapse_warning(suspected)
+        else:
+            suspected = False
+        if suspected and rank == 0:
+            log.warning("collapse suspected at step %d: loss %.4f (ln K = %.4f), usage entropy "
+                        "%.3f", result.step, result.loss, math.log(n_prototypes),
+                        result.usage_entropy)
+
+        checkpoint_now, stop_now = decider.decide(state.step)
+        if checkpoint_now or stop_now:
+            report_checkpoint(state, rank, result, {**resumed, **run_meter.summary()})
+            last_checkpoint_step = state.step
+            metrics.checkpointed(state.step)
+        if rank == 0 and result.step % cfg.train.log_every_steps == 0:
+            elapsed = time.perf_counter() - window_start
+            progress = {
+                "step": result.step,
+                "images_seen": result.images_seen,
+                "loss": result.loss,
+                "lr": result.lr,
+                "images_per_second": window_images / elapsed if elapsed > 0 else 0.0,
+                "data_wait_share": window_wait / elapsed if elapsed > 0 else 0.0,
+                "usage_entropy": result.usage_entropy,
+                "last_checkpoint_step": last_checkpoint_step,
+            }
+            metrics.throughput(progress["images_per_second"])
+            if control is not None:
+                control.report.remote(progress)
+            window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
+
+        if stop_now:
+            if rank == 0:
+                log.info("stopping at step %d: %s", state.step, decider.stop_reason)
+            return
+        wait_start = time.perf_counter()
+
+
+def len_batch(batch: Mapping[str, torch.Tensor]) -> int:
+    return int(next(iter(batch.values())).shape[0])
+
+
+def train_step_with_metrics(state: TrainState, batch: Mapping[str, torch.Tensor],
+                            metrics: TrainMetrics, data_wait: float) -> StepResult:
+    result = train_step(state, batch)
+    metrics.observe(state, result, data_wait)
+    return result
