@@ -1,0 +1,139 @@
+"""One SwAV training step, the same for Ray Train workers, benchmarks and tests.
+
+It owns the numerics that are easy to get subtly wrong: prototype normalisation before the
+forward, scores and Sinkhorn in float32 under AMP, prototype gradients dropped during the freeze,
+a non-finite loss skipping the update on every rank at once, and the LR decision taken from the
+loss averaged over all ranks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+
+from seer_core.augment import (
+    crops_to_groups,
+    normalize,
+)
+from seer_core.optim import set_lr
+from seer_core.swav import (
+    cancel_prototype_gradients,
+    prototype_usage_entropy,
+    swav_loss,
+)
+from seer_core.training.state import StepResult, TrainState, rank_and_world, unwrap
+
+
+def prepare_inputs(state: TrainState, batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+    """uint8 crops (the wire format) → normalised float groups on the device, crop-major."""
+    groups = crops_to_groups(batch, state.recipe)
+    out = []
+    for g in groups:
+        g = torch.as_tensor(g).to(state.device, non_blocking=True)
+        if state.photometric is not None:
+            x = normalize(state.photometric(g.float().div_(255), generator=state.generator))
+        else:
+            x = normalize(g)
+        if state.cfg.model.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out.append(x)
+    return out
+
+
+def batch_size_of(batch: Mapping[str, torch.Tensor]) -> int:
+    return int(next(iter(batch.values())).shape[0])
+
+
+def train_step(state: TrainState, batch: Mapping[str, torch.Tensor]) -> StepResult:
+    """normalise → forward per resolution group → SwAV loss → backward → freeze prototypes →
+    LARS step → schedule. Returns the loss averaged over every rank."""
+    start = time.perf_counter()
+    cfg = state.cfg
+    model = unwrap(state.model)
+    bsz = batch_size_of(batch)
+    groups = prepare_inputs(state, batch)
+    n_crops = state.recipe.n_crops
+    model.head.normalize_prototypes()
+    state.model.train()
+
+    autocast = (
+        torch.autocast(state.device.type, dtype=state.amp_dtype)
+        if state.amp_dtype is not None
+        else nullcontext()
+    )
+    with autocast:
+        embedding, scores = state.model(groups)
+
+    loss_start = time.perf_counter()
+    with torch.autocast(state.device.type, enabled=False):
+        prototypes = model.head.prototype_parameters()
+        losses = []
+        for head_scores, weight in zip(scores, prototypes):
+            queue_scores = state.queue.scores(weight) if state.queue is not None else None
+            losses.append(
+                swav_loss(
+                    head_scores.float(),
+                    n_crops,
+                    crops_for_assign=tuple(cfg.swav.crops_for_assign),
+                    temperature=cfg.swav.temperature,
+                    epsilon=cfg.swav.epsilon,
+                    sinkhorn_iterations=cfg.swav.sinkhorn_iterations,
+                    queue_scores=queue_scores,
+                    global_local_alpha=cfg.swav.global_local_alpha,
+                    n_global_crops=state.recipe.n_global,
+                )
+            )
+        loss = torch.stack(losses).mean()
+        if state.queue is not None:
+            state.queue.push(embedding, bsz, state.step)
+        with torch.no_grad():
+            a = cfg.swav.crops_for_assign[0]
+            first = scores[0][a * bsz : (a + 1) * bsz].float()
+            usage = prototype_usage_entropy(torch.softmax(first / cfg.swav.temperature, dim=1))
+    if state.device.type == "cuda":
+        torch.cuda.synchronize(state.device)
+    loss_seconds = time.perf_counter() - loss_start
+
+    # One collective decides for every rank: the mean loss (for the schedule and the logs) and
+    # whether any rank saw a non-finite loss (then every rank skips the update together).
+    _, world = rank_and_world()
+    stats = torch.stack([loss.detach().float(), (~torch.isfinite(loss.detach())).float()])
+    if world > 1:
+        dist.all_reduce(stats)
+    mean_loss = float(stats[0]) / world
+    skipped = bool(stats[1] > 0)
+
+    if skipped:
+        state.optimizer.zero_grad(set_to_none=True)
+        state.bad_steps += 1
+    else:
+        state.bad_steps = 0
+        if state.scaler is not None:
+            state.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        cancel_prototype_gradients(prototypes, state.step, cfg.swav.freeze_prototypes_steps)
+        if state.scaler is not None:
+            state.scaler.step(state.optimizer)
+            state.scaler.update()
+        else:
+            state.optimizer.step()
+        state.optimizer.zero_grad(set_to_none=True)
+
+    state.step += 1
+    state.images_seen += bsz * world
+    lr = state.schedule.step(None if skipped else mean_loss)
+    set_lr(state.optimizer, lr)
+    return StepResult(
+        loss=mean_loss,
+        lr=lr,
+        skipped=skipped,
+        step=state.step,
+        images_seen=state.images_seen,
+        usage_entropy=usage,
+        seconds=time.perf_counter() - start,
+        loss_seconds=loss_seconds,
+    )
