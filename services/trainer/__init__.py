@@ -8,7 +8,8 @@ barrier that every rank must reach equally often, and wall clocks differ between
 
 from services.trainer.build import build_trainer
 from services.trainer.checkpoints import restore, storage_for
-from services.trainer.loop import NonFiniteLossError, train_loop_per_worker
+from services.trainer.health import NonFiniteLossError
+from services.trainer.loop import train_loop_per_worker
 
 __all__ = [
     "NonFiniteLossError",

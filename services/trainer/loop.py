@@ -11,7 +11,6 @@ from typing import Any
 import torch
 
 from seer_core.config import config_from_dict
-from seer_core.swav import collapse_suspected
 from seer_core.training import (
     StepResult,
     TrainState,
@@ -22,16 +21,9 @@ from services.train_metrics import TrainMetrics
 from services.trainer.batches import stream_batches, synthetic_batches
 from services.trainer.checkpoints import report_checkpoint, restore
 from services.trainer.decisions import Decider, RunMeter
+from services.trainer.health import check_non_finite, collapse_verdict
 
 log = logging.getLogger("seer.trainer")
-
-
-class NonFiniteLossError(RuntimeError):
-    """Raised on every rank together after repeated non-finite losses.
-
-    Ray Train's FailureConfig(max_failures=-1) then restarts the worker group from the newest
-    checkpoint: the rollback uses the same path as any other worker failure.
-    """
 
 
 def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
@@ -89,24 +81,11 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
         if result.skipped:
             log.error("rank %d: non-finite loss at step %d (%d in a row)", rank, result.step,
                       state.bad_steps)
-            if state.bad_steps >= cfg.train.max_bad_steps:
-                raise NonFiniteLossError(
-                    f"{state.bad_steps} non-finite losses in a row at step {state.step}: "
-                    "rolling back to the newest checkpoint"
-                )
-        # Loss starts above ln K at initialisation: judge collapse only once the model has had
-        # its warmup and its prototypes have been free to move for a while.
-        settled = result.step > max(cfg.schedule.warmup_steps, cfg.swav.freeze_prototypes_steps)
-        if settled and result.step % max(1, 10 * cfg.train.log_every_steps) == 0 and (
-            not result.skipped
-        ):
-            suspected = collapse_suspected(result.loss, n_prototypes) or (
-                result.usage_entropy < 0.05
-            )
-            metrics.collapse_warning(suspected)
-        else:
-            suspected = False
-        if suspected and rank == 0:
+            check_non_finite(state.bad_steps, state.step, cfg)
+        verdict = collapse_verdict(result, cfg)
+        if verdict is not None:
+            metrics.collapse_warning(verdict)
+        if verdict and rank == 0:
             log.warning("collapse suspected at step %d: loss %.4f (ln K = %.4f), usage entropy "
                         "%.3f", result.step, result.loss, math.log(n_prototypes),
                         result.usage_entropy)

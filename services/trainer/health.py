@@ -1,0 +1,52 @@
+"""The run's health checks between steps: repeated non-finite losses and collapse.
+
+Kept apart from the worker loop so the rules (when to roll back, when to call collapse) are plain
+functions with their own tests.
+"""
+
+from __future__ import annotations
+
+from seer_core.config import SeerConfig
+from seer_core.swav import collapse_suspected
+from seer_core.training import StepResult
+
+#: Prototype-usage entropy (fraction of ln K) under which the batch is judged collapsed.
+USAGE_ENTROPY_FLOOR = 0.05
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised on every rank together after repeated non-finite losses.
+
+    Ray Train's FailureConfig(max_failures=-1) then restarts the worker group from the newest
+    checkpoint: the rollback uses the same path as any other worker failure.
+    """
+
+
+def check_non_finite(bad_steps: int, step: int, cfg: SeerConfig) -> None:
+    """Raises once `train.max_bad_steps` steps in a row had a non-finite loss.
+
+    `bad_steps` comes from the train step, which decides it from an all-reduced flag, so every
+    rank raises at the same step and no rank is left waiting in a collective.
+    """
+    if bad_steps >= cfg.train.max_bad_steps:
+        raise NonFiniteLossError(
+            f"{bad_steps} non-finite losses in a row at step {step}: "
+            "rolling back to the newest checkpoint"
+        )
+
+
+def collapse_verdict(result: StepResult, cfg: SeerConfig) -> bool | None:
+    """True/False on the steps where collapse is judged, None on the others.
+
+    The loss starts above ln K at initialisation, so collapse is judged only once the warmup is
+    over and the prototypes have been free to move, every tenth log interval, and never on a
+    skipped step. Collapse: a loss no better than chance (≈ ln K) or prototype usage concentrated
+    on a few prototypes.
+    """
+    settled = result.step > max(cfg.schedule.warmup_steps, cfg.swav.freeze_prototypes_steps)
+    due = result.step % max(1, 10 * cfg.train.log_every_steps) == 0
+    if not settled or not due or result.skipped:
+        return None
+    return collapse_suspected(result.loss, cfg.model.prototypes[0]) or (
+        result.usage_entropy < USAGE_ENTROPY_FLOOR
+    )

@@ -1,0 +1,73 @@
+"""The trainer's rules between steps: roll back after repeated NaNs, when to call collapse, and
+rank 0's checkpoint/stop decisions (world size 1, no Ray needed)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from seer_core.config import load_config
+from seer_core.training import StepResult
+from services.trainer.decisions import Decider, RunMeter
+from services.trainer.health import NonFiniteLossError, check_non_finite, collapse_verdict
+
+K = 512
+
+
+def result(step: int, loss: float, entropy: float = 0.9, skipped: bool = False) -> StepResult:
+    return StepResult(loss=loss, lr=0.1, skipped=skipped, step=step, images_seen=step * 16,
+                      usage_entropy=entropy, seconds=0.1, loss_seconds=0.001)
+
+
+def cfg(*extra: str):
+    return load_config("local", [f"model.prototypes={K}", "schedule.warmup_steps=20",
+                                 "swav.freeze_prototypes_steps=50", "train.log_every_steps=1",
+                                 "train.max_bad_steps=3", *extra])
+
+
+def test_non_finite_rolls_back_at_the_limit_only() -> None:
+    c = cfg()
+    check_non_finite(1, 10, c)
+    check_non_finite(2, 11, c)
+    with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row at step 12"):
+        check_non_finite(3, 12, c)
+
+
+def test_collapse_judged_only_once_settled_and_on_schedule() -> None:
+    c = cfg()
+    chance = math.log(K)
+    assert collapse_verdict(result(40, chance), c) is None  # prototypes still frozen
+    assert collapse_verdict(result(55, chance), c) is None  # not a judging step (every 10)
+    assert collapse_verdict(result(60, chance, skipped=True), c) is None
+    assert collapse_verdict(result(60, chance), c) is True  # no better than chance
+    assert collapse_verdict(result(60, chance - 1.0, entropy=0.01), c) is True  # usage collapsed
+    assert collapse_verdict(result(60, chance - 1.0, entropy=0.8), c) is False
+
+
+def test_decider_checkpoints_every_n_steps_and_stops_at_max_steps() -> None:
+    c = cfg("checkpoint.every_steps=5", "checkpoint.every_minutes=0", "train.max_steps=12")
+    decider = Decider(c, rank=0, world=1, device=torch.device("cpu"), control=None)
+    decisions = {step: decider.decide(step) for step in range(1, 13)}
+    assert [s for s, (ckpt, _) in decisions.items() if ckpt] == [5, 10]
+    assert [s for s, (_, stop) in decisions.items() if stop] == [12]
+    assert decider.stop_reason == "reached train.max_steps=12"
+
+
+def test_decider_checkpoints_on_time() -> None:
+    c = cfg("checkpoint.every_steps=1000", "checkpoint.every_minutes=0.001")
+    decider = Decider(c, rank=0, world=1, device=torch.device("cpu"), control=None)
+    decider.last_checkpoint -= 1.0  # a second ago: past 0.06 s
+    assert decider.decide(7) == (True, False)
+    assert decider.decide(8) == (False, False)  # the clock restarted at the checkpoint
+
+
+def test_run_meter_skips_warmup_steps() -> None:
+    meter = RunMeter(skip_steps=2)
+    meter.add(16, 5.0)  # start-up: not counted
+    meter.add(16, 5.0)
+    assert meter.summary() == {}
+    meter.add(16, 0.01)
+    summary = meter.summary()
+    assert summary["run_images_per_second"] > 0 and summary["run_data_wait_share"] > 0
