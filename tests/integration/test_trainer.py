@@ -104,11 +104,25 @@ def test_checkpoints_retention_and_resume(ray_cluster, s3_server, image_bucket,
 
 def _train_workers() -> list[psutil.Process]:
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
         cmd = " ".join(proc.info["cmdline"] or [])
         if "RayTrainWorker" in cmd:
             found.append(proc)
     return found
+
+
+def _the_two_workers(timeout: float = 60.0) -> list[psutil.Process]:
+    """This run's two live worker processes; waits out workers of an earlier run still exiting
+    (Ray tears actors down asynchronously), so the kill hits a worker of this run."""
+    deadline = time.monotonic() + timeout
+    workers = _train_workers()
+    while len(workers) != 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        workers = _train_workers()
+    assert len(workers) == 2, [(p.pid, p.info.get("cmdline")) for p in workers]
+    return workers
 
 
 def _scrape(url: str) -> str:
@@ -166,8 +180,7 @@ def test_killed_worker_resumes_and_metrics_are_scraped(ray_cluster, s3_server, i
         assert "ray_seer_train_loss" in samples
         assert samples["ray_seer_ingest_images_total"].value > 0
 
-        workers = _train_workers()
-        assert len(workers) == 2, workers
+        workers = _the_two_workers()
         killed_after = newest_step()
         workers[1].kill()
 
