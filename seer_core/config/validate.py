@@ -121,7 +121,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
 
 def _validate_cross(cfg: SeerConfig) -> None:
     """Checks that need several keys, or the registries of models and recipes."""
-    from seer_core.augment import RECIPES
+    from seer_core.augment import RECIPES, resolve_recipe
     from seer_core.models import TRUNK_NAMES
 
     if cfg.model.trunk not in TRUNK_NAMES:
@@ -144,13 +144,11 @@ def _validate_cross(cfg: SeerConfig) -> None:
             raise ConfigError(
                 f"augment.{name}: {scale!r} must be [min, max] with 0 < min <= max <= 1"
             )
-    recipe = RECIPES[cfg.augment.recipe]
-    n_global = cfg.augment.n_global if cfg.augment.n_global is not None else recipe.n_global
-    n_crops = n_global + (
-        cfg.augment.n_local
-        if cfg.augment.n_local is not None
-        else recipe.n_crops - recipe.n_global
-    )
+    try:
+        recipe = resolve_recipe(cfg.augment.recipe, cfg.augment.overrides())
+    except ValueError as exc:
+        raise ConfigError(f"augment: {exc}") from exc
+    n_global, n_crops = recipe.n_global, recipe.n_crops
     assign = cfg.swav.crops_for_assign
     if not assign or len(set(assign)) != len(assign) or any(not 0 <= a < n_crops for a in assign):
         raise ConfigError(

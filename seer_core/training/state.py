@@ -16,6 +16,7 @@ from torch import nn
 from seer_core.augment import (
     BatchPhotometric,
     MultiCropRecipe,
+    resolve_recipe,
 )
 from seer_core.config import SeerConfig
 from seer_core.models import (
@@ -64,9 +65,7 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
 
 def recipe_for(cfg: SeerConfig) -> MultiCropRecipe:
     """The multi-crop recipe the config asks for, overrides applied (the trainer's view)."""
-    from seer_core.augment import build_multicrop
-
-    return build_multicrop(cfg.augment.recipe, **cfg.augment.overrides()).recipe
+    return resolve_recipe(cfg.augment.recipe, cfg.augment.overrides())
 
 
 @dataclass

@@ -181,10 +181,6 @@ class PooledFeed:
         self._ensure_started()
         return len(self._pool)
 
-    def keys(self) -> list[str]:
-        """Same as :meth:`pooled_keys` (the ingest tests use this name)."""
-        return self.pooled_keys()
-
     def pooled_keys(self) -> list[str]:
         """A snapshot of the pool (tests, debugging); like ``pool_size`` it starts the refresher."""
         self._ensure_started()

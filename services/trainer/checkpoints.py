@@ -66,7 +66,7 @@ def report_checkpoint(state: TrainState, rank: int, result: StepResult | None,
                          checkpoint_dir_name=step_dir_name(state.step))
 
 
-def checkpoints_newest_first(cfg: SeerConfig, rank: int, world: int) -> list[str]:
+def checkpoints_newest_first(storage: RunStorage, rank: int, world: int) -> list[str]:
     """Complete checkpoints in the run's storage, newest first, as rank 0 sees them.
 
     Not `ray.train.get_checkpoint()`: Ray hands a restarted group the newest checkpoint its
@@ -77,7 +77,7 @@ def checkpoints_newest_first(cfg: SeerConfig, rank: int, world: int) -> list[str
     """
     choice: list[list[str]] = [[]]
     if rank == 0:
-        choice[0] = [path for _, path in reversed(storage_for(cfg).list_checkpoints())]
+        choice[0] = [path for _, path in reversed(storage.list_checkpoints())]
     if world > 1:
         dist.broadcast_object_list(choice, src=0)
     return choice[0]
@@ -88,9 +88,9 @@ def restore(state: TrainState, rank: int, world: int) -> str | None:
     it was copied, is skipped with an error). Returns its path, or None for a fresh start."""
     import ray.train
 
-    filesystem = storage_for(state.cfg).filesystem
-    for path in checkpoints_newest_first(state.cfg, rank, world):
-        checkpoint = ray.train.Checkpoint(path=path, filesystem=filesystem)
+    storage = storage_for(state.cfg)
+    for path in checkpoints_newest_first(storage, rank, world):
+        checkpoint = ray.train.Checkpoint(path=path, filesystem=storage.filesystem)
         try:
             with checkpoint.as_directory() as directory:
                 saved = load_state(Path(directory) / STATE_FILE, map_location="cpu")

@@ -78,7 +78,7 @@ def test_every_bad_input_ends_as_crops_or_its_reason(
     with open_feed(str(image_dir), refresh_seconds=60.0) as feed:
         worker = IngestWorker(cfg, feed=feed, seed=0, metrics_backend="prometheus")
         feed.sample(1, random.Random(0))  # waits for the first listing
-        keys = sorted(feed.keys())
+        keys = sorted(feed.pooled_keys())
         assert len(keys) == len(cases)
         images_before = _sample("seer_ingest_images_total")
         corrupt_before = _sample("seer_ingest_failures_total", reason="corrupt")
@@ -138,7 +138,7 @@ def test_vanished_and_fetch_error_are_reasons(image_dir: Path, tmp_path: Path) -
     with open_feed(str(image_dir), refresh_seconds=60.0) as feed:
         feed.sample(1, random.Random(0))
         victim = str(image_dir / "cmyk.jpg")
-        pooled = feed.keys()
+        pooled = feed.pooled_keys()
         assert victim in pooled
         Path(victim).unlink()  # deleted between listing and fetch
         worker = IngestWorker(small_cfg(), feed=feed, metrics_backend="prometheus")
