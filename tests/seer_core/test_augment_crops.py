@@ -126,6 +126,12 @@ def test_flip_in_tensor_copy() -> None:
     ref = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
     assert torch.equal(to_tensor_uint8(img), ref)
     assert torch.equal(to_tensor_uint8(img, flip=True), torch.flip(ref, dims=[2]))
+    grey = img.convert("L")
+    ref_grey = torch.from_numpy(np.asarray(grey).copy()).expand(3, -1, -1)
+    for flip in (False, True):
+        out = to_tensor_uint8(grey, flip=flip)
+        assert out.is_contiguous() and out.shape == (3, 5, 7)
+        assert torch.equal(out, torch.flip(ref_grey, dims=[2]) if flip else ref_grey)
 
 
 def _ks(a: np.ndarray, b: np.ndarray) -> float:
