@@ -47,7 +47,7 @@ run: $(STAMP) seed
 	$(VENV)/bin/seer pretrain --config $(CONFIG) $(ARGS)
 
 bench: $(STAMP)
-	$(PY) benchmarks/multicrop.py
+	$(PY) benchmarks/multicrop.py --floor
 	$(PY) benchmarks/train_step.py
 
 clean:
