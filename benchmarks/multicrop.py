@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -92,7 +93,10 @@ def primitives_floor(mc: MultiCrop, stages: int) -> Callable[[bytes], None]:
 def measure(
     fn: Callable[[bytes], object], images: list[bytes], seconds: float
 ) -> tuple[float, float]:
-    """(images per CPU-second, images per wall-second), cycling through `images`."""
+    """(images per CPU-second, images per wall-second), over whole passes through `images`.
+
+    Whole passes, so that every pipeline is timed on the same mix of images in every round.
+    """
     fn(images[0])  # warm-up: lazy imports, plugin registration
     n = 0
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -100,7 +104,7 @@ def measure(
         fn(images[n % len(images)])
         n += 1
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-        if wall >= seconds and n >= len(images) // 4:
+        if wall >= seconds and n % len(images) == 0:
             return n / max(cpu, 1e-9), n / wall
 
 
@@ -110,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="directory of images (default: generate --n 1080-px photos)")
     parser.add_argument("--n", type=int, default=64, help="images to generate/use (default 64)")
     parser.add_argument("--recipe", default="seer", choices=sorted(RECIPES))
-    parser.add_argument("--seconds", type=float, default=5.0,
-                        help="measuring time per pipeline (default 5)")
+    parser.add_argument("--seconds", type=float, default=6.0,
+                        help="measuring time per pipeline, over all rounds (default 6)")
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="interleaved rounds; figures are medians over them (default 6)")
     parser.add_argument("--floor", action="store_true",
                         help="also time decode, resize and blur alone: the bound on the speed-up")
     args = parser.parse_args(argv)
@@ -130,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     sizes = {Image.open(io.BytesIO(b)).size for b in images[:8]}
     print(f"{len(images)} images (e.g. {sorted(sizes)[:3]}), recipe {args.recipe}, "
-          f"PIL {Image.__version__}, 1 thread, {args.seconds:.0f} s each")
+          f"PIL {Image.__version__}, 1 thread, {args.seconds:.0f} s each in {args.rounds} rounds")
 
     probe = build_multicrop(args.recipe, seed=1)
     reductions = [probe._decode_and_plan(b)[0].reduction for b in images for _ in range(4)]
@@ -138,27 +144,41 @@ def main(argv: list[str] | None = None) -> int:
                        for k in sorted(set(reductions)))
     print(f"JPEG decode scale chosen from each image's crop boxes: {shares}")
 
-    ours = build_multicrop(args.recipe, seed=0)
-    geometric = build_multicrop(args.recipe, seed=0, photometric=False)
-    ref = reference_pipeline(args.recipe)
-    ours_cpu, ours_wall = measure(ours, images, args.seconds)
-    geo_cpu, geo_wall = measure(geometric, images, args.seconds)
-    ref_cpu, ref_wall = measure(ref, images, args.seconds)
-    rows = [("seer build_multicrop", ours_cpu, ours_wall),
-            ("  photometric=False (on device)", geo_cpu, geo_wall),
-            ("torchvision reference", ref_cpu, ref_wall)]
-    for name, cpu, wall in rows:
-        print(f"{name:32s}: {cpu:7.1f} img/s per core ({wall:.1f} wall)")
-    print(f"{'speed-up':32s}: {ours_cpu / ref_cpu:7.2f}x per core "
-          f"({ours_wall / ref_wall:.2f}x wall); photometric=False {geo_cpu / ref_cpu:.2f}x")
+    pipelines: dict[str, Callable[[bytes], object]] = {
+        "seer build_multicrop": build_multicrop(args.recipe, seed=0),
+        "  photometric=False (on device)": build_multicrop(args.recipe, seed=0,
+                                                           photometric=False),
+        "torchvision reference": reference_pipeline(args.recipe),
+    }
     if args.floor:
-        print("floor: the unavoidable PIL/libjpeg steps alone, as seer does them "
-              "(the rate no CPU pipeline built on them can exceed)")
-        for stages, name in ((1, "decode"), (2, "+ resize 6 crops"), (3, "+ Gaussian blur")):
-            cpu, _ = measure(primitives_floor(build_multicrop(args.recipe, seed=0), stages),
-                             images, args.seconds)
-            print(f"  {name:30s}: {cpu:7.1f} img/s per core = {1e3 / cpu:.2f} ms/image "
-                  f"-> at most {cpu / ref_cpu:.2f}x the reference")
+        for stages, name in ((1, "decode"), (2, "+ resize every crop"), (3, "+ Gaussian blur")):
+            pipelines[f"  floor: {name}"] = primitives_floor(
+                build_multicrop(args.recipe, seed=0), stages)
+    # Interleaved rounds, paired ratios: the machine's speed drifts (other tenants, turbo), and
+    # a ratio of two rates measured minutes apart carries that drift; one round does not.
+    cpu_rates: dict[str, list[float]] = {name: [] for name in pipelines}
+    wall_rates: dict[str, list[float]] = {name: [] for name in pipelines}
+    for _ in range(args.rounds):
+        for name, fn in pipelines.items():
+            cpu, wall = measure(fn, images, args.seconds / args.rounds)
+            cpu_rates[name].append(cpu)
+            wall_rates[name].append(wall)
+    ref = cpu_rates["torchvision reference"]
+
+    def ratio(name: str) -> float:
+        return statistics.median(c / r for c, r in zip(cpu_rates[name], ref))
+
+    for name in pipelines:
+        if name.startswith("  floor") and name.endswith("decode"):
+            print("floor: the unavoidable PIL/libjpeg steps alone, as seer does them "
+                  "(no CPU pipeline built on them can be faster)")
+        cpu = statistics.median(cpu_rates[name])
+        print(f"{name:32s}: {cpu:7.1f} img/s per core = {1e3 / cpu:5.2f} ms/image "
+              f"({statistics.median(wall_rates[name]):.1f} wall), {ratio(name):.2f}x the reference")
+    spread = [c / r for c, r in zip(cpu_rates["seer build_multicrop"], ref)]
+    print(f"{'speed-up':32s}: {ratio('seer build_multicrop'):7.2f}x per core "
+          f"(rounds {min(spread):.2f}-{max(spread):.2f}); "
+          f"photometric=False {ratio('  photometric=False (on device)'):.2f}x")
     return 0
 
 

@@ -16,7 +16,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def test_multicrop_benchmark_prints_rates_and_floor(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(sys, "argv", ["multicrop.py", "--n", "4", "--seconds", "0.05", "--floor"])
+    argv = ["multicrop.py", "--n", "4", "--seconds", "0.05", "--rounds", "2", "--floor"]
+    monkeypatch.setattr(sys, "argv", argv)
     threads = torch.get_num_threads()  # the script pins 1 thread for the whole process
     try:
         with pytest.raises(SystemExit) as exit_info:
