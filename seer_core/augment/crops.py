@@ -119,9 +119,9 @@ def box_reduction(boxes: Sequence[tuple[int, int, int, int]], sizes: Sequence[in
 def planes_to_tensor(planes: np.ndarray, flip: bool = False) -> torch.Tensor:
     """uint8 planes [3 or 1, h, w] as a contiguous uint8 [3, h, w] tensor, optionally mirrored.
 
-    One plane (a grayscale crop) fills all three. The mirror is `torch.flip`, a vectorised
-    copy about 4x faster than numpy's negative-stride copy; colour ops commute with it, so it
-    is done last, for free in the copy that has to happen anyway.
+    One plane (a grayscale crop) fills all three. The mirror is `torch.flip`, one vectorised
+    copy about 4x faster than numpy's negative-stride copy; colour ops and the blur commute
+    with it, so it is done last, on the final planes (and on one plane for a grayscale crop).
     """
     t = torch.from_numpy(planes)
     if flip:
@@ -211,7 +211,7 @@ class MultiCrop:
                 box=decoded.map_box(*box),
                 reducing_gap=REDUCING_GAP,
             )
-            # Colour ops commute with a mirror: flipping in the final copy is free.
+            # Colour ops and the blur commute with a mirror: flip once, at the end.
             planes = apply_photometric(crop, draw) if draw is not None else image_planes(crop)
             out.append(planes_to_tensor(planes, flip))
         return out
