@@ -11,8 +11,6 @@ from .crops import (
     MultiCrop,
     box_reduction,
     build_multicrop,
-    max_reduction,
-    min_box_side,
     sample_crop_box,
 )
 from .decode import (
@@ -42,8 +40,6 @@ __all__ = [
     "collate_crops",
     "crops_to_groups",
     "decode_image",
-    "max_reduction",
-    "min_box_side",
     "normalize",
     "probe_image",
     "resolve_recipe",

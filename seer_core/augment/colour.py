@@ -157,21 +157,18 @@ def planes_image(planes: np.ndarray) -> Image.Image:
 
 
 def affine_planes(planes: np.ndarray, m: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """x -> M x + t on uint8 RGB planes [3, h, w], rounded and clamped to uint8.
+    """x -> M x + t on uint8 RGB planes [3, h, w]: uint8 planes [r, h, w] for M [r, 3], t [r].
 
     Same arithmetic as PIL's `convert("RGB", matrix)` (float32, +0.5, clamp, truncate), but as
-    one 3x3 matrix product over all pixels instead of PIL's scalar per-pixel loop: about half
-    the time per crop. When the rows of M and t are equal (grayscale) only one plane is
-    computed and returned ([1, h, w]); the tensor copy expands it.
+    one matrix product over all pixels instead of PIL's scalar per-pixel loop: about half the
+    time per crop. A grayscale map passes its one distinct row (r = 1).
     """
     _, h, w = planes.shape
-    grey = bool(np.all(m == m[0]) and np.all(t == t[0]))
-    rows = 1 if grey else 3
     x = planes.reshape(3, h * w).astype(np.float32)
-    y = m[:rows].astype(np.float32) @ x
-    y += (t[:rows] + 0.5).astype(np.float32)[:, None]
+    y = m.astype(np.float32) @ x
+    y += (t + 0.5).astype(np.float32)[:, None]
     np.clip(y, 0.0, 255.0, out=y)
-    return y.astype(np.uint8).reshape(rows, h, w)
+    return y.astype(np.uint8).reshape(len(m), h, w)
 
 
 # (order, factors or None, grayscale?, blur sigma or None), as drawn by `sample_jitter`.
@@ -216,13 +213,9 @@ def apply_photometric(img: Image.Image, draw: JitterDraw) -> np.ndarray:
         return image_planes(img if sigma is None else _blur(img, sigma))
     mean = _mean_rgb(img) if factors else _ZERO
     m, t = compose_jitter(order, factors, grayscale, mean)
-    planes = affine_planes(image_planes(img), m, t)
+    rows = 1 if grayscale else 3  # a grayscale map's three rows are equal
+    planes = affine_planes(image_planes(img), m[:rows], t[:rows])
     if sigma is not None:
         planes = image_planes(_blur(planes_image(planes), sigma))
     return planes
 
-
-def photometric_pil(img: Image.Image, params: PhotometricParams, rng: random.Random) -> Image.Image:
-    """Colour jitter (random order) -> grayscale -> Gaussian blur on one RGB crop."""
-    planes = apply_photometric(img, sample_jitter(params, rng))
-    return planes_image(np.repeat(planes, 3, axis=0) if len(planes) == 1 else planes)

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .colour import (
     JitterDraw,
@@ -77,40 +76,15 @@ def _central_box(width: int, height: int, ratio: tuple[float, float]) -> tuple[i
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def min_box_side(width: int, height: int, group: CropGroup) -> float:
-    """A lower bound on the shorter side of any box `sample_crop_box` can return for `group`.
-
-    Sampled boxes have w >= sqrt(min_scale * area * min_ratio) and h >= sqrt(min_scale * area /
-    max_ratio) (minus rounding); the central fallback box is computed exactly.
-    """
-    area = width * height
-    lo = group.scale[0] * area
-    sampled = min(math.sqrt(lo * group.ratio[0]), math.sqrt(lo / group.ratio[1])) - 0.5
-    _, _, h, w = _central_box(width, height, group.ratio)
-    return min(sampled, float(min(h, w)))
-
-
-def max_reduction(width: int, height: int, recipe: MultiCropRecipe) -> int:
-    """The largest JPEG draft reduction (8, 4, 2, else 1) under which no crop loses resolution.
-
-    Allowed when even the smallest possible box of every group, divided by the reduction, still
-    has at least the group's output size per side: the resize is then a downscale either way.
-    """
-    for k in DRAFT_REDUCTIONS:
-        if all(min_box_side(width, height, g) / k >= g.size for g in recipe.groups):
-            return k
-    return 1
-
-
 def box_reduction(boxes: Sequence[tuple[int, int, int, int]], sizes: Sequence[int]) -> int:
     """The largest JPEG draft reduction (8, 4, 2, else 1) under which no given crop loses pixels.
 
     `boxes` are (top, left, h, w) at full resolution, `sizes` their output sides: a reduction k
     is allowed when every box still spans at least its output size per side after dividing by
     k, so each resize stays a downscale (or as much of an upscale as at full resolution: a box
-    already smaller than its output forbids any reduction). Unlike `max_reduction`, this looks at
-    the boxes actually drawn for the image, not the worst the recipe could draw, which is what
-    lets ~1080 px photos decode at half size most of the time.
+    already smaller than its output forbids any reduction). It looks at the boxes actually drawn
+    for the image, not the worst the recipe could draw, which is what lets ~1080 px photos
+    decode at half size most of the time (the worst case would forbid it for every one).
     """
     side = min((min(b[2], b[3]) / s for b, s in zip(boxes, sizes, strict=True)), default=0.0)
     return next((k for k in DRAFT_REDUCTIONS if side >= k), 1)
@@ -129,11 +103,6 @@ def planes_to_tensor(planes: np.ndarray, flip: bool = False) -> torch.Tensor:
     if t.shape[0] == 1:
         t = t.expand(3, -1, -1).contiguous()
     return t
-
-
-def to_tensor_uint8(img: Image.Image, flip: bool = False) -> torch.Tensor:
-    """An RGB (or grey "L") PIL image as a contiguous uint8 [3, h, w] tensor, maybe mirrored."""
-    return planes_to_tensor(image_planes(img), flip)
 
 
 class MultiCrop:

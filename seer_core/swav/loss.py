@@ -86,8 +86,8 @@ def swav_loss_with_codes(
 ) -> tuple[Tensor, list[Tensor]]:
     """:func:`swav_loss` that also returns the codes ``[B, K]`` of each assigned crop.
 
-    The trainer needs the codes for its prototype-usage metric; returning them avoids a second
-    Sinkhorn pass.
+    For callers that inspect the assignments (tests, analysis of prototype usage): the codes
+    come from the loss's own Sinkhorn pass, so they cost nothing extra.
     """
     crops = tuple(crops_for_assign)
     _check_loss_args(

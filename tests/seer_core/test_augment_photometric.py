@@ -27,9 +27,10 @@ from seer_core.augment.colour import (
     HUE,
     SATURATION,
     affine_planes,
+    apply_photometric,
     compose_jitter,
     image_planes,
-    photometric_pil,
+    sample_jitter,
 )
 from services.sample_images import paint_photo_like
 
@@ -42,8 +43,9 @@ def photo() -> Image.Image:
 def _ours(img: Image.Image, order: list[int], factors: tuple | None, grey: bool = False):
     mean = np.asarray(img, dtype=np.float64).reshape(-1, 3).mean(0)
     m, t = compose_jitter(order, factors, grey, mean)
-    planes = affine_planes(image_planes(img), m, t)
-    return np.repeat(planes, 3 // len(planes), axis=0).transpose(1, 2, 0).astype(np.float64)
+    rows = 1 if grey else 3
+    planes = affine_planes(image_planes(img), m[:rows], t[:rows])
+    return np.repeat(planes, 3 // rows, axis=0).transpose(1, 2, 0).astype(np.float64)
 
 
 def _mad(a: object, b: object) -> float:
@@ -111,18 +113,19 @@ def test_affine_planes_match_pil_matrix_convert(photo: Image.Image) -> None:
 def test_affine_planes_grayscale_is_one_plane(photo: Image.Image) -> None:
     m, t = compose_jitter([HUE, CONTRAST, BRIGHTNESS, SATURATION], (1.2, 0.7, 1.1, 0.1), True,
                           np.full(3, 120.0))
-    out = affine_planes(image_planes(photo), m, t)
+    out = affine_planes(image_planes(photo), m[:1], t[:1])
     assert out.shape == (1, photo.height, photo.width)
-    full = affine_planes(image_planes(photo), m + np.array([[0.0], [0.0], [1e-9]]), t)
+    full = affine_planes(image_planes(photo), m, t)
     assert full.shape[0] == 3 and np.array_equal(full[0], out[0])
 
 
-def test_photometric_pil_statistics(photo: Image.Image) -> None:
+def test_apply_photometric_statistics(photo: Image.Image) -> None:
     rng = random.Random(0)
-    outs = [np.asarray(photometric_pil(photo, PhotometricParams(), rng)) for _ in range(300)]
-    grey = np.mean([np.array_equal(o[..., 0], o[..., 1]) and np.array_equal(o[..., 1], o[..., 2])
-                    for o in outs])
-    unchanged = np.mean([np.array_equal(o, np.asarray(photo)) for o in outs])
+    draws = [sample_jitter(PhotometricParams(), rng) for _ in range(300)]
+    outs = [np.repeat(p, 3 // len(p), axis=0) for p in
+            (apply_photometric(photo, d) for d in draws)]
+    grey = np.mean([np.array_equal(o[0], o[1]) and np.array_equal(o[1], o[2]) for o in outs])
+    unchanged = np.mean([np.array_equal(o, image_planes(photo)) for o in outs])
     assert 0.12 < grey < 0.28  # p_grayscale = 0.2
     assert 0.02 < unchanged < 0.12  # no jitter (0.2) x no grey (0.8) x no blur (0.5) = 0.08
 
