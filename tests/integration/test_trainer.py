@@ -162,11 +162,14 @@ def test_killed_worker_resumes_and_metrics_are_scraped(ray_cluster, s3_server, i
             time.sleep(1)
         assert newest_step() >= 3, "no checkpoint within 240 s"
 
-        # The workers' metrics reach Ray's Prometheus endpoint (Ray adds the ray_ prefix).
+        # The workers' metrics reach Ray's Prometheus endpoint (Ray adds the ray_ prefix). Each
+        # metric is exported on its own schedule: wait until every one asserted below is there.
+        expected = ("ray_seer_train_steps_total", "ray_seer_train_step_seconds_bucket",
+                    "ray_seer_train_loss", "ray_seer_ingest_images_total")
         text = ""
         while time.monotonic() < deadline:
             text = _scrape(ray_cluster.metrics_url)
-            if "ray_seer_train_steps_total" in text and "ray_seer_ingest_images_total" in text:
+            if all(name in text for name in expected):
                 break
             time.sleep(1)
         samples = {
