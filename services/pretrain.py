@@ -15,8 +15,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlparse
 
-from seer_core.config import SeerConfig
+from seer_core.config import SeerConfig, config_from_dict
 from services import metrics
 from services.storage import RunStorage
 from services.trainer import build_trainer, storage_for
@@ -170,6 +171,29 @@ def check_feed(cfg: SeerConfig) -> None:
         )
 
 
+def anchor_local_paths(cfg: SeerConfig, base: str | None = None) -> SeerConfig:
+    """A copy of `cfg` whose relative local paths are made absolute against `base` (the cwd).
+
+    Relative paths mean "from where the command was run", but only the driver runs there: Ray
+    Train starts its workers in a per-run folder of the Ray session, where `runs/checkpoints`
+    would name another, empty place (the workers then found no checkpoint and started over).
+    URIs with a scheme (s3://, file://) and absolute paths are left alone.
+    """
+    root = base or os.getcwd()
+
+    def anchor(value: str | None) -> str | None:
+        if not value or urlparse(value).scheme:
+            return value
+        path = os.path.expanduser(value)
+        return path if os.path.isabs(path) else os.path.normpath(os.path.join(root, path))
+
+    out = config_from_dict(cfg.to_dict())
+    out.feed.uri = anchor(out.feed.uri) or out.feed.uri
+    out.feed.manifest_base = anchor(out.feed.manifest_base)
+    out.checkpoint.storage = anchor(out.checkpoint.storage) or out.checkpoint.storage
+    return out
+
+
 def run_pretraining(
     cfg: SeerConfig,
     *,
@@ -183,6 +207,7 @@ def run_pretraining(
 
     from services.control import create_control
 
+    cfg = anchor_local_paths(cfg)
     if not synthetic:
         check_feed(cfg)
     ray_metrics = init_ray(cfg, address)

@@ -102,6 +102,28 @@ def test_checkpoints_retention_and_resume(ray_cluster, s3_server, image_bucket,
     assert saved["config"]["checkpoint"]["run_name"] == "resume"
 
 
+def test_relative_local_checkpoint_folder_resumes(ray_cluster, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`checkpoint.storage` relative to where the command runs (the `local` preset's
+    `runs/checkpoints`): the workers, which Ray Train starts in another folder, must resume
+    from it too."""
+    monkeypatch.chdir(tmp_path)
+    overrides = ["model.trunk=tiny", "model.head_hidden=[32]", "model.head_out=16",
+                 "model.prototypes=32", "augment.global_size=32", "augment.local_size=16",
+                 "train.batch_size=4", "train.num_workers=1", "train.torch_threads=1",
+                 "train.cpus_per_worker=0.5", "swav.queue_length=0",
+                 "checkpoint.storage=ckpts", "checkpoint.run_name=relative",
+                 "checkpoint.every_steps=1000", "checkpoint.every_minutes=0",
+                 "metrics.status_port=0"]
+    first = run_pretraining(load_config("local", [*overrides, "train.max_steps=2"]),
+                            synthetic=True, install_signals=False)
+    assert first.step == 2
+    assert (tmp_path / "ckpts" / "relative" / "step_000000000002").is_dir()
+    second = run_pretraining(load_config("local", [*overrides, "train.max_steps=3"]),
+                             synthetic=True, install_signals=False)
+    assert second.metrics.get("resumed_step") == 2 and second.step == 3
+
+
 def _train_workers() -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline", "status"]):

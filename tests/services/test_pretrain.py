@@ -10,7 +10,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from seer_core.config import load_config
-from services.pretrain import StatusPage, banner, check_feed, format_progress, required_cpus
+from services.pretrain import (
+    StatusPage,
+    anchor_local_paths,
+    banner,
+    check_feed,
+    format_progress,
+    required_cpus,
+)
 from services.storage import resolve_storage
 
 PROGRESS = {"step": 120, "images_seen": 1920, "loss": 6.25, "lr": 0.0375,
@@ -66,3 +73,22 @@ def test_required_cpus_counts_every_consumer() -> None:
                                 "ingest.actors_max=3", "ingest.cpus_per_actor=1",
                                 "ingest.read_tasks=4", "ingest.read_task_cpus=0.25"])
     assert required_cpus(cfg) == pytest.approx(2 + 3 + 1 + 0.5)
+
+
+def test_relative_local_paths_are_anchored_at_the_driver(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers run elsewhere (Ray Train moves them to a session folder): the driver's cwd rules."""
+    cfg = load_config("local", ["feed.manifest_base=imgs", "checkpoint.storage=runs/ckpt"])
+    monkeypatch.chdir(tmp_path)
+    out = anchor_local_paths(cfg)
+    assert out.feed.uri == str(tmp_path / "runs" / "sample-images")
+    assert out.feed.manifest_base == str(tmp_path / "imgs")
+    assert out.checkpoint.storage == str(tmp_path / "runs" / "ckpt")
+    assert cfg.checkpoint.storage == "runs/ckpt"  # the caller's config is not changed
+    kept = load_config("local", ["feed.uri=s3://bucket/img/", "checkpoint.storage=/abs/ckpt",
+                                 "feed.manifest_base=file:///data/imgs"])
+    again = anchor_local_paths(kept, "/elsewhere")
+    assert (again.feed.uri, again.checkpoint.storage, again.feed.manifest_base) == (
+        "s3://bucket/img/", "/abs/ckpt", "file:///data/imgs")
+    home = anchor_local_paths(load_config("local", ["checkpoint.storage=~/ckpt"]), "/x")
+    assert home.checkpoint.storage == str(Path("~/ckpt").expanduser())
