@@ -12,15 +12,18 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 from urllib.parse import urlparse
 
 from seer_core.config import SeerConfig, config_from_dict
 from services import metrics
 from services.storage import RunStorage
 from services.trainer import build_trainer, storage_for
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -194,6 +197,31 @@ def anchor_local_paths(cfg: SeerConfig, base: str | None = None) -> SeerConfig:
     return out
 
 
+def fit_beside_signals(fit: Callable[[], T]) -> T:
+    """Runs `fit` in a thread while the main thread waits, keeping seer's signal handlers.
+
+    Ray Train's `fit()` on the main thread replaces the SIGINT handler with its own, which
+    aborts the run without a final checkpoint: Ctrl-C would lose up to a checkpoint interval
+    of work. Off the main thread it leaves signals alone; the main thread, joining in short
+    waits, runs our handlers (stop request, final checkpoint; a second signal aborts).
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fit()
+        except BaseException as exc:  # re-raised on the main thread below
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="seer-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def run_pretraining(
     cfg: SeerConfig,
     *,
@@ -239,7 +267,7 @@ def run_pretraining(
     printer.start()
     try:
         trainer = build_trainer(cfg, synthetic=synthetic)
-        result = trainer.fit()
+        result = fit_beside_signals(trainer.fit) if previous else trainer.fit()
     finally:
         printer.done.set()
         printer.join(timeout=15)

@@ -226,10 +226,13 @@ def test_killed_worker_resumes_and_metrics_are_scraped(ray_cluster, s3_server, i
     assert outcome[0].step > killed_after + 3
 
 
-def test_sigterm_checkpoints_and_exits_cleanly(ray_cluster, s3_server, image_bucket,
-                                               ckpt_bucket, tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_checkpoints_and_exits_cleanly(ray_cluster, s3_server, image_bucket, ckpt_bucket,
+                                              tmp_path: Path, signum: signal.Signals) -> None:
+    """`ray job stop` sends SIGTERM, Ctrl-C SIGINT (which Ray Train's fit() would otherwise
+    take over and abort without a checkpoint): both end in a final checkpoint and exit 0."""
     endpoint = s3_server.endpoint_url
-    run = "sigterm"
+    run = f"stop-{signum.name.lower()}"
     cfg = service_config(endpoint, image_bucket, ckpt_bucket, run, "checkpoint.every_steps=1000")
     config_file = tmp_path / "run.yaml"
     config_file.write_text(cfg.to_yaml())
@@ -245,13 +248,13 @@ def test_sigterm_checkpoints_and_exits_cleanly(ray_cluster, s3_server, image_buc
                 assert proc.poll() is None, log.read_text()
                 time.sleep(1)
             assert "step " in log.read_text(), log.read_text()
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signum)
             assert proc.wait(timeout=180) == 0, log.read_text()
         finally:
             if proc.poll() is None:
                 proc.kill()
     text = log.read_text()
-    assert "stopped (SIGTERM)" in text, text
+    assert f"stopped ({signum.name})" in text, text
     storage = resolve_storage(cfg.checkpoint.storage, run, endpoint)
     checkpoints = storage.list_checkpoints()
     assert checkpoints and checkpoints[-1][0] > 0  # the final checkpoint, not a periodic one
