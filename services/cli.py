@@ -1,4 +1,4 @@
-"""The `seer` command: pretrain, seed, status, models, config, export.
+"""The `seer` command: pretrain, eval, seed, status, models, config, export.
 
 Every command validates its input before doing anything slow, and says what to do next when it
 cannot go on (a missing feed folder, an unknown preset, no checkpoint yet).
@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", action="store_true",
                    help="train on in-memory random batches (the compute-only ceiling)")
     p.set_defaults(func=cmd_pretrain)
+
+    from services.evaluator.command import add_eval_parser
+
+    add_eval_parser(sub, _add_config_args)
 
     p = sub.add_parser("seed", help="write sample images for the embedded default feed")
     p.add_argument("--out", default="runs/sample-images", help="folder (default: %(default)s)")

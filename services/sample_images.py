@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from services.shapes import OBJECT_KINDS, draw_object
+
 # Instagram-like aspect ratios (height / width): square, portrait 4:5, landscape 1.91:1.
 _IG_ASPECTS = (1.0, 1.25, 1 / 1.91)
 _EXIF_ORIENTATION = 0x0112
@@ -72,7 +74,26 @@ def paint_photo_like(width: int, height: int, rng: np.random.Generator) -> Image
     if rng.random() < 0.5:
         img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.5, 3.0))))
 
-    # Grey noise texture from a shared tile: a random window, stretched 1-4x (grain size).
+    img = add_grain(img, rng)
+    return colour_cast(img, rng)
+
+
+def add_objects(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Draws 1-4 objects of random kinds (radius 8-40% of the short side), then light grain."""
+    draw = ImageDraw.Draw(img)
+    side = min(img.size)
+    kinds = list(OBJECT_KINDS)
+    for _ in range(int(rng.integers(1, 5))):
+        radius = side * float(rng.uniform(0.08, 0.4))
+        cx = float(rng.uniform(0, img.width))
+        cy = float(rng.uniform(0, img.height))
+        draw_object(draw, kinds[int(rng.integers(0, len(kinds)))], cx, cy, radius, rng)
+    return add_grain(img, rng, strength=0.15)
+
+
+def add_grain(img: Image.Image, rng: np.random.Generator, strength: float = 0.3) -> Image.Image:
+    """Blends in grey noise from a shared tile: a random window, stretched 1-4x (grain size)."""
+    width, height = img.size
     tile = _noise_tile()
     stretch = float(rng.uniform(1.0, 4.0))
     bw = min(tile.width, max(1, round(width / stretch)))
@@ -80,8 +101,12 @@ def paint_photo_like(width: int, height: int, rng: np.random.Generator) -> Image
     x0 = int(rng.integers(0, tile.width - bw + 1))
     y0 = int(rng.integers(0, tile.height - bh + 1))
     noise = tile.resize((width, height), Image.Resampling.BILINEAR, box=(x0, y0, x0 + bw, y0 + bh))
-    img = Image.blend(img, Image.merge("RGB", (noise, noise, noise)), float(rng.uniform(0.05, 0.3)))
+    alpha = float(rng.uniform(0.05, strength))
+    return Image.blend(img, Image.merge("RGB", (noise, noise, noise)), alpha)
 
+
+def colour_cast(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A random white balance, as cameras differ."""
     cast = rng.uniform(0.8, 1.2, size=3)
     matrix = (cast[0], 0, 0, 0, 0, cast[1], 0, 0, 0, 0, cast[2], 0)
     return img.convert("RGB", matrix=tuple(float(v) for v in matrix))
@@ -132,8 +157,13 @@ def generate_sample_images(
     min_side: int = 256,
     max_side: int = 1280,
     progress: bool = True,
+    objects: bool = True,
 ) -> int:
     """Write `count` varied photo-like images into `out_dir`; returns how many were written.
+
+    With `objects` (the default), each image also shows one to four objects of the shared
+    vocabulary (`services.shapes`) at random scales, colours and places: the unlabelled world
+    whose features `seer seed --labelled` then measures.
 
     About 85 % JPEG and 15 % PNG; sides drawn log-uniformly in [min_side, max_side] with aspect
     ratios between 1:2 and 2:1; about 5 % of the JPEGs carry an EXIF orientation other than 1
@@ -154,6 +184,8 @@ def generate_sample_images(
         w, h = (long_side, long_side / aspect) if aspect >= 1 else (long_side * aspect, long_side)
         w, h = max(min_side, round(w)), max(min_side, round(h))
         img = paint_photo_like(w, h, rng)
+        if objects:
+            img = add_objects(img, rng)
         fmt = "PNG" if rng.random() < 0.15 else "JPEG"
         orientation = 1
         if fmt == "JPEG" and rng.random() < 0.05:

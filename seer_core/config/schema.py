@@ -192,6 +192,60 @@ class MetricsConfig:
     status_port: int = knob(9100, ge=0, le=65535, help="the CLI's own /metrics page (0: off)")
 
 
+EVAL_PROTOCOLS: tuple[str, ...] = ("knn", "linear", "lowshot", "finetune")
+
+
+@dataclass
+class EvalConfig:
+    """`seer eval`: frozen-trunk evaluation of checkpoints on a labelled set (CLI flags win)."""
+
+    data: str = knob(
+        "runs/labelled",
+        help="labelled set: a folder (train/<class>/ + val/<class>/, or <class>/), "
+        "s3://bucket/prefix, or a Parquet file (image, label[, split])",
+    )
+    endpoint_url: str | None = knob(
+        None, help="S3 endpoint of the labelled set (default: feed.endpoint_url, then the env)"
+    )
+    protocols: list[Literal["knn", "linear", "lowshot", "finetune"]] = knob(
+        factory=lambda: ["knn", "linear"], help="what to run: knn, linear, lowshot, finetune"
+    )
+    stage: Literal["res4", "res5"] = knob("res5", help="trunk stage whose pooled features count")
+    knn_k: list[int] = knob(factory=lambda: [20, 200], ge=1, help="kNN neighbour counts")
+    temperature: float = knob(0.07, gt=0, help="kNN vote temperature: weights exp(sim / T)")
+    image_size: int = knob(224, ge=16, help="center-crop side of the evaluation images")
+    batch_size: int = knob(64, ge=1, help="images per feature-extraction batch")
+    val_fraction: float = knob(
+        0.2, gt=0, le=0.9, help="per-class validation share when the set has no val/ split"
+    )
+    split_seed: int = knob(0, ge=0, help="seed of that train/validation split")
+    probe_epochs: int = knob(100, ge=1, help="linear probe epochs (each sweep point)")
+    lowshot_fractions: list[float] = knob(
+        factory=lambda: [0.01, 0.1], gt=0, le=1, help="low-shot: share of each class kept"
+    )
+    lowshot_seeds: list[int] = knob(
+        factory=lambda: [0, 1, 2], ge=0, help="low-shot: one subset per seed (mean ± std)"
+    )
+    finetune_steps: int = knob(200, ge=1, help="finetune: SGD steps on a copy of the trunk")
+    finetune_lr: float = knob(0.01, gt=0, help="finetune: learning rate")
+    baseline: Literal["none", "random"] = knob(
+        "random", help="also evaluate a random-initialised trunk of the same architecture"
+    )
+    seed: int = knob(0, ge=0, help="seed of the random baseline trunk and of the probes")
+    results: str | None = knob(
+        None,
+        help="results file (JSON lines; the PNG goes beside it); default "
+        "<checkpoint.storage>/<checkpoint.run_name>-eval/results.jsonl",
+    )
+    interval_s: float = knob(300.0, gt=0, help="--watch: seconds between polls of the store")
+    metrics_port: int = knob(9101, ge=0, le=65535, help="--watch: seer_eval_* gauges (0: off)")
+    metrics_addr: str = knob("0.0.0.0", help="--watch: address the gauges are served on")
+    device: Literal["auto", "cpu", "cuda"] = knob("auto", help="auto: cuda when available")
+    torch_threads: int = knob(
+        0, ge=0, help="intra-op CPU threads (0: torch default; 1-2 on a node shared with ingest)"
+    )
+
+
 @dataclass
 class SeerConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -204,6 +258,7 @@ class SeerConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -175,9 +175,30 @@ def _validate_cross(cfg: SeerConfig) -> None:
             f"ingest.actors_max: {cfg.ingest.actors_max} must be >= ingest.actors_min "
             f"({cfg.ingest.actors_min})"
         )
+    _validate_eval(cfg)
     if cfg.train.amp == "fp16" and not cfg.train.use_gpu:
         raise ConfigError("train.amp: 'fp16' needs train.use_gpu: true; allowed on CPU: auto, "
                           "off, bf16")
+
+
+def _validate_eval(cfg: SeerConfig) -> None:
+    """The `eval` section's rules that span list items (each item's type and bounds are
+    checked by the schema)."""
+    ev = cfg.eval
+    for name in ("protocols", "knn_k", "lowshot_fractions", "lowshot_seeds"):
+        values = getattr(ev, name)
+        if len(set(values)) != len(values):
+            raise ConfigError(f"eval.{name}: {values!r} has duplicates")
+    if not ev.protocols:
+        raise ConfigError("eval.protocols: empty; allowed values: knn, linear, lowshot, finetune")
+    if "knn" in ev.protocols and not ev.knn_k:
+        raise ConfigError("eval.knn_k: empty; give at least one k (e.g. [20, 200]) for knn")
+    if "lowshot" in ev.protocols and not (ev.lowshot_fractions and ev.lowshot_seeds):
+        raise ConfigError(
+            "eval.lowshot_fractions / eval.lowshot_seeds: lowshot needs at least one of each"
+        )
+    if not ev.data.strip():
+        raise ConfigError("eval.data: empty; give a folder, s3://bucket/prefix or a Parquet file")
 
 
 def config_from_dict(data: Mapping[str, Any] | None) -> SeerConfig:

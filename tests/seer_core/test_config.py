@@ -116,3 +116,45 @@ def test_lr_scales_with_global_batch() -> None:
     assert cfg.scaled_lr() == pytest.approx(0.3 * 128 / 256)
     cfg = load_config("local", ["optim.lr_reference_batch=0", "optim.lr=0.1"])
     assert cfg.scaled_lr() == pytest.approx(0.1)
+
+
+def test_eval_section_defaults_and_overrides() -> None:
+    ev = config_from_dict({}).eval
+    assert (ev.data, ev.protocols, ev.stage, ev.knn_k, ev.temperature) == (
+        "runs/labelled", ["knn", "linear"], "res5", [20, 200], 0.07)
+    assert (ev.lowshot_fractions, ev.lowshot_seeds, ev.baseline, ev.results) == (
+        [0.01, 0.1], [0, 1, 2], "random", None)
+    assert (ev.image_size, ev.val_fraction, ev.interval_s, ev.metrics_port) == (
+        224, 0.2, 300.0, 9101)
+    ev = load_config("local", ["eval.protocols=[knn, lowshot, finetune]", "eval.stage=res4",
+                               "eval.knn_k=20", "eval.baseline=none",
+                               "eval.results=s3://b/r.jsonl"]).eval
+    assert ev.protocols == ["knn", "lowshot", "finetune"] and ev.stage == "res4"
+    assert ev.knn_k == [20] and ev.baseline == "none" and ev.results == "s3://b/r.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("eval.protocols=[knn, svm]", "eval.protocols[1]: 'svm' is not allowed; allowed "
+                                      "values: knn, linear, lowshot, finetune"),
+        ("eval.protocols=[]", "eval.protocols: empty; allowed values: knn, linear"),
+        ("eval.protocols=[knn, knn]", "eval.protocols: ['knn', 'knn'] has duplicates"),
+        ("eval.stage=res3", "eval.stage: 'res3' is not allowed; allowed values: res4, res5"),
+        ("eval.knn_k=[0]", "eval.knn_k: 0 is too small; allowed: >= 1"),
+        ("eval.knn_k=[]", "eval.knn_k: empty"),
+        ("eval.temperature=0", "eval.temperature: 0.0 is too small; allowed: > 0"),
+        ("eval.lowshot_fractions=[0.1, 1.5]", "eval.lowshot_fractions: 1.5 is too large"),
+        ("eval.val_fraction=1", "eval.val_fraction: 1.0 is too large; allowed: <= 0.9"),
+        ("eval.baseline=imagenet", "eval.baseline: 'imagenet' is not allowed; allowed values: "
+                                   "none, random"),
+        ("eval.metrics_port=70000", "eval.metrics_port: 70000 is too large"),
+        ("eval.device=tpu", "eval.device: 'tpu' is not allowed; allowed values: auto, cpu"),
+        ("eval.data=' '", "eval.data: empty"),
+        ("eval.nope=1", "unknown key eval.nope; allowed keys in eval: data"),
+    ],
+)
+def test_eval_bad_values_name_the_key(override: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config("local", [override])
+    assert fragment in str(info.value)

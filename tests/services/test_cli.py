@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,96 @@ def test_status_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["export", str(folder), str(exported)]) == 0
     weights = torch.load(exported, weights_only=True)
     assert weights and not any(k.startswith(("head", "module.", "fc.")) for k in weights)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    from tests.services.evaluator_helpers import one_torch_thread
+
+    yield from one_torch_thread()
+
+
+def _eval_args(tmp_path: Path) -> tuple[list[str], Path]:
+    from tests.services.evaluator_helpers import make_labelled, tiny_overrides
+
+    data = make_labelled(tmp_path / "data")
+    overrides = tiny_overrides(tmp_path / "ckpt", data)
+    return [x for o in overrides for x in ("--set", o)], data
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_eval_once_prints_records_and_plots(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.services.evaluator_helpers import tiny_config, write_checkpoint
+
+    args, data = _eval_args(tmp_path)
+    assert main(["eval", *args]) == 1
+    assert "no checkpoint yet for run 'r1'" in capsys.readouterr().err
+    write_checkpoint(tiny_config(tmp_path / "ckpt", data), 40)
+    assert main(["eval", *args, "--checkpoint", "latest", "--knn-k", "5",
+                 "--protocol", "knn,linear"]) == 0
+    out = capsys.readouterr().out
+    assert "run r1 step 40 (640 images seen), res5 features" in out
+    assert "4 classes, 24 train / 8 val images" in out
+    assert "knn5" in out and "linear" in out and "random top1" in out and "knn20" not in out
+    results = tmp_path / "ckpt" / "r1-eval" / "results.jsonl"
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert {(r["trunk"], r["protocol"]) for r in rows} == {
+        (t, p) for t in ("checkpoint", "random") for p in ("knn5", "linear")}
+    assert results.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert f"plot:    {results.with_suffix('.png')}" in out
+
+    folder = tmp_path / "ckpt" / "r1" / "step_000000000040"
+    assert main(["eval", *args, "--checkpoint", str(folder), "--no-results", "--json",
+                 "--baseline", "none", "--protocol", "knn,lowshot", "--stage", "res4",
+                 "--finetune", "--set", "eval.finetune_steps=2", "--set", "eval.probe_epochs=2",
+                 "--set", "eval.lowshot_fractions=[0.5]", "--set", "eval.lowshot_seeds=[0, 1]"
+                 ]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {r["protocol"] for r in printed} == {"knn5", "knn20", "lowshot50pct", "finetune"}
+    assert {r["metric"] for r in printed if r["protocol"] == "lowshot50pct"} == {
+        "top1", "top5", "top1_std"}
+    assert {r["stage"] for r in printed} == {"res4"} and {r["trunk"] for r in printed} == {
+        "checkpoint"}
+    assert len(results.read_text().splitlines()) == len(rows)  # --no-results: file untouched
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_eval_bad_input_exits_2_naming_what_and_where(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.services.evaluator_helpers import tiny_config, write_checkpoint
+
+    args, data = _eval_args(tmp_path)
+    folder = write_checkpoint(tiny_config(tmp_path / "ckpt", data), 40)
+    assert main(["eval", *args, "--data", str(tmp_path / "nothing-here")]) == 2
+    assert "nothing-here" in capsys.readouterr().err
+    assert main(["eval", *args, "--protocol", "knn,svm"]) == 2
+    assert "--protocol: 'svm' is not allowed; allowed: knn, linear" in capsys.readouterr().err
+    assert main(["eval", *args, "--stage", "res5", "--set", "eval.knn_k=[500]"]) == 2
+    assert "fewer than k=500" in capsys.readouterr().err
+    (folder / "state.pt").write_bytes(b"not a checkpoint")
+    assert main(["eval", *args, "--checkpoint", "40"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint step 40" in err and "corrupt or truncated" in err
+    assert main(["eval", *args, "--checkpoint", str(tmp_path / "nope")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+    assert main(["eval", *args, "--max-polls", "1"]) == 2
+    assert "--max-polls: needs --watch" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["eval", *args, "--device", "cuda"]) == 2
+        assert "eval.device: 'cuda' but no CUDA device is visible" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_eval_watch_single_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--watch --max-polls 1`: what a scheduled job runs; a second pass finds nothing new."""
+    from tests.services.evaluator_helpers import tiny_config, write_checkpoint
+
+    args, data = _eval_args(tmp_path)
+    write_checkpoint(tiny_config(tmp_path / "ckpt", data), 40)
+    assert main(["eval", *args, "--watch", "--max-polls", "1", "--metrics-port", "0"]) == 0
+    results = tmp_path / "ckpt" / "r1-eval" / "results.jsonl"
+    count = len(results.read_text().splitlines())
+    assert count == 8  # (knn5, knn20) x (top1, top5) x (checkpoint, random)
+    assert main(["eval", *args, "--watch", "--max-polls", "1"]) == 0
+    assert len(results.read_text().splitlines()) == count

@@ -1,0 +1,53 @@
+"""Evaluation protocols for self-supervised trunks: kNN, linear probe, low-shot, fine-tuning.
+
+The maths only (torch, torchvision, PIL): the periodic evaluator service loads the checkpoint
+and the labelled set, then calls these. Modules, one job each:
+
+* ``checks``: ``EvalError`` and input validation (bad input names what is wrong and where);
+* ``transforms``: ``preprocess``, the standard resize + centre-crop eval transform;
+* ``features``: ``frozen_trunk`` (res4 / res5 features) and batched ``extract_features``;
+* ``knn``: the weighted kNN monitor; ``linear``: the linear probe with a held-out sweep;
+* ``lowshot``: class-balanced label subsets and probes over seeds; ``finetune``: end to end;
+* ``trunks``: the trunk of a training checkpoint, or a seeded random one.
+"""
+
+from seer_core.evaluation.checks import EvalError
+from seer_core.evaluation.features import (
+    EVAL_STAGES,
+    FrozenTrunk,
+    extract_features,
+    frozen_trunk,
+)
+from seer_core.evaluation.finetune import finetune
+from seer_core.evaluation.knn import knn_classify
+from seer_core.evaluation.linear import (
+    DEFAULT_LRS,
+    DEFAULT_WEIGHT_DECAYS,
+    ProbeResult,
+    linear_probe,
+    stratified_holdout,
+)
+from seer_core.evaluation.lowshot import LowShotResult, lowshot, lowshot_indices
+from seer_core.evaluation.transforms import preprocess
+from seer_core.evaluation.trunks import random_trunk, trunk_from_checkpoint
+
+__all__ = [
+    "DEFAULT_LRS",
+    "DEFAULT_WEIGHT_DECAYS",
+    "EVAL_STAGES",
+    "EvalError",
+    "FrozenTrunk",
+    "LowShotResult",
+    "ProbeResult",
+    "extract_features",
+    "finetune",
+    "frozen_trunk",
+    "knn_classify",
+    "linear_probe",
+    "lowshot",
+    "lowshot_indices",
+    "preprocess",
+    "random_trunk",
+    "stratified_holdout",
+    "trunk_from_checkpoint",
+]

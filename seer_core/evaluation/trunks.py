@@ -1,0 +1,106 @@
+"""The trunks the evaluator measures: one restored from a training checkpoint, or a random one.
+
+A checkpoint stores the whole SwAV model's state dict and the config it was trained with; the
+trunk is rebuilt from that config (never from what the user thinks the run was), so an
+evaluator pointed at the wrong run fails loudly with the keys that do not fit, instead of
+scoring random weights. The random trunk is the "--baseline random" floor every curve is read
+against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from seer_core.config import SeerConfig
+from seer_core.evaluation.checks import EvalError, check_trunk_name
+from seer_core.models import build_swav_model, build_trunk
+from seer_core.training import config_of
+
+# Prefixes a wrapper may leave on every key (DDP, torch.compile); stripped before loading.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+_SHOWN_KEYS = 5
+
+
+def _strip_wrappers(state: Mapping[str, Any]) -> dict[str, Any]:
+    cleaned = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix) :], True
+        cleaned[key] = value
+    return cleaned
+
+
+def _mismatches(model: nn.Module, state: Mapping[str, Any]) -> list[str]:
+    """Human-readable differences between `model`'s state dict and `state` (first few of each)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} {list(state[k].shape)} vs {list(v.shape)}"
+        for k, v in expected.items()
+        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != v.shape
+    ]
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected),
+                        ("shape mismatch (saved vs built)", shapes)):
+        if keys:
+            more = f" (+{len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else ""
+            problems.append(f"{label}: {', '.join(keys[:_SHOWN_KEYS])}{more}")
+    return problems
+
+
+def trunk_from_checkpoint(saved: Mapping[str, Any]) -> tuple[nn.Module, SeerConfig]:
+    """(trunk in eval mode with the saved weights, the saved config) of a ``load_state`` dict.
+
+    The SwAV model of the saved config is built on the meta device (no memory, no random init:
+    a RegNetY-256GF would otherwise spend a minute initialising weights it then overwrites) and
+    the saved tensors are assigned into it; the head must fit too, so a checkpoint of another
+    head or prototype count is caught. A state dict that does not fit raises EvalError naming
+    the trunk and the first mismatched keys.
+    """
+    if not isinstance(saved, Mapping) or "model" not in saved or "config" not in saved:
+        keys = sorted(saved) if isinstance(saved, Mapping) else type(saved).__name__
+        raise EvalError(f"not a seer training checkpoint: needs 'model' and 'config', has {keys}")
+    try:
+        cfg = config_of(saved)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise EvalError(f"checkpoint config is invalid: {exc}") from exc
+    m = cfg.model
+    check_trunk_name(m.trunk)
+    state = _strip_wrappers(saved["model"])
+    with torch.device("meta"):
+        model = build_swav_model(
+            m.trunk, m.head_hidden, m.head_out, m.head_batchnorm, m.prototypes
+        )
+    problems = _mismatches(model, state)
+    if problems:
+        raise EvalError(
+            f"checkpoint (step {saved.get('step', '?')}) does not fit trunk {m.trunk!r} with its "
+            f"head from the saved config: {'; '.join(problems)}"
+        )
+    model.load_state_dict(state, strict=True, assign=True)
+    trunk = model.trunk
+    left = [name for name, t in (*trunk.named_parameters(), *trunk.named_buffers()) if t.is_meta]
+    if left:  # pragma: no cover - a torchvision change adding non-persistent buffers
+        raise EvalError(f"trunk {m.trunk!r}: tensors not in the checkpoint: {left[:_SHOWN_KEYS]}")
+    return trunk.eval(), cfg
+
+
+def random_trunk(name: str, seed: int = 0) -> nn.Module:
+    """Trunk `name` (eval mode, on the CPU) with the standard random initialisation drawn from
+    `seed`.
+
+    Drawn inside ``fork_rng`` so the caller's global RNG stream is untouched.
+    """
+    check_trunk_name(name)
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        torch.manual_seed(seed)
+        return build_trunk(name).eval()

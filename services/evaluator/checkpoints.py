@@ -1,0 +1,205 @@
+"""Finding a checkpoint (latest, a step, a path) and reading it safely while retention runs.
+
+The trainer keeps only the newest K checkpoints, so the one the evaluator picked may be deleted
+while it is being read. The evaluator therefore first copies `state.pt` (and `meta.json`) into a
+private temporary folder through the store's pyarrow filesystem, and only then loads that copy:
+once the copy is complete, retention can do what it likes. A checkpoint that disappears before
+or during the copy is a `CheckpointVanishedError` (the watch loop retries at the next poll), not
+a corrupt one. The copy lands in `$TMPDIR` (tempfile's rule) and is removed after loading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from seer_core.checkpoint import STATE_FILE, CheckpointLoadError, load_state, parse_step_dir
+from services.evaluator.errors import (
+    BadCheckpointError,
+    BadInputError,
+    CheckpointVanishedError,
+    NoCheckpointError,
+    StoreError,
+)
+from services.storage import META_FILE, RunStorage, resolve_storage
+
+COPY_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A checkpoint folder in some store; `step` comes from its name when it has one."""
+
+    filesystem: Any  # a pyarrow.fs.FileSystem (or anything with the same methods, in tests)
+    path: str
+    display: str
+    step: int | None = None
+
+    def describe(self) -> str:
+        return f"checkpoint step {self.step} ({self.display})" if self.step is not None else (
+            f"checkpoint {self.display}"
+        )
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint read into memory, with where it came from (for rows and messages)."""
+
+    ref: CheckpointRef
+    saved: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def step(self) -> int:
+        return int(self.saved.get("step", self.ref.step or 0))
+
+    @property
+    def images_seen(self) -> int:
+        return int(self.saved.get("images_seen", self.meta.get("images_seen", 0)) or 0)
+
+    @property
+    def run(self) -> str:
+        config = self.saved.get("config") or {}
+        return str((config.get("checkpoint") or {}).get("run_name") or self.meta.get(
+            "run_name", "unknown"))
+
+
+def _is_s3(filesystem: Any) -> bool:
+    return getattr(filesystem, "type_name", "") == "s3"
+
+
+def display_path(filesystem: Any, path: str) -> str:
+    return f"s3://{path}" if _is_s3(filesystem) else path
+
+
+def list_refs(storage: RunStorage) -> list[CheckpointRef]:
+    """The run's complete checkpoints, oldest first."""
+    try:
+        found = storage.list_checkpoints()
+    except OSError as exc:
+        raise StoreError(f"cannot list checkpoints in {storage.display}: {exc}") from exc
+    return [CheckpointRef(storage.filesystem, path, display_path(storage.filesystem, path), step)
+            for step, path in found]
+
+
+def _ref_from_path(spec: str, endpoint_url: str | None) -> CheckpointRef:
+    """A folder holding state.pt, or a state.pt file; local or s3://bucket/key."""
+    parsed = urlparse(spec)
+    if parsed.scheme == "s3":
+        storage = resolve_storage(f"s3://{parsed.netloc}", "", endpoint_url)
+        fs, path = storage.filesystem, f"{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/")
+    else:
+        fs, path = pafs.LocalFileSystem(), os.path.abspath(parsed.path if parsed.scheme else spec)
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.File:
+            path = path.rsplit("/", 1)[0] if "/" in path else path
+        elif info.type == pafs.FileType.Directory:
+            if fs.get_file_info(f"{path}/{STATE_FILE}").type != pafs.FileType.File:
+                raise BadInputError(f"no checkpoint at {display_path(fs, path)}: the folder has "
+                                    f"no {STATE_FILE}")
+        else:
+            raise BadInputError(f"no checkpoint at {display_path(fs, path)}: not found (give a "
+                                f"checkpoint folder, a {STATE_FILE} file, latest, or a step)")
+    except OSError as exc:
+        raise StoreError(f"cannot read {spec}: {exc}") from exc
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return CheckpointRef(fs, path, display_path(fs, path), parse_step_dir(name))
+
+
+def resolve_checkpoint(spec: str, storage: RunStorage | None,
+                       endpoint_url: str | None = None) -> CheckpointRef:
+    """`latest`, a step number (both in `storage`), or a path (folder or state.pt)."""
+    spec = spec.strip()
+    is_path = "/" in spec or spec.endswith(".pt") or os.path.exists(spec)
+    if not is_path and (spec == "latest" or spec.isdigit()):
+        if storage is None:
+            raise BadInputError(f"--checkpoint {spec}: needs a checkpoint store (--config/--set)")
+        refs = list_refs(storage)
+        if not refs:
+            raise NoCheckpointError(f"no checkpoint yet for run {storage.run_name!r} in "
+                                    f"{storage.display}")
+        if spec == "latest":
+            return refs[-1]
+        wanted = int(spec)
+        for ref in refs:
+            if ref.step == wanted:
+                return ref
+        steps = ", ".join(str(r.step) for r in refs)
+        raise NoCheckpointError(f"no checkpoint of step {wanted} in {storage.display}; "
+                                f"there are steps {steps}")
+    return _ref_from_path(spec, endpoint_url)
+
+
+def _exists(filesystem: Any, path: str) -> bool:
+    try:
+        return filesystem.get_file_info(path).type == pafs.FileType.File
+    except OSError:
+        return False
+
+
+def copy_checkpoint(ref: CheckpointRef, destination: Path) -> Path:
+    """Copies state.pt (then meta.json, best effort) into `destination`; returns the copy.
+
+    Raises CheckpointVanishedError when the checkpoint is gone before or during the copy,
+    StoreError when the store fails while the checkpoint is still there.
+    """
+    source = f"{ref.path}/{STATE_FILE}"
+    target = destination / STATE_FILE
+    vanished = CheckpointVanishedError(
+        f"{ref.describe()} vanished while being read (retention?); it is skipped")
+    try:
+        info = ref.filesystem.get_file_info(source)
+        if info.type != pafs.FileType.File:
+            raise vanished
+        copied = 0
+        with ref.filesystem.open_input_stream(source) as stream, open(target, "wb") as out:
+            while chunk := stream.read(COPY_CHUNK_BYTES):
+                out.write(chunk)
+                copied += len(chunk)
+    except OSError as exc:  # FileNotFoundError included
+        if not _exists(ref.filesystem, source):
+            raise vanished from exc
+        raise StoreError(f"cannot read {ref.describe()}: {exc}") from exc
+    if info.size is not None and copied != info.size:
+        if not _exists(ref.filesystem, source):
+            raise vanished
+        raise StoreError(f"{ref.describe()}: copied {copied} of {info.size} bytes; it changed "
+                         "while being read")
+    try:
+        with ref.filesystem.open_input_stream(f"{ref.path}/{META_FILE}") as stream:
+            (destination / META_FILE).write_bytes(stream.read())
+    except OSError:
+        pass  # meta.json is a summary; state.pt holds the truth
+    return target
+
+
+def load_checkpoint(ref: CheckpointRef) -> LoadedCheckpoint:
+    """Copies the checkpoint to a private folder, then loads it (weights_only)."""
+    with tempfile.TemporaryDirectory(prefix="seer-eval-") as tmp:
+        local = copy_checkpoint(ref, Path(tmp))
+        try:
+            saved = load_state(local)
+        except CheckpointLoadError as exc:
+            message = str(exc).replace(str(local), f"{ref.display}/{STATE_FILE}")
+            raise BadCheckpointError(f"{ref.describe()} is corrupt or truncated: {message}") from (
+                exc)
+        meta: dict[str, Any] = {}
+        meta_file = Path(tmp) / META_FILE
+        if meta_file.is_file():
+            try:
+                meta = json.loads(meta_file.read_text())
+            except ValueError:
+                meta = {}
+    for key in ("model", "config"):
+        if key not in saved:
+            raise BadCheckpointError(f"{ref.describe()} is not a seer checkpoint: no {key!r} "
+                                     f"entry (keys: {', '.join(sorted(map(str, saved)))})")
+    return LoadedCheckpoint(ref, saved, meta if isinstance(meta, dict) else {})

@@ -1,0 +1,85 @@
+"""The accuracy-against-images-seen PNG drawn beside the results file.
+
+One line per protocol (top-1 of the checkpoints, x = images seen), and the random-initialised
+baseline of the same protocol as a dashed horizontal line of the same colour, so the gain that
+pretraining bought is read off the picture. Drawn with matplotlib's Agg backend (no display on
+a cluster) into a temporary file that is renamed over the old one: a dashboard or a browser
+never shows half a PNG.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+PROTOCOL_ORDER = ("knn", "linear", "lowshot", "finetune")
+
+
+def _protocol_key(name: str) -> tuple[int, float, str]:
+    """knn20 < knn200 < linear < lowshot1pct < lowshot10pct < finetune."""
+    for i, family in enumerate(PROTOCOL_ORDER):
+        if name.startswith(family):
+            digits = "".join(c for c in name[len(family):] if c.isdigit() or c == ".")
+            return i, float(digits) if digits else 0.0, name
+    return len(PROTOCOL_ORDER), 0.0, name
+
+
+def plot_accuracy(rows: Iterable[dict[str, Any]], out: str | Path, *, run: str, stage: str,
+                  data: str | None = None, metric: str = "top1") -> Path | None:
+    """Draws `metric` against images seen for one run and stage; None when nothing to draw."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    series: dict[str, dict[int, float]] = defaultdict(dict)
+    baseline: dict[str, float] = {}
+    for row in rows:
+        if row.get("run") != run or row.get("stage") != stage or row.get("metric") != metric:
+            continue
+        if data is not None and row.get("data") != data:
+            continue
+        if row.get("trunk") == "random":
+            baseline[row["protocol"]] = float(row["value"])
+        elif row.get("trunk") == "checkpoint":
+            series[row["protocol"]][int(row.get("images_seen") or 0)] = float(row["value"])
+    if not series and not baseline:
+        return None
+    protocols = sorted(set(series) | set(baseline), key=_protocol_key)
+    colours = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    try:
+        for i, protocol in enumerate(protocols):
+            colour = colours(i % 10)
+            points = sorted(series.get(protocol, {}).items())
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, marker="o", markersize=3, color=colour, label=protocol)
+            if protocol in baseline:
+                ax.axhline(baseline[protocol], color=colour, linestyle="--", linewidth=1,
+                           label=f"{protocol} (random init)")
+        ax.set_xlabel("images seen")
+        ax.set_ylabel(f"{metric.replace('top', 'top-')} accuracy (%)")
+        ax.set_title(f"{run}: {stage} frozen features" + (f" on {data}" if data else ""),
+                     fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 4))
+        ax.legend(fontsize=8, loc="best")
+        fig.tight_layout()
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                fig.savefig(handle, format="png")
+            os.replace(tmp, out)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    finally:
+        plt.close(fig)
+    return out

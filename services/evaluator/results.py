@@ -1,0 +1,147 @@
+"""The results file: one JSON object per line, appended, never rewritten.
+
+JSON lines because an evaluator that is killed mid-write must cost at most its last line: each
+append is flushed and fsynced, a reader skips (and counts) lines it cannot parse, and the next
+append starts on a fresh line, so one torn write never poisons the file. Every row is one number:
+
+    {"run": "seer-local", "step": 500, "images_seen": 8000, "trunk": "checkpoint",
+     "stage": "res5", "protocol": "knn20", "metric": "top1", "value": 41.25,
+     "wall_time": 1764412345.6, "checkpoint": "runs/checkpoints/seer-local/step_000000000500",
+     "data": "runs/labelled"}
+
+`trunk` is "checkpoint" or "random" (the baseline, with step 0 and images_seen 0). The file may
+live in S3 (`s3://bucket/key`): S3 cannot append, so a local copy is kept and the whole object
+is uploaded after each append (one writer per results file).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlparse
+
+from services.storage import resolve_storage
+
+log = logging.getLogger("seer.eval")
+
+ROW_KEYS: tuple[str, ...] = ("run", "step", "images_seen", "trunk", "stage", "protocol",
+                             "metric", "value", "wall_time", "checkpoint", "data")
+
+
+def default_results_uri(storage: str, run_name: str) -> str:
+    """`<checkpoint.storage>/<run_name>-eval/results.jsonl`: beside the run, not inside it
+    (the run folder belongs to the trainer's retention)."""
+    return f"{storage.rstrip('/')}/{run_name}-eval/results.jsonl"
+
+
+def parse_rows(text: str) -> tuple[list[dict[str, Any]], int]:
+    """The rows of a results file, and how many lines could not be read."""
+    rows, bad = [], 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        if isinstance(row, dict) and {"run", "step", "protocol", "metric", "value"} <= set(row):
+            rows.append(row)
+        else:
+            bad += 1
+    return rows, bad
+
+
+class ResultsFile:
+    """A results file (local path or s3://) and the PNG beside it (same name, `.png`)."""
+
+    def __init__(self, uri: str, endpoint_url: str | None = None) -> None:
+        self.uri = uri
+        parsed = urlparse(uri)
+        self._fs: Any = None
+        self._remote = ""
+        if parsed.scheme == "s3":
+            key = parsed.path.strip("/")
+            if not parsed.netloc or not key:
+                raise ValueError(f"eval.results: {uri!r} must be s3://bucket/key")
+            self._fs = resolve_storage(f"s3://{parsed.netloc}", "", endpoint_url).filesystem
+            self._remote = f"{parsed.netloc}/{key}"
+            self._cache = tempfile.TemporaryDirectory(prefix="seer-eval-results-")
+            self.path = Path(self._cache.name) / Path(key).name
+        elif parsed.scheme in ("", "file"):
+            self.path = Path(os.path.abspath(parsed.path if parsed.scheme else uri))
+        else:
+            raise ValueError(f"eval.results: {uri!r} has an unsupported scheme; allowed: a path, "
+                             "file://..., s3://bucket/key")
+        self.plot_path = self.path.with_suffix(".png")
+
+    @property
+    def plot_uri(self) -> str:
+        if self._fs is not None:
+            return f"s3://{PurePosixPath(self._remote).with_suffix('.png')}"
+        return str(self.plot_path)
+
+    def read(self) -> list[dict[str, Any]]:
+        """Every readable row (an S3 file is downloaded first); bad lines are logged."""
+        if self._fs is not None:
+            self._download()
+        if not self.path.is_file():
+            return []
+        rows, bad = parse_rows(self.path.read_text(errors="replace"))
+        if bad:
+            log.warning("results file %s: skipped %d unreadable line(s) (a write cut short?)",
+                        self.uri, bad)
+        return rows
+
+    def append(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Appends rows (flush + fsync), starting on a new line if the last write was torn."""
+        lines = "".join(json.dumps(row, sort_keys=False) + "\n" for row in rows)
+        if not lines:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a+b") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() > 0:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    lines = "\n" + lines
+            handle.write(lines.encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+        if self._fs is not None:
+            self._upload(self.path, self._remote)
+
+    def publish_plot(self) -> None:
+        """Uploads the PNG (drawn at `plot_path`) when the results live in S3."""
+        if self._fs is not None and self.plot_path.is_file():
+            self._upload(self.plot_path, self.plot_uri.removeprefix("s3://"))
+
+    def _download(self) -> None:
+        import pyarrow.fs as pafs
+
+        if self._fs.get_file_info(self._remote).type != pafs.FileType.File:
+            return
+        with self._fs.open_input_stream(self._remote) as stream:
+            data = stream.read()
+        self.path.write_bytes(data)
+
+    def _upload(self, local: Path, remote: str) -> None:
+        with self._fs.open_output_stream(remote) as out:
+            out.write(local.read_bytes())
+
+
+def done_steps(rows: Iterable[dict[str, Any]], run: str, stage: str, data: str) -> set[int]:
+    """Checkpoint steps already evaluated for this run, stage and data set."""
+    return {int(r["step"]) for r in rows
+            if r.get("trunk") == "checkpoint" and r.get("run") == run
+            and r.get("stage") == stage and r.get("data") == data}
+
+
+def has_baseline(rows: Iterable[dict[str, Any]], run: str, stage: str, data: str) -> bool:
+    return any(r.get("trunk") == "random" and r.get("run") == run and r.get("stage") == stage
+               and r.get("data") == data for r in rows)

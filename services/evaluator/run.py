@@ -1,0 +1,237 @@
+"""Evaluating one checkpoint (and the random-init baseline) on the labelled set, once.
+
+`Evaluator` holds what is worth keeping between checkpoints in a long-lived process: the decoded
+labelled set (loaded once) and the random baseline's results (computed once per architecture).
+`EvalSession` adds the results file, the PNG and the gauges around it; `seer eval` uses it for
+one checkpoint, the watch loop for each new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from seer_core.config.schema import EvalConfig
+from seer_core.evaluation import (
+    EvalError,
+    extract_features,
+    finetune,
+    frozen_trunk,
+    knn_classify,
+    linear_probe,
+    lowshot,
+    random_trunk,
+    trunk_from_checkpoint,
+)
+from services.evaluator.checkpoints import CheckpointRef, LoadedCheckpoint, load_checkpoint
+from services.evaluator.errors import BadCheckpointError, BadInputError
+from services.evaluator.gauges import EvalGauges
+from services.evaluator.plot import plot_accuracy
+from services.evaluator.progress import Progress
+from services.evaluator.results import ResultsFile
+from services.labelled import LabelledDataError, LabelledSet, load_labelled
+
+log = logging.getLogger("seer.eval")
+
+#: (protocol, metric, value) triples, before run/step/... are attached.
+Figures = list[tuple[str, str, float]]
+
+
+def lowshot_name(fraction: float) -> str:
+    """0.01 -> lowshot1pct, 0.1 -> lowshot10pct, 0.005 -> lowshot0.5pct."""
+    return f"lowshot{round(fraction * 100, 6):g}pct"
+
+
+class Evaluator:
+    """Runs the configured protocols on a trunk; loads the labelled set once per process."""
+
+    def __init__(self, settings: EvalConfig, *, endpoint_url: str | None = None,
+                 progress: Callable[[str], Callable[[int, int], None]] | None = None) -> None:
+        self.settings = settings
+        self.endpoint_url = endpoint_url
+        self.device = None if settings.device == "auto" else torch.device(settings.device)
+        if settings.torch_threads:  # spinning OpenMP threads vs other work on the node: a
+            torch.set_num_threads(settings.torch_threads)  # tiny fine-tune took 5 s, not 0.05
+        self.progress = progress if progress is not None else Progress
+        self._data: LabelledSet | None = None
+        self._baselines: dict[str, Figures] = {}
+
+    def data(self) -> LabelledSet:
+        """The labelled set, loaded on first use (a failed load is retried on the next call)."""
+        if self._data is None:
+            s = self.settings
+            try:
+                data = load_labelled(s.data, image_size=s.image_size,
+                                     val_fraction=s.val_fraction, split_seed=s.split_seed,
+                                     endpoint_url=self.endpoint_url,
+                                     progress=self.progress(f"loading {s.data}"))
+            except LabelledDataError as exc:
+                where = "" if s.data in str(exc) else f"labelled set {s.data}: "
+                raise BadInputError(f"{where}{exc}") from exc
+            self._check(data)
+            self._data = data
+            log.debug("labelled set %s: %d classes, %d train / %d val images at %d px%s",
+                     s.data, len(data.classes), len(data.train.labels), len(data.val.labels),
+                     s.image_size, f", skipped {data.skipped}" if data.skipped else "")
+        return self._data
+
+    def _check(self, data: LabelledSet) -> None:
+        n_train = len(data.train.labels)
+        if "knn" in self.settings.protocols:
+            too_big = [k for k in self.settings.knn_k if k > n_train]
+            if too_big:
+                raise BadInputError(
+                    f"labelled set {self.settings.data}: {n_train} training images, fewer than "
+                    f"k={too_big[0]} (eval.knn_k {self.settings.knn_k}); add images or lower "
+                    "eval.knn_k / --knn-k")
+
+    def figures(self, trunk: nn.Module, label: str) -> Figures:
+        """Every configured protocol on `trunk`: [(protocol, metric, value %)]."""
+        s, data = self.settings, self.data()
+        out: Figures = []
+        classes = len(data.classes)
+        try:
+            if {"knn", "linear", "lowshot"} & set(s.protocols):
+                frozen = frozen_trunk(trunk, s.stage)
+                train_x = extract_features(
+                    frozen, data.train.images, batch_size=s.batch_size, device=self.device,
+                    progress=self.progress(f"{label}: {s.stage} features, train"))
+                val_x = extract_features(
+                    frozen, data.val.images, batch_size=s.batch_size, device=self.device,
+                    progress=self.progress(f"{label}: {s.stage} features, val"))
+                train_y, val_y = data.train.labels, data.val.labels
+            if "knn" in s.protocols:
+                for k in s.knn_k:
+                    r = knn_classify(train_x, train_y, val_x, val_y, k=k,
+                                     temperature=s.temperature, num_classes=classes)
+                    out += [(f"knn{k}", "top1", r["top1"]), (f"knn{k}", "top5", r["top5"])]
+            if "linear" in s.protocols:
+                p = linear_probe(train_x, train_y, val_x, val_y, num_classes=classes,
+                                 epochs=s.probe_epochs, seed=s.seed)
+                out += [("linear", "top1", p.top1), ("linear", "top5", p.top5)]
+            if "lowshot" in s.protocols:
+                for r in lowshot(train_x, train_y, val_x, val_y, fractions=s.lowshot_fractions,
+                                 seeds=s.lowshot_seeds, num_classes=classes,
+                                 epochs=s.probe_epochs):
+                    name = lowshot_name(r.fraction)
+                    out += [(name, "top1", r.top1_mean), (name, "top5", r.top5_mean),
+                            (name, "top1_std", r.top1_std)]
+            if "finetune" in s.protocols:
+                r = finetune(trunk, data.train.images, data.train.labels, data.val.images,
+                             data.val.labels, num_classes=classes, steps=s.finetune_steps,
+                             lr=s.finetune_lr, batch_size=s.batch_size, seed=s.seed,
+                             device=self.device, progress=self.progress(f"{label}: finetune"))
+                out += [("finetune", "top1", r["top1"]), ("finetune", "top5", r["top5"])]
+        except EvalError as exc:
+            raise BadInputError(f"{label} on {s.data}: {exc}") from exc
+        return [(p, m, round(float(v), 4)) for p, m, v in out]
+
+    def checkpoint_trunk(self, loaded: LoadedCheckpoint) -> tuple[nn.Module, str]:
+        """The checkpoint's trunk and its architecture's name (for the baseline)."""
+        try:
+            trunk, cfg = trunk_from_checkpoint(loaded.saved)
+        except (EvalError, ValueError, KeyError, RuntimeError) as exc:
+            raise BadCheckpointError(f"{loaded.ref.describe()}: {exc}") from exc
+        return trunk, cfg.model.trunk
+
+    def baseline_figures(self, trunk_name: str) -> Figures:
+        """A random-initialised trunk of the same architecture: computed once, then cached."""
+        if trunk_name not in self._baselines:
+            trunk = random_trunk(trunk_name, seed=self.settings.seed)
+            self._baselines[trunk_name] = self.figures(trunk, f"random {trunk_name}")
+        return self._baselines[trunk_name]
+
+
+def make_rows(figures: Figures, *, run: str, step: int, images_seen: int, trunk: str,
+              stage: str, checkpoint: str, data: str) -> list[dict[str, Any]]:
+    now = round(time.time(), 3)
+    return [{"run": run, "step": step, "images_seen": images_seen, "trunk": trunk,
+             "stage": stage, "protocol": p, "metric": m, "value": v, "wall_time": now,
+             "checkpoint": checkpoint, "data": data} for p, m, v in figures]
+
+
+def summary_line(rows: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> str:
+    """`knn20 41.2 (random 12.0) | linear 50.1 (random 20.3)`: top-1 per protocol."""
+    base = {r["protocol"]: r["value"] for r in baseline if r["metric"] == "top1"}
+    parts = []
+    for r in rows:
+        if r["metric"] != "top1":
+            continue
+        extra = f" (random {base[r['protocol']]:.1f})" if r["protocol"] in base else ""
+        parts.append(f"{r['protocol']} {r['value']:.1f}{extra}")
+    return " | ".join(parts)
+
+
+class EvalSession:
+    """Evaluates checkpoints and records the rows: results file, PNG, gauges."""
+
+    def __init__(self, evaluator: Evaluator, results: ResultsFile | None = None,
+                 gauges: EvalGauges | None = None) -> None:
+        self.evaluator = evaluator
+        self.results = results
+        self.gauges = gauges
+        self.rows: list[dict[str, Any]] = results.read() if results is not None else []
+
+    @property
+    def settings(self) -> EvalConfig:
+        return self.evaluator.settings
+
+    def process(self, ref: CheckpointRef, run: str | None = None,
+                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], LoadedCheckpoint]:
+        """Copies, loads and evaluates `ref` (+ the baseline, unless the results already hold
+        it) and records the new rows. Returns (checkpoint rows, baseline rows, checkpoint).
+        `run`: the run name rows are filed under (the store's; default: the checkpoint's)."""
+        start = time.perf_counter()
+        loaded = load_checkpoint(ref)
+        run = run or loaded.run
+        s = self.settings
+        trunk, trunk_name = self.evaluator.checkpoint_trunk(loaded)  # a foreign one: at once
+        self.evaluator.data()  # data errors before the (slow) feature extraction
+        figures = self.evaluator.figures(trunk, f"step {loaded.step}")
+        rows = make_rows(figures, run=run, step=loaded.step,
+                         images_seen=loaded.images_seen, trunk="checkpoint", stage=s.stage,
+                         checkpoint=ref.display, data=s.data)
+        base_rows: list[dict[str, Any]] = []
+        if s.baseline == "random":
+            stored = [r for r in self.rows if r.get("trunk") == "random"
+                      and r.get("run") == run and r.get("stage") == s.stage
+                      and r.get("data") == s.data]
+            if stored:
+                base_rows = stored
+            else:
+                base_rows = make_rows(self.evaluator.baseline_figures(trunk_name),
+                                      run=run, step=0, images_seen=0, trunk="random",
+                                      stage=s.stage, checkpoint=f"random:{trunk_name}",
+                                      data=s.data)
+            new = rows if stored else [*base_rows, *rows]  # the baseline once per file
+        else:
+            new = rows
+        self._record(new, run, time.perf_counter() - start)
+        if self.gauges is not None:
+            self.gauges.skipped_images(self.evaluator.data().skipped)
+        return rows, base_rows, loaded
+
+    def _record(self, new: list[dict[str, Any]], run: str, seconds: float) -> None:
+        if self.results is not None:
+            self.results.append(new)
+        self.rows.extend(new)
+        if self.gauges is not None:
+            self.gauges.show_rows(new)
+            self.gauges.success(seconds)
+        self.redraw(run)
+
+    def redraw(self, run: str) -> None:
+        """Redraws the PNG; a plotting failure is logged, never fatal."""
+        if self.results is None:
+            return
+        try:
+            if plot_accuracy(self.rows, self.results.plot_path, run=run,
+                             stage=self.settings.stage, data=self.settings.data) is not None:
+                self.results.publish_plot()
+        except Exception as exc:  # matplotlib, a full disk, an S3 hiccup: the rows are safe
+            log.error("could not draw %s: %s", self.results.plot_uri, exc)
