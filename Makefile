@@ -1,4 +1,4 @@
-# seer — the two commands a new user needs: `make run` and `make test`.
+# seer — the two commands a new user needs: `make run` and `make test` (then `make eval`).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -6,16 +6,23 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 SAMPLES ?= runs/sample-images
+LABELLED ?= runs/labelled
 CONFIG ?= local
 ARGS ?=
+EVAL_ARGS ?=
 
-.PHONY: venv test lint run seed bench clean
+.PHONY: venv test lint run seed seed-labelled eval bench clean
 
 venv: $(STAMP)
 
 # Installs the project with its test extras, then swaps pillow for pillow-simd (SIMD resize and
 # colour conversion: the multi-crop hot path). pillow-simd must come after torchvision, which pulls
 # plain pillow in; when it cannot build, plain pillow goes back with a one-line warning.
+# The two distributions share the PIL/ files, and matplotlib's `pillow` requirement makes every
+# reinstall of the project put plain pillow back over pillow-simd's files. Uninstalling pillow
+# then deletes those files while pillow-simd's metadata stays, so a plain `pip install
+# pillow-simd` says "already satisfied" and leaves no PIL at all: hence --force-reinstall (which
+# also repairs a venv left in that state), and --no-deps so that nothing else is reinstalled.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip "setuptools>=77" wheel pybind11
@@ -24,7 +31,8 @@ $(STAMP): pyproject.toml
 		echo "pillow-simd already installed"; \
 	else \
 		$(PIP) uninstall -q -y pillow; \
-		if CC="cc -mavx2" $(PIP) install -q --no-build-isolation --no-cache-dir pillow-simd >$(VENV)/pillow-simd.log 2>&1; then \
+		if CC="cc -mavx2" $(PIP) install -q --force-reinstall --no-deps --no-build-isolation \
+				--no-cache-dir pillow-simd >$(VENV)/pillow-simd.log 2>&1; then \
 			echo "pillow-simd installed"; \
 		else \
 			echo "WARNING: pillow-simd did not build (see $(VENV)/pillow-simd.log); using plain pillow"; \
@@ -43,8 +51,15 @@ lint: $(STAMP)
 seed: $(STAMP)
 	@test -d $(SAMPLES) || $(VENV)/bin/seer seed --out $(SAMPLES)
 
+seed-labelled: $(STAMP)
+	@test -d $(LABELLED) || $(VENV)/bin/seer seed --labelled --out $(LABELLED)
+
 run: $(STAMP) seed
 	$(VENV)/bin/seer pretrain --config $(CONFIG) $(ARGS)
+
+# The newest checkpoint of CONFIG's run (written by `make run`) on the generated labelled set.
+eval: $(STAMP) seed-labelled
+	$(VENV)/bin/seer eval --config $(CONFIG) --data $(LABELLED) $(EVAL_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/multicrop.py --floor

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from seer_core.config import ConfigError, SeerConfig, load_config, preset_names
+
+# Where `seer seed` writes by default: the `local` preset's feed, and `eval.data`'s default.
+SAMPLES_DIR = "runs/sample-images"
+LABELLED_DIR = "runs/labelled"
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -44,16 +49,67 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least_one(text: str) -> int:
+    """argparse type: an integer >= 1 (a count of images), with a message that says so."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def cmd_seed(args: argparse.Namespace) -> int:
+    if args.labelled:
+        return _seed_labelled(args)
+    unused = [flag for flag, value in (("--train-per-class", args.train_per_class),
+                                       ("--val-per-class", args.val_per_class)) if value]
+    if unused:
+        print(f"seer seed: {unused[0]} needs --labelled", file=sys.stderr)
+        return 2
     from services.sample_images import generate_sample_images
 
-    out = Path(args.out)
+    out = Path(args.out or SAMPLES_DIR)
+    count = 2000 if args.count is None else args.count
     if out.exists() and any(out.iterdir()) and not args.force:
         print(f"{out} already holds files; add --force to write more", file=sys.stderr)
         return 1
     start = time.perf_counter()
-    n = generate_sample_images(out, args.count, seed=args.seed, progress=True)
+    n = generate_sample_images(out, count, seed=args.seed, progress=True)
     print(f"wrote {n} sample images to {out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _seed_labelled(args: argparse.Namespace) -> int:
+    """`seer seed --labelled`: the generated labelled set that `seer eval` reads by default."""
+    if args.count is not None:
+        print("seer seed: --count is for the sample pool; with --labelled give "
+              "--train-per-class and --val-per-class", file=sys.stderr)
+        return 2
+    from services.labelled_images import generate_labelled_images
+    from services.shapes import OBJECT_KINDS
+
+    out = Path(args.out or LABELLED_DIR)
+    train = args.train_per_class or 100
+    val = args.val_per_class or 50
+    if out.exists() and not out.is_dir():
+        print(f"seer seed: {out} is a file, not a folder", file=sys.stderr)
+        return 2
+    if out.exists() and any(out.iterdir()) and not args.force:
+        print(f"{out} already holds files; add --force to write into it anyway (images of the "
+              "same name are replaced, others stay)", file=sys.stderr)
+        return 1
+    start = time.perf_counter()
+    written = generate_labelled_images(out, train_per_class=train, val_per_class=val,
+                                       seed=args.seed, progress=True)
+    kinds = list(OBJECT_KINDS)
+    print(f"wrote {written['train']} train + {written['val']} val labelled images to {out} "
+          f"in {time.perf_counter() - start:.1f} s")
+    print(f"  {len(kinds)} classes ({train} train + {val} val each): {', '.join(kinds)}")
+    print(f"  layout: {out / 'train'}/<class>/*.jpg, {out / 'val'}/<class>/*.jpg")
+    print(f"next: seer eval --data {shlex.quote(str(out))}   (evaluates the newest checkpoint "
+          "that seer pretrain wrote for --config's run)")
     return 0
 
 
@@ -164,11 +220,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_parser(sub, _add_config_args)
 
-    p = sub.add_parser("seed", help="write sample images for the embedded default feed")
-    p.add_argument("--out", default="runs/sample-images", help="folder (default: %(default)s)")
-    p.add_argument("--count", type=int, default=2000, help="images (default: %(default)s)")
+    p = sub.add_parser(
+        "seed", help="write sample images for the embedded default feed (--labelled: a "
+        "labelled set for seer eval)")
+    p.add_argument("--out", help=f"folder (default: {SAMPLES_DIR}, or {LABELLED_DIR} with "
+                   "--labelled)")
+    p.add_argument("--count", type=int, help="sample images (default: 2000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    p.add_argument("--labelled", action="store_true",
+                   help="write a labelled set instead: OUT/train/<class>/*.jpg and "
+                   "OUT/val/<class>/*.jpg, one generated object per image, its kind the class")
+    p.add_argument("--train-per-class", type=_at_least_one, metavar="N",
+                   help="--labelled: training images per class (default: 100)")
+    p.add_argument("--val-per-class", type=_at_least_one, metavar="N",
+                   help="--labelled: validation images per class (default: 50)")
     p.set_defaults(func=cmd_seed)
 
     p = sub.add_parser("status", help="newest checkpoint, step, images seen, loss, LR")

@@ -22,10 +22,8 @@ Colour = tuple[int, int, int]
 
 
 def _regular(n: int, r: float, angle: float, cx: float, cy: float) -> list[Point]:
-    return [
-        (cx + r * math.cos(angle + 2 * math.pi * i / n), cy + r * math.sin(angle + 2 * math.pi * i / n))
-        for i in range(n)
-    ]
+    turns = [angle + 2 * math.pi * i / n for i in range(n)]
+    return [(cx + r * math.cos(t), cy + r * math.sin(t)) for t in turns]
 
 
 def _rotate(points: list[Point], angle: float, cx: float, cy: float) -> list[Point]:
@@ -41,7 +39,8 @@ def _square(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, a: float, fi
     d.polygon(_regular(4, r, a, cx, cy), fill=fill)
 
 
-def _triangle(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, a: float, fill: Colour) -> None:
+def _triangle(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, a: float,
+              fill: Colour) -> None:
     d.polygon(_regular(3, r, a, cx, cy), fill=fill)
 
 

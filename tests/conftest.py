@@ -15,6 +15,8 @@ Use them from any test:
   point the code under test at ``fault_proxy.endpoint_url`` and inject 503/500/drops/delays.
 - ``fresh_s3_server`` (function): a private moto_server that a test may stop and restart
   (``restart()`` keeps the port, loses all state).
+
+Autouse: ``_one_torch_thread`` (session) runs the whole session with one torch intra-op thread.
 """
 
 from __future__ import annotations
@@ -40,6 +42,25 @@ _AWS_TEST_ENV = {
     "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
 }
 _AWS_HIDDEN = ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "SEER_S3_ENDPOINT_URL")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """One torch intra-op thread for the whole session, the old count restored at the end.
+
+    The tests use tiny models on tiny tensors, on CI machines of two cores shared with Ray
+    workers and moto servers: a second OpenMP thread there buys nothing and its spin-waiting
+    made small-model tests up to 50x slower. A test that measures threading sets its own count
+    and restores it. (It does not reach Ray workers: they are other processes.)
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -42,6 +42,45 @@ def test_seed_writes_images_and_refuses_to_mix(tmp_path: Path,
     assert "--force" in capsys.readouterr().err
 
 
+def test_seed_labelled(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.shapes import OBJECT_KINDS
+
+    out = tmp_path / "labelled"
+    args = ["seed", "--labelled", "--out", str(out), "--train-per-class", "2",
+            "--val-per-class", "1"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote 20 train + 10 val labelled images to {out}" in printed
+    assert f"next: seer eval --data {out}" in printed
+    for split, count in (("train", 2), ("val", 1)):
+        assert sorted(p.name for p in (out / split).iterdir()) == sorted(OBJECT_KINDS)
+        assert all(len(list(p.iterdir())) == count for p in (out / split).iterdir())
+    # A non-empty folder is refused without --force, and nothing is written.
+    before = sorted(out.rglob("*"))
+    assert main(args) == 1
+    assert "--force" in capsys.readouterr().err
+    assert sorted(out.rglob("*")) == before
+    assert main([*args, "--force"]) == 0
+    capsys.readouterr()
+    # Counts are checked before anything is written.
+    for flag in ("--train-per-class", "--val-per-class"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["seed", "--labelled", "--out", str(tmp_path / "none"), flag, "0"])
+        assert exit_info.value.code == 2
+        assert f"argument {flag}: must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["seed", "--labelled", "--out", str(tmp_path / "none"), "--count", "3"]) == 2
+    assert "--count is for the sample pool" in capsys.readouterr().err
+    assert main(["seed", "--out", str(tmp_path / "none"), "--train-per-class", "3"]) == 2
+    assert "--train-per-class needs --labelled" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+    # Without --out, --labelled writes runs/labelled (eval.data's default).
+    monkeypatch.chdir(tmp_path)
+    assert main(["seed", "--labelled", "--train-per-class", "1", "--val-per-class", "1"]) == 0
+    assert len(list((tmp_path / "runs" / "labelled" / "val").rglob("*.jpg"))) == 10
+    assert not (tmp_path / "runs" / "sample-images").exists()
+
+
 def _tiny_overrides(storage: Path) -> list[str]:
     return ["model.trunk=tiny", "model.head_hidden=[16]", "model.head_out=8",
             "model.prototypes=8", f"checkpoint.storage={storage}", "checkpoint.run_name=r1"]

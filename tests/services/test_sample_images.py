@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from seer_core.augment import build_multicrop, decode_image
 from services.sample_images import generate_photo_like_jpegs, generate_sample_images
@@ -58,3 +58,26 @@ def test_photo_like_jpegs(tmp_path: Path) -> None:
         rgb = decode_image(data).image
         # photo-like: not flat, plenty of distinct colours
         assert len(set(rgb.resize((32, 32)).tobytes()[i:i + 3] for i in range(0, 3072, 3))) > 200
+
+
+def _pixels(folder: Path) -> list[bytes]:
+    out = []
+    for path in sorted(folder.iterdir()):
+        with Image.open(path) as im:
+            out.append(ImageOps.exif_transpose(im).convert("RGB").tobytes())
+    return out
+
+
+def test_objects_option(tmp_path: Path) -> None:
+    """objects=False is the plain photo-like pool (still there for benchmarks and the old
+    behaviour); objects=True, the default, draws vocabulary objects into the same seed's images."""
+    kwargs = {"seed": 5, "min_side": 48, "max_side": 96, "progress": False}
+    assert generate_sample_images(tmp_path / "plain", 6, objects=False, **kwargs) == 6
+    generate_sample_images(tmp_path / "plain2", 6, objects=False, **kwargs)
+    generate_sample_images(tmp_path / "objects", 6, objects=True, **kwargs)
+    generate_sample_images(tmp_path / "default", 6, **kwargs)
+    plain, objects = _pixels(tmp_path / "plain"), _pixels(tmp_path / "objects")
+    assert plain == _pixels(tmp_path / "plain2")
+    assert objects == _pixels(tmp_path / "default")
+    assert len(plain) == len(objects) == 6
+    assert all(p != o for p, o in zip(plain, objects))
