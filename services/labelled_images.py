@@ -88,7 +88,7 @@ def generate_labelled_images(
     kinds = list(OBJECT_KINDS)
     plan = [("train", train_per_class), ("val", val_per_class)]
     total = len(kinds) * (train_per_class + val_per_class)
-    bar = _Progress(total, progress and total >= 200)
+    bar = _Progress(total, progress and total >= 200, "labelled images")
     done = 0
     written: dict[str, int] = {}
     for split_index, (split, per_class) in enumerate(plan):

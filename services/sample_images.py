@@ -130,7 +130,8 @@ def _encode(img: Image.Image, fmt: str, rng: np.random.Generator, orientation: i
 class _Progress:
     """A single self-overwriting stderr line, at most a few updates per second."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    def __init__(self, total: int, enabled: bool, label: str = "sample images") -> None:
+        self.label = label
         self.total = total
         self.enabled = enabled
         self.start = time.monotonic()
@@ -145,7 +146,7 @@ class _Progress:
         self.last = now
         rate = done / max(now - self.start, 1e-9)
         end = "\n" if done >= self.total else ""
-        sys.stderr.write(f"\rsample images: {done}/{self.total} ({rate:.0f}/s){end}")
+        sys.stderr.write(f"\r{self.label}: {done}/{self.total} ({rate:.0f}/s){end}")
         sys.stderr.flush()
 
 

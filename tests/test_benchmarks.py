@@ -30,3 +30,34 @@ def test_multicrop_benchmark_prints_rates_and_floor(
         assert label in out
     rates = [float(v) for v in re.findall(r"([\d.]+) img/s per core", out)]
     assert len(rates) == 6 and all(r > 0 for r in rates)
+
+
+def test_quality_benchmark_evaluates_a_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--skip-pretrain` over a run holding one real (tiny) checkpoint: the pool and the
+    labelled set are written, `seer eval` runs for real, and the gain line is printed."""
+    from seer_core.config import load_config
+    from tests.services.evaluator_helpers import write_checkpoint
+
+    work = tmp_path / "quality"
+    tiny = ["model.trunk=tiny", "model.head_hidden=[16]", "model.head_out=8",
+            "model.prototypes=[8]", "eval.knn_k=[1, 2]", "eval.image_size=32",
+            "eval.probe_epochs=5", "eval.device=cpu"]
+    cfg = load_config("local", [*tiny, f"checkpoint.storage={work / 'checkpoints'}",
+                                "checkpoint.run_name=quality"])
+    write_checkpoint(cfg, 40, images_seen=640)
+    argv = ["quality.py", "--skip-pretrain", "--workdir", str(work), "--pool-count", "2",
+            "--train-per-class", "2", "--val-per-class", "1"]
+    for item in tiny:
+        argv += ["--set", item]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(BENCHMARKS / "quality.py"), run_name="__main__")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "raw pixels:" in out and "random-init trunk" in out
+    assert re.search(r"^\s+40\s+640\s", out, re.MULTILINE)  # the checkpoint's row
+    assert "gain of the last checkpoint over random init" in out
+    assert (work / "results.jsonl").is_file() and (work / "results.png").is_file()
+    assert len(list((work / "pool").glob("sample_*"))) == 2

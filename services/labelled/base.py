@@ -12,23 +12,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from services.feed.base import DEFAULT_IMAGE_EXTENSIONS
+
 logger = logging.getLogger("seer.labelled")
 
 #: The two splits, in the order they are reported.
 SPLITS: tuple[str, ...] = ("train", "val")
 
-#: Extensions taken for images (compared lower-case); other files in a class folder are ignored,
-#: so a README or a labels.csv beside the images is harmless.
-IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".jpg",
-    ".jpeg",
-    ".png",
-    ".webp",
-    ".bmp",
-    ".gif",
-    ".tif",
-    ".tiff",
-)
+#: Extensions taken for images, the feed's own list (compared lower-case); other files in a class
+#: folder are ignored, so a README or a labels.csv beside the images is harmless.
+IMAGE_EXTENSIONS: tuple[str, ...] = DEFAULT_IMAGE_EXTENSIONS
 
 
 class LabelledDataError(ValueError):

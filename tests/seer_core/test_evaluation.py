@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -37,15 +36,6 @@ from seer_core.evaluation import (
     trunk_from_checkpoint,
 )
 from seer_core.models import build_swav_model, build_trunk
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: a second intra-op thread only adds contention on a shared 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _rotation(d: int, seed: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +25,6 @@ from services.storage import META_FILE
 
 COLOURS = ((220, 40, 40), (40, 200, 60), (40, 70, 220), (230, 210, 40))
 CLASSES = ("apple", "grass", "sea", "sun")
-
-
-def one_torch_thread() -> Iterator[None]:
-    """Body of a fixture: one intra-op thread for tiny models. On a busy 2-core machine
-    OpenMP's spinning threads made a 2-step fine-tune of `tiny` take 5 s instead of 0.05 s."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def make_labelled(root: Path, train: int = 6, val: int = 2, size: int = 32) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -110,13 +109,6 @@ def test_status_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert weights and not any(k.startswith(("head", "module.", "fc.")) for k in weights)
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    from tests.services.evaluator_helpers import one_torch_thread
-
-    yield from one_torch_thread()
-
-
 def _eval_args(tmp_path: Path) -> tuple[list[str], Path]:
     from tests.services.evaluator_helpers import make_labelled, tiny_overrides
 
@@ -125,7 +117,6 @@ def _eval_args(tmp_path: Path) -> tuple[list[str], Path]:
     return [x for o in overrides for x in ("--set", o)], data
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_eval_once_prints_records_and_plots(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     from tests.services.evaluator_helpers import tiny_config, write_checkpoint
@@ -162,7 +153,6 @@ def test_eval_once_prints_records_and_plots(tmp_path: Path,
     assert len(results.read_text().splitlines()) == len(rows)  # --no-results: file untouched
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_eval_bad_input_exits_2_naming_what_and_where(tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     from tests.services.evaluator_helpers import tiny_config, write_checkpoint
@@ -188,7 +178,6 @@ def test_eval_bad_input_exits_2_naming_what_and_where(tmp_path: Path,
         assert "eval.device: 'cuda' but no CUDA device is visible" in capsys.readouterr().err
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_eval_watch_single_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`--watch --max-polls 1`: what a scheduled job runs; a second pass finds nothing new."""
     from tests.services.evaluator_helpers import tiny_config, write_checkpoint

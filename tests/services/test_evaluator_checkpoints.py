@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,16 +23,10 @@ from services.evaluator.errors import (
 from services.storage import RunStorage, resolve_storage
 from tests.services.evaluator_helpers import (
     TrappedFS,
-    one_torch_thread,
     remove_checkpoint,
     tiny_config,
     write_checkpoint,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    yield from one_torch_thread()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +17,9 @@ from tests.s3server import MotoServer
 from tests.services.evaluator_helpers import (
     TrappedFS,
     make_labelled,
-    one_torch_thread,
     tiny_config,
     write_checkpoint,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    yield from one_torch_thread()
 
 
 def _upload_checkpoints(client: Any, bucket: str, local_root: Path, steps: list[int]) -> None:

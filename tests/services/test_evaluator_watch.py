@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +23,10 @@ from services.storage import RunStorage, resolve_storage
 from tests.services.evaluator_helpers import (
     TrappedFS,
     make_labelled,
-    one_torch_thread,
     remove_checkpoint,
     tiny_config,
     write_checkpoint,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    yield from one_torch_thread()
 
 
 class Setup:
