@@ -95,7 +95,7 @@ def evaluate(config: str, overrides: list[str], checkpoint: str, labelled: Path,
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
-def raw_pixel_knn(labelled: Path, image_size: int) -> dict[str, float]:
+def raw_pixel_knn(labelled: Path, image_size: int, ks: list[int]) -> dict[str, float]:
     """kNN on the raw pixels: how far the classes are from separable without any features."""
     from seer_core.evaluation import knn_classify
     from services.labelled import load_labelled
@@ -104,7 +104,7 @@ def raw_pixel_knn(labelled: Path, image_size: int) -> dict[str, float]:
     train = data.train.images.flatten(1).float()
     val = data.val.images.flatten(1).float()
     return {f"knn{k}": knn_classify(train, data.train.labels, val, data.val.labels, k=k,
-                                    num_classes=data.num_classes)["top1"] for k in (20, 200)}
+                                    num_classes=data.num_classes)["top1"] for k in ks}
 
 
 def top1(rows: list[dict[str, Any]], trunk: str, protocol: str) -> float | None:
@@ -156,9 +156,9 @@ def main() -> int:
         raise SystemExit(f"no checkpoint in {store.display}")
     results.unlink(missing_ok=True)
     ln_k = math.log(cfg.model.prototypes[0])
+    raw = raw_pixel_knn(labelled, cfg.eval.image_size, cfg.eval.knn_k)
     print(f"\nlabelled set {labelled} at {cfg.eval.image_size} px; raw pixels: "
-          + ", ".join(f"{k} {v:.1f}%" for k, v in raw_pixel_knn(labelled,
-                                                               cfg.eval.image_size).items()))
+          + ", ".join(f"{k} {v:.1f}%" for k, v in raw.items()))
     print(f"{'step':>7} {'images':>8} {'loss':>7} {'ln K':>6} {'kNN20':>6} {'kNN200':>6} "
           f"{'linear':>6}   (top-1 %, checkpoint trunk)")
     rows: list[dict[str, Any]] = []

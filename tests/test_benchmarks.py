@@ -61,3 +61,19 @@ def test_quality_benchmark_evaluates_a_run(
     assert "gain of the last checkpoint over random init" in out
     assert (work / "results.jsonl").is_file() and (work / "results.png").is_file()
     assert len(list((work / "pool").glob("sample_*"))) == 2
+
+
+def test_view_agreement_benchmark_prints_every_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services.sample_images import generate_sample_images
+
+    generate_sample_images(tmp_path, 8, seed=0, min_side=48, max_side=64, progress=False)
+    argv = ["view_agreement.py", "--pool", str(tmp_path), "--trunk", "tiny", "--size", "32"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(BENCHMARKS / "view_agreement.py"), run_name="__main__")
+    assert exit_info.value.code == 0
+    rows = [line for line in capsys.readouterr().out.splitlines()
+            if re.search(r"-?\d\.\d{3}\s+-?\d\.\d{3}\s+-?\d\.\d{3}\s+\d\.\d{2}$", line)]
+    assert len(rows) == 7
