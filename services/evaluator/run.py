@@ -25,6 +25,7 @@ from seer_core.evaluation import (
     knn_classify,
     linear_probe,
     lowshot,
+    lowshot_indices,
     random_trunk,
     trunk_from_checkpoint,
 )
@@ -127,9 +128,34 @@ class Evaluator:
                              lr=s.finetune_lr, batch_size=s.batch_size, seed=s.seed,
                              device=self.device, progress=self.progress(f"{label}: finetune"))
                 out += [("finetune", "top1", r["top1"]), ("finetune", "top5", r["top5"])]
+                if "lowshot" in s.protocols:
+                    out += self._lowshot_finetune(trunk, label)
         except EvalError as exc:
             raise BadInputError(f"{label} on {s.data}: {exc}") from exc
         return [(p, m, round(float(v), 4)) for p, m, v in out]
+
+    def _lowshot_finetune(self, trunk: nn.Module, label: str) -> Figures:
+        """SEER's low-shot protocol proper: fine-tune on each class-balanced share of the
+        labels (the same subsets as the low-shot probe), mean and spread over the seeds."""
+        s, data = self.settings, self.data()
+        out: Figures = []
+        for fraction in s.lowshot_fractions:
+            name = f"{lowshot_name(fraction)}_finetune"
+            top1s, top5s = [], []
+            for seed in s.lowshot_seeds:
+                idx = lowshot_indices(data.train.labels, fraction, seed)
+                r = finetune(trunk, data.train.images[idx], data.train.labels[idx],
+                             data.val.images, data.val.labels, num_classes=len(data.classes),
+                             steps=s.finetune_steps, lr=s.finetune_lr,
+                             batch_size=s.batch_size, seed=seed, device=self.device,
+                             progress=self.progress(f"{label}: {name} seed {seed}"))
+                top1s.append(r["top1"])
+                top5s.append(r["top5"])
+            spread = torch.tensor(top1s, dtype=torch.float64).std(unbiased=False)
+            out += [(name, "top1", sum(top1s) / len(top1s)), (name, "top5", sum(top5s) /
+                                                               len(top5s)),
+                    (name, "top1_std", float(spread))]
+        return out
 
     def checkpoint_trunk(self, loaded: LoadedCheckpoint) -> tuple[nn.Module, str]:
         """The checkpoint's trunk and its architecture's name (for the baseline)."""

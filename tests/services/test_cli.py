@@ -145,9 +145,11 @@ def test_eval_once_prints_records_and_plots(tmp_path: Path,
                  "--set", "eval.lowshot_fractions=[0.5]", "--set", "eval.lowshot_seeds=[0, 1]"
                  ]) == 0
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert {r["protocol"] for r in printed} == {"knn5", "knn20", "lowshot50pct", "finetune"}
-    assert {r["metric"] for r in printed if r["protocol"] == "lowshot50pct"} == {
-        "top1", "top5", "top1_std"}
+    assert {r["protocol"] for r in printed} == {"knn5", "knn20", "lowshot50pct", "finetune",
+                                                 "lowshot50pct_finetune"}
+    for protocol in ("lowshot50pct", "lowshot50pct_finetune"):  # probe, and SEER's fine-tuning
+        assert {r["metric"] for r in printed if r["protocol"] == protocol} == {
+            "top1", "top5", "top1_std"}
     assert {r["stage"] for r in printed} == {"res4"} and {r["trunk"] for r in printed} == {
         "checkpoint"}
     assert len(results.read_text().splitlines()) == len(rows)  # --no-results: file untouched
