@@ -18,24 +18,15 @@ from torch import nn
 from seer_core.config import SeerConfig
 from seer_core.evaluation.checks import EvalError, check_trunk_name
 from seer_core.models import build_swav_model, build_trunk
+from seer_core.models.export import strip_wrapper_prefixes
 from seer_core.training import config_of
 
-# Prefixes a wrapper may leave on every key (DDP, torch.compile); stripped before loading.
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _SHOWN_KEYS = 5
 
 
 def _strip_wrappers(state: Mapping[str, Any]) -> dict[str, Any]:
-    cleaned = {}
-    for key, value in state.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in _WRAPPER_PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix) :], True
-        cleaned[key] = value
-    return cleaned
+    """Keys as the bare model has them: DDP and torch.compile leave prefixes on every key."""
+    return {strip_wrapper_prefixes(key): value for key, value in state.items()}
 
 
 def _mismatches(model: nn.Module, state: Mapping[str, Any]) -> list[str]:

@@ -20,7 +20,8 @@ _INNER_WRAPPERS = frozenset({WRAPPED, "_checkpoint_wrapped_module"})
 _CLASSIFIERS = ("fc.", "classifier.")
 
 
-def _strip_leading(key: str) -> str:
+def strip_wrapper_prefixes(key: str) -> str:
+    """A state-dict key without DDP's `module.` and torch.compile's `_orig_mod.` prefixes."""
     changed = True
     while changed:
         changed = False
@@ -39,7 +40,7 @@ def export_trunk_state_dict(model: nn.Module | Mapping[str, Tensor]) -> dict[str
     state = model.state_dict() if isinstance(model, nn.Module) else model
     cleaned: dict[str, Tensor] = {}
     for key, value in state.items():
-        parts = [p for p in _strip_leading(key).split(".") if p not in _INNER_WRAPPERS]
+        parts = [p for p in strip_wrapper_prefixes(key).split(".") if p not in _INNER_WRAPPERS]
         cleaned[".".join(parts)] = value
     if any(k.startswith("trunk.") for k in cleaned):
         cleaned = {k[len("trunk.") :]: v for k, v in cleaned.items() if k.startswith("trunk.")}
