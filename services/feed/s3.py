@@ -53,6 +53,33 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return parts.netloc, parts.path.lstrip("/")
 
 
+def make_s3_client(endpoint: str | None, *, region: str | None = None,
+                   connect_timeout: float = 10.0, read_timeout: float = 60.0,
+                   max_pool_connections: int = 32, what: str = "s3") -> Any:
+    """A boto3 S3 client as every seer component wants one.
+
+    botocore's own retries are cut to one attempt, so that the caller's `RetryPolicy` (time and
+    attempt budget, full jitter) is the only one in force; requests go unsigned (public buckets)
+    when the standard credential chain has nothing, said once in the log; a custom endpoint
+    (MinIO, Ceph) gets path-style addressing, as those rarely have wildcard DNS for buckets.
+    """
+    session = boto3.session.Session(region_name=region)
+    extra: dict[str, Any] = {}
+    if session.get_credentials() is None:
+        logger.info("%s: no AWS credentials found; using unsigned requests", what)
+        extra["signature_version"] = UNSIGNED
+    if endpoint:
+        extra["s3"] = {"addressing_style": "path"}
+    config = botocore.config.Config(
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        max_pool_connections=max_pool_connections,
+        **extra,
+    )
+    return session.client("s3", endpoint_url=endpoint, config=config)
+
+
 class S3Access:
     """One lazily built boto3 client plus our retry policy, bound to a feed's counters and log.
 
@@ -78,23 +105,14 @@ class S3Access:
         return self._client
 
     def _make_client(self) -> Any:
-        session = boto3.session.Session(region_name=self.spec.region)
-        endpoint = self.spec.resolved_endpoint()
-        extra: dict[str, Any] = {}
-        if session.get_credentials() is None:
-            logger.info("feed %s: no AWS credentials found; using unsigned requests", self.spec.uri)
-            extra["signature_version"] = UNSIGNED
-        if endpoint:
-            # MinIO/Ceph rarely have wildcard DNS for virtual-host buckets.
-            extra["s3"] = {"addressing_style": "path"}
-        config = botocore.config.Config(
-            retries={"total_max_attempts": 1, "mode": "standard"},
+        return make_s3_client(
+            self.spec.resolved_endpoint(),
+            region=self.spec.region,
             connect_timeout=min(self.spec.fetch_timeout_s, 10.0),
             read_timeout=self.spec.fetch_timeout_s,
             max_pool_connections=32,
-            **extra,
+            what=f"feed {self.spec.uri}",
         )
-        return session.client("s3", endpoint_url=endpoint, config=config)
 
     def call(self, what: str, fn: Callable[[], T]) -> tuple[T, int]:
         """Runs ``fn`` under the retry policy; returns (result, attempts).

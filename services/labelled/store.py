@@ -15,10 +15,6 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-import boto3
-import botocore.config
-from botocore import UNSIGNED
-
 from services.feed.retry import (
     MISSING,
     TRANSIENT,
@@ -28,6 +24,7 @@ from services.feed.retry import (
     classify_s3_error,
     error_code,
 )
+from services.feed.s3 import make_s3_client, parse_s3_uri
 from services.labelled.base import LabelledDataError, is_hidden, logger
 from services.storage import s3_endpoint
 
@@ -88,10 +85,10 @@ def read_local(path: str) -> bytes:
 
 def parse_s3(uri: str) -> tuple[str, str]:
     """``s3://bucket/key`` -> (bucket, key); LabelledDataError without a bucket."""
-    parts = urlsplit(uri)
-    if parts.scheme != "s3" or not parts.netloc:
-        raise LabelledDataError(f"not an s3://bucket[/prefix] URI: {uri!r}")
-    return parts.netloc, parts.path.lstrip("/")
+    try:
+        return parse_s3_uri(uri)
+    except ValueError as exc:
+        raise LabelledDataError(str(exc)) from None
 
 
 class S3Store:
@@ -121,21 +118,8 @@ class S3Store:
             return self._client
 
     def _make_client(self) -> Any:
-        session = boto3.session.Session()
-        extra: dict[str, Any] = {}
-        if session.get_credentials() is None:
-            logger.info("no AWS credentials found; using unsigned S3 requests")
-            extra["signature_version"] = UNSIGNED
-        if self.endpoint:
-            extra["s3"] = {"addressing_style": "path"}  # MinIO/Ceph rarely have bucket DNS
-        config = botocore.config.Config(
-            retries={"total_max_attempts": 1, "mode": "standard"},
-            connect_timeout=10.0,
-            read_timeout=60.0,
-            max_pool_connections=S3_CONCURRENCY,
-            **extra,
-        )
-        return session.client("s3", endpoint_url=self.endpoint, config=config)
+        return make_s3_client(self.endpoint, read_timeout=60.0,
+                              max_pool_connections=S3_CONCURRENCY, what="labelled set")
 
     def _call(self, fn: Any) -> Any:
         def on_retry(exc: BaseException, attempt: int, wait: float) -> None:
