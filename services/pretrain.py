@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 from seer_core.config import SeerConfig, config_from_dict
 from services import metrics
+from services.local_ray import start_local_ray
 from services.storage import RunStorage
 from services.trainer import build_trainer, storage_for
 
@@ -63,7 +64,7 @@ def init_ray(cfg: SeerConfig, address: str | None = None) -> str:
     kwargs: dict[str, Any] = {"num_cpus": cpus, "include_dashboard": False}
     if cfg.metrics.enabled and cfg.metrics.export_port:
         kwargs["_metrics_export_port"] = cfg.metrics.export_port
-    ray.init(**kwargs)
+    start_local_ray(**kwargs)
     if cfg.metrics.enabled and cfg.metrics.export_port:
         return f"http://127.0.0.1:{cfg.metrics.export_port}/metrics"
     return "(metrics export disabled)"

@@ -79,16 +79,17 @@ def ray_cluster(aws_test_env: dict[str, str]) -> Iterator[RayCluster]:
     import psutil
     import ray
 
+    from services.local_ray import start_local_ray
+
     mp = pytest.MonkeyPatch()
     for name, value in RAY_ENV.items():
         mp.setenv(name, value)
     port = _free_port()
     num_cpus = 4
-    ctx = ray.init(
+    info = start_local_ray(
         num_cpus=num_cpus,
         include_dashboard=False,
         _metrics_export_port=port,
-        _node_ip_address="127.0.0.1",
         _system_config={"metrics_report_interval_ms": 1000},
         log_to_driver=False,
         logging_level="WARNING",
@@ -96,7 +97,7 @@ def ray_cluster(aws_test_env: dict[str, str]) -> Iterator[RayCluster]:
     try:
         pids = _ray_pids()
         yield RayCluster(
-            metrics_export_port=port, num_cpus=num_cpus, address=ctx.address_info["address"]
+            metrics_export_port=port, num_cpus=num_cpus, address=info["address"]
         )
         pids |= _ray_pids()
     finally:
