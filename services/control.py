@@ -5,14 +5,23 @@ can be installed, and the SIGTERM of `ray job stop` (or of a Kubernetes pod) rea
 So the driver turns it into a stop request here; rank 0 polls it and broadcasts the decision,
 every rank writes a final checkpoint and returns. Rank 0 also leaves its latest progress here so
 the driver can print it and serve it on its status page without a barrier.
+
+Workers also leave their warnings and errors here (:class:`WarningRelay`): a local run keeps
+Ray's own chatter out of the terminal (it goes to Ray's log folder), yet what seer warns about
+inside a worker (a non-finite step, a suspected collapse) must still reach the person watching.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
 import time
 from typing import Any
 
 import ray
+
+#: Notes kept for the driver; a driver that falls further behind loses the oldest ones.
+MAX_NOTES = 200
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -21,6 +30,8 @@ class RunControl:
         self._stop_reason: str | None = None
         self._progress: dict[str, Any] = {}
         self._updated = 0.0
+        self._notes: collections.deque[tuple[int, str]] = collections.deque(maxlen=MAX_NOTES)
+        self._next_note = 0
 
     def request_stop(self, reason: str) -> None:
         if self._stop_reason is None:
@@ -35,6 +46,14 @@ class RunControl:
 
     def progress(self) -> dict[str, Any]:
         return {**self._progress, "updated": self._updated}
+
+    def note(self, text: str) -> None:
+        self._notes.append((self._next_note, text))
+        self._next_note += 1
+
+    def notes(self, since: int) -> list[tuple[int, str]]:
+        """Notes numbered `since` or later, oldest first."""
+        return [(n, text) for n, text in self._notes if n >= since]
 
 
 def control_actor_name(run_name: str) -> str:
@@ -53,3 +72,37 @@ def find_control(run_name: str) -> ray.actor.ActorHandle | None:
         return ray.get_actor(control_actor_name(run_name))
     except ValueError:
         return None
+
+
+class WarningRelay(logging.Handler):
+    """Sends a worker's seer warnings and errors to the control actor, for the driver to print.
+
+    Fire-and-forget (`.remote()` without waiting): a slow or restarting control actor must never
+    stall a training step, and a lost note is better than a blocked worker.
+    """
+
+    def __init__(self, control: ray.actor.ActorHandle, origin: str) -> None:
+        super().__init__(level=logging.WARNING)
+        self.control, self.origin = control, origin
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = f"{self.origin} {record.levelname}: {record.getMessage()}"
+            self.control.note.remote(text)
+        except Exception:  # logging must never raise into the training loop
+            self.handleError(record)
+
+
+def relay_warnings(run_name: str, origin: str, logger_name: str = "seer") -> WarningRelay | None:
+    """Attaches a :class:`WarningRelay` to `logger_name` (once per process); None without a
+    control actor (a run started without the `seer pretrain` driver)."""
+    logger = logging.getLogger(logger_name)
+    for handler in logger.handlers:
+        if isinstance(handler, WarningRelay):
+            return handler
+    control = find_control(run_name)
+    if control is None:
+        return None
+    relay = WarningRelay(control, origin)
+    logger.addHandler(relay)
+    return relay

@@ -8,6 +8,7 @@ final checkpoint; a second Ctrl-C stops at once.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -20,7 +21,7 @@ from urllib.parse import urlparse
 
 from seer_core.config import SeerConfig, config_from_dict
 from services import metrics
-from services.local_ray import start_local_ray
+from services.local_ray import ray_log_dir, start_local_ray
 from services.storage import RunStorage
 from services.trainer import build_trainer, storage_for
 
@@ -46,28 +47,46 @@ def required_cpus(cfg: SeerConfig) -> float:
     )
 
 
-def init_ray(cfg: SeerConfig, address: str | None = None) -> str:
+@dataclass(frozen=True)
+class RayPlaces:
+    """Where the banner sends people: Ray's metrics, and for a local instance its logs and UI."""
+
+    metrics: str
+    logs: str | None = None
+    dashboard: str | None = None
+
+
+def init_ray(cfg: SeerConfig, address: str | None = None) -> RayPlaces:
     """Joins a cluster when an address is given (or RAY_ADDRESS is set), else starts local Ray.
 
-    Returns where Ray's own metrics endpoint is, for the progress banner.
+    A joined cluster keeps Ray's defaults (its logs are the job's logs). A local instance lives
+    on loopback (`services.local_ray`) and keeps Ray's own output (actor banners, Ray Train and
+    Ray Data INFO lines) in its log folder, so that the terminal shows seer's progress lines and
+    the warnings that workers relay through the control actor.
     """
     import ray
 
     if ray.is_initialized():
-        return "Ray's metrics export port on each node"
+        return RayPlaces("Ray's metrics export port on each node")
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
-        return "Ray's metrics export port on each node (see your cluster's Prometheus)"
+        return RayPlaces("Ray's metrics export port on each node (see your cluster's Prometheus)")
     # A laptop: let Ray oversubscribe a small machine rather than wait for CPUs it lacks.
     cpus = max(os.cpu_count() or 1, int(required_cpus(cfg) + 0.999))
-    kwargs: dict[str, Any] = {"num_cpus": cpus, "include_dashboard": False}
+    kwargs: dict[str, Any] = {"num_cpus": cpus, "log_to_driver": False,
+                              "logging_level": logging.WARNING}
     if cfg.metrics.enabled and cfg.metrics.export_port:
         kwargs["_metrics_export_port"] = cfg.metrics.export_port
-    start_local_ray(**kwargs)
-    if cfg.metrics.enabled and cfg.metrics.export_port:
-        return f"http://127.0.0.1:{cfg.metrics.export_port}/metrics"
-    return "(metrics export disabled)"
+    info = start_local_ray(dashboard=True, **kwargs)
+    metrics_url = (
+        f"http://127.0.0.1:{cfg.metrics.export_port}/metrics"
+        if cfg.metrics.enabled and cfg.metrics.export_port
+        else "(metrics export disabled)"
+    )
+    webui = str(info.get("webui_url") or "")
+    return RayPlaces(metrics_url, ray_log_dir(info),
+                     f"http://{webui}" if webui and "://" not in webui else webui or None)
 
 
 class StatusPage:
@@ -120,6 +139,7 @@ class ProgressPrinter(threading.Thread):
         self.done = threading.Event()
         self.last_step = -1
         self.last: dict[str, Any] = {}
+        self.next_note = 0
 
     def run(self) -> None:
         while not self.done.wait(self.every):
@@ -137,9 +157,24 @@ class ProgressPrinter(threading.Thread):
             self.last_step, self.last = p["step"], p
             self.page.update(p)
             print(format_progress(p), file=self.out, flush=True)
+        self.print_notes()
+
+    def print_notes(self) -> None:
+        """Workers' relayed warnings and errors (services.control.WarningRelay), once each."""
+        import ray
+
+        try:
+            notes = ray.get(self.control.notes.remote(self.next_note), timeout=10)
+        except Exception:  # the actor is busy or gone: the next tick will tell
+            return
+        for number, text in notes:
+            print(text, file=self.out, flush=True)
+            self.next_note = number + 1
 
 
-def banner(cfg: SeerConfig, storage: RunStorage, ray_metrics: str, status_port: int) -> str:
+def banner(cfg: SeerConfig, storage: RunStorage, ray_places: RayPlaces | str,
+           status_port: int) -> str:
+    places = ray_places if isinstance(ray_places, RayPlaces) else RayPlaces(ray_places)
     lines = [
         f"seer pretrain — run {cfg.checkpoint.run_name!r}: {cfg.model.trunk}, recipe "
         f"{cfg.augment.recipe}, {cfg.train.num_workers} worker(s) x batch {cfg.train.batch_size}"
@@ -147,10 +182,14 @@ def banner(cfg: SeerConfig, storage: RunStorage, ray_metrics: str, status_port: 
         f"  feed:        {cfg.feed.uri}",
         f"  checkpoints: {storage.display} (every {cfg.checkpoint.every_steps} steps / "
         f"{cfg.checkpoint.every_minutes:g} min, newest {cfg.checkpoint.keep} kept)",
-        f"  metrics:     {ray_metrics} (workers, ingest)",
+        f"  metrics:     {places.metrics} (workers, ingest)",
     ]
     if status_port:
         lines.append(f"  status page: http://127.0.0.1:{status_port}/metrics (this driver)")
+    if places.dashboard:
+        lines.append(f"  ray:         {places.dashboard} (Ray's dashboard)")
+    if places.logs:
+        lines.append(f"  ray logs:    {places.logs} (Ray's own output)")
     stop = []
     if cfg.train.max_steps:
         stop.append(f"step {cfg.train.max_steps}")
@@ -239,11 +278,11 @@ def run_pretraining(
     cfg = anchor_local_paths(cfg)
     if not synthetic:
         check_feed(cfg)
-    ray_metrics = init_ray(cfg, address)
+    ray_places = init_ray(cfg, address)
     storage = storage_for(cfg)
     existing = storage.list_checkpoints()
     page = StatusPage(cfg.metrics.status_port if cfg.metrics.enabled else 0)
-    print(banner(cfg, storage, ray_metrics, cfg.metrics.status_port), file=out, flush=True)
+    print(banner(cfg, storage, ray_places, cfg.metrics.status_port), file=out, flush=True)
     if existing:
         print(f"  resuming:    from step {existing[-1][0]} ({existing[-1][1]})", file=out,
               flush=True)

@@ -53,7 +53,7 @@ class RayCluster:
         return f"http://127.0.0.1:{self.metrics_export_port}/metrics"
 
 
-def _ray_pids() -> set[int]:
+def ray_pids() -> set[int]:
     """PIDs of every process of the local Ray node (GCS, raylet, agents, workers)."""
     import psutil
     import ray
@@ -95,11 +95,11 @@ def ray_cluster(aws_test_env: dict[str, str]) -> Iterator[RayCluster]:
         logging_level="WARNING",
     )
     try:
-        pids = _ray_pids()
+        pids = ray_pids()
         yield RayCluster(
             metrics_export_port=port, num_cpus=num_cpus, address=info["address"]
         )
-        pids |= _ray_pids()
+        pids |= ray_pids()
     finally:
         ray.shutdown()
         mp.undo()

@@ -34,6 +34,8 @@ def test_status_page_serves_parsable_progress() -> None:
     port = _free_port()
     page = StatusPage(port)
     try:
+        # The driver's page is for this machine: it listens on loopback, never on every interface.
+        assert page.server is not None and page.server.server_address[0] == "127.0.0.1"
         page.update(PROGRESS)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             text = r.read().decode()
