@@ -37,7 +37,7 @@ def _config(args: argparse.Namespace, extra: Sequence[str] = ()) -> SeerConfig:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from services.pretrain import run_pretraining
+    from services.pretrain import RunFailed, run_pretraining
 
     extra = []
     if args.max_steps is not None:
@@ -45,7 +45,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.max_minutes is not None:
         extra.append(f"train.max_minutes={args.max_minutes}")
     cfg = _config(args, extra)
-    run_pretraining(cfg, address=args.address, synthetic=args.synthetic)
+    try:
+        run_pretraining(cfg, address=args.address, synthetic=args.synthetic)
+    except RunFailed as exc:
+        print(f"seer: run failed: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -176,7 +180,11 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.list:
         print("\n".join(preset_names()))
         return 0
-    print(_config(args).to_yaml(), end="")
+    from seer_core.training.preflight import preflight
+
+    cfg = _config(args)
+    preflight(cfg)  # what the workers would build: a value that passes here starts a run
+    print(cfg.to_yaml(), end="")
     return 0
 
 

@@ -20,13 +20,16 @@ from typing import Any
 
 import ray
 
+from services.failures import FailureTracker
+
 #: Notes kept for the driver; a driver that falls further behind loses the oldest ones.
 MAX_NOTES = 200
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
 class RunControl:
-    def __init__(self) -> None:
+    def __init__(self, max_repeated_failures: int = 3) -> None:
+        self._failures = FailureTracker(max_repeated_failures)
         self._stop_reason: str | None = None
         self._progress: dict[str, Any] = {}
         self._updated = 0.0
@@ -43,6 +46,21 @@ class RunControl:
     def report(self, progress: dict[str, Any]) -> None:
         self._progress = dict(progress)
         self._updated = time.time()
+        if isinstance(progress.get("step"), int):
+            self._failures.progressed(progress["step"])
+
+    def failed(self, rank: int, signature: str) -> int:
+        """A worker's training function raised; returns the repeat count (services.failures).
+
+        The failure's step is the newest one rank 0 reported: each attempt replays the same
+        steps from the same checkpoint, so a deterministic failure shows the same one.
+        """
+        step = self._progress.get("step", -1)
+        return self._failures.failed(rank, step if isinstance(step, int) else -1, signature)
+
+    def fatal(self) -> str | None:
+        """Why the run must end instead of restarting (a deterministic failure), or None."""
+        return self._failures.fatal
 
     def progress(self) -> dict[str, Any]:
         return {**self._progress, "updated": self._updated}
@@ -60,11 +78,11 @@ def control_actor_name(run_name: str) -> str:
     return f"seer-control-{run_name}"
 
 
-def create_control(run_name: str) -> ray.actor.ActorHandle:
+def create_control(run_name: str, max_repeated_failures: int = 3) -> ray.actor.ActorHandle:
     """The driver's control actor (named, so workers and restarted workers find it)."""
     return RunControl.options(
         name=control_actor_name(run_name), get_if_exists=True, lifetime=None
-    ).remote()
+    ).remote(max_repeated_failures)
 
 
 def find_control(run_name: str) -> ray.actor.ActorHandle | None:

@@ -262,6 +262,19 @@ def fit_beside_signals(fit: Callable[[], T]) -> T:
     return box["result"]
 
 
+class RunFailed(RuntimeError):
+    """The run failed the same way again and again (services.failures): restarting is futile."""
+
+
+def _fatal(control: Any) -> str | None:
+    import ray
+
+    try:
+        return ray.get(control.fatal.remote(), timeout=30)
+    except Exception:  # the actor is gone: nothing was declared fatal through it
+        return None
+
+
 def run_pretraining(
     cfg: SeerConfig,
     *,
@@ -273,8 +286,10 @@ def run_pretraining(
     """Runs until a configured limit or a stop request; returns where it ended."""
     import ray
 
+    from seer_core.training.preflight import preflight
     from services.control import create_control
 
+    preflight(cfg)  # a config the workers cannot build fails here, once, not in every restart
     cfg = anchor_local_paths(cfg)
     if not synthetic:
         check_feed(cfg)
@@ -287,7 +302,7 @@ def run_pretraining(
         print(f"  resuming:    from step {existing[-1][0]} ({existing[-1][1]})", file=out,
               flush=True)
 
-    control = create_control(cfg.checkpoint.run_name)
+    control = create_control(cfg.checkpoint.run_name, cfg.train.max_repeated_failures)
     stopped_by = ["limit"]
     previous: dict[int, Any] = {}
     if install_signals and threading.current_thread() is threading.main_thread():
@@ -314,8 +329,11 @@ def run_pretraining(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         page.close()
+        fatal = _fatal(control)
         with contextlib.suppress(Exception):
             ray.kill(control)
+    if fatal is not None:
+        raise RunFailed(fatal)
     final = storage.list_checkpoints()
     step = int(result.metrics.get("step", 0)) if result.metrics else 0
     images = int(result.metrics.get("images_seen", 0)) if result.metrics else 0

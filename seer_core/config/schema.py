@@ -112,7 +112,7 @@ class ScheduleConfig:
     smoothing: float = knob(0.99, ge=0, le=0.9999, help="plateau: EMA factor of the loss")
     cooldown: int = knob(1000, ge=0, help="plateau: steps after a halving with no decision")
     factor: float = knob(0.5, gt=0, le=1, help="plateau: LR multiplier at each decision")
-    min_lr: float = knob(0.0, ge=0, help="floor, as a fraction of lr")
+    min_lr: float = knob(0.0, ge=0, le=1, help="floor, as a fraction of lr")
     cosine_steps: int = knob(100_000, ge=1, help="cosine: length of the decay after warmup")
     final_lr: float = knob(0.0, ge=0, help="cosine: final LR, as a fraction of lr")
 
@@ -132,6 +132,11 @@ class TrainConfig:
     seed: int = knob(0, ge=0)
     max_bad_steps: int = knob(
         3, ge=1, help="consecutive non-finite losses before rolling back to a checkpoint"
+    )
+    max_repeated_failures: int = knob(
+        3, ge=1,
+        help="end the run when the same error stops it at the same step this many times in a "
+        "row (a deterministic failure); other failures restart the workers",
     )
     torch_threads: int = knob(0, ge=0, help="intra-op threads per worker (0: torch default)")
     collective_timeout_s: float = knob(1800.0, gt=0, help="DDP collective timeout")

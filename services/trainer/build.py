@@ -8,7 +8,7 @@ from ray.train.torch import TorchTrainer
 
 from seer_core.config import SeerConfig
 from services.trainer.checkpoints import storage_for
-from services.trainer.loop import train_loop_per_worker
+from services.trainer.guard import guarded_train_loop
 
 
 def build_trainer(cfg: SeerConfig, *, synthetic: bool = False) -> TorchTrainer:
@@ -25,7 +25,7 @@ def build_trainer(cfg: SeerConfig, *, synthetic: bool = False) -> TorchTrainer:
         datasets = {"train": dataset_factory(cfg)}
         dataset_config = DataConfig(execution_options=execution_options(cfg))
     return TorchTrainer(
-        train_loop_per_worker,
+        guarded_train_loop,
         train_loop_config={"config": cfg.to_dict(), "synthetic": synthetic},
         torch_config=TorchConfig(timeout_s=int(cfg.train.collective_timeout_s)),
         scaling_config=ScalingConfig(

@@ -28,6 +28,9 @@ def test_config_list_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "seer-rg256" in capsys.readouterr().out
     assert main(["config", "--set", "train.batch_size=-1"]) == 2
     assert "train.batch_size: -1 is too small" in capsys.readouterr().err
+    # Passes the schema, fails where the workers build the schedule: `seer config` builds it.
+    assert main(["config", "--set", "schedule.factor=1"]) == 2
+    assert "schedule: factor must be in (0, 1)" in capsys.readouterr().err
     assert main(["config", "--config", "sslight-mobilenet"]) == 0
     assert "global_local_alpha: 0.4" in capsys.readouterr().out
 
