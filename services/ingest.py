@@ -24,6 +24,7 @@ fetch, so an oversized object never travels further than the process that fetche
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -84,28 +85,69 @@ def feed_spec(cfg: FeedConfig | SeerConfig) -> FeedSpec:
     )
 
 
-# One open feed per spec per process: Ray reuses worker processes across read tasks, so the key
-# pool (and its background listing) is paid once per process, not once per window.
+# One open feed per spec per process, on purpose: Ray reuses worker processes across read tasks,
+# so the key pool (a million keys in the paper preset) and its background listing are paid once
+# per process, not once per window. Closing the feed at the end of each read task would re-list
+# the store for every window. Its lifetime is bounded instead (issue 9):
+# - a feed nobody samples from parks its refresher after ``spec.idle_stop_s`` (the feed's own
+#   rule, services.feed.pooled), so a process the stream stopped using stops listing;
+# - asking for another spec closes the cached feeds of other specs that have no call in flight:
+#   a Ray worker runs one task at a time, so a read task with a new spec means the old stream's
+#   reads on this process are over (a busy feed, possible only with threads, is left alone);
+# - a cached feed found closed (by a test, by hand) is replaced by a fresh one;
+# - at interpreter exit the cached feeds are closed, so refresher threads stop and boto3
+#   clients close before teardown rather than dying mid-request.
 _FEEDS: dict[FeedSpec, Feed] = {}
 _FEEDS_LOCK = threading.Lock()
+#: How long interpreter exit waits for each feed's refresher (it is a daemon thread anyway).
+EXIT_CLOSE_TIMEOUT_S = 5.0
+
+
+def _is_closed(feed: Feed) -> bool:
+    return bool(getattr(feed, "closed", False))
+
+
+def _is_busy(feed: Feed) -> bool:
+    calls = getattr(feed, "calls_in_flight", None)
+    return bool(calls()) if callable(calls) else False
 
 
 def process_feed(spec: FeedSpec) -> Feed:
-    """The feed for ``spec`` shared by everything in this process (opened on first use)."""
+    """The feed for ``spec`` shared by everything in this process (opened on first use).
+
+    Callers use the returned feed for the task at hand and ask again for the next task (the
+    call is a dictionary lookup): the feed of a spec no longer asked for may be closed.
+    """
+    stale: list[Feed] = []
     with _FEEDS_LOCK:
         feed = _FEEDS.get(spec)
-        if feed is None:
-            feed = _FEEDS[spec] = spec.open()
-        return feed
+        if feed is not None and not _is_closed(feed):
+            return feed
+        for other_spec, other in list(_FEEDS.items()):
+            if other_spec != spec and (_is_closed(other) or not _is_busy(other)):
+                stale.append(_FEEDS.pop(other_spec))
+        feed = _FEEDS[spec] = spec.open()
+    # Outside the lock: closing joins a refresher thread, which may take a request's time.
+    for old in stale:
+        old.close()
+    return feed
 
 
-def close_process_feeds() -> None:
-    """Closes the shared feeds of this process (tests; a worker about to exit)."""
+def close_process_feeds(timeout: float | None = None) -> None:
+    """Closes the shared feeds of this process (tests; interpreter exit, via atexit).
+
+    ``timeout`` bounds the wait for each refresher thread (default: the feed's own).
+    """
     with _FEEDS_LOCK:
         feeds = list(_FEEDS.values())
         _FEEDS.clear()
     for feed in feeds:
-        feed.close()
+        feed.close(timeout=timeout)
+
+
+@atexit.register
+def _close_process_feeds_at_exit() -> None:
+    close_process_feeds(timeout=EXIT_CLOSE_TIMEOUT_S)
 
 
 class IngestMetrics:
@@ -235,6 +277,7 @@ class IngestWorker:
     ) -> None:
         self.cfg = cfg
         self._feed = feed
+        self._spec: FeedSpec | None = None
         self.multicrop: MultiCrop = build_multicrop(
             cfg.augment.recipe,
             seed=seed,
@@ -253,10 +296,16 @@ class IngestWorker:
 
     @property
     def feed(self) -> Feed:
-        """The feed to fetch from: the one given, else this process's feed for the config."""
-        if self._feed is None:
-            self._feed = process_feed(feed_spec(self.cfg))
-        return self._feed
+        """The feed to fetch from: the one given, else this process's feed for the config.
+
+        The process feed is looked up on each use, never kept: process_feed may close it when
+        the process moves on to another spec, and then opens a fresh one on the next lookup.
+        """
+        if self._feed is not None:
+            return self._feed
+        if self._spec is None:
+            self._spec = feed_spec(self.cfg)
+        return process_feed(self._spec)
 
     # -- single steps ---------------------------------------------------------------------------
     def fetch(self, key: str) -> Fetched:

@@ -7,7 +7,9 @@ Design constraints that shape this module:
 - The refresher thread starts on first use, not in the constructor, so opening a feed is cheap
   and a process that only fetches never lists.
 - The refresher must survive anything the store does: it logs at a rate limit, backs off and
-  tries again, for ever; the pool keeps its last good contents meanwhile.
+  tries again for as long as the feed is used; the pool keeps its last good contents meanwhile.
+  It is a daemon thread that ``close()`` stops and joins, and it parks itself when the feed has
+  not been used for ``idle_stop_s`` (see ``services.feed.pooled``).
 """
 
 from __future__ import annotations
@@ -108,7 +110,11 @@ class FeedSpec:
     ``endpoint_url`` falls back to ``$AWS_ENDPOINT_URL`` then ``$SEER_S3_ENDPOINT_URL`` at open
     time (in the process that opens). Credentials are never part of a spec: boto3's standard chain
     supplies them. ``seed`` fixes the refresher's randomness (tests); leave it None in production
-    so processes do not all list the same key ranges.
+    so processes do not all list the same key ranges. ``idle_stop_s``: a feed not sampled or
+    fetched from for that long stops its background listing until its next sample (keeping its
+    pool), so a process that no longer reads does not list the store for ever; long enough by
+    default (15 min) that a stream between two passes, or waiting on a checkpoint, never pays
+    for a stale pool.
     """
 
     uri: str
@@ -123,6 +129,7 @@ class FeedSpec:
     fetch_timeout_s: float = 30.0
     retry_budget_s: float = 120.0
     max_attempts: int = 8
+    idle_stop_s: float = 900.0
     seed: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -151,7 +158,7 @@ class FeedSpec:
                      "credentials come from the AWS credential chain only")
         _require(isinstance(self.pool_size, int) and not isinstance(self.pool_size, bool)
                  and self.pool_size >= 1, f"pool_size: must be an int >= 1, got {self.pool_size!r}")
-        for name in ("refresh_seconds", "fetch_timeout_s"):
+        for name in ("refresh_seconds", "fetch_timeout_s", "idle_stop_s"):
             value = getattr(self, name)
             _require(isinstance(value, int | float) and not isinstance(value, bool) and value > 0,
                      f"{name}: must be a number > 0, got {value!r}")
@@ -227,17 +234,13 @@ class Feed(Protocol):
         """Keys in the pool now."""
         ...
 
-    def _set(self, name: str, value: float) -> None:
-        """Sets a gauge (e.g. ``source_objects``, the size of the last full read)."""
-        with self._counts_lock:
-            self._counts[name] = value
-
     def stats(self) -> dict[str, float]:
         """Monotonic counters (and the pool size) for metrics."""
         ...
 
-    def close(self) -> None:
-        """Stops the refresher and releases connections. Idempotent."""
+    def close(self, timeout: float | None = None) -> None:
+        """Stops the refresher, waits for its thread (at most ``timeout`` seconds; None: the
+        feed's own bound), releases connections. Idempotent."""
         ...
 
 

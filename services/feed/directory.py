@@ -11,7 +11,7 @@ import errno
 import os
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -43,16 +43,25 @@ def local_path(uri: str) -> str:
     return os.path.abspath(os.path.expanduser(uri))
 
 
-def reservoir(items: Iterable[T], k: int, rng: random.Random) -> tuple[list[T], int]:
+def reservoir(
+    items: Iterable[T],
+    k: int,
+    rng: random.Random,
+    check: Callable[[], None] | None = None,
+    check_every: int = 4096,
+) -> tuple[list[T], int]:
     """A uniform random sample of at most ``k`` items from a stream, and the stream's length.
 
     One pass and O(k) memory: the source (a directory walk, a text manifest) may be far larger
-    than the pool.
+    than the pool. ``check`` runs every ``check_every`` items, so a feed's ``close()`` can end
+    a pass over millions of entries (it raises FeedClosed) instead of waiting for its end.
     """
     sample: list[T] = []
     n = 0
     for item in items:
         n += 1
+        if check is not None and n % check_every == 0:
+            check()
         if len(sample) < k:
             sample.append(item)
         else:
@@ -122,6 +131,7 @@ class DirectoryFeed(PooledFeed):
             self.log.warning("walk-error", "feed %s: cannot read %s", self.root, exc.filename)
 
         for dirpath, dirnames, filenames in os.walk(self.root, onerror=on_error):
+            self._check_open()  # directories with no image in them yield nothing to reservoir()
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for fn in filenames:
                 if not fn.startswith(".") and self.spec.accepts(fn):
@@ -131,11 +141,13 @@ class DirectoryFeed(PooledFeed):
         if not os.path.isdir(self.root):
             raise FeedError(f"directory {self.root} does not exist")
         self._count("listings")
-        sample, total = reservoir(self._walk(), self.spec.pool_size, self._rng)
+        sample, total = reservoir(
+            self._walk(), self.spec.pool_size, self._rng, check=self._check_open
+        )
         self._set("source_objects", total)
         self._replace_keys(sample)
 
-    def fetch(self, key: str, max_bytes: int | None = None) -> bytes:
+    def _fetch(self, key: str, max_bytes: int | None) -> bytes:
         """Bytes of the file at ``key`` (a path as returned by ``sample``)."""
         try:
             return read_local(self, key, max_bytes=max_bytes)

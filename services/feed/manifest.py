@@ -105,6 +105,7 @@ class ManifestFeed(PooledFeed):
         out: list[str] = []
         offset = i = 0
         for batch in pf.iter_batches(columns=[col], batch_size=65536):
+            self._check_open()
             end = offset + batch.num_rows
             j = i
             while j < len(wanted) and wanted[j] < end:
@@ -127,7 +128,7 @@ class ManifestFeed(PooledFeed):
                     if s and not s.startswith("#"):
                         yield s
 
-        return reservoir(lines(), self.spec.pool_size, self._rng)
+        return reservoir(lines(), self.spec.pool_size, self._rng, check=self._check_open)
 
     def _read_csv(self, path: str) -> tuple[list[str], int]:
         with open(path, encoding="utf-8", newline="") as f:
@@ -137,7 +138,7 @@ class ManifestFeed(PooledFeed):
                 return [], 0
             idx = header.index(self._column([h.strip() for h in header]))
             rows = (r[idx].strip() for r in reader if len(r) > idx and r[idx].strip())
-            return reservoir(rows, self.spec.pool_size, self._rng)
+            return reservoir(rows, self.spec.pool_size, self._rng, check=self._check_open)
 
     def _resolve(self, entry: str) -> str:
         """An entry as a fetchable name: an ``s3://`` URI or an absolute local path."""
@@ -170,7 +171,7 @@ class ManifestFeed(PooledFeed):
         self._set("source_objects", total)
 
     # -- fetching -----------------------------------------------------------------------------
-    def fetch(self, key: str, max_bytes: int | None = None) -> bytes:
+    def _fetch(self, key: str, max_bytes: int | None) -> bytes:
         """Bytes of a sampled entry (``s3://`` URI or local path)."""
         try:
             if key.startswith("s3://"):

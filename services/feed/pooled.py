@@ -2,15 +2,28 @@
 
 The refresher thread starts on first use, not in the constructor, so opening a feed is cheap and
 a process that only fetches never lists. It must survive anything the store does: it logs at a
-rate limit, backs off and tries again, for ever; the pool keeps its last good contents meanwhile.
+rate limit, backs off and tries again, for as long as the feed is open and used; the pool keeps
+its last good contents meanwhile.
+
+Lifecycle rules (issue 9), because a refresher lists up to ``pool_size`` keys (a million in the
+paper preset) every cycle, in every process that ever sampled:
+- ``close()`` ends the refresher within one page/batch of the listing, not at the end of a
+  cycle: every refresh checks :meth:`PooledFeed._check_open` between pages.
+- A feed nobody has used for ``spec.idle_stop_s`` *parks* its refresher (the thread ends, the
+  pool is kept); the next ``sample`` starts it again. A Ray worker process that ran read tasks
+  once therefore stops listing when the stream no longer schedules reads on it.
+- One refresh cycle at a time: ``refresh_now`` and the background refresher take the same lock,
+  as the cycle's state (the S3 key-space model and sweep flag, the manifest version, the
+  refresher's random generator) is not safe to share between two cycles.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from services.feed.base import FeedClosed, FeedEmpty, FeedError, FeedSpec, logger
 from services.feed.pool import KeyPool
@@ -20,7 +33,8 @@ from services.ratelimit import RateLimitedLogger
 class PooledFeed:
     """Shared body of the three feeds: the pool, the refresher thread, counters and waits.
 
-    Subclasses implement ``_refresh()`` (one refresh cycle; raise on failure) and ``fetch()``.
+    Subclasses implement ``_refresh()`` (one refresh cycle; raise on failure; call
+    ``_check_open()`` between pages so ``close()`` is prompt) and ``_fetch()``.
     """
 
     #: Counters reported by ``stats()``; subclasses may add more through ``_count``.
@@ -35,16 +49,31 @@ class PooledFeed:
         "bytes_fetched",
         "keys_added",
         "keys_evicted",
+        "refresher_parks",
     )
+
+    #: How long close() waits for the refresher beyond the spec's fetch timeout: the refresher
+    #: notices close between pages, so the wait is one in-flight request at most.
+    CLOSE_GRACE_S = 10.0
 
     def __init__(self, spec: FeedSpec, log_interval_s: float = 30.0) -> None:
         self.spec = spec
         self._pool = KeyPool(spec.pool_size)
-        self._rng = random.Random(spec.seed)  # refresher only: one thread uses it
+        self._rng = random.Random(spec.seed)  # refresh cycles only (one at a time: _refresh_lock)
         self._jitter_rng = random.Random(None if spec.seed is None else spec.seed + 1)
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # Refresher threads started and not yet known to have ended; close() joins them all
+        # (after a park and a restart, the parked one may still be returning).
+        self._threads: list[threading.Thread] = []
+        # The refresher thread in charge (None: not started, parked or ended); under _start_lock.
+        self._active: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        # One refresh cycle at a time (refresh_now vs the background refresher).
+        self._refresh_lock = threading.Lock()
+        # Use tracking, for parking an idle refresher and for process_feed's eviction rules.
+        self._use_lock = threading.Lock()
+        self._calls = 0
+        self._last_used = time.monotonic()
         self._counts_lock = threading.Lock()
         self._counts: dict[str, float] = dict.fromkeys(self.COUNTERS, 0)
         self._last_error: str | None = None
@@ -92,29 +121,112 @@ class PooledFeed:
         if self._stop.wait(seconds):
             raise FeedClosed(f"feed {self.describe()} closed")
 
+    def _check_open(self) -> None:
+        """Raises FeedClosed once ``close()`` was called: refresh cycles call it between pages,
+        so that a cycle over a million keys does not keep a closed feed's thread listing."""
+        if self._stop.is_set():
+            raise FeedClosed(f"feed {self.describe()} closed")
+
+    # -- use tracking -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _in_use(self) -> Iterator[None]:
+        """Marks a sample or fetch in flight: such a feed is neither idle nor evictable."""
+        with self._use_lock:
+            self._calls += 1
+            self._last_used = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._use_lock:
+                self._calls -= 1
+                self._last_used = time.monotonic()
+
+    def calls_in_flight(self) -> int:
+        """Samples and fetches running now (``process_feed`` never closes a feed with some)."""
+        with self._use_lock:
+            return self._calls
+
+    def idle_seconds(self) -> float:
+        """Seconds since the last sample or fetch ended; 0 while one is running."""
+        with self._use_lock:
+            return 0.0 if self._calls else max(0.0, time.monotonic() - self._last_used)
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called (a closed feed is not reopened: open a new one)."""
+        return self._stop.is_set()
+
     # -- the refresher ------------------------------------------------------------------------
     def _ensure_started(self) -> None:
-        if self._thread is not None:
-            return
+        # Always under the lock (it is cheap next to a sample): a refresher deciding to park
+        # and a caller needing it must not both think the other one will run.
         with self._start_lock:
-            if self._thread is None and not self._stop.is_set():
-                t = threading.Thread(
-                    target=self._run, name=f"seer-feed-refresh[{self.describe()}]", daemon=True
-                )
-                t.start()
-                self._thread = t
+            with self._use_lock:
+                self._last_used = time.monotonic()
+            if self._active is not None or self._stop.is_set():
+                return
+            self._threads = [t for t in self._threads if t.is_alive()]
+            t = threading.Thread(
+                target=self._run, name=f"seer-feed-refresh[{self.describe()}]", daemon=True
+            )
+            self._active = t
+            self._threads.append(t)
+            t.start()
+
+    def _park_if_idle(self) -> bool:
+        """Ends the refresher when nobody used the feed for ``idle_stop_s``; True if it did."""
+        with self._start_lock:
+            idle = self.idle_seconds()
+            if idle < self.spec.idle_stop_s:
+                return False
+            self._active = None
+        self._count("refresher_parks")
+        self.log.info(
+            "parked",
+            "feed %s: unused for %.0fs; refresher paused until the next sample",
+            self.describe(),
+            idle,
+        )
+        return True
 
     def _refresh(self) -> None:
         raise NotImplementedError
 
+    def _lock_refresh(self) -> bool:
+        """Takes the refresh lock for the background refresher; False once the feed closed.
+
+        Polls so that a refresher queued behind a long ``refresh_now`` still ends on close().
+        """
+        while not self._refresh_lock.acquire(timeout=0.1):
+            if self._stop.is_set():
+                return False
+        if self._stop.is_set():
+            self._refresh_lock.release()
+            return False
+        return True
+
     def refresh_now(self) -> None:
-        """Runs one refresh cycle in the calling thread (tests, and a CLI 'check' command)."""
-        self._refresh()
+        """Runs one refresh cycle in the calling thread (tests, and a CLI 'check' command),
+        after any cycle the background refresher is running. FeedClosed on a closed feed."""
+        with self._refresh_lock:
+            self._check_open()
+            self._refresh()
         self._count("refreshes")
 
     def _run(self) -> None:
+        try:
+            self._refresh_loop()
+        finally:
+            # Whatever ended this thread, the next use may start another one.
+            with self._start_lock:
+                if self._active is threading.current_thread():
+                    self._active = None
+
+    def _refresh_loop(self) -> None:
         failures = 0
-        while not self._stop.is_set():
+        while True:
+            if not self._lock_refresh():
+                return
             try:
                 self._refresh()
             except FeedClosed:
@@ -122,8 +234,9 @@ class PooledFeed:
             except Exception as exc:
                 # Never let the thread die: an outage only means the pool is not refreshed.
                 failures += 1
-                self._count("refresh_errors")
+                # The error first: whoever sees the count must find the reason (FeedEmpty's text).
                 self._last_error = _short_error(exc)
+                self._count("refresh_errors")
                 self.log.warning(
                     "refresh-error",
                     "feed %s: refresh failed (%s); keeping %d pooled keys, retrying",
@@ -134,13 +247,16 @@ class PooledFeed:
                 self._refreshed_once.set()
                 cap = min(self.spec.refresh_seconds, 30.0)
                 wait = self._jitter_rng.uniform(0.5, 1.0) * min(cap, 0.25 * 2 ** min(failures, 16))
-                self._stop.wait(wait)
-                continue
-            failures = 0
-            self._last_error = None
-            self._count("refreshes")
-            self._refreshed_once.set()
-            self._stop.wait(self.spec.refresh_seconds)
+            else:
+                failures = 0
+                self._last_error = None
+                self._count("refreshes")
+                self._refreshed_once.set()
+                wait = self.spec.refresh_seconds
+            finally:
+                self._refresh_lock.release()
+            if self._stop.wait(wait) or self._park_if_idle():
+                return
 
     # -- the Feed interface -------------------------------------------------------------------
     def sample(self, n: int, rng: random.Random, timeout: float | None = None) -> list[str]:
@@ -151,19 +267,20 @@ class PooledFeed:
         """
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n!r}")
-        self._ensure_started()
-        wait = max(1.0, self.spec.retry_budget_s) if timeout is None else timeout
-        deadline = time.monotonic() + wait
-        pool = self._pool
-        with pool.nonempty:
-            while not pool._keys:
-                if self._stop.is_set():
-                    raise FeedClosed(f"feed {self.describe()} closed")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise FeedEmpty(self._empty_message(wait))
-                pool.nonempty.wait(min(left, 0.25))
-            return rng.choices(pool._keys, k=n)
+        with self._in_use():
+            self._ensure_started()
+            wait = max(1.0, self.spec.retry_budget_s) if timeout is None else timeout
+            deadline = time.monotonic() + wait
+            pool = self._pool
+            with pool.nonempty:
+                while not pool._keys:
+                    if self._stop.is_set():
+                        raise FeedClosed(f"feed {self.describe()} closed")
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise FeedEmpty(self._empty_message(wait))
+                    pool.nonempty.wait(min(left, 0.25))
+                return rng.choices(pool._keys, k=n)
 
     def _empty_message(self, waited: float) -> str:
         if self._last_error:
@@ -187,16 +304,38 @@ class PooledFeed:
         return self._pool.snapshot()
 
     def fetch(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The object's bytes (see :class:`services.feed.Feed`); counted as a use of the feed."""
+        with self._in_use():
+            return self._fetch(key, max_bytes)
+
+    def _fetch(self, key: str, max_bytes: int | None) -> bytes:
         raise NotImplementedError
 
-    def close(self) -> None:
-        """Stops the refresher (waiting briefly for it) and releases resources. Idempotent."""
+    def close(self, timeout: float | None = None) -> None:
+        """Stops the refresher, waits for its thread to end, releases resources. Idempotent.
+
+        The refresher notices the close between two pages, so the wait is at most one request
+        in flight: ``timeout`` defaults to the spec's fetch timeout plus ``CLOSE_GRACE_S``. A
+        thread still alive after that (a store that never answers) is a daemon and is logged.
+        """
         self._stop.set()
         with self._pool.nonempty:
             self._pool.nonempty.notify_all()
-        t = self._thread
-        if t is not None and t is not threading.current_thread():
-            t.join(timeout=10.0)
+        wait = self.spec.fetch_timeout_s + self.CLOSE_GRACE_S if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        with self._start_lock:
+            threads = list(self._threads)
+        me = threading.current_thread()
+        for t in threads:
+            if t is not me:
+                t.join(timeout=max(0.0, deadline - time.monotonic()))
+        alive = [t for t in threads if t.is_alive() and t is not me]
+        if alive:
+            logger.warning(
+                "feed %s: refresher still running %.0fs after close (a request in flight)",
+                self.describe(),
+                wait,
+            )
         self._close_resources()
 
     def _close_resources(self) -> None:

@@ -206,6 +206,7 @@ class S3Access:
             try:
                 with open(path, "wb") as f:
                     for chunk in body.iter_chunks(1 << 20):
+                        self.feed._check_open()  # a manifest may be gigabytes
                         f.write(chunk)
             finally:
                 body.close()
@@ -239,7 +240,7 @@ class S3Feed(PooledFeed):
         self._small: bool | None = None  # None until a cycle has told
         self._alphabet = KeyAlphabet()
 
-    def fetch(self, key: str, max_bytes: int | None = None) -> bytes:
+    def _fetch(self, key: str, max_bytes: int | None) -> bytes:
         """Bytes of ``key`` (a key in this bucket, or a full ``s3://`` URI)."""
         bucket, obj = parse_s3_uri(key) if key.startswith("s3://") else (self.bucket, key)
         try:
@@ -302,6 +303,7 @@ class S3Feed(PooledFeed):
         wrapped = False
         n = 0
         while True:
+            self._check_open()  # a cycle may be a thousand pages: close() must not wait for it
             page_size = MAX_PAGE if quota is None else max(1, min(MAX_PAGE, quota - n))
             page = self.s3.list_page(self.bucket, self.prefix, cursor, page_size)
             keys = [obj["Key"] for obj in page.get("Contents", ())]

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from services.feed import Feed, FeedEmpty, FeedSpec, ObjectTooLarge, ObjectVanished, open_feed
-from tests.waiting import wait_until
+from tests.waiting import refresher_threads, wait_until
+
+#: Generous: how long a condition may take on a loaded 2-core machine before it is a hang.
+PATIENCE_S = 60.0
 
 
 @pytest.fixture(autouse=True)
@@ -51,18 +53,18 @@ def test_rescan_sees_added_and_removed_files(tmp_path: Path) -> None:
     make_tree(tmp_path, ["a.jpg", "b.jpg"])
     with FeedSpec(str(tmp_path), refresh_seconds=0.05).open() as feed:
         assert feed.pool_size() in (0, 2)
-        assert wait_until(lambda: feed.pool_size() == 2)
+        assert wait_until(lambda: feed.pool_size() == 2, PATIENCE_S)
         make_tree(tmp_path, ["c.jpg"])
         os.remove(tmp_path / "a.jpg")
         assert wait_until(lambda: set(feed.pooled_keys()) == {str(tmp_path / "b.jpg"),
-                                                        str(tmp_path / "c.jpg")})
+                                                        str(tmp_path / "c.jpg")}, PATIENCE_S)
         assert feed.stats()["refreshes"] >= 2
 
 
 def test_vanished_file_raises_and_leaves_the_pool(tmp_path: Path) -> None:
     make_tree(tmp_path, ["a.jpg", "b.jpg"])
     with FeedSpec(str(tmp_path), refresh_seconds=60).open() as feed:
-        assert wait_until(lambda: feed.pool_size() == 2)
+        assert wait_until(lambda: feed.pool_size() == 2, PATIENCE_S)
         gone = str(tmp_path / "a.jpg")
         os.remove(gone)
         with pytest.raises(ObjectVanished) as info:
@@ -75,7 +77,7 @@ def test_vanished_file_raises_and_leaves_the_pool(tmp_path: Path) -> None:
 def test_pool_bounded_and_uniform_over_large_directory(tmp_path: Path) -> None:
     make_tree(tmp_path, [f"{i:03d}.jpg" for i in range(60)])
     with FeedSpec(str(tmp_path), pool_size=20, refresh_seconds=60, seed=3).open() as feed:
-        assert wait_until(lambda: feed.pool_size() == 20)
+        assert wait_until(lambda: feed.pool_size() == 20, PATIENCE_S)
         assert feed.stats()["source_objects"] == 60
         counts = Counter(feed.sample(8000, random.Random(1)))
         assert len(counts) == 20
@@ -86,29 +88,35 @@ def test_pool_bounded_and_uniform_over_large_directory(tmp_path: Path) -> None:
 def test_empty_directory_raises_feed_empty_with_reason(tmp_path: Path) -> None:
     make_tree(tmp_path, ["only.txt"])
     feed = FeedSpec(str(tmp_path), refresh_seconds=60).open()
-    with feed, pytest.raises(FeedEmpty, match="no matching objects"):
-        feed.sample(1, random.Random(0), timeout=0.5)
+    with feed:
+        # Wait for the first listing to end (however slow the machine), then ask without waiting.
+        assert wait_until(lambda: feed.pool_size() == 0 and feed.stats()["refreshes"] >= 1,
+                          PATIENCE_S)
+        with pytest.raises(FeedEmpty, match="no matching objects"):
+            feed.sample(1, random.Random(0), timeout=0.0)
 
 
 def test_missing_directory_reports_the_refresh_error_and_recovers(tmp_path: Path) -> None:
     root = tmp_path / "later"
     with FeedSpec(str(root), refresh_seconds=0.05).open() as feed:
+        assert wait_until(lambda: feed.pool_size() == 0 and feed.stats()["refresh_errors"] >= 1,
+                          PATIENCE_S)
         with pytest.raises(FeedEmpty, match="does not exist"):
-            feed.sample(1, random.Random(0), timeout=0.5)
-        assert feed.stats()["refresh_errors"] >= 1
+            feed.sample(1, random.Random(0), timeout=0.0)
         make_tree(root, ["x.jpg"])
-        assert feed.sample(2, random.Random(0), timeout=10) == [str(root / "x.jpg")] * 2
+        assert feed.sample(2, random.Random(0), timeout=PATIENCE_S) == [str(root / "x.jpg")] * 2
 
 
 def test_close_stops_the_refresher(tmp_path: Path) -> None:
     make_tree(tmp_path, ["a.jpg"])
     feed = FeedSpec(str(tmp_path), refresh_seconds=0.01).open()
-    feed.sample(1, random.Random(0), timeout=5)
+    feed.sample(1, random.Random(0), timeout=PATIENCE_S)
+    assert any(str(tmp_path) in t.name for t in refresher_threads())
     feed.close()
     feed.close()  # idempotent
-    before = feed.stats()["refreshes"]
-    time.sleep(0.1)
-    assert feed.stats()["refreshes"] == before
+    # close() joined the refresher: nothing is left that could refresh again (no sleep needed).
+    assert not any(str(tmp_path) in t.name for t in refresher_threads())
+    assert feed.closed
 
 
 def test_oversized_file_refused_from_its_size(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,6 +13,9 @@ import pytest
 from services.feed import FeedEmpty, FeedSpec, ObjectVanished
 from services.feed.manifest import ManifestFeed
 from tests.waiting import wait_until
+
+#: Generous: how long a condition may take on a loaded 2-core machine before it is a hang.
+PATIENCE_S = 60.0
 
 
 @pytest.fixture(autouse=True)
@@ -53,21 +55,25 @@ def test_parquet_manifest_with_base_and_uri_column_fallback(tmp_path: Path, imag
         assert set(feed.sample(50, random.Random(0))) == {str(images / "0.jpg"),
                                                           str(images / "3.jpg")}
     bad = FeedSpec(str(m), manifest_column="path", refresh_seconds=60)
-    with bad.open() as feed, pytest.raises(FeedEmpty, match="no column 'path'"):
-        feed.sample(1, random.Random(0), timeout=1.0)
+    with bad.open() as feed:
+        # Wait for the failed first read (however slow the machine), then ask without waiting.
+        assert wait_until(lambda: feed.pool_size() == 0 and feed.stats()["refresh_errors"] >= 1,
+                          PATIENCE_S)
+        with pytest.raises(FeedEmpty, match="no column 'path'"):
+            feed.sample(1, random.Random(0), timeout=0.0)
 
 
 def test_large_parquet_manifest_is_sampled_into_the_pool(tmp_path: Path) -> None:
     m = tmp_path / "big.parquet"
     pq.write_table(pa.table({"key": [f"/d/{i}.jpg" for i in range(5000)]}), m, row_group_size=700)
     with FeedSpec(str(m), pool_size=300, refresh_seconds=0.05, seed=0).open() as feed:
-        assert wait_until(lambda: feed.pool_size() == 300)
+        assert wait_until(lambda: feed.pool_size() == 300, PATIENCE_S)
         first = set(feed.pooled_keys())
         assert len(first) == 300 and all(k.startswith("/d/") for k in first)
         # Spread over the whole manifest, not its head.
         assert max(int(k[3:-4]) for k in first) > 4000 and min(int(k[3:-4]) for k in first) < 1000
         # Larger than the pool: re-drawn every refresh, so the pool moves through it.
-        assert wait_until(lambda: set(feed.pooled_keys()) != first)
+        assert wait_until(lambda: set(feed.pooled_keys()) != first, PATIENCE_S)
         assert feed.stats()["source_objects"] == 5000
 
 
@@ -83,21 +89,25 @@ def test_manifest_re_read_when_changed(tmp_path: Path, images: Path) -> None:
     m = tmp_path / "list.txt"
     m.write_text("imgs/0.jpg\n")
     with FeedSpec(str(m), refresh_seconds=0.05).open() as feed:
-        assert feed.sample(3, random.Random(0), timeout=5) == [str(images / "0.jpg")] * 3
+        want_first = [str(images / "0.jpg")] * 3
+        assert feed.sample(3, random.Random(0), timeout=PATIENCE_S) == want_first
         reads = feed.stats()["manifest_reads"]
-        time.sleep(0.3)
-        assert feed.stats()["manifest_reads"] == reads  # unchanged: not re-read
+        refreshes = feed.stats()["refreshes"]
+        # Two whole refresh cycles later (counted, not timed), still one read: unchanged files
+        # are not re-read.
+        assert wait_until(lambda: feed.stats()["refreshes"] >= refreshes + 2, PATIENCE_S)
+        assert feed.stats()["manifest_reads"] == reads
         m.write_text("imgs/1.jpg\nimgs/2.jpg\n")
         bump_mtime(m)
         want = {str(images / "1.jpg"), str(images / "2.jpg")}
-        assert wait_until(lambda: set(feed.pooled_keys()) == want)
+        assert wait_until(lambda: set(feed.pooled_keys()) == want, PATIENCE_S)
 
 
 def test_vanished_entry(tmp_path: Path, images: Path) -> None:
     m = tmp_path / "list.txt"
     m.write_text("imgs/0.jpg\nimgs/1.jpg\n")
     with FeedSpec(str(m), refresh_seconds=60).open() as feed:
-        assert wait_until(lambda: feed.pool_size() == 2)
+        assert wait_until(lambda: feed.pool_size() == 2, PATIENCE_S)
         os.remove(images / "0.jpg")
         with pytest.raises(ObjectVanished):
             feed.fetch(str(images / "0.jpg"))
