@@ -76,6 +76,7 @@ def feed_spec(cfg: FeedConfig | SeerConfig) -> FeedSpec:
         region=feed.region,
         pool_size=feed.pool_size,
         refresh_seconds=feed.refresh_seconds,
+        idle_stop_s=feed.idle_stop_seconds,
         manifest_column=feed.manifest_column,
         manifest_base=feed.manifest_base,
         extensions=tuple(feed.extensions),

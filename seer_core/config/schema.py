@@ -150,6 +150,10 @@ class FeedConfig:
     region: str | None = knob(None)
     pool_size: int = knob(100_000, ge=1, help="keys kept in the random sampling pool")
     refresh_seconds: float = knob(300.0, gt=0, help="how often the key pool is refreshed")
+    idle_stop_seconds: float = knob(
+        900.0, gt=0,
+        help="a process's feed nobody sampled from for this long stops listing (resumes on use)",
+    )
     manifest_column: str = knob("key")
     manifest_base: str | None = knob(None, help="prefix for relative keys in a manifest")
     extensions: list[str] = knob(

@@ -62,7 +62,8 @@ def _sample(registry_name: str, **labels: str) -> float:
 def test_feed_spec_from_config() -> None:
     cfg = config_from_dict(
         {"feed": {"uri": "s3://bucket/images/", "endpoint_url": "http://127.0.0.1:9",
-                  "pool_size": 7, "retry_budget_s": 3.5, "fetch_timeout_s": 1.5}}
+                  "pool_size": 7, "retry_budget_s": 3.5, "fetch_timeout_s": 1.5,
+                  "idle_stop_seconds": 60}}
     )
     spec = feed_spec(cfg)
     assert spec == feed_spec(cfg.feed)
@@ -70,6 +71,7 @@ def test_feed_spec_from_config() -> None:
         "s3://bucket/images/", "s3", "http://127.0.0.1:9"
     )
     assert (spec.pool_size, spec.retry_budget_s, spec.fetch_timeout_s) == (7, 3.5, 1.5)
+    assert spec.idle_stop_s == 60
 
 
 def test_every_bad_input_ends_as_crops_or_its_reason(
