@@ -142,3 +142,34 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Give every group the schedule's LR (schedules are global; groups differ only in decay)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+#: Group keys that are progress, not knobs: the LR is set by the schedule after every load.
+_NOT_HYPERPARAMETERS = frozenset({"params", "lr", "initial_lr"})
+
+
+def load_state_keeping_hyperparameters(
+    optimizer: torch.optim.Optimizer, saved: dict[str, Any]
+) -> list[tuple[str, Any, Any]]:
+    """Load a saved optimizer state (momentum buffers), but keep the groups' hyperparameters.
+
+    ``Optimizer.load_state_dict`` replaces every param group by the saved one, so a run resumed
+    with a new weight decay, momentum, LARS eta, eps or clip would silently keep the old values.
+    The optimizer is built from the config; its hyperparameters are put back after the load
+    (keys a newer version added are thus present too). Returns ``(key, saved, now)`` for every
+    value that differs, once per distinct change (one entry when every group changed alike).
+    """
+    wanted = [
+        {k: v for k, v in group.items() if k not in _NOT_HYPERPARAMETERS}
+        for group in optimizer.param_groups
+    ]
+    optimizer.load_state_dict(saved)
+    changes: list[tuple[str, Any, Any]] = []
+    missing = object()
+    for group, values in zip(optimizer.param_groups, wanted):
+        for key, value in values.items():
+            old = group.get(key, missing)
+            if old is not missing and old != value and (key, old, value) not in changes:
+                changes.append((key, old, value))
+            group[key] = value
+    return changes

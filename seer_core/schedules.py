@@ -208,8 +208,10 @@ class PlateauHalving(Schedule):
             self.cooldown_left = self.cooldown
 
     def state_dict(self) -> dict[str, Any]:
+        """Progress, plus the base LR the level was reached from (to rescale it on resume)."""
         state = super().state_dict()
         state.update(
+            base_lr=self.base_lr,
             level=self.level,
             ema=self.ema,
             observed=self.observed,
@@ -221,13 +223,25 @@ class PlateauHalving(Schedule):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores progress; the knobs stay those this schedule was built with (the config's).
+
+        The level is progress measured against the base LR, so when the base changed (a new
+        `optim.lr`, batch size or world size) it is rescaled to keep the same number of halvings
+        from the new base; it is then held within this schedule's [min_lr, base_lr]. What is
+        left of a cooldown is cut to the configured cooldown. Checkpoints written before the
+        base LR was saved keep their level, within those bounds.
+        """
         super().load_state_dict(state)
-        self.level = float(state["level"])
+        level = float(state["level"])
+        saved_base = float(state.get("base_lr", 0.0))
+        if saved_base > 0 and saved_base != self.base_lr:
+            level *= self.base_lr / saved_base
+        self.level = min(max(level, self.min_lr), self.base_lr)
         self.ema = float(state["ema"])
         self.observed = int(state["observed"])
         self.best = float(state["best"])
         self.bad_steps = int(state["bad_steps"])
-        self.cooldown_left = int(state["cooldown_left"])
+        self.cooldown_left = min(int(state["cooldown_left"]), self.cooldown)
         self.reductions = int(state["reductions"])
 
 

@@ -6,23 +6,48 @@ endpoint such as MinIO is passed explicitly rather than trusted to `AWS_ENDPOINT
 pyarrow and boto3 do not read alike). Credentials are never part of the config: pyarrow reads
 them from the environment or the standard AWS chain.
 
-Layout, as Ray Train writes it: `<storage>/<run_name>/step_000000000500/{state.pt,meta.json}`.
+Layout, as Ray Train writes it: `<storage>/<run_name>/step_000000000500/{state.pt,meta.json,
+rank_00000.pt,...,commit.json}` and `<storage>/<run_name>/latest`. A step folder counts as a
+checkpoint only when `seer_core.checkpoint.is_complete` says so (its commit marker is there, or
+it is a legacy checkpoint written before markers existed): that is all `list_checkpoints` shows
+to the trainer, `seer status`, `seer export` and the evaluator.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from seer_core.checkpoint import parse_step_dir
+from seer_core.checkpoint import (
+    COMMIT_FILE,
+    LATEST_FILE,
+    META_FILE,
+    atomic_write_bytes,
+    is_complete,
+    parse_json,
+    parse_step_dir,
+)
 
-META_FILE = "meta.json"
+__all__ = ["META_FILE", "RAY_SNAPSHOT_FILE", "RunStorage", "StepFolder", "resolve_storage",
+           "s3_endpoint"]
+
+log = logging.getLogger("seer.storage")
 ENDPOINT_ENV = ("SEER_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+#: Ray Train's record of the checkpoints it tracks, in the run folder (Ray 2.60:
+#: `CHECKPOINT_MANAGER_SNAPSHOT_FILENAME`). Ray refuses to restore a run whose snapshot names a
+#: checkpoint folder that no longer exists, so pruning never touches those.
+RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+_STEP_NAME = re.compile(r"step_\d+")
+_LISTING_ATTEMPTS = 3
 
 
 def s3_endpoint(configured: str | None) -> str | None:
@@ -33,6 +58,24 @@ def s3_endpoint(configured: str | None) -> str | None:
         if os.environ.get(name):
             return os.environ[name]
     return None
+
+
+@dataclass(frozen=True)
+class StepFolder:
+    """A step folder of a run as one listing saw it: which files it holds, whether it counts."""
+
+    step: int
+    path: str
+    files: frozenset[str]
+    complete: bool
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def committed(self) -> bool:
+        return COMMIT_FILE in self.files
 
 
 @dataclass(frozen=True)
@@ -48,28 +91,185 @@ class RunStorage:
     def run_path(self) -> str:
         return f"{self.root.rstrip('/')}/{self.run_name}"
 
-    def list_checkpoints(self) -> list[tuple[int, str]]:
-        """(step, path) of complete checkpoints (those with a state file), oldest first."""
-        selector = pafs.FileSelector(self.run_path, allow_not_found=True)
+    @property
+    def is_local(self) -> bool:
+        return getattr(self.filesystem, "type_name", "") == "local"
+
+    def scan(self) -> list[StepFolder]:
+        """Every step folder of the run with the files in it, oldest first: one recursive
+        listing (one paginated LIST on S3), plus a meta.json read per folder that has state.pt
+        and meta.json but no commit marker (a legacy checkpoint, or one being written)."""
+        run = self.run_path.rstrip("/")
+        for attempt in range(_LISTING_ATTEMPTS):
+            try:
+                infos = self.filesystem.get_file_info(
+                    pafs.FileSelector(run, allow_not_found=True, recursive=True))
+                break
+            except FileNotFoundError:  # a folder deleted (retention) while it was walked
+                if attempt == _LISTING_ATTEMPTS - 1:
+                    raise
+        files: dict[str, set[str]] = {}
+        for info in infos:
+            if not info.path.startswith(run + "/"):
+                continue
+            parts = info.path[len(run) + 1:].split("/")
+            if parse_step_dir(parts[0]) is None:
+                continue
+            names = files.setdefault(parts[0], set())
+            if len(parts) == 2 and info.type == pafs.FileType.File:
+                names.add(parts[1])
         found = []
-        for info in self.filesystem.get_file_info(selector):
-            if info.type != pafs.FileType.Directory:
-                continue
-            step = parse_step_dir(info.base_name)
-            if step is None:
-                continue
-            state = self.filesystem.get_file_info(f"{info.path}/state.pt")
-            if state.type == pafs.FileType.File:
-                found.append((step, info.path))
-        return sorted(found)
+        for name, names in files.items():
+            path = f"{run}/{name}"
+            complete = is_complete(names, lambda p=path: self.read_json(f"{p}/{META_FILE}"))
+            found.append(StepFolder(parse_step_dir(name) or 0, path, frozenset(names), complete))
+        return sorted(found, key=lambda folder: folder.step)
+
+    def list_checkpoints(self) -> list[tuple[int, str]]:
+        """(step, path) of complete checkpoints (committed, or legacy), oldest first."""
+        return [(folder.step, folder.path) for folder in self.scan() if folder.complete]
+
+    def folder_files(self, path: str) -> set[str]:
+        """Names of the files directly in a checkpoint folder."""
+        infos = self.filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        return {info.base_name for info in infos if info.type == pafs.FileType.File}
+
+    def read_json(self, path: str) -> dict[str, Any] | None:
+        """A JSON object file, or None when it is missing, unreadable or not an object."""
+        try:
+            with self.filesystem.open_input_stream(path) as handle:
+                return parse_json(handle.read())
+        except OSError:  # FileNotFoundError included
+            return None
 
     def read_meta(self, checkpoint_path: str) -> dict[str, Any]:
         """The small JSON summary written beside each checkpoint (step, loss, LR...)."""
+        return self.read_json(f"{checkpoint_path}/{META_FILE}") or {}
+
+    def read_commit(self, checkpoint_path: str) -> dict[str, Any]:
+        """The commit record (step, world_size, queue_rows, queue_filled); {} if none."""
+        return self.read_json(f"{checkpoint_path}/{COMMIT_FILE}") or {}
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """All or nothing: on a local folder a temporary file renamed over `path` (after an
+        fsync); on S3 one PUT, which makes the object appear complete or not at all."""
+        if self.is_local:
+            atomic_write_bytes(path, data)
+            return
+        with self.filesystem.open_output_stream(path) as out:
+            out.write(data)
+
+    def commit(self, checkpoint_path: str, record: dict[str, Any]) -> None:
+        """Writes the commit marker: call it once every file of the checkpoint is stored."""
+        self.write_bytes(f"{checkpoint_path}/{COMMIT_FILE}", json.dumps(record).encode())
+
+    def uncommit(self, checkpoint_path: str) -> None:
+        """Removes a commit marker, if there is one (before a folder is written over)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.filesystem.delete_file(f"{checkpoint_path}/{COMMIT_FILE}")
+
+    def write_latest(self, name: str) -> None:
+        """Points `<run>/latest` at a committed step folder (written after its marker)."""
+        self.write_bytes(f"{self.run_path}/{LATEST_FILE}", (name + "\n").encode())
+
+    def read_latest(self) -> str | None:
+        """The folder name `latest` points at, or None. A hint for tools that cannot list (the
+        newest committed checkpoint is what `list_checkpoints` shows last)."""
         try:
-            with self.filesystem.open_input_stream(f"{checkpoint_path}/{META_FILE}") as handle:
-                return json.loads(handle.read().decode())
-        except (FileNotFoundError, OSError, ValueError):
-            return {}
+            with self.filesystem.open_input_stream(f"{self.run_path}/{LATEST_FILE}") as handle:
+                name = handle.read().decode().strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return name if parse_step_dir(name) is not None else None
+
+    def ray_tracked_steps(self) -> set[int] | None:
+        """Steps whose folders Ray Train's run snapshot names (empty without a snapshot), or
+        None when the snapshot is there but cannot be read: then nothing may be pruned.
+
+        Every string in the snapshot is searched for a step folder name rather than reading
+        Ray's schema, so that a change of that schema protects more, never less.
+        """
+        path = f"{self.run_path}/{RAY_SNAPSHOT_FILE}"
+        try:
+            if self.filesystem.get_file_info(path).type == pafs.FileType.NotFound:
+                return set()
+            with self.filesystem.open_input_stream(path) as handle:
+                snapshot = json.loads(handle.read().decode())
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+        steps: set[int] = set()
+        for text in _strings(snapshot):
+            for match in _STEP_NAME.finditer(text):
+                step = parse_step_dir(match.group(0))
+                if step is not None:
+                    steps.add(step)
+        return steps
+
+    def prune(self, keep: int) -> list[str]:
+        """Deletes the step folders crashes leave and Ray Train's retention never sees.
+
+        - Incomplete folders older than the newest complete checkpoint: a run resumes from
+          its newest checkpoint and writes only newer steps, so nothing is writing those. An
+          incomplete folder newer than that may be a checkpoint being copied right now (or one
+          the resumed run will write over): it stays.
+        - Complete checkpoints beyond the newest `keep` that Ray's snapshot does not name and
+          that are older than every step it names (Ray registers a run's checkpoints in step
+          order, so it will never register those): e.g. one written by a worker killed before
+          Ray registered it. Without a snapshot none are deleted (Ray may not have registered
+          the first checkpoint yet); newer unregistered ones wait for a later prune.
+        - Never a folder the snapshot names: Ray refuses to restore a run whose snapshot names
+          a missing checkpoint.
+        Returns the deleted paths. Called by rank 0 after it commits a checkpoint.
+        """
+        if keep < 1:
+            raise ValueError(f"keep: {keep} must be >= 1")
+        folders = self.scan()
+        complete = [folder for folder in folders if folder.complete]
+        if not complete:
+            return []
+        tracked = self.ray_tracked_steps()
+        if tracked is None:
+            log.warning("cannot read %s/%s: nothing pruned", self.display, RAY_SNAPSHOT_FILE)
+            return []
+        newest = complete[-1].step
+        doomed = [f for f in folders
+                  if not f.complete and f.step < newest and f.step not in tracked]
+        if tracked:
+            oldest_tracked = min(tracked)
+            doomed += [f for f in complete[:-keep]
+                       if f.step not in tracked and f.step < oldest_tracked]
+        removed = []
+        for folder in sorted(doomed, key=lambda f: f.step):
+            try:
+                self.delete_folder(folder)
+            except OSError as exc:
+                log.warning("could not prune %s: %s", folder.path, exc)
+                continue
+            removed.append(folder.path)
+        return removed
+
+    def delete_folder(self, folder: StepFolder) -> None:
+        """Deletes a step folder, its marker (then its meta.json) first, so that a reader never
+        sees a folder that still counts as a checkpoint while its files disappear."""
+        for name in (COMMIT_FILE, META_FILE):
+            if name in folder.files:
+                with contextlib.suppress(FileNotFoundError):
+                    self.filesystem.delete_file(f"{folder.path}/{name}")
+        with contextlib.suppress(FileNotFoundError):
+            self.filesystem.delete_dir(folder.path)
+
+
+def _strings(value: Any) -> Iterable[str]:
+    """Every string in a JSON value (keys included)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
 
 
 def resolve_storage(storage: str, run_name: str, endpoint_url: str | None = None) -> RunStorage:

@@ -2,6 +2,11 @@
 
 Names follow DESIGN §3 (`seer_train_<what>_<unit>`); the only tag is the worker's rank, which is
 bounded by the cluster size.
+
+Counters count what *this* worker did, so that dashboards sum over workers with no arithmetic
+in between: `sum(rate(seer_train_images_total[5m]))` is the global training throughput.
+Gauges that describe the whole run (loss averaged over ranks, LR, step) are the same on every
+worker: take `max` (or any one worker), never `sum`.
 """
 
 from __future__ import annotations
@@ -9,7 +14,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from services.metrics import counter, gauge, histogram
+import prometheus_client
+
+from services import metrics
+from services.metrics import Backend
 
 STEP_SECONDS_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
 WAIT_SECONDS_BUCKETS = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30]
@@ -18,11 +26,29 @@ WAIT_SECONDS_BUCKETS = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30]
 class TrainMetrics:
     """One worker's metrics; `observe` is called once per step, cheaply (no device sync)."""
 
-    def __init__(self, rank: int) -> None:
+    def __init__(self, rank: int, backend: Backend = "auto",
+                 registry: prometheus_client.CollectorRegistry | None = None) -> None:
+        """`backend`/`registry` as in `services.metrics` (tests pin a private registry)."""
         self.tags = {"worker": str(rank)}
         tag_keys = ("worker",)
+
+        def counter(name: str, description: str, keys: tuple[str, ...]) -> Any:
+            return metrics.counter(name, description, keys, backend=backend, registry=registry)
+
+        def gauge(name: str, description: str, keys: tuple[str, ...]) -> Any:
+            return metrics.gauge(name, description, keys, backend=backend, registry=registry)
+
+        def histogram(name: str, description: str, bounds: list[float],
+                      keys: tuple[str, ...]) -> Any:
+            return metrics.histogram(name, description, bounds, keys, backend=backend,
+                                     registry=registry)
+
         self.steps = counter("seer_train_steps_total", "optimizer steps taken", tag_keys)
-        self.images = counter("seer_train_images_total", "images trained on", tag_keys)
+        self.images = counter(
+            "seer_train_images_total",
+            "images this worker trained on (skipped steps excluded; sum over workers = global)",
+            tag_keys,
+        )
         self.skipped = counter(
             "seer_train_skipped_steps_total", "steps skipped for a non-finite loss", tag_keys
         )
@@ -55,7 +81,6 @@ class TrainMetrics:
         self.collapse = gauge(
             "seer_train_collapse_suspected_ratio", "1 when collapse is suspected", tag_keys
         )
-        self._last_images: int | None = None
 
     def checkpointed(self, step: int) -> None:
         self.checkpoint_step.set(step, self.tags)
@@ -67,7 +92,8 @@ class TrainMetrics:
     def collapse_warning(self, suspected: bool) -> None:
         self.collapse.set(1.0 if suspected else 0.0, self.tags)
 
-    def observe(self, state: Any, result: Any, data_wait: float) -> None:
+    def observe(self, state: Any, result: Any, data_wait: float, local_images: int) -> None:
+        """Records one step; `local_images` is this worker's share of the global batch."""
         tags = self.tags
         self.steps.inc(1, tags)
         self.step.set(result.step, tags)
@@ -76,9 +102,7 @@ class TrainMetrics:
         if result.skipped:
             self.skipped.inc(1, tags)
             return
-        if self._last_images is not None and result.images_seen > self._last_images:
-            self.images.inc(result.images_seen - self._last_images, tags)
-        self._last_images = result.images_seen
+        self.images.inc(local_images, tags)
         self.loss.set(result.loss, tags)
         self.lr.set(result.lr, tags)
         self.entropy.set(result.usage_entropy, tags)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -129,3 +129,53 @@ class SwAVQueue:
         self.embeddings.zero_()
         self.embeddings[:, :rows] = saved[:, :rows].to(self.embeddings.device, torch.float32)
         self.filled = min(int(state["filled"]), rows)
+
+
+def queue_picks(old_world: int, old_rows: int, old_filled: int, new_rank: int, new_world: int,
+                new_rows: int) -> list[tuple[int, int]]:
+    """Which saved queue rows a rank of a resized group takes: (old rank, row), newest first.
+
+    A run may resume with another number of workers; each old rank saved its own queue of
+    ``old_rows`` rows (the first ``old_filled`` of them valid, newest first). Row ``i`` of old
+    rank ``o`` is global row ``g = i * old_world + o``, so rows of the same age sit side by side;
+    new rank ``r`` takes the valid rows with ``g % new_world == r``, in order, as many as its
+    own queue holds (``new_rows``). Every saved row goes to at most one rank (never two: the
+    ranks' Sinkhorn batches would share embeddings), the newest rows come first on every rank,
+    and rows that fit nowhere are dropped. The same world size gives every rank its own queue
+    back. Old ranks are assumed to have equal fills (they push equal batches every step).
+    """
+    if min(old_world, new_world) < 1 or not 0 <= new_rank < new_world:
+        raise ValueError(f"bad worlds: old {old_world}, new rank {new_rank} of {new_world}")
+    valid = max(0, min(old_filled, old_rows)) * old_world
+    return [(g % old_world, g // old_world) for g in range(new_rank, valid, new_world)[:new_rows]]
+
+
+def gather_queue_rows(parts: Mapping[int, Mapping[str, Any] | None],
+                      picks: Sequence[tuple[int, int]], new_rows: int,
+                      crops_for_assign: Sequence[int], dim: int) -> dict[str, Any]:
+    """A queue ``state_dict`` of ``new_rows`` rows holding the picked rows of the old queues.
+
+    ``parts`` maps old ranks to their saved queue states (None or absent: that rank saved
+    none, its rows are skipped, as are rows beyond a part's own fill). Raises ValueError when a
+    saved queue does not fit this one (other assigned crops or another embedding size): its
+    rows mean nothing here.
+    """
+    crops = list(crops_for_assign)
+    embeddings = torch.zeros(len(crops), new_rows, dim)
+    filled = 0
+    for old_rank, row in picks:
+        part = parts.get(old_rank)
+        if part is None:
+            continue
+        saved: Tensor = part["embeddings"]
+        if list(part["crops_for_assign"]) != crops:
+            raise ValueError(f"saved queue is for crops {list(part['crops_for_assign'])}, "
+                             f"this one for {crops}")
+        if saved.ndim != 3 or saved.shape[0] != len(crops) or saved.shape[2] != dim:
+            raise ValueError(f"saved queue has shape {tuple(saved.shape)}, this one "
+                             f"[{len(crops)}, *, {dim}]")
+        if row >= min(int(part["filled"]), saved.shape[1]) or filled >= new_rows:
+            continue
+        embeddings[:, filled] = saved[:, row].to(torch.float32)
+        filled += 1
+    return {"embeddings": embeddings, "filled": filled, "crops_for_assign": crops}

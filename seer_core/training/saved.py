@@ -11,7 +11,7 @@ import torch
 
 from seer_core.config import SeerConfig, config_from_dict
 from seer_core.optim import set_lr
-from seer_core.training.state import TrainState, unwrap
+from seer_core.training.state import TrainState, load_optimizer_and_schedule, unwrap
 
 
 def _rng_state() -> dict[str, Any]:
@@ -50,9 +50,18 @@ def _restore_rng(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def state_dict(state: TrainState) -> dict[str, Any]:
-    """Everything needed to continue as if nothing happened; plain data for weights_only."""
-    return {
+#: What each rank owns in a state dict (its SwAV queue, photometric generator, RNG streams).
+RANK_KEYS = ("queue", "generator", "rng")
+
+
+def state_dict(state: TrainState, *, per_rank: bool = True) -> dict[str, Any]:
+    """Everything needed to continue as if nothing happened; plain data for weights_only.
+
+    ``per_rank=False`` leaves out `RANK_KEYS`: under Ray Train rank 0's state.pt holds only
+    what the ranks share, and each rank saves its own queue and streams beside it (one rank's
+    streams restored on every rank would make them all draw the same augmentations).
+    """
+    saved = {
         "format": 1,
         "step": state.step,
         "images_seen": state.images_seen,
@@ -65,24 +74,64 @@ def state_dict(state: TrainState) -> dict[str, Any]:
         "rng": _rng_state(),
         "config": state.cfg.to_dict(),
     }
+    if not per_rank:
+        for key in RANK_KEYS:
+            del saved[key]
+    return saved
 
 
-def load_state_dict(state: TrainState, saved: Mapping[str, Any]) -> None:
-    """Restores a TrainState built from the same config."""
+def load_state_dict(state: TrainState, saved: Mapping[str, Any], *,
+                    per_rank: bool = True) -> None:
+    """Restores a TrainState built from the same config.
+
+    ``per_rank=False`` leaves the queue and the random streams alone (the trainer restores
+    those per rank: `load_rank_state_dict`, `seed_rank_streams`)."""
     unwrap(state.model).load_state_dict(saved["model"])
-    state.optimizer.load_state_dict(saved["optimizer"])
-    state.schedule.load_state_dict(saved["schedule"])
+    load_optimizer_and_schedule(state, saved)  # progress from the checkpoint, knobs from cfg
     set_lr(state.optimizer, state.schedule.lr)
-    if state.queue is not None and saved.get("queue") is not None:
+    if per_rank and state.queue is not None and saved.get("queue") is not None:
         state.queue.load_state_dict(saved["queue"])
     if state.scaler is not None and saved.get("scaler") is not None:
         state.scaler.load_state_dict(saved["scaler"])
-    if state.generator is not None and saved.get("generator") is not None:
-        state.generator.set_state(saved["generator"])
-    _restore_rng(saved["rng"])
+    if per_rank:
+        load_rank_state_dict(state, saved)
     state.step = int(saved["step"])
     state.images_seen = int(saved["images_seen"])
     state.bad_steps = 0
+
+
+def rank_state_dict(state: TrainState) -> dict[str, Any]:
+    """This rank's random streams: torch (and CUDA), python, numpy, and the photometric
+    generator. Saved by every rank, so that each continues its own after a resume."""
+    return {
+        "generator": state.generator.get_state() if state.generator is not None else None,
+        "rng": _rng_state(),
+    }
+
+
+def load_rank_state_dict(state: TrainState, saved: Mapping[str, Any]) -> None:
+    """Restores what `rank_state_dict` saved (this process's global streams included)."""
+    if state.generator is not None and saved.get("generator") is not None:
+        state.generator.set_state(saved["generator"])
+    if saved.get("rng") is not None:
+        _restore_rng(saved["rng"])
+
+
+def seed_rank_streams(state: TrainState, rank: int, step: int) -> None:
+    """Fresh random streams for a rank that has none saved (a rank added by a resume with more
+    workers, or any rank but 0 of a checkpoint from before per-rank streams were saved).
+
+    Seeded from (train.seed, rank, step) through numpy's SeedSequence, so each rank's streams
+    differ from every other rank's and from the ones the run started with at that rank, and a
+    second resume at another step does not replay the first one's draws.
+    """
+    seeds = np.random.SeedSequence([state.cfg.train.seed, rank, step]).generate_state(
+        4, dtype=np.uint64)
+    torch.manual_seed(int(seeds[0]))  # every device's generator too
+    random.seed(int(seeds[1]))
+    np.random.seed(int(seeds[2]) % 2**32)
+    if state.generator is not None:
+        state.generator.manual_seed(int(seeds[3]))
 
 
 def config_of(saved: Mapping[str, Any]) -> SeerConfig:

@@ -3,7 +3,15 @@
 It owns the numerics that are easy to get subtly wrong: prototype normalisation before the
 forward, scores and Sinkhorn in float32 under AMP, prototype gradients dropped during the freeze,
 a non-finite loss skipping the update on every rank at once, and the LR decision taken from the
-loss averaged over all ranks."""
+loss averaged over all ranks.
+
+A skipped step leaves no trace (issue 9): one sample that overflows turns the whole loss NaN, and
+whatever that step computed must not outlive it. So the SwAV queue is pushed only once every rank
+has been found finite, the BatchNorm running statistics the forward already updated are put back,
+and the optimizer, the grad scaler and the LR schedule are not touched at all (the schedule counts
+optimizer updates, and a skip is none). Only `step` and `images_seen` advance: they count batches
+consumed from the stream. The prototypes' L2 normalisation before the forward does survive, but
+it is idempotent and every step starts with it, so the next step computes the same thing."""
 
 from __future__ import annotations
 
@@ -24,7 +32,13 @@ from seer_core.swav import (
     prototype_usage_entropy,
     swav_loss,
 )
-from seer_core.training.state import StepResult, TrainState, rank_and_world, unwrap
+from seer_core.training.state import (
+    RunningStats,
+    StepResult,
+    TrainState,
+    rank_and_world,
+    unwrap,
+)
 
 
 def prepare_inputs(state: TrainState, batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -58,6 +72,10 @@ def train_step(state: TrainState, batch: Mapping[str, torch.Tensor]) -> StepResu
     n_crops = state.recipe.n_crops
     model.head.normalize_prototypes()
     state.model.train()
+    running_stats = state.running_stats
+    if running_stats is None or not running_stats.current():
+        running_stats = state.running_stats = RunningStats(model)
+    running_stats.save()  # queued on the device: no host sync
 
     autocast = (
         torch.autocast(state.device.type, dtype=state.amp_dtype)
@@ -87,8 +105,6 @@ def train_step(state: TrainState, batch: Mapping[str, torch.Tensor]) -> StepResu
                 )
             )
         loss = torch.stack(losses).mean()
-        if state.queue is not None:
-            state.queue.push(embedding, bsz, state.step)
         with torch.no_grad():
             a = cfg.swav.crops_for_assign[0]
             first = scores[0][a * bsz : (a + 1) * bsz].float()
@@ -107,10 +123,18 @@ def train_step(state: TrainState, batch: Mapping[str, torch.Tensor]) -> StepResu
     skipped = bool(stats[1] > 0)
 
     if skipped:
+        # Undo what the forward already did; the queue, optimizer, scaler and schedule were
+        # not touched. Every rank takes this branch together (the flag was all-reduced).
+        running_stats.restore()
         state.optimizer.zero_grad(set_to_none=True)
         state.bad_steps += 1
+        lr = state.schedule.lr
     else:
         state.bad_steps = 0
+        # Only now, when no rank saw a non-finite loss: a NaN row would poison every step
+        # until it aged out of the queue (and be saved by a checkpoint meanwhile).
+        if state.queue is not None:
+            state.queue.push(embedding, bsz, state.step)
         if state.scaler is not None:
             state.scaler.scale(loss).backward()
         else:
@@ -122,10 +146,10 @@ def train_step(state: TrainState, batch: Mapping[str, torch.Tensor]) -> StepResu
         else:
             state.optimizer.step()
         state.optimizer.zero_grad(set_to_none=True)
+        lr = state.schedule.step(mean_loss)
 
     state.step += 1
     state.images_seen += bsz * world
-    lr = state.schedule.step(None if skipped else mean_loss)
     set_lr(state.optimizer, lr)
     return StepResult(
         loss=mean_loss,

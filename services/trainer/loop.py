@@ -27,15 +27,27 @@ log = logging.getLogger("seer.trainer")
 
 
 def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
+    """Trains until a limit or a stop request, checkpointing as the Decider says.
+
+    A checkpoint or stop decided on a step whose loss was non-finite (skipped) is deferred to
+    the next finite step: a checkpoint must never be taken while the newest step is bad, and a
+    stop always ends with a fresh checkpoint of a good state. Stopping at once without one
+    would also be safe (the last good checkpoint exists) but would throw away every step since
+    it; deferring costs one more step. If the bad steps go on, `train.max_bad_steps` rolls the
+    group back first, and the stop is honoured after the restart (limits and the control
+    actor's stop request still hold then). Skipped steps, the deferral flags and the report
+    are identical on every rank: the skip flag is all-reduced and the decision broadcast.
+    """
     import ray.train
     import ray.train.torch
 
-    from services.control import find_control
+    from services.control import find_control, relay_warnings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = config_from_dict(loop_config["config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    relay_warnings(cfg.checkpoint.run_name, f"rank {rank}")
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
     device = ray.train.torch.get_device()
@@ -70,6 +82,8 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
     window_images = 0
     window_wait = 0.0
     last_checkpoint_step = state.step if source else -1
+    checkpoint_due = stop_due = False
+    skipped_steps = 0
     wait_start = time.perf_counter()
     for batch in batches:
         data_wait = time.perf_counter() - wait_start
@@ -79,6 +93,7 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
         run_meter.add(len_batch(batch) * world, data_wait)
 
         if result.skipped:
+            skipped_steps += 1
             log.error("rank %d: non-finite loss at step %d (%d in a row)", rank, result.step,
                       state.bad_steps)
             check_non_finite(state.bad_steps, state.step, cfg)
@@ -91,10 +106,18 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
                         result.usage_entropy)
 
         checkpoint_now, stop_now = decider.decide(state.step)
-        if checkpoint_now or stop_now:
-            report_checkpoint(state, rank, result, {**resumed, **run_meter.summary()})
+        checkpoint_due |= checkpoint_now
+        stop_due |= stop_now
+        if result.skipped and (checkpoint_due or stop_due):
+            if rank == 0:
+                log.warning("step %d was skipped: checkpoint/stop deferred to the next finite "
+                            "step", result.step)
+        elif checkpoint_due or stop_due:
+            report_checkpoint(state, rank, result, {**resumed, **run_meter.summary(),
+                                                    "skipped_steps": skipped_steps})
             last_checkpoint_step = state.step
             metrics.checkpointed(state.step)
+            checkpoint_due = False
         if rank == 0 and result.step % cfg.train.log_every_steps == 0:
             elapsed = time.perf_counter() - window_start
             progress = {
@@ -112,7 +135,7 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
                 control.report.remote(progress)
             window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
 
-        if stop_now:
+        if stop_due and not result.skipped:
             if rank == 0:
                 log.info("stopping at step %d: %s", state.step, decider.stop_reason)
             return
@@ -126,5 +149,5 @@ def len_batch(batch: Mapping[str, torch.Tensor]) -> int:
 def train_step_with_metrics(state: TrainState, batch: Mapping[str, torch.Tensor],
                             metrics: TrainMetrics, data_wait: float) -> StepResult:
     result = train_step(state, batch)
-    metrics.observe(state, result, data_wait)
+    metrics.observe(state, result, data_wait, local_images=len_batch(batch))
     return result

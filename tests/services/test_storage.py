@@ -9,13 +9,16 @@ from services.storage import resolve_storage, s3_endpoint
 
 
 def test_local_storage_lists_complete_checkpoints(tmp_path: Path) -> None:
+    """Committed (commit.json) or legacy (state.pt + meta.json without a format) folders only;
+    state.pt alone may be a copy cut short (see test_checkpoint_commit.py)."""
     storage = resolve_storage(str(tmp_path), "run")
     assert storage.list_checkpoints() == []
-    for step, complete in ((3, True), (10, True), (12, False)):
+    for step, files in ((3, ("state.pt", "commit.json")), (10, ("state.pt", "meta.json")),
+                        (12, ("state.pt",)), (13, ())):
         folder = tmp_path / "run" / f"step_{step:012d}"
         folder.mkdir(parents=True)
-        if complete:
-            (folder / "state.pt").write_bytes(b"x")
+        for name in files:
+            (folder / name).write_bytes(b"{}" if name.endswith(".json") else b"x")
     (tmp_path / "run" / "checkpoint_manager_snapshot.json").write_text("{}")
     assert [s for s, _ in storage.list_checkpoints()] == [3, 10]
     assert storage.read_meta(storage.list_checkpoints()[0][1]) == {}
