@@ -301,7 +301,12 @@ def apply_checkpoint(state: TrainState, loaded: LoadedCheckpoint, rank: int) -> 
     else:
         seed_rank_streams(state, rank, state.step)
     if state.queue is not None and loaded.queue is not None:
-        state.queue.load_state_dict(loaded.queue)
+        if torch.isfinite(loaded.queue["embeddings"]).all():
+            state.queue.load_state_dict(loaded.queue)
+        else:
+            # Written before skipped steps stopped pushing: a NaN row would now never age out
+            # and every step would be skipped. An empty queue refills in a few steps.
+            loaded.notes.append("the saved queue holds non-finite rows: it starts empty")
     for note in loaded.notes:
         log.warning("rank %d: resuming from %s: %s", rank, loaded.path, note)
 

@@ -305,3 +305,35 @@ def test_a_legacy_two_worker_checkpoint_still_resumes(tmp_path: Path, own_rng) -
     got = _rows(state.queue.embeddings, 16)
     assert sorted(got) == sorted(row for q in queues for row in _rows(q["embeddings"], 8))
     assert torch.equal(torch.rand(4), expected_draw)  # rank 0's streams, from state.pt
+
+
+def test_a_saved_queue_with_non_finite_rows_starts_empty(tmp_path: Path, own_rng,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A checkpoint written while a NaN sat in the queue (before skipped steps stopped pushing):
+    loading it would skip every step from then on, since a skipped step no longer pushes the
+    row out. The model and step come back; the queue starts empty and refills."""
+    import json
+    import logging
+
+    from seer_core.checkpoint import save_state
+    from seer_core.training import build_train_state, state_dict
+    from services.trainer.checkpoints import restore
+
+    old = build_train_state(tiny_config(tmp_path, 1))
+    old.step, old.images_seen = 6, 24
+    folder = tmp_path / "r" / "step_000000000006"
+    queue = SwAVQueue(16, 8, (0, 1), world_size=1)
+    queue.embeddings = torch.randn(2, 16, 8, generator=torch.Generator().manual_seed(5))
+    queue.embeddings[1, 3] = float("nan")
+    queue.filled = 16
+    save_state(queue.state_dict(), folder / "queue_rank00000.pt")
+    save_state(state_dict(old), folder / "state.pt")
+    (folder / "meta.json").write_text(json.dumps({"step": 6, "images_seen": 24}))
+
+    state = build_train_state(tiny_config(tmp_path, 1))
+    with caplog.at_level(logging.WARNING, logger="seer.trainer"):
+        source = restore(state, 0, 1)
+    assert source is not None and state.step == 6
+    assert state.queue is not None and state.queue.filled == 0
+    assert torch.isfinite(state.queue.embeddings).all()
+    assert any("non-finite rows" in r.getMessage() for r in caplog.records)
