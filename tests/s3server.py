@@ -168,7 +168,7 @@ def empty_bucket(client: Any, bucket: str, delete: bool = False) -> None:
 
 @dataclass
 class _Fault:
-    kind: str  # "status" | "drop" | "delay"
+    kind: str  # "status" | "drop" | "delay" | "stall"
     remaining: int  # -1: until cleared
     status: int = 503
     code: str = "SlowDown"
@@ -240,6 +240,14 @@ class FaultProxy:
 
     def delay_next(self, n: int, seconds: float, match: str | None = None) -> None:
         self._add(_Fault("delay", n, delay_s=seconds), match)
+
+    def stall_next(self, n: int, seconds: float, match: str | None = None) -> _Fault:
+        """The next ``n`` matching requests hang for ``seconds``, then their connection drops
+        without reaching the server (a partition). The returned fault's ``remaining`` reaches
+        0 once the last of them has arrived: wait on it to act while they hang."""
+        fault = _Fault("stall", n, delay_s=seconds)
+        self._add(fault, match)
+        return fault
 
     def clear(self) -> None:
         with self._lock:
@@ -346,7 +354,9 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
         def _handle(self) -> None:
             body = self._read_body()
             fault = proxy._take_fault(f"{self.command} {self.path}")
-            if fault is not None and fault.kind == "drop":
+            if fault is not None and fault.kind == "stall":
+                time.sleep(fault.delay_s)
+            if fault is not None and fault.kind in ("drop", "stall"):
                 self.close_connection = True
                 with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
