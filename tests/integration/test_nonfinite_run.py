@@ -1,4 +1,5 @@
-"""A real Ray Train run in which one step's loss is non-finite (issue 9, item 1).
+"""A real Ray Train run, checkpointing to the S3 server, in which one step's loss is non-finite
+(issue 9, item 1).
 
 The worker loop, the train step, Ray Data's shard iterator and the checkpoint path are the
 production ones (`train_loop_per_worker` under a TorchTrainer configured as `build_trainer`
@@ -18,14 +19,16 @@ poisoned queue.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from seer_core.checkpoint import load_state
+from seer_core.checkpoint import STATE_FILE, load_state
 from seer_core.config import load_config
 from seer_core.training import recipe_for
+from services.storage import RunStorage
 from services.trainer.checkpoints import rank_file, storage_for
 from services.trainer.loop import train_loop_per_worker
 
@@ -36,7 +39,16 @@ STEPS = 8
 NAN_STEP = 6  # the 6th batch of the (ordered) pass holds the NaN image
 
 
-def test_one_nonfinite_step_is_skipped_and_checkpoints_stay_finite(ray_cluster,
+def _load(storage: RunStorage, path: str, name: str, tmp_path: Path) -> dict[str, Any]:
+    """A checkpoint file from the S3 store, loaded the way the trainer loads it."""
+    local = tmp_path / f"{Path(path).name}-{name}"
+    with storage.filesystem.open_input_stream(f"{path}/{name}") as handle:
+        local.write_bytes(handle.read())
+    return load_state(local)
+
+
+def test_one_nonfinite_step_is_skipped_and_checkpoints_stay_finite(ray_cluster, s3_server,
+                                                                    s3_bucket: str,
                                                                     tmp_path: Path) -> None:
     import ray.data
     from ray.data import ExecutionOptions
@@ -51,7 +63,8 @@ def test_one_nonfinite_step_is_skipped_and_checkpoints_stay_finite(ray_cluster,
         "train.log_every_steps=1", "train.amp=off",
         "swav.queue_length=16", "swav.queue_start_step=0", "swav.freeze_prototypes_steps=2",
         "schedule.name=warmup_cosine", "schedule.warmup_steps=4", "schedule.cosine_steps=50",
-        f"checkpoint.storage={tmp_path / 'ckpts'}", "checkpoint.run_name=nonfinite",
+        f"checkpoint.storage=s3://{s3_bucket}/runs",
+        f"checkpoint.endpoint_url={s3_server.endpoint_url}", "checkpoint.run_name=nonfinite",
         "checkpoint.every_steps=3", "checkpoint.keep=10", "checkpoint.every_minutes=0",
         "metrics.status_port=0",
     ])
@@ -95,8 +108,8 @@ def test_one_nonfinite_step_is_skipped_and_checkpoints_stay_finite(ray_cluster,
     checkpoints = storage.list_checkpoints()
     assert [step for step, _ in checkpoints] == [3, NAN_STEP + 1, STEPS]
     for step, path in checkpoints:
-        saved = load_state(Path(path) / "state.pt")
-        queue = load_state(Path(path) / rank_file(0))["queue"]
+        saved = _load(storage, path, STATE_FILE, tmp_path)
+        queue = _load(storage, path, rank_file(0), tmp_path)["queue"]
         assert saved["step"] == step
         assert torch.isfinite(queue["embeddings"]).all(), f"queue of step {step}"
         for name, tensor in saved["model"].items():
