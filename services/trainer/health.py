@@ -6,6 +6,9 @@ functions with their own tests.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from seer_core.config import SeerConfig
 from seer_core.swav import collapse_suspected
 from seer_core.training import StepResult
@@ -50,3 +53,25 @@ def collapse_verdict(result: StepResult, cfg: SeerConfig) -> bool | None:
     return collapse_suspected(result.loss, cfg.model.prototypes[0]) or (
         result.usage_entropy < USAGE_ENTROPY_FLOOR
     )
+
+
+class WarningThrottle:
+    """Says when a persisting condition is worth a log line: when it starts, then at most once
+    every `repeat_s` seconds while it lasts. A collapse judged every ten log intervals would
+    otherwise print a line every few seconds for as long as it lasts, in a terminal that also
+    carries the progress lines."""
+
+    def __init__(self, repeat_s: float = 600.0, clock: Callable[[], float] = time.monotonic):
+        self.repeat_s, self.clock = repeat_s, clock
+        self.active = False
+        self.last = float("-inf")
+
+    def should_warn(self, condition: bool) -> bool:
+        now = self.clock()
+        if not condition:
+            self.active = False
+            return False
+        if not self.active or now - self.last >= self.repeat_s:
+            self.active, self.last = True, now
+            return True
+        return False

@@ -21,7 +21,7 @@ from services.train_metrics import TrainMetrics
 from services.trainer.batches import stream_batches, synthetic_batches
 from services.trainer.checkpoints import report_checkpoint, restore
 from services.trainer.decisions import Decider, RunMeter
-from services.trainer.health import check_non_finite, collapse_verdict
+from services.trainer.health import WarningThrottle, check_non_finite, collapse_verdict
 
 log = logging.getLogger("seer.trainer")
 
@@ -78,6 +78,7 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
 
     result: StepResult | None = None
     run_meter = RunMeter(skip_steps=2)
+    collapse_warnings = WarningThrottle()
     window_start = time.perf_counter()
     window_images = 0
     window_wait = 0.0
@@ -100,7 +101,7 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
         verdict = collapse_verdict(result, cfg)
         if verdict is not None:
             metrics.collapse_warning(verdict)
-        if verdict and rank == 0:
+        if verdict is not None and collapse_warnings.should_warn(verdict) and rank == 0:
             log.warning("collapse suspected at step %d: loss %.4f (ln K = %.4f), usage entropy "
                         "%.3f", result.step, result.loss, math.log(n_prototypes),
                         result.usage_entropy)

@@ -71,3 +71,17 @@ def test_run_meter_skips_warmup_steps() -> None:
     meter.add(16, 0.01)
     summary = meter.summary()
     assert summary["run_images_per_second"] > 0 and summary["run_data_wait_share"] > 0
+
+
+def test_collapse_warning_on_onset_then_at_most_every_repeat() -> None:
+    from services.trainer.health import WarningThrottle
+
+    now = [0.0]
+    throttle = WarningThrottle(repeat_s=600.0, clock=lambda: now[0])
+    said = []
+    for t, suspected in [(0, False), (10, True), (20, True), (300, True), (610, True),
+                         (620, False), (630, True), (640, True)]:
+        now[0] = t
+        said.append(throttle.should_warn(suspected))
+    # Onset at 10, again after 600 s (610), and a new onset after it cleared (630).
+    assert said == [False, True, False, False, True, False, True, False]
