@@ -11,7 +11,7 @@ CONFIG ?= local
 ARGS ?=
 EVAL_ARGS ?=
 
-.PHONY: venv test lint run seed seed-labelled eval bench clean
+.PHONY: venv test lint run seed seed-labelled eval bench clean observe
 
 venv: $(STAMP)
 
@@ -60,6 +60,28 @@ run: $(STAMP) seed
 # The newest checkpoint of CONFIG's run (written by `make run`) on the generated labelled set.
 eval: $(STAMP) seed-labelled
 	$(VENV)/bin/seer eval --config $(CONFIG) --data $(LABELLED) $(EVAL_ARGS)
+
+# A local Prometheus (Debian's `prometheus` package) on 127.0.0.1 scraping a running `make run`
+# (Ray's metrics export port 8080, the driver's status page 9100) and `make eval EVAL_ARGS=--watch`
+# (9101), with seer's alert rules loaded. Runs until Ctrl-C; its data goes to runs/prometheus.
+PROM_PORT ?= 9090
+PROM_DATA ?= runs/prometheus
+observe:
+	@command -v prometheus >/dev/null || { echo "make observe needs Prometheus: apt-get install prometheus"; exit 1; }
+	@mkdir -p $(PROM_DATA)
+	@echo "Prometheus: http://127.0.0.1:$(PROM_PORT) (scraping make run on 127.0.0.1:8080 and :9100, seer eval on :9101)"
+	@echo "Queries to paste into its Graph tab:"
+	@echo '  sum(rate(ray_seer_train_images_total[1m]))                  images/s, all workers'
+	@echo '  max(ray_seer_train_loss)                                    SwAV loss'
+	@echo '  max(ray_seer_train_lr)                                      learning rate'
+	@echo '  avg(rate(ray_seer_train_data_wait_seconds_sum[1m]))         data-wait share'
+	@echo '  sum by (reason) (rate(ray_seer_ingest_failures_total[5m]))  ingest failures by reason'
+	@echo '  time() - max(ray_seer_train_checkpoint_timestamp_seconds)   checkpoint age (s)'
+	@echo '  seer_cli_step                                               the driver status page'
+	@echo '  ALERTS                                                      seer alerts pending/firing'
+	@echo "Alerts: http://127.0.0.1:$(PROM_PORT)/alerts   Dashboards for Grafana: deploy/grafana/*.json"
+	exec prometheus --config.file=deploy/prometheus.yml --storage.tsdb.path=$(PROM_DATA) \
+		--web.listen-address=127.0.0.1:$(PROM_PORT) --log.level=warn
 
 bench: $(STAMP)
 	$(PY) benchmarks/multicrop.py --floor
