@@ -147,8 +147,11 @@ class PlateauHalving(Schedule):
         min_lr: float = 0.0,
         factor: float = 0.5,
         start_lr: float = 0.0,
+        hold_steps: int = 0,
     ) -> None:
         super().__init__(base_lr, warmup_steps, start_lr)
+        if not isinstance(hold_steps, int) or hold_steps < 0:
+            raise ValueError(f"hold_steps must be a non-negative int, got {hold_steps!r}")
         if not isinstance(patience, int) or patience < 1:
             raise ValueError(f"patience must be a positive int, got {patience!r}")
         _check_non_negative("min_delta", min_delta)
@@ -162,6 +165,9 @@ class PlateauHalving(Schedule):
         if not 0.0 < factor < 1.0:
             raise ValueError(f"factor must be in (0, 1), got {factor!r}")
         self.patience = patience
+        #: No decision before this many steps (besides warmup): while the task itself gets
+        #: harder (a ramped augmentation), a rising loss is not a plateau.
+        self.hold_steps = hold_steps
         self.min_delta = float(min_delta)
         self.smoothing = float(smoothing)
         self.cooldown = cooldown
@@ -188,7 +194,7 @@ class PlateauHalving(Schedule):
     def _observe(self, loss: float, in_warmup: bool) -> None:
         self.ema = self.smoothing * self.ema + (1.0 - self.smoothing) * loss
         self.observed += 1
-        if in_warmup:
+        if in_warmup or self.steps_done < self.hold_steps:
             return
         smoothed = self.smoothed_loss
         assert smoothed is not None

@@ -40,6 +40,7 @@ import torch
 from seer_core.augment import ImageRejected, MultiCrop, build_multicrop, collate_crops
 from seer_core.augment.recipes import MultiCropRecipe
 from seer_core.config import FeedConfig, SeerConfig
+from seer_core.training import photometric_params
 from services import metrics
 from services.feed import Feed, FeedSpec, FetchFailed, ObjectTooLarge, ObjectVanished
 from services.ratelimit import RateLimitedLogger
@@ -285,6 +286,7 @@ class IngestWorker:
             photometric=not cfg.augment.photometric_on_device,
             max_pixels=cfg.augment.max_pixels,
             min_side=cfg.augment.min_side,
+            params=photometric_params(cfg),
             **cfg.augment.overrides(),
         )
         self.recipe: MultiCropRecipe = self.multicrop.recipe

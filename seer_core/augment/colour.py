@@ -21,6 +21,7 @@ The same maps exist as batched tensor ops in `photometric.py`, so CPU and device
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -63,6 +64,27 @@ class PhotometricParams:
                 raise ValueError(f"{name} must be a probability, got {getattr(self, name)}")
         if not 0.0 < self.sigma[0] <= self.sigma[1]:
             raise ValueError(f"sigma must satisfy 0 < lo <= hi, got {self.sigma}")
+
+    def ramped(self, strength: float) -> PhotometricParams:
+        """The colour distortion at `strength` in [0, 1] of its full size; the blur unchanged.
+
+        Why: under full SwAV colour distortion, two views of a synthetic or small image share
+        too little that a randomly initialised network can see, and SwAV sits at ln K (nothing
+        learned) for longer than a short run lasts; with weaker jitter it learns at once, and
+        raising the jitter step by step moves the features from colour to shape
+        (`augment.photometric_ramp_steps`). Jitter factors and the grayscale probability scale;
+        the jitter probability stays, so the ramp changes how far colours move, not how often.
+        """
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {strength}")
+        return dataclasses.replace(
+            self,
+            brightness=self.brightness * strength,
+            contrast=self.contrast * strength,
+            saturation=self.saturation * strength,
+            hue=self.hue * strength,
+            p_grayscale=self.p_grayscale * strength,
+        )
 
 
 _EYE = np.eye(3)

@@ -199,6 +199,7 @@ def build_multicrop(
     photometric: bool = True,
     max_pixels: int = 64_000_000,
     min_side: int = 32,
+    params: PhotometricParams | None = None,
     **overrides: object,
 ) -> MultiCrop:
     """The multi-crop transform of a named recipe (or a given one) with config overrides.
@@ -213,6 +214,7 @@ def build_multicrop(
         photometric=photometric,
         max_pixels=max_pixels,
         min_side=min_side,
+        params=params,
     )
 
 

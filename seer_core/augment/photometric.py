@@ -84,10 +84,18 @@ class BatchPhotometric(nn.Module):
         self.radius = max(1, math.ceil(3.0 * self.params.sigma[1]))
 
     def sample(
-        self, n: int, device: torch.device, generator: torch.Generator | None = None
+        self,
+        n: int,
+        device: torch.device,
+        generator: torch.Generator | None = None,
+        params: PhotometricParams | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Per-sample random parameters (identity values where an op is not applied)."""
-        p = self.params
+        """Per-sample random parameters (identity values where an op is not applied).
+
+        `params` replaces `self.params` for this draw (a ramped strength); the same random
+        numbers are drawn either way, so the stream does not depend on the strength.
+        """
+        p = params or self.params
         gdev = generator.device if generator is not None else device
         u = torch.rand(n, 10, generator=generator, device=gdev).to(device)
         order = torch.argsort(torch.rand(n, 4, generator=generator, device=gdev), dim=1)
@@ -155,13 +163,21 @@ class BatchPhotometric(nn.Module):
                      kern[:, None, :, None], groups=n * ch)
         return y.reshape(n, ch, h, w)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        strength: float = 1.0,
+    ) -> torch.Tensor:
+        """Distorts a float batch in [0, 1]; `strength` < 1 scales the colour jitter down
+        (`PhotometricParams.ramped`)."""
         if x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
             raise ValueError(f"expected a float [N, 3, h, w] batch, got {x.dtype} {list(x.shape)}")
         n = x.shape[0]
         if n == 0:
             return x
-        draws = self.sample(n, x.device, generator)
+        params = self.params if strength >= 1.0 else self.params.ramped(strength)
+        draws = self.sample(n, x.device, generator, params)
         mean_rgb = x.float().mean(dim=(2, 3))
         m, t = self.colour_affine(draws, mean_rgb)
         y = torch.einsum("nij,njhw->nihw", m.to(x.dtype), x) + t.to(x.dtype)[:, :, None, None]

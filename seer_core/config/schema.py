@@ -73,6 +73,13 @@ class AugmentConfig:
     photometric_on_device: bool = knob(
         False, help="colour jitter/grayscale/blur on the trainer's device instead of ingest"
     )
+    blur_probability: float = knob(
+        0.5, ge=0, le=1, help="share of crops blurred (SwAV: 0.5; destructive at <= 64 px)"
+    )
+    photometric_ramp_steps: int = knob(
+        0, ge=0, help="colour jitter and grayscale grow from none to full over these steps "
+        "(0: full from the start; needs photometric_on_device)"
+    )
     max_pixels: int = knob(64_000_000, ge=1, help="decompression-bomb guard (header pixels)")
     min_side: int = knob(32, ge=1, help="images with a smaller side are skipped")
 
@@ -89,15 +96,18 @@ class AugmentConfig:
 
 @dataclass
 class OptimConfig:
+    name: Literal["lars", "adamw"] = knob(
+        "lars", help="lars (SwAV/SEER, large batches) or adamw (small batches, short budgets)"
+    )
     lr: float = knob(0.3, gt=0, help="base LR for a global batch of `lr_reference_batch`")
     lr_reference_batch: int = knob(
         256, ge=0, help="LR scales linearly with global batch / this (0: no scaling)"
     )
     weight_decay: float = knob(1e-6, ge=0)
-    momentum: float = knob(0.9, ge=0, le=1)
-    eta: float = knob(0.001, gt=0, help="LARS trust coefficient")
+    momentum: float = knob(0.9, ge=0, le=1, help="LARS momentum; AdamW's beta1")
+    eta: float = knob(0.001, gt=0, help="LARS trust coefficient (lars only)")
     exclude_bias_and_norm: bool = knob(True, help="no LARS adaptation/decay on biases and norms")
-    clip: bool = knob(False, help="LARC clipping of the local LR at the global LR")
+    clip: bool = knob(False, help="LARC clipping of the local LR at the global LR (lars only)")
 
 
 @dataclass

@@ -170,6 +170,16 @@ def _validate_cross(cfg: SeerConfig) -> None:
         raise ConfigError(
             "swav.queue_length: per-worker length must be at least train.batch_size"
         )
+    if cfg.augment.photometric_ramp_steps and not cfg.augment.photometric_on_device:
+        raise ConfigError(
+            "augment.photometric_ramp_steps: the ramp follows the training step, which only the "
+            "trainer knows; set augment.photometric_on_device: true, or the ramp to 0"
+        )
+    if cfg.optim.name != "lars" and cfg.optim.clip:
+        raise ConfigError(
+            f"optim.clip: LARC clipping is a LARS option; with optim.name {cfg.optim.name!r} "
+            "set it to false"
+        )
     if cfg.ingest.actors_max < cfg.ingest.actors_min:
         raise ConfigError(
             f"ingest.actors_max: {cfg.ingest.actors_max} must be >= ingest.actors_min "

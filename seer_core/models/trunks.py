@@ -69,14 +69,28 @@ SMALL_REGNETS: dict[str, RegNetSpec] = {
 # and quantisation to multiples of 8 collapse them).
 TINY_STEM_WIDTH = 8
 
+# `small`: the `local` preset's trunk, the widest RegNetY that still trains at ~230 img/s on one
+# CPU thread at 64/32-px crops (benchmarks/train_step.py), about 12x fewer FLOPs than
+# regnety_400mf. `tiny` (64-d features) trains 3x faster but learned nothing shape-selective in
+# the quality benchmark's budget; regnety_400mf (56 img/s) sees too few images in 20 minutes.
+SMALL_STEM_WIDTH = 16
 
-def _tiny_block_params() -> BlockParams:
+# Explicit per-stage parameters of the two hand-sized RegNetYs.
+_HAND_SIZED: dict[str, tuple[list[int], list[int], int]] = {
+    # name: (depths, widths, group width)
+    "tiny": ([1, 1, 1, 1], [8, 16, 32, 64], 8),
+    "small": ([1, 1, 2, 1], [32, 64, 128, 256], 16),
+}
+
+
+def _hand_sized_block_params(name: str) -> BlockParams:
+    depths, widths, group_width = _HAND_SIZED[name]
     return BlockParams(
-        depths=[1, 1, 1, 1],
-        widths=[8, 16, 32, 64],
-        group_widths=[8, 8, 8, 8],
-        bottleneck_multipliers=[1.0] * 4,
-        strides=[2] * 4,
+        depths=depths,
+        widths=widths,
+        group_widths=[group_width] * len(widths),
+        bottleneck_multipliers=[1.0] * len(widths),
+        strides=[2] * len(widths),
         se_ratio=0.25,
     )
 
@@ -88,6 +102,7 @@ TRUNK_NAMES: tuple[str, ...] = (
     "resnet50",
     "mobilenet_v2",
     "tiny",
+    "small",
 )
 
 
@@ -97,8 +112,8 @@ def regnet_block_params(name: str) -> BlockParams:
     Computed on the CPU whatever the ambient default device is: the width rule calls
     ``.tolist()``, impossible on meta tensors, and these are a handful of scalars anyway.
     """
-    if name == "tiny":
-        return _tiny_block_params()
+    if name in _HAND_SIZED:
+        return _hand_sized_block_params(name)
     spec = SEER_REGNETS.get(name) or SMALL_REGNETS.get(name)
     if spec is None:
         raise ValueError(f"{name!r} is not a RegNet trunk")
@@ -114,14 +129,14 @@ def regnet_block_params(name: str) -> BlockParams:
 
 
 def _regnet(name: str) -> nn.Module:
-    stem = TINY_STEM_WIDTH if name == "tiny" else 32
+    stem = {"tiny": TINY_STEM_WIDTH, "small": SMALL_STEM_WIDTH}.get(name, 32)
     # Same BatchNorm settings torchvision's `_regnet` passes (and pycls / VISSL use).
     norm = partial(nn.BatchNorm2d, eps=1e-5, momentum=0.1)
     return RegNet(regnet_block_params(name), stem_width=stem, norm_layer=norm)
 
 
 _CLASSIFIER_MODELS: dict[str, Callable[[], nn.Module]] = {
-    **{name: partial(_regnet, name) for name in (*SEER_REGNETS, *SMALL_REGNETS, "tiny")},
+    **{name: partial(_regnet, name) for name in (*SEER_REGNETS, *SMALL_REGNETS, *_HAND_SIZED)},
     "resnet18": partial(torchvision.models.resnet18, weights=None),
     "resnet50": partial(torchvision.models.resnet50, weights=None),
     "mobilenet_v2": partial(torchvision.models.mobilenet_v2, weights=None),

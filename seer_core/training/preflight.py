@@ -17,9 +17,13 @@ import torch
 from seer_core.augment import BatchPhotometric
 from seer_core.config import ConfigError, SeerConfig
 from seer_core.models import build_swav_model, convert_sync_batchnorm
-from seer_core.optim import LARS, param_groups
 from seer_core.swav import SwAVQueue
-from seer_core.training.state import make_schedule, recipe_for
+from seer_core.training.state import (
+    build_optimizer,
+    make_schedule,
+    photometric_params,
+    recipe_for,
+)
 
 
 def _section(section: str, exc: Exception) -> ConfigError:
@@ -32,7 +36,7 @@ def preflight(cfg: SeerConfig) -> None:
     try:
         recipe_for(cfg)
         if cfg.augment.photometric_on_device:
-            BatchPhotometric()
+            BatchPhotometric(photometric_params(cfg))
     except (ValueError, TypeError, KeyError) as exc:
         raise _section("augment", exc) from exc
     try:
@@ -44,9 +48,7 @@ def preflight(cfg: SeerConfig) -> None:
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise _section("model", exc) from exc
     try:
-        LARS(param_groups(model, cfg.optim.weight_decay, cfg.optim.exclude_bias_and_norm),
-             lr=cfg.scaled_lr(), momentum=cfg.optim.momentum, eta=cfg.optim.eta,
-             clip=cfg.optim.clip)
+        build_optimizer(model, cfg)
     except (ValueError, TypeError) as exc:
         raise _section("optim", exc) from exc
     try:

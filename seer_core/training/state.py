@@ -18,6 +18,7 @@ from torch import nn
 from seer_core.augment import (
     BatchPhotometric,
     MultiCropRecipe,
+    PhotometricParams,
     resolve_recipe,
 )
 from seer_core.config import SeerConfig
@@ -114,7 +115,7 @@ class TrainState:
 
     cfg: SeerConfig
     model: nn.Module
-    optimizer: LARS
+    optimizer: torch.optim.Optimizer
     schedule: Schedule
     queue: SwAVQueue | None
     scaler: torch.amp.GradScaler | None
@@ -170,14 +171,7 @@ def build_train_state(
     model = model.to(device)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    base_lr = cfg.scaled_lr()
-    optimizer = LARS(
-        param_groups(model, cfg.optim.weight_decay, cfg.optim.exclude_bias_and_norm),
-        lr=base_lr,
-        momentum=cfg.optim.momentum,
-        eta=cfg.optim.eta,
-        clip=cfg.optim.clip,
-    )
+    optimizer = build_optimizer(model, cfg)
     schedule = make_schedule(cfg)
     set_lr(optimizer, schedule.lr)
     wrapped = wrap(model) if wrap is not None else model
@@ -196,7 +190,8 @@ def build_train_state(
     scaler = None
     if amp_dtype == torch.float16:
         scaler = torch.amp.GradScaler(device.type)
-    photometric = BatchPhotometric().to(device) if cfg.augment.photometric_on_device else None
+    photometric = (BatchPhotometric(photometric_params(cfg)).to(device)
+                   if cfg.augment.photometric_on_device else None)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.train.seed * 1000 + rank_and_world()[0])
     return TrainState(
@@ -212,6 +207,37 @@ def build_train_state(
         recipe=recipe_for(cfg),
         generator=generator,
     )
+
+
+def photometric_params(cfg: SeerConfig) -> PhotometricParams:
+    """The papers' colour distortion with the config's blur probability."""
+    return PhotometricParams(p_blur=cfg.augment.blur_probability)
+
+
+def photometric_strength(cfg: SeerConfig, step: int) -> float:
+    """How much of the colour distortion step `step` gets (`augment.photometric_ramp_steps`).
+
+    A function of the step alone, so a resumed run continues the ramp where it stopped.
+    """
+    ramp = cfg.augment.photometric_ramp_steps
+    return 1.0 if ramp <= 0 else min(1.0, step / ramp)
+
+
+def build_optimizer(model: nn.Module, cfg: SeerConfig) -> torch.optim.Optimizer:
+    """`optim.name`'s optimizer over `param_groups`, at the scaled base LR.
+
+    LARS is SwAV's and SEER's: each layer moves by ~lr x eta of its norm per step, made for
+    batches of thousands and hundreds of thousands of steps. With a laptop's batch of 64 and a
+    few thousand steps, that is too slow to leave ln K (issue 8), so short runs use AdamW, whose
+    per-weight normalised steps learn within minutes. Both keep biases and norms undecayed.
+    """
+    groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.exclude_bias_and_norm)
+    lr = cfg.scaled_lr()
+    if cfg.optim.name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(cfg.optim.momentum, 0.999),
+                                 weight_decay=cfg.optim.weight_decay)
+    return LARS(groups, lr=lr, momentum=cfg.optim.momentum, eta=cfg.optim.eta,
+                clip=cfg.optim.clip)
 
 
 def make_schedule(cfg: SeerConfig) -> Schedule:
@@ -230,6 +256,9 @@ def make_schedule(cfg: SeerConfig) -> Schedule:
             min_lr=base * s.min_lr,
             factor=s.factor,
             start_lr=base * s.start_lr,
+            # The loss rises while the colour distortion ramps up (the task gets harder): no
+            # plateau decision until the ramp is over.
+            hold_steps=cfg.augment.photometric_ramp_steps,
         )
     if s.name == "warmup_cosine":
         return build_schedule(

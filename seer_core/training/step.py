@@ -36,6 +36,7 @@ from seer_core.training.state import (
     RunningStats,
     StepResult,
     TrainState,
+    photometric_strength,
     rank_and_world,
     unwrap,
 )
@@ -44,11 +45,13 @@ from seer_core.training.state import (
 def prepare_inputs(state: TrainState, batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
     """uint8 crops (the wire format) → normalised float groups on the device, crop-major."""
     groups = crops_to_groups(batch, state.recipe)
+    strength = photometric_strength(state.cfg, state.step)
     out = []
     for g in groups:
         g = torch.as_tensor(g).to(state.device, non_blocking=True)
         if state.photometric is not None:
-            x = normalize(state.photometric(g.float().div_(255), generator=state.generator))
+            x = normalize(state.photometric(g.float().div_(255), generator=state.generator,
+                                            strength=strength))
         else:
             x = normalize(g)
         if state.cfg.model.channels_last:

@@ -112,7 +112,8 @@ def test_bad_yaml_file(tmp_path: Path) -> None:
 
 
 def test_lr_scales_with_global_batch() -> None:
-    cfg = load_config("local", ["train.batch_size=32", "train.num_workers=4", "optim.lr=0.3"])
+    cfg = load_config("local", ["train.batch_size=32", "train.num_workers=4", "optim.lr=0.3",
+                               "optim.lr_reference_batch=256"])
     assert cfg.scaled_lr() == pytest.approx(0.3 * 128 / 256)
     cfg = load_config("local", ["optim.lr_reference_batch=0", "optim.lr=0.1"])
     assert cfg.scaled_lr() == pytest.approx(0.1)

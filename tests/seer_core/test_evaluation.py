@@ -227,12 +227,14 @@ def test_lowshot_reports_mean_and_std_over_seeds() -> None:
 # res4 / res5 widths at any input size: stage before the last, and the final pooled features.
 WIDTHS = {
     "tiny": (32, 64),
+    "small": (128, 256),
     "resnet18": (256, 512),
     "mobilenet_v2": (96, 1280),
     "regnety_400mf": (208, 440),
 }
 RES4_MODULE = {
     "tiny": "trunk_output.block3",
+    "small": "trunk_output.block3",
     "resnet18": "layer3",
     "mobilenet_v2": "features.13",
     "regnety_400mf": "trunk_output.block3",

@@ -86,6 +86,7 @@ def test_trunk_names() -> None:
         "resnet50",
         "mobilenet_v2",
         "tiny",
+        "small",
     }
     with pytest.raises(ValueError, match="unknown trunk"):
         build_trunk("regnety_1tf")
@@ -153,6 +154,14 @@ def test_small_trunks_map_images_to_features(name: str) -> None:
 def test_tiny_is_tiny() -> None:
     n = count_parameters(build_trunk("tiny"))
     assert 2_000 <= n <= 100_000
+
+
+def test_small_sits_between_tiny_and_regnety_400mf() -> None:
+    n = count_parameters(build_trunk("small"))
+    assert count_parameters(build_trunk("tiny")) * 10 < n < count_parameters(
+        build_trunk("regnety_400mf")) / 4
+    out = build_trunk("small").eval()(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 256)
 
 
 # ------------------------------------------------------------------------------- SwAV head
@@ -387,6 +396,7 @@ REFERENCES = {
     "resnet18": lambda: torchvision.models.resnet18(weights=None),
     "mobilenet_v2": lambda: torchvision.models.mobilenet_v2(weights=None),
     "tiny": lambda: torchvision_architecture("tiny"),
+    "small": lambda: torchvision_architecture("small"),
 }
 
 
