@@ -237,3 +237,10 @@ def _fetch_errors(feed: Any, fault_proxy: Any) -> None:
     assert result.rejected == [(keys[0], "fetch_error")]
     fault_proxy.clear()
     assert worker.process(keys[:1]).keys == keys[:1]  # and it recovers by itself
+
+
+def test_ingest_crops_use_the_configs_blur_probability() -> None:
+    cfg = config_from_dict({"augment": {"global_size": 32, "local_size": 16,
+                                        "blur_probability": 0.25}})
+    worker = IngestWorker(cfg, metrics_backend="prometheus")
+    assert worker.multicrop.photometric and worker.multicrop.params.p_blur == 0.25
