@@ -38,7 +38,7 @@ def test_local_run_prints_only_seer_lines(ray_cluster, tmp_path: Path) -> None:
         "--set", "train.batch_size=4", "--set", "train.torch_threads=1",
         "--set", "swav.queue_length=0", "--set", f"checkpoint.storage={tmp_path / 'ckpt'}",
         "--set", "checkpoint.every_steps=1000", "--set", "metrics.status_port=0",
-        "--set", "metrics.export_port=0",
+        "--set", "metrics.export_port=0", "--set", "train.log_every_steps=1",
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)

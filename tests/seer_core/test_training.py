@@ -15,6 +15,15 @@ from seer_core.training import (
     unwrap,
 )
 
+#: The SwAV/SEER recipe inside the `local` preset, whose short-budget optimizer and colour ramp
+#: (issue 8) tests of LARS, the plateau schedule and exact skip/resume replay must not get.
+LARS_RECIPE = [
+    "optim.name=lars",
+    "optim.lr_reference_batch=256",
+    "augment.photometric_on_device=false",
+    "augment.photometric_ramp_steps=0",
+]
+
 TINY = [
     "model.trunk=tiny",
     "model.head_hidden=[64]",

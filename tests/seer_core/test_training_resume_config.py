@@ -23,10 +23,13 @@ from seer_core.training import (
     state_dict,
     train_step,
 )
-from tests.seer_core.test_training import fixed_batch
+from tests.seer_core.test_training import LARS_RECIPE, fixed_batch
 from tests.seer_core.test_training_skip import clone
 
 TINY = [
+    # SwAV/SEER's own recipe (LARS, colour distortion in ingest), not the `local` preset's
+    # short-budget one: these tests pin LARS momentum buffers and plateau decisions.
+    *LARS_RECIPE,
     "model.trunk=tiny",
     "model.head_hidden=[32]",
     "model.head_out=16",

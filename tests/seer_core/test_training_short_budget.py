@@ -57,11 +57,11 @@ def test_adamw_groups_keep_biases_and_norms_undecayed() -> None:
 def test_optimizer_name_and_options_are_validated() -> None:
     with pytest.raises(ConfigError, match=r"optim.name.*lars.*adamw"):
         load_config("local", ["optim.name=sgd"])
-    with pytest.raises(ConfigError, match="optim.clip"):
+    with pytest.raises(ConfigError, match=r"optim\.clip"):
         load_config("local", ["optim.name=adamw", "optim.clip=true"])
-    with pytest.raises(ConfigError, match="augment.photometric_ramp_steps.*photometric_on_device"):
+    with pytest.raises(ConfigError, match=r"photometric_ramp_steps.*photometric_on_device"):
         load_config("local", ["augment.photometric_on_device=false"])
-    with pytest.raises(ConfigError, match="augment.blur_probability"):
+    with pytest.raises(ConfigError, match=r"augment\.blur_probability"):
         load_config("local", ["augment.blur_probability=1.5"])
 
 

@@ -35,11 +35,15 @@ from seer_core.training import (
     train_step,
     unwrap,
 )
+from tests.seer_core.test_training import LARS_RECIPE
 from tests.seer_core.test_training import TINY as SHARED_TINY
 
 # The shared tiny model, with a queue from the first step and a longer warmup (a skipped step
 # must not move the schedule).
 TINY = [
+    # SwAV/SEER's own recipe (LARS, colour distortion in ingest), not the `local` preset's
+    # short-budget one: these tests pin LARS momentum buffers and plateau decisions.
+    *LARS_RECIPE,
     *SHARED_TINY,
     "swav.freeze_prototypes_steps=0",
     "swav.queue_length=16",
