@@ -64,33 +64,38 @@ SMALL_REGNETS: dict[str, RegNetSpec] = {
     "regnety_800mf": RegNetSpec(depth=14, w_0=56, w_a=38.84, w_m=2.4, group_width=16),
 }
 
-# `tiny`: four one-block stages, ~25k parameters, a few ms per step on CPU at 32-96 px. Given as
-# explicit BlockParams because the w_0/w_a/w_m rule cannot make stages this narrow (w_0 % 8 == 0
-# and quantisation to multiples of 8 collapse them).
-TINY_STEM_WIDTH = 8
 
-# `small`: the `local` preset's trunk, the widest RegNetY that still trains at ~230 img/s on one
-# CPU thread at 64/32-px crops (benchmarks/train_step.py), about 12x fewer FLOPs than
-# regnety_400mf. `tiny` (64-d features) trains 3x faster but learned nothing shape-selective in
-# the quality benchmark's budget; regnety_400mf (56 img/s) sees too few images in 20 minutes.
-SMALL_STEM_WIDTH = 16
+@dataclass(frozen=True)
+class HandSizedSpec:
+    """A RegNetY given stage by stage: the w_0/w_a/w_m rule cannot make stages this narrow
+    (w_0 % 8 == 0 and quantisation to multiples of 8 collapse them)."""
 
-# Explicit per-stage parameters of the two hand-sized RegNetYs.
-_HAND_SIZED: dict[str, tuple[list[int], list[int], int]] = {
-    # name: (depths, widths, group width)
-    "tiny": ([1, 1, 1, 1], [8, 16, 32, 64], 8),
-    "small": ([1, 1, 2, 1], [32, 64, 128, 256], 16),
+    stem: int
+    depths: tuple[int, ...]
+    widths: tuple[int, ...]
+    group_width: int
+
+
+HAND_SIZED: dict[str, HandSizedSpec] = {
+    # `tiny`: four one-block stages, ~22k parameters, a few ms per step on CPU at 32-96 px.
+    "tiny": HandSizedSpec(stem=8, depths=(1, 1, 1, 1), widths=(8, 16, 32, 64), group_width=8),
+    # `small`: the `local` preset's trunk (~330k parameters), ~230 img/s on one CPU thread at
+    # 64/32-px crops (benchmarks/train_step.py), about 12x fewer FLOPs than regnety_400mf.
+    # `tiny` (64-d features) trains 3x faster but learned nothing shape-selective in the quality
+    # benchmark's budget; regnety_400mf (56 img/s) sees too few images in 20 minutes.
+    "small": HandSizedSpec(stem=16, depths=(1, 1, 2, 1), widths=(32, 64, 128, 256),
+                           group_width=16),
 }
 
 
-def _hand_sized_block_params(name: str) -> BlockParams:
-    depths, widths, group_width = _HAND_SIZED[name]
+def _hand_sized_block_params(spec: HandSizedSpec) -> BlockParams:
+    n = len(spec.widths)
     return BlockParams(
-        depths=depths,
-        widths=widths,
-        group_widths=[group_width] * len(widths),
-        bottleneck_multipliers=[1.0] * len(widths),
-        strides=[2] * len(widths),
+        depths=list(spec.depths),
+        widths=list(spec.widths),
+        group_widths=[spec.group_width] * n,
+        bottleneck_multipliers=[1.0] * n,
+        strides=[2] * n,
         se_ratio=0.25,
     )
 
@@ -112,8 +117,8 @@ def regnet_block_params(name: str) -> BlockParams:
     Computed on the CPU whatever the ambient default device is: the width rule calls
     ``.tolist()``, impossible on meta tensors, and these are a handful of scalars anyway.
     """
-    if name in _HAND_SIZED:
-        return _hand_sized_block_params(name)
+    if name in HAND_SIZED:
+        return _hand_sized_block_params(HAND_SIZED[name])
     spec = SEER_REGNETS.get(name) or SMALL_REGNETS.get(name)
     if spec is None:
         raise ValueError(f"{name!r} is not a RegNet trunk")
@@ -129,14 +134,14 @@ def regnet_block_params(name: str) -> BlockParams:
 
 
 def _regnet(name: str) -> nn.Module:
-    stem = {"tiny": TINY_STEM_WIDTH, "small": SMALL_STEM_WIDTH}.get(name, 32)
+    stem = HAND_SIZED[name].stem if name in HAND_SIZED else 32
     # Same BatchNorm settings torchvision's `_regnet` passes (and pycls / VISSL use).
     norm = partial(nn.BatchNorm2d, eps=1e-5, momentum=0.1)
     return RegNet(regnet_block_params(name), stem_width=stem, norm_layer=norm)
 
 
 _CLASSIFIER_MODELS: dict[str, Callable[[], nn.Module]] = {
-    **{name: partial(_regnet, name) for name in (*SEER_REGNETS, *SMALL_REGNETS, *_HAND_SIZED)},
+    **{name: partial(_regnet, name) for name in (*SEER_REGNETS, *SMALL_REGNETS, *HAND_SIZED)},
     "resnet18": partial(torchvision.models.resnet18, weights=None),
     "resnet50": partial(torchvision.models.resnet50, weights=None),
     "mobilenet_v2": partial(torchvision.models.mobilenet_v2, weights=None),
