@@ -1,8 +1,9 @@
 """The ingest stage: fetch bytes → guards → decode + multi-crop → a batch of uint8 crops.
 
-This module is the plain-Python core; ``services.stream`` runs it inside Ray (read tasks fetch,
-actors crop). Keeping the core free of Ray lets the benchmark and unit tests measure and check
-exactly the code the actors run.
+One job: turn keys into a batch. :func:`fetch_object` (keys → bytes, run by the stream's read
+tasks) and :class:`Cropper` (bytes → uint8 crops, run by the ingest actors); ``services.stream``
+only wires them into Ray. Keeping this free of Ray lets the benchmark and unit tests measure
+and check exactly the code the actors run.
 
 Every way an object can fail ends as one *reason* from :data:`REASONS`, counted in the
 ``seer_ingest_failures_total{reason=...}`` metric and logged at a rate limit — never as an
@@ -29,8 +30,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -259,27 +259,23 @@ def empty_batch(recipe: MultiCropRecipe) -> dict[str, torch.Tensor]:
     }
 
 
-class IngestWorker:
-    """Fetch → guards → decode + multi-crop → collated batch, for a list of keys. No Ray.
+class Cropper:
+    """Guards → decode + multi-crop → collated batch, for objects already fetched. No Ray.
 
-    The Ray ingest actor wraps one of these; the benchmark and unit tests use it directly. It is
-    not thread-safe for cropping (one ``MultiCrop`` generator); fetches may run in a small
-    thread pool (``fetch_threads``) because they wait on the network, not the CPU.
+    What each ingest actor runs (``services.stream.IngestActor``); the benchmark and unit tests
+    use it directly. Fetching happens before it, in the stream's read tasks (:func:`fetch_object`).
+    Not thread-safe (one ``MultiCrop`` generator).
     """
 
     def __init__(
         self,
         cfg: SeerConfig,
         *,
-        feed: Feed | None = None,
         seed: int | None = None,
         metrics_backend: metrics.Backend = "auto",
         log_interval_s: float = 30.0,
-        fetch_threads: int = 8,
     ) -> None:
         self.cfg = cfg
-        self._feed = feed
-        self._spec: FeedSpec | None = None
         self.multicrop: MultiCrop = build_multicrop(
             cfg.augment.recipe,
             seed=seed,
@@ -293,34 +289,8 @@ class IngestWorker:
         self.max_object_bytes = cfg.ingest.max_object_bytes
         self.meter = IngestMetrics(metrics_backend)
         self.log = RateLimitedLogger(logger, log_interval_s)
-        self.fetch_threads = max(1, fetch_threads)
         #: Cumulative counts since construction: ``images`` plus one entry per failure reason.
         self.counts: Counter[str] = Counter()
-
-    @property
-    def feed(self) -> Feed:
-        """The feed to fetch from: the one given, else this process's feed for the config.
-
-        The process feed is looked up on each use, never kept: process_feed may close it when
-        the process moves on to another spec, and then opens a fresh one on the next lookup.
-        """
-        if self._feed is not None:
-            return self._feed
-        if self._spec is None:
-            self._spec = feed_spec(self.cfg)
-        return process_feed(self._spec)
-
-    # -- single steps ---------------------------------------------------------------------------
-    def fetch(self, key: str) -> Fetched:
-        """One object through the fetch and the byte-size guard (never raises)."""
-        return fetch_object(self.feed, key, self.max_object_bytes, meter=self.meter, log=self.log)
-
-    def fetch_many(self, keys: Sequence[str]) -> list[Fetched]:
-        """Fetches in key order, overlapping the network waits of up to ``fetch_threads``."""
-        if self.fetch_threads == 1 or len(keys) <= 1:
-            return [self.fetch(k) for k in keys]
-        with ThreadPoolExecutor(min(self.fetch_threads, len(keys))) as pool:
-            return list(pool.map(self.fetch, keys))
 
     def crop(self, key: str, data: bytes) -> list[torch.Tensor] | str:
         """The crops of one image, or the reason it was rejected (counted and logged)."""
@@ -379,9 +349,21 @@ class IngestWorker:
             batch = empty_batch(self.recipe)
         return IngestResult(batch, keys, rejected)
 
-    def process(self, keys: Sequence[str]) -> IngestResult:
-        """Fetches and crops ``keys``; failures are counted by reason, never raised."""
-        return self.process_fetched(self.fetch_many(keys))
+    def crop_rows(self, batch: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """A read block's rows ``{key, data, reason, ...}`` → crop columns, and what changed.
+
+        Returns the numpy crop columns (``crops_<size>``: ``[n, count, 3, s, s]`` uint8) and this
+        call's counts (``images`` and failure reasons), which the actor reports to the stats.
+        """
+        before = Counter(self.counts)
+        items = [
+            (str(key), None if reason else bytes(data), str(reason) or None)
+            for key, data, reason in zip(batch["key"], batch["data"], batch["reason"])
+        ]
+        result = self.process_fetched(items)
+        delta = Counter(self.counts)
+        delta.subtract(before)
+        return result.numpy(), {k: v for k, v in delta.items() if v}
 
     def process_bytes(
         self, items: Mapping[str, bytes] | Iterable[tuple[str, bytes]]
@@ -399,34 +381,44 @@ class IngestWorker:
 
 
 class IngestStats:
-    """Aggregates what the ingest actors report: counts by reason, and recent windows' keys.
+    """Aggregates what the ingest actors report: counts by reason, recent chunks' keys, PIDs.
 
     Runs as a tiny Ray actor (``num_cpus=0``) so tests and the CLI can read exact counts without
-    scraping Prometheus. Memory is bounded: the last ``max_windows`` windows are kept.
+    scraping Prometheus. Memory is bounded: the keys of the last ``max_chunks`` chunks are kept;
+    ``pids`` holds, per ingest process, its first and last report time and its batch count.
     """
 
-    def __init__(self, max_windows: int = 64, max_keys_per_window: int = 4096) -> None:
+    def __init__(self, max_chunks: int = 64, max_keys_per_chunk: int = 4096) -> None:
         self.counts: Counter[str] = Counter()
-        self.windows: dict[int, list[str]] = {}
+        self.chunks: dict[int, list[str]] = {}
         self._order: deque[int] = deque()
-        self.max_windows = max_windows
-        self.max_keys = max_keys_per_window
+        self.max_chunks = max_chunks
+        self.max_keys = max_keys_per_chunk
+        self.pids: dict[int, list[float]] = {}
 
-    def record(self, counts: dict[str, int], rows: list[tuple[int, str]]) -> None:
+    def record(
+        self, counts: dict[str, int], rows: list[tuple[int, str]], pid: int | None = None
+    ) -> None:
         self.counts.update(counts)
-        for window, key in rows:
-            keys = self.windows.get(window)
+        if pid is not None:
+            now = time.time()
+            seen = self.pids.setdefault(pid, [now, now, 0])
+            seen[1] = now
+            seen[2] += 1
+        for chunk, key in rows:
+            keys = self.chunks.get(chunk)
             if keys is None:
-                keys = self.windows[window] = []
-                self._order.append(window)
-                while len(self._order) > self.max_windows:
-                    self.windows.pop(self._order.popleft(), None)
+                keys = self.chunks[chunk] = []
+                self._order.append(chunk)
+                while len(self._order) > self.max_chunks:
+                    self.chunks.pop(self._order.popleft(), None)
             if len(keys) < self.max_keys:
                 keys.append(key)
 
     def snapshot(self) -> dict[str, Any]:
-        """``{"counts": {...}, "windows": {window_id: [keys...]}}`` (window order = first seen)."""
+        """``{"counts", "chunks": {chunk_id: [keys]}, "pids": {pid: [first, last, batches]}}``."""
         return {
             "counts": dict(self.counts),
-            "windows": {w: list(self.windows[w]) for w in self._order if w in self.windows},
+            "chunks": {c: list(self.chunks[c]) for c in self._order if c in self.chunks},
+            "pids": {p: list(v) for p, v in self.pids.items()},
         }

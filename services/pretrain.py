@@ -41,7 +41,7 @@ def required_cpus(cfg: SeerConfig) -> float:
     """CPUs the run asks Ray for: Train workers, ingest actors, read tasks, the controller."""
     return (
         cfg.train.num_workers * cfg.train.cpus_per_worker
-        + cfg.ingest.actors_max * cfg.ingest.cpus_per_actor
+        + max(1, cfg.ingest.actors) * cfg.ingest.cpus_per_actor
         + cfg.ingest.read_tasks * cfg.ingest.read_task_cpus
         + 0.5
     )
@@ -173,13 +173,23 @@ class ProgressPrinter(threading.Thread):
 
 
 def banner(cfg: SeerConfig, storage: RunStorage, ray_places: RayPlaces | str,
-           status_port: int) -> str:
+           status_port: int, actors: int | None = None) -> str:
     places = ray_places if isinstance(ray_places, RayPlaces) else RayPlaces(ray_places)
     lines = [
         f"seer pretrain — run {cfg.checkpoint.run_name!r}: {cfg.model.trunk}, recipe "
         f"{cfg.augment.recipe}, {cfg.train.num_workers} worker(s) x batch {cfg.train.batch_size}"
         f" ({'GPU' if cfg.train.use_gpu else 'CPU'})",
         f"  feed:        {cfg.feed.uri}",
+    ]
+    if actors is not None:
+        ing = cfg.ingest
+        how = "" if ing.actors else " (auto: from the CPUs Ray has)"
+        lines.append(
+            f"  ingest:      {actors} {ing.compute[:-1]}(s) x {ing.cpus_per_actor:g} CPU{how}, "
+            f"{ing.read_tasks} endless read task(s); blocks {ing.target_max_block_mb} MiB, "
+            f"object-store budget {ing.object_store_mb} MiB"
+        )
+    lines += [
         f"  checkpoints: {storage.display} (every {cfg.checkpoint.every_steps} steps / "
         f"{cfg.checkpoint.every_minutes:g} min, newest {cfg.checkpoint.keep} kept)",
         f"  metrics:     {places.metrics} (workers, ingest)",
@@ -288,6 +298,7 @@ def run_pretraining(
 
     from seer_core.training.preflight import preflight
     from services.control import create_control
+    from services.stream import pool_size
 
     preflight(cfg)  # a config the workers cannot build fails here, once, not in every restart
     cfg = anchor_local_paths(cfg)
@@ -297,7 +308,9 @@ def run_pretraining(
     storage = storage_for(cfg)
     existing = storage.list_checkpoints()
     page = StatusPage(cfg.metrics.status_port if cfg.metrics.enabled else 0)
-    print(banner(cfg, storage, ray_places, cfg.metrics.status_port), file=out, flush=True)
+    actors = None if synthetic else pool_size(cfg)
+    print(banner(cfg, storage, ray_places, cfg.metrics.status_port, actors), file=out,
+          flush=True)
     if existing:
         print(f"  resuming:    from step {existing[-1][0]} ({existing[-1][1]})", file=out,
               flush=True)
@@ -321,7 +334,7 @@ def run_pretraining(
     printer = ProgressPrinter(control, out, page)
     printer.start()
     try:
-        trainer = build_trainer(cfg, synthetic=synthetic)
+        trainer = build_trainer(cfg, synthetic=synthetic, actors=actors)
         result = fit_beside_signals(trainer.fit) if previous else trainer.fit()
     finally:
         printer.done.set()

@@ -1,17 +1,22 @@
-"""The ingest stream on Ray Data: random windows of keys → fetch (read tasks) → crop (actors).
+"""The ingest stream on Ray: one never-ending Ray Data execution (DESIGN §5). Wiring only.
 
-Ray Data has no unbounded source (ray-project/ray#40513), so the stream is a *bounded* dataset
-whose every execution is a fresh random window (DESIGN §5): each read task samples
-``ingest.window_images`` keys from the feed with new randomness each pass, fetches them (I/O in
-the read task, ``num_cpus=ingest.read_task_cpus``) and yields blocks of
-``{key, data, reason, window}``; a pool of ingest actors (``map_batches`` over
-:class:`IngestActor`) decodes and multi-crops them into rows of uint8 crops, one column per crop
-group (``crops_<size>``: ``[n, 3, s, s]`` per row), which ``iter_torch_batches`` stacks into
-``[B, n, 3, s, s]``. The consumer loops pass after pass; backpressure comes from Ray Data.
+Shape: :class:`EndlessDatasource` gives ``ingest.read_tasks`` read tasks that never end; each
+draws ``ingest.chunk_images`` fresh random keys from the feed (uniform, with replacement; the
+feed's key pool refreshes underneath), fetches them and yields small blocks of
+``{key, data, reason, chunk}``, chunk after chunk, for ever. ``map_batches`` runs
+:class:`IngestActor` (``services.ingest.Cropper``: decode + multi-crop) on a *fixed-size* actor
+pool (``min_size == max_size``: an autoscaling pool churns its actors). Each Train worker
+iterates its ``streaming_split`` shard once (``services.trainer.batches``): the actors live as
+long as the run, and there is no pass boundary, hence no per-pass barrier or pool restart.
 
-Failures: a fetch failure (or an object over the byte limit) travels as a row with a ``reason``
-and no data (a few bytes), and the ingest actor counts it together with decode failures, so every
-failure is counted exactly once, in one place, and bad objects never reach the trainer.
+Why the guard rails (:func:`check_guard_rails`, :func:`execution_options`): Ray Data relaxes
+backpressure for an operator whose task "will complete soon", and an endless read task never
+completes; with 128 MiB blocks the producer out-ran the consumer x70 and spilled 52 GB in ten
+minutes. Small blocks (``ingest.target_max_block_mb``) against an explicit object-store budget
+(``ingest.object_store_mb``) keep it bounded; :class:`SpillWatch` exports spilled bytes.
+
+Failures: a fetch failure travels as a row with a ``reason`` and no data, and the cropper counts
+it with decode failures, so every failure is counted exactly once and never reaches a trainer.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import logging
 import os
 import random
 import threading
-from collections import Counter
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,11 +41,12 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from seer_core.config import SeerConfig
+from services import metrics
 from services.feed import FeedEmpty, FeedSpec
 from services.ingest import (
+    Cropper,
     IngestMetrics,
     IngestStats,
-    IngestWorker,
     feed_spec,
     fetch_object,
     process_feed,
@@ -58,82 +64,97 @@ READ_SCHEMA = pa.schema(
         ("key", pa.string()),
         ("data", pa.binary()),
         ("reason", pa.string()),  # "" when fetched; else a reason of services.ingest.REASONS
-        ("window", pa.int64()),  # which random window (read task execution) the row came from
+        ("chunk", pa.int64()),  # which chunk of keys (read task, draw) the row came from
     ]
 )
 
 #: Fetches in flight per read task: S3 latency, not CPU, bounds a sequential fetch loop.
 FETCH_THREADS = 8
+#: Pause after the feed gave up (store down or empty) before drawing again; the feed itself
+#: already waited its retry budget, so this only keeps an empty store from being hammered.
+EMPTY_FEED_PAUSE_S = 1.0
+#: Blocks must be at most this share of the Data object-store budget (DESIGN §5).
+MAX_BLOCK_SHARE = 32
 
 
-def _window_seed(base: bytes, pass_no: int, task: int) -> int:
-    """A 63-bit seed per (pass, task): independent windows, reproducible when ``base`` is."""
-    digest = hashlib.blake2b(base + f":{pass_no}:{task}".encode(), digest_size=8).digest()
+def _seed(base: bytes, *parts: int) -> int:
+    """A 63-bit seed from a base and integers: independent streams, reproducible from ``base``."""
+    text = ":".join(str(p) for p in parts)
+    digest = hashlib.blake2b(base + b":" + text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
 
 
 @dataclass(frozen=True)
-class WindowRead:
-    """What one read task does: sample a window of keys, fetch them, yield blocks. Picklable."""
+class EndlessRead:
+    """One read task: draw a chunk of random keys, fetch it, yield blocks, for ever. Picklable.
+
+    ``max_chunks`` bounds the loop (tests that check exact counts, benchmarks); None: never ends.
+    """
 
     spec: FeedSpec
     seed: int
-    window_images: int
+    chunk_images: int
     max_object_bytes: int
-    chunk_rows: int
-    chunk_bytes: int
+    block_bytes: int
     fetch_threads: int = FETCH_THREADS
+    max_chunks: int | None = None
 
-    def keys(self) -> list[str]:
-        """The window: ``window_images`` keys, uniform with replacement, from this seed."""
-        return process_feed(self.spec).sample(self.window_images, random.Random(self.seed))
+    def key_chunks(self) -> Iterator[tuple[int, list[str]]]:
+        """``(chunk_id, keys)`` for ever: uniform with replacement, fresh from the live pool."""
+        rng = random.Random(self.seed)
+        n = 0
+        while self.max_chunks is None or n < self.max_chunks:
+            try:
+                # Asked again for every chunk: the feed of this process, refreshed underneath.
+                keys = process_feed(self.spec).sample(self.chunk_images, rng)
+            except FeedEmpty as exc:
+                # The store is down or empty: the stream slows down, it does not stop.
+                _log.error("feed-empty", "no keys to draw: %s", exc)
+                time.sleep(EMPTY_FEED_PAUSE_S)
+                continue
+            yield _seed(str(self.seed).encode(), n), keys
+            n += 1
 
     def __call__(self) -> Iterator[pa.Table]:
-        try:
-            keys = self.keys()
-        except FeedEmpty as exc:
-            # The store is down or empty: this window is empty, the stream goes on (slowly: the
-            # feed waited its budget). The consumer sees a short pass and loops.
-            _log.error("feed-empty", "empty window: %s", exc)
-            return
-        feed = process_feed(self.spec)
         meter = IngestMetrics()
+        spec = self.spec
+        max_bytes = self.max_object_bytes
 
         def one(key: str) -> Any:
-            return fetch_object(feed, key, self.max_object_bytes, meter=meter, log=_log)
+            return fetch_object(process_feed(spec), key, max_bytes, meter=meter, log=_log)
 
-        threads = max(1, min(self.fetch_threads, len(keys)))
-        with ThreadPoolExecutor(threads, thread_name_prefix="seer-fetch") as pool:
-            rows: list[Any] = []
-            size = 0
-            # map() keeps key order and overlaps up to `threads` fetches.
-            for fetched in pool.map(one, keys):
-                rows.append(fetched)
-                size += len(fetched.data or b"")
-                if len(rows) >= self.chunk_rows or size >= self.chunk_bytes:
-                    yield self._table(rows)
-                    rows, size = [], 0
-            if rows:
-                yield self._table(rows)
-
-    def _table(self, rows: list[Any]) -> pa.Table:
-        return pa.Table.from_pydict(
-            {
-                "key": [r.key for r in rows],
-                "data": [r.data or b"" for r in rows],
-                "reason": [r.reason or "" for r in rows],
-                "window": [self.seed] * len(rows),
-            },
-            schema=READ_SCHEMA,
-        )
+        with ThreadPoolExecutor(self.fetch_threads, thread_name_prefix="seer-fetch") as pool:
+            for chunk, keys in self.key_chunks():
+                rows: list[Any] = []
+                size = 0
+                # map() keeps key order and overlaps up to `fetch_threads` fetches.
+                for fetched in pool.map(one, keys):
+                    rows.append(fetched)
+                    size += len(fetched.data or b"")
+                    if size >= self.block_bytes:  # small blocks: the guard rail against run-away
+                        yield _table(rows, chunk)
+                        rows, size = [], 0
+                if rows:
+                    yield _table(rows, chunk)
 
 
-class RandomWindowDatasource(Datasource):
-    """``read_tasks`` read tasks per execution, each a fresh random window of the feed.
+def _table(rows: list[Any], chunk: int) -> pa.Table:
+    return pa.Table.from_pydict(
+        {
+            "key": [r.key for r in rows],
+            "data": [r.data or b"" for r in rows],
+            "reason": [r.reason or "" for r in rows],
+            "chunk": [chunk] * len(rows),
+        },
+        schema=READ_SCHEMA,
+    )
 
-    Randomness: a base from ``os.urandom`` (or ``seed``, for tests) plus a pass counter and the
-    task index, hashed; ``get_read_tasks`` runs once per execution, so every pass samples new
-    windows and the stream never repeats a fixed order.
+
+class EndlessDatasource(Datasource):
+    """``read_tasks`` endless read tasks per execution (see :class:`EndlessRead`).
+
+    Randomness: a base from ``os.urandom`` (or ``seed``, for tests) plus an execution counter
+    and the task index, hashed; an iterator rebuilt after an error draws new keys.
     """
 
     def __init__(
@@ -141,23 +162,23 @@ class RandomWindowDatasource(Datasource):
         spec: FeedSpec,
         *,
         read_tasks: int,
-        window_images: int,
+        chunk_images: int,
         max_object_bytes: int,
-        chunk_rows: int,
-        chunk_bytes: int,
+        block_bytes: int,
         seed: int | None = None,
         fetch_threads: int = FETCH_THREADS,
+        max_chunks: int | None = None,
     ) -> None:
         super().__init__()
-        self.fetch_threads = max(1, fetch_threads)
         self.spec = spec
         self.read_tasks = read_tasks
-        self.window_images = window_images
+        self.chunk_images = chunk_images
         self.max_object_bytes = max_object_bytes
-        self.chunk_rows = max(1, chunk_rows)
-        self.chunk_bytes = max(1, chunk_bytes)
+        self.block_bytes = max(1, block_bytes)
         self.seed = seed
-        self._pass_no = 0
+        self.fetch_threads = max(1, fetch_threads)
+        self.max_chunks = max_chunks
+        self._execution = 0
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -170,26 +191,26 @@ class RandomWindowDatasource(Datasource):
         self._lock = threading.Lock()
 
     def get_name(self) -> str:
-        return "RandomWindow"
+        return "EndlessRandom"
 
     def estimate_inmemory_data_size(self) -> int | None:
-        return None  # unknown until fetched; Ray Data measures blocks as they come
+        return None  # unbounded
 
-    def windows(self) -> list[WindowRead]:
-        """The next pass's windows (advances the pass counter)."""
+    def reads(self) -> list[EndlessRead]:
+        """The read tasks of the next execution (advances the execution counter)."""
         with self._lock:
-            pass_no = self._pass_no
-            self._pass_no += 1
+            execution = self._execution
+            self._execution += 1
         base = os.urandom(16) if self.seed is None else str(self.seed).encode()
         return [
-            WindowRead(
+            EndlessRead(
                 spec=self.spec,
-                seed=_window_seed(base, pass_no, i),
-                window_images=self.window_images,
+                seed=_seed(base, execution, i),
+                chunk_images=self.chunk_images,
                 max_object_bytes=self.max_object_bytes,
-                chunk_rows=self.chunk_rows,
-                chunk_bytes=self.chunk_bytes,
+                block_bytes=self.block_bytes,
                 fetch_threads=self.fetch_threads,
+                max_chunks=self.max_chunks,
             )
             for i in range(self.read_tasks)
         ]
@@ -200,21 +221,17 @@ class RandomWindowDatasource(Datasource):
         per_task_row_limit: int | None = None,
         data_context: DataContext | None = None,
     ) -> list[ReadTask]:
-        # `parallelism` is ignored on purpose: the number of windows is a config decision
+        # `parallelism` is ignored on purpose: the number of read tasks is a config decision
         # (build_stream passes override_num_blocks=read_tasks so the two agree).
+        rows = None if self.max_chunks is None else self.max_chunks * self.chunk_images
         return [
             ReadTask(
                 read,
-                BlockMetadata(
-                    num_rows=read.window_images,
-                    size_bytes=None,
-                    exec_stats=None,
-                    input_files=None,
-                ),
+                BlockMetadata(num_rows=rows, size_bytes=None, exec_stats=None, input_files=None),
                 schema=READ_SCHEMA,
                 per_task_row_limit=per_task_row_limit,
             )
-            for read in self.windows()
+            for read in self.reads()
         ]
 
 
@@ -229,39 +246,28 @@ def read_stats(stats: Any, timeout: float = 30.0) -> dict[str, Any]:
 
 
 class IngestActor:
-    """The ``map_batches`` callable of the ingest actor pool: decode + multi-crop.
+    """The ``map_batches`` callable of the pool: a :class:`Cropper`, plus fire-and-forget stats.
 
-    Holds one :class:`IngestWorker` (a ``MultiCrop`` built from ``cfg.augment``, with
-    ``photometric=not cfg.augment.photometric_on_device``); input rows are the read tasks'
-    ``{key, data, reason, window}``, output rows ``{crops_<size>: uint8 [n, 3, s, s]}``.
+    Lives as long as the run (fixed-size pool, one execution); reports its PID with every batch
+    so tests can check that the same processes serve a run from first to last batch.
     """
 
     def __init__(self, cfg: SeerConfig, stats: Any = None) -> None:
-        self.worker = IngestWorker(cfg, fetch_threads=1)
+        self.cropper = Cropper(cfg)
         self.stats = stats
+        self.pid = os.getpid()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        keys = [str(k) for k in batch["key"]]
-        reasons = [str(r) for r in batch["reason"]]
-        items = [
-            (key, None if reason else bytes(data), reason or None)
-            for key, data, reason in zip(keys, batch["data"], reasons)
-        ]
-        before = Counter(self.worker.counts)
-        result = self.worker.process_fetched(items)
+        out, counts = self.cropper.crop_rows(batch)
         if self.stats is not None:
-            delta = Counter(self.worker.counts)
-            delta.subtract(before)
-            windows = [int(w) for w in batch["window"]]
+            rows = list(zip((int(c) for c in batch["chunk"]), (str(k) for k in batch["key"])))
             # Fire and forget: a slow stats actor must never slow the stream.
-            self.stats.record.remote(
-                {k: v for k, v in delta.items() if v}, list(zip(windows, keys))
-            )
-        return result.numpy()
+            self.stats.record.remote(counts, rows, self.pid)
+        return out
 
 
-# Per-process ingest workers for the task-based variant (see ``build_stream(compute="tasks")``):
-# Ray reuses worker processes across tasks and passes, so the worker is built once per process.
+# Per-process croppers for ``ingest.compute: tasks`` (the fallback): Ray reuses worker
+# processes across tasks, so the cropper is built once per process.
 _TASK_ACTORS: dict[str, IngestActor] = {}
 _TASK_LOCK = threading.Lock()
 
@@ -277,30 +283,79 @@ def ingest_task(
     return actor(batch)
 
 
+class GuardRailError(ValueError):
+    """The stream's settings would let the producer run away from the trainers."""
+
+
+def check_guard_rails(cfg: SeerConfig) -> None:
+    """Refuses settings that would let an endless read task out-run the consumer (DESIGN §5).
+
+    Blocks larger than 1/32 of the Data object-store budget defeat Ray Data's backpressure for
+    a task that never completes (seen: x70 over-production, 52 GB spilled in ten minutes).
+    """
+    ing = cfg.ingest
+    limit = ing.object_store_mb // MAX_BLOCK_SHARE
+    if ing.target_max_block_mb > limit:
+        raise GuardRailError(
+            f"ingest.target_max_block_mb: {ing.target_max_block_mb} MiB blocks against "
+            f"ingest.object_store_mb={ing.object_store_mb} would let the endless read tasks "
+            f"out-run the trainers; allowed: 1..{max(limit, 0)} (at most 1/{MAX_BLOCK_SHARE} "
+            "of the budget), or raise ingest.object_store_mb"
+        )
+
+
 def configure_data_context(cfg: SeerConfig, ctx: DataContext | None = None) -> DataContext:
     """Tunes Ray Data for a stream of crops (DESIGN §5); returns the context it changed.
 
     Must run in the process that *builds* the dataset: Ray Train calls the dataset factory in
     its controller, where the driver's DataContext changes do not apply.
     """
+    check_guard_rails(cfg)
     ctx = ctx if ctx is not None else DataContext.get_current()
-    # Blocks are coalesced up to this size before anything is emitted: 128 MiB of crops would
-    # delay the first batch and hold memory for nothing.
+    # Blocks are coalesced up to this size before anything is emitted; small blocks are also
+    # what keeps an endless producer under backpressure.
     ctx.target_max_block_size = cfg.ingest.target_max_block_mb * MiB
-    # A never-ending job runs thousands of passes: per-pass progress bars and banners are noise.
+    # One execution runs for weeks: no progress bars or banners.
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     return ctx
 
 
 def execution_options(cfg: SeerConfig) -> Any:
-    """Ray Data execution options for the stream (Ray Train: ``DataConfig(execution_options=)``).
+    """Ray Data execution options (Ray Train: ``DataConfig(execution_options=)``).
 
-    Order does not matter in a random stream; not preserving it lets fast actors run ahead.
+    An explicit object-store budget (``ingest.object_store_mb``) bounds what the producer may
+    hold ahead of the trainers. Order does not matter in a random stream; not preserving it
+    lets fast actors run ahead.
     """
-    from ray.data import ExecutionOptions
+    from ray.data import ExecutionOptions, ExecutionResources
 
-    return ExecutionOptions(preserve_order=False)
+    check_guard_rails(cfg)
+    return ExecutionOptions(
+        preserve_order=False,
+        resource_limits=ExecutionResources(object_store_memory=cfg.ingest.object_store_mb * MiB),
+    )
+
+
+def pool_size(cfg: SeerConfig, cluster_cpus: float | None = None) -> int:
+    """Ingest actors in the pool: ``ingest.actors``, or (0) what the CPUs left allow.
+
+    Auto: the CPUs Ray has (``cluster_cpus``, else ``ray.cluster_resources()``) minus the Train
+    workers, the read tasks and the Train controller, over ``ingest.cpus_per_actor``, at least 1.
+    Changing it means restarting the stream (a new run of ``seer pretrain``; it resumes).
+    """
+    ing = cfg.ingest
+    if ing.actors:
+        return ing.actors
+    if cluster_cpus is None:
+        cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    free = (
+        cluster_cpus
+        - cfg.train.num_workers * cfg.train.cpus_per_worker
+        - ing.read_tasks * ing.read_task_cpus
+        - 0.5
+    )
+    return max(1, int(free // ing.cpus_per_actor))
 
 
 def build_stream(
@@ -310,57 +365,56 @@ def build_stream(
     seed: int | None = None,
     spec: FeedSpec | None = None,
     compute: str | None = None,
+    max_chunks: int | None = None,
+    actors: int | None = None,
 ) -> Dataset:
-    """The ingest stream as a Ray Dataset: one random window per read task per execution.
+    """The never-ending ingest stream as a Ray Dataset; iterate it once.
 
-    ``stats``: an :func:`start_stats` actor to report counts to (tests, CLI progress).
-    ``seed``: reproducible windows (tests); None draws from ``os.urandom`` every pass.
-    ``spec``: a FeedSpec overriding the one ``cfg.feed`` describes (e.g. test-only fields).
-    ``compute``: ``ingest.compute`` unless given. ``"actors"`` (DESIGN's shape): a pool of
-    ``ingest.actors_min`` to ``ingest.actors_max`` :class:`IngestActor`; ``"tasks"``: the same
-    work as Ray tasks (at most ``ingest.actors_max`` at once) with the worker cached per
-    process. Why both: Ray Data starts
-    a new actor pool for every execution, so each pass pays actor start-up (process + torch
-    import: ~5 s on a loaded 2-core machine), while task worker processes survive across passes
-    (pass switch ~1 s there). Prefer "actors" with large windows (a pass of a minute or more),
-    "tasks" when passes are short.
+    ``stats``: an :func:`start_stats` actor to report counts and PIDs to (tests, CLI progress).
+    ``seed``: reproducible draws (tests); None draws from ``os.urandom``.
+    ``spec``: a FeedSpec overriding the one ``cfg.feed`` describes.
+    ``compute``: ``ingest.compute`` unless given: ``"actors"`` (a fixed pool of
+    :func:`pool_size` actors living as long as the execution) or ``"tasks"`` (the fallback:
+    the same work as Ray tasks, at most that many at once, cropper cached per process).
+    ``max_chunks``: stop each read task after this many chunks (exact-count tests,
+    benchmarks); None: endless. ``actors``: the pool size, when already resolved.
     """
     configure_data_context(cfg)
     ing = cfg.ingest
     compute = compute or ing.compute
-    batch_rows = max(1, min(cfg.train.batch_size, ing.window_images))
-    source = RandomWindowDatasource(
+    if compute not in ("actors", "tasks"):
+        raise ValueError(f"compute must be 'actors' or 'tasks', got {compute!r}")
+    size = actors if actors is not None else pool_size(cfg)
+    source = EndlessDatasource(
         spec if spec is not None else feed_spec(cfg),
         read_tasks=ing.read_tasks,
-        window_images=ing.window_images,
+        chunk_images=ing.chunk_images,
         max_object_bytes=ing.max_object_bytes,
-        chunk_rows=batch_rows,
-        chunk_bytes=max(1, ing.target_max_block_mb * MiB // 2),
+        block_bytes=max(1, ing.target_max_block_mb * MiB // 2),
         seed=seed,
         fetch_threads=ing.fetch_threads,
+        max_chunks=max_chunks,
     )
     ds = ray.data.read_datasource(
-        source,
-        override_num_blocks=ing.read_tasks,
-        num_cpus=ing.read_task_cpus,
+        source, override_num_blocks=ing.read_tasks, num_cpus=ing.read_task_cpus
     )
+    batch_rows = max(1, min(cfg.train.batch_size, ing.chunk_images))
     if compute == "tasks":
         return ds.map_batches(
             ingest_task,
             fn_kwargs={"cfg": cfg, "cfg_key": cfg.to_yaml(), "stats": stats},
             batch_size=batch_rows,
             batch_format="numpy",
-            compute=ray.data.TaskPoolStrategy(size=ing.actors_max),
+            compute=ray.data.TaskPoolStrategy(size=size),
             num_cpus=ing.cpus_per_actor,
         )
-    if compute != "actors":
-        raise ValueError(f"compute must be 'actors' or 'tasks', got {compute!r}")
     return ds.map_batches(
         IngestActor,
         fn_constructor_kwargs={"cfg": cfg, "stats": stats},
         batch_size=batch_rows,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=ing.actors_min, max_size=ing.actors_max),
+        # min == max: an autoscaling pool churns its actors (6 processes in 71 s, issue 10).
+        compute=ray.data.ActorPoolStrategy(min_size=size, max_size=size),
         num_cpus=ing.cpus_per_actor,
     )
 
@@ -372,13 +426,74 @@ class StreamFactory:
     cfg: SeerConfig
     seed: int | None = None
     compute: str | None = None
+    actors: int | None = None
+    stats: Any = None
 
     def __call__(self) -> Dataset:
-        return build_stream(self.cfg, seed=self.seed, compute=self.compute)
+        return build_stream(
+            self.cfg, seed=self.seed, compute=self.compute, actors=self.actors, stats=self.stats
+        )
 
 
-def dataset_factory(cfg: SeerConfig, *, compute: str | None = None) -> Callable[[], Dataset]:
+def dataset_factory(
+    cfg: SeerConfig, *, compute: str | None = None, actors: int | None = None, stats: Any = None
+) -> Callable[[], Dataset]:
     """``datasets={"train": dataset_factory(cfg)}``: DataContext is tuned inside the call."""
     if compute not in (None, "actors", "tasks"):
         raise ValueError(f"compute must be 'actors' or 'tasks', got {compute!r}")
-    return StreamFactory(cfg, compute=compute)
+    check_guard_rails(cfg)
+    return StreamFactory(cfg, compute=compute, actors=actors, stats=stats)
+
+
+def store_stats() -> dict[str, int]:
+    """The cluster's object-store figures: ``used`` and ``spilled`` bytes (empty on failure).
+
+    Ray has no public API for these (``ray memory --stats-only`` prints them); this reads the
+    same reply through ``ray._private.internal_api``, guarded since it is internal.
+    """
+    try:
+        from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+        state = get_state_from_address(ray.get_runtime_context().gcs_address)
+        stats = get_memory_info_reply(state, timeout_seconds=10.0).store_stats
+        return {"used": int(stats.object_store_bytes_used),
+                "spilled": int(stats.spilled_bytes_total)}
+    except Exception:  # an internal API: never let a metric stop the stream
+        return {}
+
+
+def spilled_bytes() -> int:
+    """Bytes the Ray cluster has spilled to disk so far (0 when Ray cannot tell)."""
+    return store_stats().get("spilled", 0)
+
+
+class SpillWatch:
+    """Exports ``seer_ingest_spilled_bytes`` and warns once spilling starts (guard rail).
+
+    Called from a Train worker's batch loop; polls at most every ``interval_s`` seconds
+    (the query walks every node's store stats).
+    """
+
+    def __init__(self, interval_s: float = 30.0, probe: Callable[[], int] = spilled_bytes) -> None:
+        self.interval_s = interval_s
+        self.probe = probe
+        self.gauge = metrics.gauge(
+            "seer_ingest_spilled_bytes", "bytes Ray has spilled to disk (should stay 0)"
+        )
+        self.last = 0
+        self._next = 0.0
+
+    def poll(self, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        if now < self._next:
+            return self.last
+        self._next = now + self.interval_s
+        spilled = self.probe()
+        self.gauge.set(spilled)
+        if spilled > self.last:
+            _log.warning(
+                "spill", "Ray spilled %.1f MiB to disk: the stream is out-running the trainers; "
+                "lower ingest.target_max_block_mb or ingest.object_store_mb", spilled / MiB
+            )
+        self.last = spilled
+        return spilled

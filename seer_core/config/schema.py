@@ -177,21 +177,30 @@ class FeedConfig:
 
 @dataclass
 class IngestConfig:
+    """The never-ending ingest stream (services/stream.py; README "Ingest stream")."""
+
     compute: Literal["actors", "tasks"] = knob(
-        "tasks",
-        help="decode + multi-crop in a Ray actor pool (re-created every pass: use with passes "
-        "of a minute or more) or in Ray tasks (worker processes survive between passes)",
+        "actors",
+        help="decode + multi-crop in a fixed actor pool living as long as the run (actors), "
+        "or in Ray tasks (tasks: the fallback)",
     )
-    actors_min: int = knob(1, ge=1, help="ingest (decode + multi-crop) actor pool minimum")
-    actors_max: int = knob(2, ge=1, help="ingest actor pool maximum (tasks: at most at once)")
+    actors: int = knob(
+        0, ge=0, help="ingest actors in the pool (0: the CPUs Ray has left after the Train "
+        "workers and read tasks, over cpus_per_actor); changing it restarts the stream",
+    )
     fetch_threads: int = knob(8, ge=1, help="concurrent object fetches per read task")
     cpus_per_actor: float = knob(1.0, gt=0)
-    read_tasks: int = knob(2, ge=1, help="random-window read tasks per pass")
-    window_images: int = knob(256, ge=1, help="images each read task samples per pass")
+    read_tasks: int = knob(2, ge=1, help="endless read tasks drawing random keys")
+    chunk_images: int = knob(64, ge=1, help="keys each read task draws at a time")
     read_task_cpus: float = knob(0.25, gt=0)
     max_object_bytes: int = knob(32 * 1024 * 1024, ge=1, help="larger objects are skipped")
     prefetch_batches: int = knob(2, ge=0)
-    target_max_block_mb: int = knob(16, ge=1, help="Ray Data block size cap")
+    target_max_block_mb: int = knob(
+        4, ge=1, help="Ray Data block size cap; at most object_store_mb/32 (guard rail)"
+    )
+    object_store_mb: int = knob(
+        256, ge=32, help="Ray Data object-store budget of the stream (resource_limits)"
+    )
 
 
 @dataclass

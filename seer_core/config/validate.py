@@ -180,10 +180,12 @@ def _validate_cross(cfg: SeerConfig) -> None:
             f"optim.clip: LARC clipping is a LARS option; with optim.name {cfg.optim.name!r} "
             "set it to false"
         )
-    if cfg.ingest.actors_max < cfg.ingest.actors_min:
+    if cfg.ingest.target_max_block_mb * 32 > cfg.ingest.object_store_mb:
         raise ConfigError(
-            f"ingest.actors_max: {cfg.ingest.actors_max} must be >= ingest.actors_min "
-            f"({cfg.ingest.actors_min})"
+            f"ingest.target_max_block_mb: {cfg.ingest.target_max_block_mb} MiB blocks against "
+            f"ingest.object_store_mb={cfg.ingest.object_store_mb} would let the endless read "
+            f"tasks out-run the trainers; allowed: 1..{cfg.ingest.object_store_mb // 32} (at "
+            "most 1/32 of the budget), or raise ingest.object_store_mb"
         )
     _validate_eval(cfg)
     if cfg.train.amp == "fp16" and not cfg.train.use_gpu:

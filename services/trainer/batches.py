@@ -13,6 +13,11 @@ from seer_core.config import SeerConfig
 
 log = logging.getLogger("seer.trainer")
 
+#: Rebuilding the iterator this many times in a row without a batch in between is not a
+#: transient error: raise, and let Ray Train restart the worker group.
+MAX_REBUILDS = 5
+REBUILD_PAUSE_S = 5.0
+
 
 def synthetic_batches(
     cfg: SeerConfig, recipe: MultiCropRecipe, seed: int
@@ -29,21 +34,38 @@ def synthetic_batches(
 
 
 def stream_batches(cfg: SeerConfig, recipe: MultiCropRecipe) -> Iterator[dict[str, torch.Tensor]]:
-    """Pass after pass over this worker's shard of the random stream (each pass is new)."""
+    """This worker's shard of the never-ending stream, iterated once (services.stream).
+
+    The iterator is one Ray Data execution for the whole run: the ingest actors live as long as
+    it does. It is rebuilt only after an error (or if it ever ended); a worker-group restart
+    builds a new one anyway. Rank 0 also watches spilling (``seer_ingest_spilled_bytes``).
+    """
     import ray.train
+
+    from services.stream import SpillWatch
 
     shard = ray.train.get_dataset_shard("train")
     keys = set(recipe.keys)
+    watch = SpillWatch() if ray.train.get_context().get_world_rank() == 0 else None
+    rebuilds = 0
     while True:
-        got_any = False
-        for batch in shard.iter_torch_batches(
-            batch_size=cfg.train.batch_size,
-            drop_last=True,
-            prefetch_batches=cfg.ingest.prefetch_batches,
-        ):
-            got_any = True
-            yield {k: v for k, v in batch.items() if k in keys}
-        if not got_any:
-            # Every image of the pass was rejected or the store is down: back off, try again.
-            log.warning("a pass of the stream gave no full batch; retrying in 5 s")
-            time.sleep(5)
+        try:
+            for batch in shard.iter_torch_batches(
+                batch_size=cfg.train.batch_size,
+                drop_last=True,
+                prefetch_batches=cfg.ingest.prefetch_batches,
+            ):
+                rebuilds = 0
+                if watch is not None:
+                    watch.poll()
+                yield {k: v for k, v in batch.items() if k in keys}
+            log.error("the ingest stream ended, which it never should; rebuilding it")
+        except Exception as exc:
+            if rebuilds >= MAX_REBUILDS:
+                raise
+            log.error("the ingest stream failed (%r); rebuilding it in %.0f s", exc,
+                      REBUILD_PAUSE_S)
+        rebuilds += 1
+        if rebuilds > MAX_REBUILDS:
+            raise RuntimeError(f"the ingest stream ended {rebuilds} times without a batch")
+        time.sleep(REBUILD_PAUSE_S)

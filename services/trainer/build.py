@@ -11,8 +11,14 @@ from services.trainer.checkpoints import storage_for
 from services.trainer.guard import guarded_train_loop
 
 
-def build_trainer(cfg: SeerConfig, *, synthetic: bool = False) -> TorchTrainer:
-    """The TorchTrainer for a config; `fit()` runs until a stop condition or a stop request."""
+def build_trainer(
+    cfg: SeerConfig, *, synthetic: bool = False, actors: int | None = None, stats: object = None
+) -> TorchTrainer:
+    """The TorchTrainer for a config; `fit()` runs until a stop condition or a stop request.
+
+    ``actors``: the ingest pool size, resolved by the driver (``services.stream.pool_size``);
+    ``stats``: an ``IngestStats`` actor the ingest actors report to (tests).
+    """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
 
@@ -22,7 +28,7 @@ def build_trainer(cfg: SeerConfig, *, synthetic: bool = False) -> TorchTrainer:
     if not synthetic:
         from services.stream import dataset_factory, execution_options
 
-        datasets = {"train": dataset_factory(cfg)}
+        datasets = {"train": dataset_factory(cfg, actors=actors, stats=stats)}
         dataset_config = DataConfig(execution_options=execution_options(cfg))
     return TorchTrainer(
         guarded_train_loop,

@@ -27,7 +27,7 @@ MAX_BYTES = 100_000
 READ_TASKS = 2
 
 
-def s3_cfg(uri: str, endpoint: str, window: int, **feed: Any) -> SeerConfig:
+def s3_cfg(uri: str, endpoint: str, chunk: int, **feed: Any) -> SeerConfig:
     return config_from_dict(
         {
             "augment": {"global_size": 32, "local_size": 16, "n_local": 2},
@@ -36,9 +36,8 @@ def s3_cfg(uri: str, endpoint: str, window: int, **feed: Any) -> SeerConfig:
                      "retry_budget_s": 5.0, "fetch_timeout_s": 2.0, **feed},
             "ingest": {
                 "read_tasks": READ_TASKS,
-                "window_images": window,
-                "actors_min": 1,
-                "actors_max": 1,
+                "chunk_images": chunk,
+                "actors": 1,
                 "read_task_cpus": 0.25,
                 "max_object_bytes": MAX_BYTES,
                 "target_max_block_mb": 4,
@@ -47,8 +46,8 @@ def s3_cfg(uri: str, endpoint: str, window: int, **feed: Any) -> SeerConfig:
     )
 
 
-def run_pass(ds: Any, batch_size: int) -> int:
-    """One pass over the stream; checks the batches and returns the number of images."""
+def run_bounded(ds: Any, batch_size: int) -> int:
+    """All of a bounded stream (``max_chunks``); checks the batches, returns the image count."""
     rows = 0
     for batch in ds.iter_torch_batches(batch_size=batch_size, drop_last=False):
         b = batch["crops_32"].shape[0]
@@ -64,7 +63,7 @@ def settled_stats(stats: Any, rows: int, timeout: float = 20.0) -> dict[str, Any
     deadline = time.monotonic() + timeout
     while True:
         snap = read_stats(stats)
-        snap["keys"] = [k for keys in snap["windows"].values() for k in keys]
+        snap["keys"] = [k for keys in snap["chunks"].values() for k in keys]
         if len(snap["keys"]) >= rows or time.monotonic() > deadline:
             assert len(snap["keys"]) == rows, "stats never caught up with the stream"
             return snap
@@ -82,20 +81,16 @@ def test_bad_inputs_through_the_stream(
     cases = bad_inputs(MAX_BYTES)
     put_objects(s3_client, s3_bucket, {f"bad/{name}": data for name, (data, _) in cases.items()})
     outcome = {f"bad/{name}": want for name, (_, want) in cases.items()}
-    window = 40
-    cfg = s3_cfg(f"s3://{s3_bucket}/bad/", s3_server.endpoint_url, window)
+    chunk = 40
+    cfg = s3_cfg(f"s3://{s3_bucket}/bad/", s3_server.endpoint_url, chunk)
     stats = start_stats()
-    ds = build_stream(cfg, stats=stats, compute="actors")  # the actor pool path, for real
-    images = 0
-    passes = 0
-    seen: set[str] = set()
-    # Sampling is random with replacement: go on until every object was drawn at least once
-    # (one pass of 80 draws over 12 objects almost always suffices).
-    while seen != set(outcome) and passes < 5:
-        images += run_pass(ds, cfg.train.batch_size)
-        passes += 1
-        snap = settled_stats(stats, passes * READ_TASKS * window)
-        seen = set(snap["keys"])
+    # The endless read tasks, bounded to 3 chunks each so that counts can be exact: 240 draws
+    # over 12 objects (P(one never drawn) < 1e-8), through the actor pool for real.
+    chunks = 3
+    ds = build_stream(cfg, stats=stats, compute="actors", max_chunks=chunks, seed=11)
+    images = run_bounded(ds, cfg.train.batch_size)
+    snap = settled_stats(stats, chunks * READ_TASKS * chunk)
+    seen = set(snap["keys"])
     assert seen == set(outcome), f"never sampled: {set(outcome) - seen}"
     want = expected_counts(snap["keys"], outcome)
     assert snap["counts"] == dict(want)
@@ -123,28 +118,30 @@ def test_stream_rides_out_store_faults(
     outcome.update({f"s3://{bucket}/{k}": "vanished" for k in gone})
 
     with FaultProxy(fresh_s3_server.endpoint_url) as proxy:
-        window = 16
+        chunk = 16
         # The time budget, not the attempt count, must decide: 8 full-jitter attempts can all
         # fall inside a 3 s outage (seen in CI), which would make this test a coin toss.
-        cfg = s3_cfg(str(manifest), proxy.endpoint_url, window, retry_budget_s=30.0,
+        cfg = s3_cfg(str(manifest), proxy.endpoint_url, chunk, retry_budget_s=30.0,
                      max_attempts=1000)
         stats = start_stats()
-        ds = build_stream(cfg, stats=stats)
+
+        def stream() -> Any:  # one chunk per read task, so that counts can be exact
+            return build_stream(cfg, stats=stats, max_chunks=1)
         object_gets = rf"^GET /{bucket}/img/"
 
         # 1. Throttling and 5xx on object GETs: retried inside the feed, nothing lost.
         proxy.fail_next(4, status=503, code="SlowDown", match=object_gets)
         proxy.fail_next(2, status=500, code="InternalError", match=object_gets)
-        images = run_pass(ds, cfg.train.batch_size)
-        snap = settled_stats(stats, READ_TASKS * window)
+        images = run_bounded(stream(), cfg.train.batch_size)
+        snap = settled_stats(stats, READ_TASKS * chunk)
         assert proxy.faults_served == 6
         want = expected_counts(snap["keys"], outcome)
         assert snap["counts"] == dict(want)
         assert images == want["images"] > 0
         assert want["vanished"] > 0  # 4 of 12 entries are gone: 32 draws always hit one
 
-        # 2. The store goes down between passes and comes back (empty, as moto does) while the
-        #    next pass is running: fetches wait it out within their budget; the pass completes.
+        # 2. The store goes down between chunks and comes back (empty, as moto does) while the
+        #    next one is read: fetches wait it out within their budget; the chunk completes.
         fresh_s3_server.stop()
 
         def come_back() -> None:
@@ -161,11 +158,11 @@ def test_stream_rides_out_store_faults(
         restarter = threading.Thread(target=come_back, daemon=True)
         start = time.monotonic()
         restarter.start()
-        images2 = run_pass(ds, cfg.train.batch_size)
+        images2 = run_bounded(stream(), cfg.train.batch_size)
         restarter.join(timeout=60)
         assert time.monotonic() - start >= 2.0
         assert unanswered() > dropped_before  # the readers really did hit the outage
-        snap = settled_stats(stats, 2 * READ_TASKS * window)
+        snap = settled_stats(stats, 2 * READ_TASKS * chunk)
         want = expected_counts(snap["keys"], outcome)
         assert snap["counts"] == dict(want)  # no fetch_error: the outage fit in the budget
         assert images2 > 0 and images + images2 == want["images"]

@@ -1,7 +1,8 @@
-"""The Ray Data stream end to end on a local directory: pass after pass of uint8 crop batches."""
+"""The Ray Data stream end to end on a local directory: one endless execution of uint8 crops."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import time
 import urllib.request
@@ -12,12 +13,13 @@ from typing import Any
 import pytest
 import torch
 
-from seer_core.config import SeerConfig, config_from_dict
+from seer_core.config import ConfigError, SeerConfig, config_from_dict
 from services.ingest import feed_spec
 from services.stream import (
-    RandomWindowDatasource,
+    EndlessDatasource,
     build_stream,
     dataset_factory,
+    execution_options,
     read_stats,
     start_stats,
 )
@@ -27,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 N_IMAGES = 12
 READ_TASKS = 2
-WINDOW = 10
+CHUNK = 10
 
 
 def stream_cfg(uri: str, **ingest: Any) -> SeerConfig:
@@ -38,9 +40,8 @@ def stream_cfg(uri: str, **ingest: Any) -> SeerConfig:
             "feed": {"uri": uri, "refresh_seconds": 60.0, "retry_budget_s": 5.0},
             "ingest": {
                 "read_tasks": READ_TASKS,
-                "window_images": WINDOW,
-                "actors_min": 1,
-                "actors_max": 1,
+                "chunk_images": CHUNK,
+                "actors": 1,
                 "cpus_per_actor": 1.0,
                 "read_task_cpus": 0.25,
                 "target_max_block_mb": 4,
@@ -63,63 +64,60 @@ def wait_for_rows(stats: Any, rows: int, timeout: float = 20.0) -> dict[str, Any
     deadline = time.monotonic() + timeout
     while True:
         snap = read_stats(stats)
-        seen = sum(len(keys) for keys in snap["windows"].values())
+        seen = sum(len(keys) for keys in snap["chunks"].values())
         if seen >= rows or time.monotonic() > deadline:
             return snap
         time.sleep(0.1)
 
 
-def test_windows_are_fresh_every_pass(image_dir: Path) -> None:
-    """Read tasks sample new windows each execution; a seed makes them reproducible."""
+def test_read_tasks_draw_fresh_chunks(image_dir: Path) -> None:
+    """Each read task draws new chunks for ever; executions differ; a seed reproduces them."""
     cfg = stream_cfg(str(image_dir))
-    kwargs = dict(read_tasks=3, window_images=8, max_object_bytes=10**6, chunk_rows=4,
-                  chunk_bytes=10**6)
-    source = RandomWindowDatasource(feed_spec(cfg), **kwargs)
-    first = [w.keys() for w in source.windows()]
-    second = [w.keys() for w in source.windows()]
-    assert len(first) == 3 and all(len(k) == 8 for k in first)
-    windows = [tuple(k) for k in first + second]
-    assert len(set(windows)) == len(windows)  # 12^8 possibilities each: no repeats
-    seeded = [RandomWindowDatasource(feed_spec(cfg), seed=7, **kwargs) for _ in range(2)]
-    assert [w.seed for w in seeded[0].windows()] == [w.seed for w in seeded[1].windows()]
-    # The pass counter survives pickling (Ray ships the datasource to where it executes).
+    kwargs = dict(read_tasks=3, chunk_images=8, max_object_bytes=10**6, block_bytes=10**6)
+    source = EndlessDatasource(feed_spec(cfg), **kwargs)
+    first = source.reads()
+    second = source.reads()
+    assert len(first) == 3
+    draws = []
+    for read in first + second:
+        chunks = read.key_chunks()
+        draws += [tuple(next(chunks)[1]) for _ in range(3)]  # endless: take three
+    assert all(len(d) == 8 for d in draws)
+    assert len(set(draws)) == len(draws)  # 12^8 possibilities each: no repeats
+    seeded = [EndlessDatasource(feed_spec(cfg), seed=7, **kwargs) for _ in range(2)]
+    assert [r.seed for r in seeded[0].reads()] == [r.seed for r in seeded[1].reads()]
+    # The execution counter survives pickling (Ray ships the datasource where it executes).
     clone = pickle.loads(pickle.dumps(seeded[0]))
-    assert [w.seed for w in clone.windows()] == [w.seed for w in seeded[1].windows()]
-    # Blocks: chunked at chunk_rows, with the read schema.
-    tables = list(source.windows()[0]())
-    assert [t.num_rows for t in tables] == [4, 4]
-    assert tables[0].column_names == ["key", "data", "reason", "window"]
+    assert [r.seed for r in clone.reads()] == [r.seed for r in seeded[1].reads()]
+    # Blocks: split at block_bytes, with the read schema; max_chunks bounds a read task.
+    small = EndlessDatasource(feed_spec(cfg), read_tasks=1, chunk_images=8,
+                              max_object_bytes=10**6, block_bytes=1, max_chunks=2, seed=1)
+    tables = list(small.reads()[0]())
+    assert [t.num_rows for t in tables] == [1] * 16
+    assert tables[0].column_names == ["key", "data", "reason", "chunk"]
 
 
-def test_stream_yields_batches_pass_after_pass(ray_cluster: Any, image_dir: Path) -> None:
-    """Three passes through the task-based variant (the actor pool is covered over S3)."""
+def test_one_execution_yields_batches_for_ever(ray_cluster: Any, image_dir: Path) -> None:
+    """The task fallback: one iterator, far more images than read tasks x chunk."""
     cfg = stream_cfg(str(image_dir))
     stats = start_stats()
-    ds = build_stream(cfg, stats=stats, compute="tasks")
-    passes = 3
-    per_pass: list[int] = []
-    for _ in range(passes):
-        rows = 0
-        for batch in ds.iter_torch_batches(batch_size=cfg.train.batch_size, drop_last=False):
-            assert set(batch) == {"crops_32", "crops_16"}
-            b = batch["crops_32"].shape[0]
-            assert b <= cfg.train.batch_size
-            assert batch["crops_32"].shape == (b, 2, 3, 32, 32)
-            assert batch["crops_16"].shape == (b, 2, 3, 16, 16)
-            assert batch["crops_32"].dtype == torch.uint8
-            assert batch["crops_16"].dtype == torch.uint8
-            assert int(batch["crops_32"].float().std()) > 0  # real pixels, not zeros
-            rows += b
-        per_pass.append(rows)
-    # Every sampled image is good: each pass yields a full window per read task.
-    assert per_pass == [READ_TASKS * WINDOW] * passes
-    snap = wait_for_rows(stats, passes * READ_TASKS * WINDOW)
-    assert snap["counts"] == {"images": passes * READ_TASKS * WINDOW}
-    windows = snap["windows"]
-    assert len(windows) == passes * READ_TASKS
-    contents = [tuple(sorted(keys)) for keys in windows.values()]
-    assert all(len(c) == WINDOW for c in contents)
-    assert len(set(contents)) == len(contents)  # every window of every pass differs
+    ds = build_stream(cfg, stats=stats, compute="tasks", actors=1, seed=3)
+    want = 6 * READ_TASKS * CHUNK
+    rows = 0
+    for batch in ds.iter_torch_batches(batch_size=cfg.train.batch_size, drop_last=True):
+        assert set(batch) == {"crops_32", "crops_16"}
+        assert batch["crops_32"].shape == (4, 2, 3, 32, 32)
+        assert batch["crops_16"].shape == (4, 2, 3, 16, 16)
+        assert batch["crops_32"].dtype == torch.uint8 == batch["crops_16"].dtype
+        assert int(batch["crops_32"].float().std()) > 0  # real pixels, not zeros
+        rows += 4
+        if rows >= want:
+            break
+    snap = wait_for_rows(stats, want)
+    assert snap["counts"]["images"] >= want and set(snap["counts"]) == {"images"}
+    contents = [tuple(sorted(keys)) for keys in snap["chunks"].values()]
+    assert len(contents) >= 6 * READ_TASKS
+    assert len(set(contents)) == len(contents)  # every chunk drawn fresh
     all_keys = Counter(k for c in contents for k in c)
     assert set(all_keys) <= {str(p) for p in image_dir.iterdir()}
 
@@ -133,8 +131,15 @@ def test_dataset_factory_is_picklable_and_builds(ray_cluster: Any, image_dir: Pa
     from ray.data import DataContext
 
     assert DataContext.get_current().target_max_block_size == 3 * 1024 * 1024
-    batch = next(iter(ds.iter_torch_batches(batch_size=2)))
+    batches = iter(ds.iter_torch_batches(batch_size=2))
+    batch = next(batches)
+    batches.close()  # an endless stream: stop it rather than leave it to the GC
     assert batch["crops_32"].shape == (2, 2, 3, 32, 32)
+    # The guard rail: blocks over 1/32 of the Data budget are refused, naming both keys.
+    with pytest.raises(ConfigError, match=r"ingest\.target_max_block_mb.*object_store_mb"):
+        stream_cfg(str(image_dir), target_max_block_mb=16, object_store_mb=256)
+    opts = execution_options(cfg)
+    assert opts.resource_limits.object_store_memory == 256 * 1024 * 1024
 
 
 def test_ingest_metrics_reach_rays_endpoint(ray_cluster: Any) -> None:
@@ -149,7 +154,7 @@ def test_ingest_metrics_reach_rays_endpoint(ray_cluster: Any) -> None:
         time.sleep(0.5)
     lines = [ln for ln in text.splitlines() if ln.startswith("ray_seer_ingest_images_total")]
     assert lines, "ray_seer_ingest_images_total not exported"
-    assert sum(float(ln.rsplit(" ", 1)[1]) for ln in lines) >= READ_TASKS * WINDOW
+    assert sum(float(ln.rsplit(" ", 1)[1]) for ln in lines) >= READ_TASKS * CHUNK
     assert "ray_seer_ingest_decode_seconds_bucket" in text
     assert "ray_seer_ingest_fetch_seconds_bucket" in text
 
@@ -158,7 +163,8 @@ def test_ingest_actor_maps_read_rows_to_crop_rows() -> None:
     """The actor's callable without Ray: failed rows are counted and dropped, shapes kept."""
     import numpy as np
 
-    from services.stream import IngestActor, IngestStats
+    from services.ingest import IngestStats
+    from services.stream import IngestActor
 
     class LocalStats:  # forwards ``.record.remote(...)`` to a real IngestStats, in-process
         def __init__(self) -> None:
@@ -171,7 +177,7 @@ def test_ingest_actor_maps_read_rows_to_crop_rows() -> None:
         "key": np.array(["a", "b", "c", "d"], dtype=object),
         "data": np.array([good_jpeg(seed=1), b"", b"", b"<html>"], dtype=object),
         "reason": np.array(["", "vanished", "too_large", ""], dtype=object),
-        "window": np.array([7, 7, 7, 8], dtype=np.int64),
+        "chunk": np.array([7, 7, 7, 8], dtype=np.int64),
     }
     out = actor(batch)
     assert {k: v.shape for k, v in out.items()} == {
@@ -180,18 +186,19 @@ def test_ingest_actor_maps_read_rows_to_crop_rows() -> None:
     assert all(v.dtype == np.uint8 for v in out.values())
     snap = stats.inner.snapshot()
     assert snap["counts"] == {"images": 1, "vanished": 1, "too_large": 1, "not_image": 1}
-    assert snap["windows"] == {7: ["a", "b", "c"], 8: ["d"]}
+    assert snap["chunks"] == {7: ["a", "b", "c"], 8: ["d"]}
+    assert list(snap["pids"]) == [os.getpid()] and snap["pids"][os.getpid()][2] == 1
     # A batch in which everything failed still yields well-formed (empty) columns.
     failed = actor({k: v[1:3] for k, v in batch.items()})
     assert failed["crops_32"].shape == (0, 2, 3, 32, 32)
 
 
 def test_ingest_stats_memory_is_bounded() -> None:
-    from services.stream import IngestStats
+    from services.ingest import IngestStats
 
-    stats = IngestStats(max_windows=3, max_keys_per_window=2)
+    stats = IngestStats(max_chunks=3, max_keys_per_chunk=2)
     for w in range(5):
         stats.record({"images": 1}, [(w, f"k{w}a"), (w, f"k{w}b"), (w, f"k{w}c")])
     snap = stats.snapshot()
     assert snap["counts"] == {"images": 5}
-    assert snap["windows"] == {2: ["k2a", "k2b"], 3: ["k3a", "k3b"], 4: ["k4a", "k4b"]}
+    assert snap["chunks"] == {2: ["k2a", "k2b"], 3: ["k3a", "k3b"], 4: ["k4a", "k4b"]}

@@ -76,7 +76,7 @@ def test_a_single_int_is_one_prototype_head() -> None:
         ("swav.crops_for_assign=[0, 9]", "swav.crops_for_assign"),
         ("augment.recipe=dino", "augment.recipe: 'dino' is not allowed; allowed: seer"),
         ("augment.global_scale=[0.5, 0.2]", "augment.global_scale"),
-        ("ingest.actors_max=0", "ingest.actors_max: 0 is too small"),
+        ("ingest.actors=-1", "ingest.actors: -1 is too small"),
         ("train.amp=fp16", "train.amp: 'fp16' needs train.use_gpu"),
         ("swav.queue_length=5", "per-worker length must be at least train.batch_size"),
         ("noequals", "expected key=value"),

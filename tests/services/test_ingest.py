@@ -1,4 +1,4 @@
-"""IngestWorker without Ray: fetch → guards → multi-crop → batch, and every failure a reason."""
+"""fetch_object + Cropper without Ray: fetch → guards → multi-crop → batch; failures: reasons."""
 
 from __future__ import annotations
 
@@ -15,15 +15,23 @@ from services import metrics
 from services.feed import FeedSpec, FetchFailed, open_feed
 from services.ingest import (
     REASONS,
+    Cropper,
     Fetched,
-    IngestWorker,
     close_process_feeds,
     empty_batch,
     feed_spec,
+    fetch_object,
     process_feed,
 )
 from tests.data.bad_inputs import CROPS, bad_inputs, good_jpeg, png_bomb_header
 from tests.s3server import put_objects
+
+
+def ingest_keys(cropper: Cropper, feed: Any, keys: list[str]) -> Any:
+    """What a read task and an ingest actor do together: fetch each key, then crop."""
+    return cropper.process_fetched(
+        [fetch_object(feed, k, cropper.max_object_bytes, meter=cropper.meter) for k in keys]
+    )
 
 MAX_BYTES = 100_000
 #: How long a wait may take on a loaded machine before a test calls it a hang.
@@ -79,13 +87,13 @@ def test_every_bad_input_ends_as_crops_or_its_reason(
 ) -> None:
     cfg = small_cfg(str(image_dir))
     with open_feed(str(image_dir), refresh_seconds=60.0) as feed:
-        worker = IngestWorker(cfg, feed=feed, seed=0, metrics_backend="prometheus")
+        worker = Cropper(cfg, seed=0, metrics_backend="prometheus")
         feed.sample(1, random.Random(0))  # waits for the first listing
         keys = sorted(feed.pooled_keys())
         assert len(keys) == len(cases)
         images_before = _sample("seer_ingest_images_total")
         corrupt_before = _sample("seer_ingest_failures_total", reason="corrupt")
-        result = worker.process(keys)
+        result = ingest_keys(worker, feed, keys)
 
     expected = {str(image_dir / name): outcome for name, (_, outcome) in cases.items()}
     got = {key: reason for key, reason in result.rejected}
@@ -109,7 +117,7 @@ def test_every_bad_input_ends_as_crops_or_its_reason(
 def test_decompression_bomb_refused_from_header() -> None:
     # No clock: "too_large" can only come from the header (the file holds one tiny IDAT chunk;
     # decoding it would have to allocate 30 GB first, and would end as "corrupt" if it could).
-    worker = IngestWorker(small_cfg(), metrics_backend="prometheus")
+    worker = Cropper(small_cfg(), metrics_backend="prometheus")
     result = worker.process_bytes({"bomb.png": png_bomb_header(100_000, 100_000)})
     assert result.rejected == [("bomb.png", "too_large")]
     assert result.batch["crops_32"].shape == (0, 2, 3, 32, 32)
@@ -119,7 +127,7 @@ def test_pixel_and_side_limits_come_from_config() -> None:
     cfg = small_cfg()
     cfg.augment.max_pixels = 50 * 50
     cfg.augment.min_side = 40
-    worker = IngestWorker(cfg, seed=1, metrics_backend="prometheus")
+    worker = Cropper(cfg, seed=1, metrics_backend="prometheus")
     result = worker.process_bytes(
         {"big": good_jpeg(60, 60), "narrow": good_jpeg(45, 38), "fits": good_jpeg(48, 44)}
     )
@@ -129,7 +137,7 @@ def test_pixel_and_side_limits_come_from_config() -> None:
 
 def test_byte_limit_applies_before_decode() -> None:
     cfg = small_cfg(max_object_bytes=1000)
-    worker = IngestWorker(cfg, metrics_backend="prometheus")
+    worker = Cropper(cfg, metrics_backend="prometheus")
     data = good_jpeg(96, 80)
     assert len(data) > 1000
     result = worker.process_bytes([("k", data)])
@@ -144,9 +152,9 @@ def test_vanished_and_fetch_error_are_reasons(image_dir: Path, tmp_path: Path) -
         pooled = feed.pooled_keys()
         assert victim in pooled
         Path(victim).unlink()  # deleted between listing and fetch
-        worker = IngestWorker(small_cfg(), feed=feed, metrics_backend="prometheus")
+        worker = Cropper(small_cfg(), metrics_backend="prometheus")
         vanished_before = _sample("seer_ingest_failures_total", reason="vanished")
-        result = worker.process([victim, str(image_dir / "a_directory.jpg"),
+        result = ingest_keys(worker, feed, [victim, str(image_dir / "a_directory.jpg"),
                                  str(image_dir / "animated.gif")])
     assert result.rejected == [(victim, "vanished"), (str(image_dir / "a_directory.jpg"),
                                                        "fetch_error")]
@@ -155,7 +163,7 @@ def test_vanished_and_fetch_error_are_reasons(image_dir: Path, tmp_path: Path) -
 
 
 def test_process_fetched_counts_carried_reasons_once() -> None:
-    worker = IngestWorker(small_cfg(), metrics_backend="prometheus")
+    worker = Cropper(small_cfg(), metrics_backend="prometheus")
     result = worker.process_fetched(
         [
             Fetched("a", None, "vanished"),
@@ -172,7 +180,7 @@ def test_process_fetched_counts_carried_reasons_once() -> None:
 
 
 def test_empty_batch_shapes() -> None:
-    worker = IngestWorker(small_cfg(), metrics_backend="prometheus")
+    worker = Cropper(small_cfg(), metrics_backend="prometheus")
     batch = empty_batch(worker.recipe)
     assert {k: tuple(v.shape) for k, v in batch.items()} == {
         "crops_32": (0, 2, 3, 32, 32), "crops_16": (0, 3, 3, 16, 16)
@@ -184,16 +192,16 @@ def test_empty_batch_shapes() -> None:
 def test_photometric_on_device_leaves_colour_to_the_trainer() -> None:
     cfg = small_cfg()
     cfg.augment.photometric_on_device = True
-    assert IngestWorker(cfg, metrics_backend="prometheus").multicrop.photometric is False
+    assert Cropper(cfg, metrics_backend="prometheus").multicrop.photometric is False
     cfg.augment.photometric_on_device = False
-    assert IngestWorker(cfg, metrics_backend="prometheus").multicrop.photometric is True
+    assert Cropper(cfg, metrics_backend="prometheus").multicrop.photometric is True
 
 
 def test_seeded_workers_are_reproducible() -> None:
     data = {f"k{i}": good_jpeg(80, 64, seed=i) for i in range(3)}
-    a = IngestWorker(small_cfg(), seed=5, metrics_backend="prometheus").process_bytes(data)
-    b = IngestWorker(small_cfg(), seed=5, metrics_backend="prometheus").process_bytes(data)
-    c = IngestWorker(small_cfg(), seed=6, metrics_backend="prometheus").process_bytes(data)
+    a = Cropper(small_cfg(), seed=5, metrics_backend="prometheus").process_bytes(data)
+    b = Cropper(small_cfg(), seed=5, metrics_backend="prometheus").process_bytes(data)
+    c = Cropper(small_cfg(), seed=6, metrics_backend="prometheus").process_bytes(data)
     assert all(torch.equal(a.batch[k], b.batch[k]) for k in a.batch)
     assert not torch.equal(a.batch["crops_32"], c.batch["crops_32"])
 
@@ -217,13 +225,13 @@ def test_s3_fetch_errors_are_retried_then_counted(
 
 
 def _fetch_errors(feed: Any, fault_proxy: Any) -> None:
-    worker = IngestWorker(small_cfg(), feed=feed, metrics_backend="prometheus", fetch_threads=1)
+    worker = Cropper(small_cfg(), metrics_backend="prometheus")
     # Waits on the pool's first keys (an event), with a timeout only a hang reaches.
-    keys = sorted(set(worker.feed.sample(20, random.Random(0), timeout=PATIENCE_S)))
+    keys = sorted(set(feed.sample(20, random.Random(0), timeout=PATIENCE_S)))
     assert len(keys) == 2
     # Throttled twice, then served: retried inside the feed, the image makes it.
     fault_proxy.fail_next(2, status=503, code="SlowDown", match=r"^GET /[^?]+/img/")
-    result = worker.process(keys)
+    result = ingest_keys(worker, feed, keys)
     assert result.rejected == [] and len(result.keys) == 2
     assert fault_proxy.faults_served == 2
     # A store that keeps failing: the fetch gives up within the budget, as a counted reason.
@@ -233,14 +241,14 @@ def _fetch_errors(feed: Any, fault_proxy: Any) -> None:
         feed.fetch(keys[0])
     assert info.value.reason == "InternalError"
     assert 1 < info.value.attempts < feed.spec.max_attempts
-    result = worker.process(keys[:1])
+    result = ingest_keys(worker, feed, keys[:1])
     assert result.rejected == [(keys[0], "fetch_error")]
     fault_proxy.clear()
-    assert worker.process(keys[:1]).keys == keys[:1]  # and it recovers by itself
+    assert ingest_keys(worker, feed, keys[:1]).keys == keys[:1]  # and it recovers by itself
 
 
 def test_ingest_crops_use_the_configs_blur_probability() -> None:
     cfg = config_from_dict({"augment": {"global_size": 32, "local_size": 16,
                                         "blur_probability": 0.25}})
-    worker = IngestWorker(cfg, metrics_backend="prometheus")
+    worker = Cropper(cfg, metrics_backend="prometheus")
     assert worker.multicrop.photometric and worker.multicrop.params.p_blur == 0.25

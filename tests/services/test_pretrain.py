@@ -72,7 +72,7 @@ def test_missing_local_feed_says_how_to_fix(tmp_path: Path) -> None:
 
 def test_required_cpus_counts_every_consumer() -> None:
     cfg = load_config("local", ["train.num_workers=2", "train.cpus_per_worker=1",
-                                "ingest.actors_max=3", "ingest.cpus_per_actor=1",
+                                "ingest.actors=3", "ingest.cpus_per_actor=1",
                                 "ingest.read_tasks=4", "ingest.read_task_cpus=0.25"])
     assert required_cpus(cfg) == pytest.approx(2 + 3 + 1 + 0.5)
 
