@@ -292,8 +292,13 @@ def run_pretraining(
     synthetic: bool = False,
     out: TextIO = sys.stdout,
     install_signals: bool = True,
+    ingest_stats: Any = None,
 ) -> PretrainOutcome:
-    """Runs until a configured limit or a stop request; returns where it ended."""
+    """Runs until a configured limit or a stop request; returns where it ended.
+
+    ``ingest_stats``: an ``IngestStats`` actor (``services.stream.start_stats``) the ingest
+    actors report counts and PIDs to.
+    """
     import ray
 
     from seer_core.training.preflight import preflight
@@ -334,7 +339,7 @@ def run_pretraining(
     printer = ProgressPrinter(control, out, page)
     printer.start()
     try:
-        trainer = build_trainer(cfg, synthetic=synthetic, actors=actors)
+        trainer = build_trainer(cfg, synthetic=synthetic, actors=actors, stats=ingest_stats)
         result = fit_beside_signals(trainer.fit) if previous else trainer.fit()
     finally:
         printer.done.set()

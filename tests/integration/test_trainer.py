@@ -124,6 +124,70 @@ def test_relative_local_checkpoint_folder_resumes(ray_cluster, tmp_path: Path,
     assert second.metrics.get("resumed_step") == 2 and second.step == 3
 
 
+def _stream_processes() -> list[psutil.Process]:
+    """Live processes running an ingest actor or an endless read task (Ray's process titles)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if cmd.startswith("ray::") and ("IngestActor" in cmd or "EndlessRandom" in cmd):
+            found.append(proc)
+    return found
+
+
+def assert_stream_stopped(timeout: float = 60.0) -> None:
+    """No ingest actor or read task outlives the run (Ray tears them down asynchronously)."""
+    deadline = time.monotonic() + timeout
+    left = _stream_processes()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = _stream_processes()
+    assert not left, [(p.pid, p.info.get("cmdline")) for p in left]
+
+
+def test_same_ingest_actors_serve_the_whole_run(ray_cluster, s3_server, image_bucket,
+                                                ckpt_bucket) -> None:
+    """One execution for ever: the same two ingest actor processes serve a 2-worker run
+    (streaming_split) from its first to its last batch, across 5x the old pass length (one
+    24-image window per pass), and nothing of the stream survives the run."""
+    from services.stream import read_stats, start_stats
+
+    endpoint = s3_server.endpoint_url
+    steps = 15  # x 2 workers x batch 4 = 120 images
+    cfg = service_config(endpoint, image_bucket, ckpt_bucket, "same-actors", "ingest.actors=2",
+                         "ingest.chunk_images=8", f"train.max_steps={steps}")
+    stats = start_stats()
+    assert_stream_stopped()  # nothing left over from earlier tests
+    during: list[set[int]] = []
+    stop = threading.Event()
+
+    def watch() -> None:  # the stream's processes while the run goes on
+        while not stop.wait(0.5):
+            during.append({p.pid for p in _stream_processes()
+                           if "IngestActor" in " ".join(p.info["cmdline"] or [])})
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        out = run_pretraining(cfg, install_signals=False, ingest_stats=stats)
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+    assert out.step == steps and out.images_seen == steps * 4 * 2
+    snap = read_stats(stats)
+    pids = snap["pids"]
+    seen = set().union(*during)
+    # Exactly the pool's two processes ever existed (no actor restarted or replaced), and
+    # those that cropped are among them (Ray Data may leave one idle when one keeps up).
+    assert len(seen) == 2, during
+    assert pids and set(pids) <= seen, (pids, seen)
+    assert snap["counts"]["images"] >= steps * 4 * 2 >= 5 * 24
+    assert_stream_stopped()
+    assert all(not psutil.pid_exists(pid) or psutil.Process(pid).status() ==
+               psutil.STATUS_ZOMBIE for pid in pids)
+
+
 def _train_workers() -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline", "status"]):
@@ -226,6 +290,7 @@ def test_killed_worker_resumes_and_metrics_are_scraped(ray_cluster, s3_server, i
     assert not errors, errors
     assert outcome[0].metrics.get("resumed_step", 0) >= killed_after  # restored, not restarted
     assert outcome[0].step > killed_after + 3
+    assert_stream_stopped()  # neither the first stream nor the one after the restart survives
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -260,3 +325,4 @@ def test_signal_checkpoints_and_exits_cleanly(ray_cluster, s3_server, image_buck
     storage = resolve_storage(cfg.checkpoint.storage, run, endpoint)
     checkpoints = storage.list_checkpoints()
     assert checkpoints and checkpoints[-1][0] > 0  # the final checkpoint, not a periodic one
+    assert_stream_stopped()
