@@ -126,12 +126,23 @@ def test_relative_local_checkpoint_folder_resumes(ray_cluster, tmp_path: Path,
 
 def _stream_processes() -> list[psutil.Process]:
     """Live processes running an ingest actor or an endless read task (Ray's process titles)."""
+    return [p for p in _our_ray_processes()
+            if "IngestActor" in _cmd(p) or "EndlessRandom" in _cmd(p)]
+
+
+def _cmd(proc: psutil.Process) -> str:
+    return " ".join(proc.info["cmdline"] or [])
+
+
+def _our_ray_processes() -> list[psutil.Process]:
+    """Live processes of this session's Ray node only: the machine may run other Ray
+    instances (another checkout's tests), whose workers must not be counted or killed."""
+    from tests.integration.conftest import ray_pids
+
+    ours = ray_pids()
     found = []
     for proc in psutil.process_iter(["cmdline", "status"]):
-        if proc.info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if cmd.startswith("ray::") and ("IngestActor" in cmd or "EndlessRandom" in cmd):
+        if proc.pid in ours and proc.info["status"] != psutil.STATUS_ZOMBIE:
             found.append(proc)
     return found
 
@@ -164,8 +175,7 @@ def test_same_ingest_actors_serve_the_whole_run(ray_cluster, s3_server, image_bu
 
     def watch() -> None:  # the stream's processes while the run goes on
         while not stop.wait(0.5):
-            during.append({p.pid for p in _stream_processes()
-                           if "IngestActor" in " ".join(p.info["cmdline"] or [])})
+            during.append({p.pid for p in _stream_processes() if "IngestActor" in _cmd(p)})
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -189,14 +199,7 @@ def test_same_ingest_actors_serve_the_whole_run(ray_cluster, s3_server, image_bu
 
 
 def _train_workers() -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        if proc.info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if "RayTrainWorker" in cmd:
-            found.append(proc)
-    return found
+    return [p for p in _our_ray_processes() if "RayTrainWorker" in _cmd(p)]
 
 
 def _the_two_workers(timeout: float = 60.0) -> list[psutil.Process]:
