@@ -315,6 +315,9 @@ def configure_data_context(cfg: SeerConfig, ctx: DataContext | None = None) -> D
     # Blocks are coalesced up to this size before anything is emitted; small blocks are also
     # what keeps an endless producer under backpressure.
     ctx.target_max_block_size = cfg.ingest.target_max_block_mb * MiB
+    # The budget, also for a dataset iterated outside Ray Train (benchmarks, tests, tools):
+    # without it Ray Data budgets a share of the whole object store (GBs) for one stream.
+    ctx.execution_options = execution_options(cfg)
     # One execution runs for weeks: no progress bars or banners.
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
