@@ -251,7 +251,8 @@ def test_soak_stays_under_budget_without_spilling(ray_cluster: Any, image_dir: P
     mib = 1024 * 1024
     used = [u - baseline for u in used]
     print(f"soak: {rows} images in {duration:.0f} s; store used max {max(used) / mib:.1f} "
-          f"MiB over {baseline / mib:.1f} MiB before (budget {budget_mb} MiB), spilled {max(spilled)} B; RSS driver "
+          f"MiB over {baseline / mib:.1f} MiB before (budget {budget_mb} MiB), spilled "
+          f"{max(spilled)} B; RSS driver "
           f"{rss[0][0] / mib:.0f}->{rss[-1][0] / mib:.0f} MiB, actor "
           f"{rss[0][1] / mib:.0f}->{rss[-1][1] / mib:.0f} MiB")
     assert rows > 0 and len(used) >= 3
