@@ -13,7 +13,11 @@ Why the guard rails (:func:`check_guard_rails`, :func:`execution_options`): Ray 
 backpressure for an operator whose task "will complete soon", and an endless read task never
 completes; with 128 MiB blocks the producer out-ran the consumer x70 and spilled 52 GB in ten
 minutes. Small blocks (``ingest.target_max_block_mb``) against an explicit object-store budget
-(``ingest.object_store_mb``) keep it bounded; :class:`SpillWatch` exports spilled bytes.
+(``ingest.object_store_mb``) keep it bounded while the trainers keep up. When they pause (a
+checkpoint, an evaluation), Ray Data's liveness guard used to release one block from the read
+tasks on every scheduling loop, for as long as the pause lasted: :func:`configure_data_context`
+closes that path (``object_store_memory_pressure_fraction``, no downstream-capacity policy).
+:class:`SpillWatch` exports spilled bytes, the sign that a guard rail gave way.
 
 Failures: a fetch failure travels as a row with a ``reason`` and no data, and the cropper counts
 it with decode failures, so every failure is counted exactly once and never reaches a trainer.
@@ -75,6 +79,9 @@ FETCH_THREADS = 8
 EMPTY_FEED_PAUSE_S = 1.0
 #: Blocks must be at most this share of the Data object-store budget (DESIGN §5).
 MAX_BLOCK_SHARE = 32
+#: Share of the budget above which an idle crop stage may drain its queued input instead of
+#: Ray Data releasing more output from the endless read tasks (see configure_data_context).
+PRESSURE_FRACTION = 0.8
 
 
 def _seed(base: bytes, *parts: int) -> int:
@@ -318,6 +325,19 @@ def configure_data_context(cfg: SeerConfig, ctx: DataContext | None = None) -> D
     # The budget, also for a dataset iterated outside Ray Train (benchmarks, tests, tools):
     # without it Ray Data budgets a share of the whole object store (GBs) for one stream.
     ctx.execution_options = execution_options(cfg)
+    # Liveness without run-away. When the trainers stop taking batches (a checkpoint, an eval,
+    # a slow step), the crop stage's budget fills and it idles with queued input; Ray Data's
+    # liveness guard then reads one more block from its producer on *every* scheduling loop,
+    # which lets a read task that "completes soon" finish. An endless read task never does: in
+    # a 60 s consumer stall the stream went from 64 MiB to 600+ MiB in seconds and spilled GBs
+    # (issue 10). With a pressure fraction set, an idle stage with queued input may run one
+    # task above its budget instead, so the guard no longer releases the producer.
+    ctx.object_store_memory_pressure_fraction = PRESSURE_FRACTION
+    # The downstream-capacity policy measures the trainers' appetite by the bytes they hold
+    # (one prefetched batch); with the allowance above it blocks the crop stage's input while
+    # the producer waits on the crop stage: a dead-lock seen within 20 s. The object-store
+    # budget alone bounds the stream.
+    ctx.downstream_capacity_backpressure_ratio = None
     # One execution runs for weeks: no progress bars or banners.
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

@@ -1,0 +1,127 @@
+"""The stream's soak, in a Ray of its own: ``python -m tests.integration.stream_soak DIR``.
+
+Why a separate process: the run-away this guards against (issue 10) shows on a 2-CPU node,
+where the crop stage cannot be granted more CPU and Ray Data's liveness guard then releases the
+endless read tasks; the test session's Ray has 4 CPUs and hides it. The script starts a local
+Ray on 127.0.0.1 with 2 CPUs, streams the ``local`` preset's shapes (batches of 64, 2x64 px +
+4x32 px crops) from the photos in DIR to a consumer slower than the producer, which then stops
+taking batches for a while (a checkpoint, an evaluation) and resumes. It samples the object
+store every 0.25 s and stops at the first sample over the bound (before a run-away can reach
+the disk), then prints one JSON line with what it saw; exit status 0 when the bound held.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+MiB = 1024 * 1024
+
+
+def soak(image_dir: str, duration: float, budget_mb: int, slack_mb: int) -> dict[str, Any]:
+    import psutil
+    import ray
+
+    from seer_core.config import config_from_dict
+    from services.local_ray import start_local_ray
+    from services.stream import build_stream, read_stats, start_stats, store_stats
+
+    start_local_ray(num_cpus=2, object_store_memory=1024 * MiB, log_to_driver=False,
+                    logging_level="ERROR")
+    try:
+        cfg = config_from_dict(
+            {
+                "augment": {"global_size": 64, "local_size": 32, "n_local": 4},
+                "train": {"batch_size": 64},
+                "feed": {"uri": image_dir, "refresh_seconds": 60.0},
+                "ingest": {"read_tasks": 2, "chunk_images": 64, "actors": 1,
+                           "object_store_mb": budget_mb, "target_max_block_mb": 2},
+            }
+        )
+        stats = start_stats()
+        ds = build_stream(cfg, stats=stats, actors=1, seed=5)
+        bound = (budget_mb + slack_mb) * MiB
+        stall = (duration * 0.3, duration * 0.8)  # the consumer takes nothing in between
+        report: dict[str, Any] = {"budget_mb": budget_mb, "bound_mb": budget_mb + slack_mb,
+                                  "stall_s": stall[1] - stall[0], "images_before": 0,
+                                  "images_after": 0, "samples": 0, "max_used_mb": 0.0,
+                                  "spilled": 0, "over_bound": False, "pids": []}
+        rss: list[tuple[int, int]] = []  # (driver, actor) after the warm-up
+        driver = psutil.Process()
+        start = time.monotonic()
+        next_rss = start + 10.0  # warm-up: actor start, first blocks
+
+        def sample() -> bool:
+            nonlocal next_rss
+            store = store_stats()
+            report["samples"] += 1
+            report["max_used_mb"] = max(report["max_used_mb"], store["used"] / MiB)
+            report["spilled"] = max(report["spilled"], store["spilled"])
+            if store["used"] > bound or store["spilled"]:
+                report["over_bound"] = True
+                report["seconds_to_run_away"] = round(time.monotonic() - start, 1)
+                return False
+            if time.monotonic() >= next_rss:
+                next_rss = time.monotonic() + 5.0
+                pids = sorted(read_stats(stats)["pids"])
+                report["pids"] = pids
+                if len(pids) == 1:
+                    rss.append((driver.memory_info().rss,
+                                psutil.Process(pids[0]).memory_info().rss))
+            return True
+
+        batches = iter(ds.iter_torch_batches(batch_size=64, drop_last=True))
+        next_sample = start
+        ok = True
+        try:
+            for batch in batches:
+                elapsed = time.monotonic() - start
+                if elapsed < stall[0]:
+                    report["images_before"] += batch["crops_32"].shape[0]
+                elif elapsed >= stall[1]:
+                    report["images_after"] += batch["crops_32"].shape[0]
+                time.sleep(0.2)  # slower than the producer: backpressure must hold
+                if time.monotonic() >= next_sample:
+                    next_sample = time.monotonic() + 0.25
+                    ok = sample()
+                while ok and stall[0] <= time.monotonic() - start < stall[1]:
+                    ok = sample()  # holds the iterator, takes nothing
+                    time.sleep(0.25)
+                if not ok or elapsed >= duration:
+                    break
+        finally:
+            batches.close()
+        if rss:
+            report["rss_growth_mb"] = {
+                "driver": round((rss[-1][0] - rss[0][0]) / MiB, 1),
+                "actor": round((rss[-1][1] - rss[0][1]) / MiB, 1),
+            }
+        report["max_used_mb"] = round(report["max_used_mb"], 1)
+        # Printed before Ray shuts down: the verdict must not depend on a clean shutdown.
+        print(json.dumps(report), flush=True)
+        return report
+    finally:
+        ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("image_dir")
+    parser.add_argument("--seconds", type=float, default=float(os.environ.get("SEER_SOAK_S", 90)))
+    parser.add_argument("--budget-mb", type=int, default=64)
+    parser.add_argument("--slack-mb", type=int, default=None,
+                        help="allowed over the budget (default: the budget again): the crop "
+                        "stage's one task over budget, blocks in the read tasks' buffers, the "
+                        "consumer's batches")
+    args = parser.parse_args(argv)
+    slack = args.budget_mb if args.slack_mb is None else args.slack_mb
+    report = soak(args.image_dir, args.seconds, args.budget_mb, slack)
+    return 1 if report["over_bound"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
