@@ -174,12 +174,14 @@ def ingest() -> Dashboard:
             "(DESIGN §5)."),
         Panel("Object store: used", [
             Target("sum by (NodeAddress) (ray_object_store_used_memory)", "{{NodeAddress}}")],
-            "bytes", "Bounded by ExecutionOptions.resource_limits.object_store_memory."),
+            "bytes", "The stream stays under twice ingest.object_store_mb (README: guard "
+            "rails)."),
         Panel("Ray Data: spilled bytes per operator", [
             Target("sum by (operator) (ray_data_spilled_bytes)", "{{operator}}"),
-            Target("sum(ray_seer_ingest_spilled_bytes)", "seer stream (when exported)")],
-            "bytes", "Needs DataContext.enable_get_object_locations_for_metrics; the seer "
-            "series exists only where the stream exports it.", core=False),
+            Target("sum(ray_seer_ingest_spilled_bytes)", "cluster, seen by the stream")],
+            "bytes", "Ray Data's per-operator series needs "
+            "DataContext.enable_get_object_locations_for_metrics; the seer series is the "
+            "cluster's spilled bytes as rank 0 of the trainers polls them.", core=False),
     ])
 
 

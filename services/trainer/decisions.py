@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import Any
 
 import torch
@@ -73,26 +74,40 @@ class Decider:
 
 
 class RunMeter:
-    """Throughput and data-wait share over the run so far, past the first (warm-up) steps."""
+    """Throughput, data-wait share and step-time spread over the run so far, past the first
+    (warm-up) steps.
 
-    def __init__(self, skip_steps: int) -> None:
+    The spread (median and 99th percentile of the wall time between steps, over the last
+    ``window`` steps) is what shows a periodic stall that an average hides: a pass boundary
+    every few dozen steps moves the p99, barely the mean.
+    """
+
+    def __init__(self, skip_steps: int, window: int = 10_000) -> None:
         self.skip = skip_steps
         self.start = 0.0
         self.images = 0
         self.wait = 0.0
+        self.last = 0.0
+        self.step_seconds: deque[float] = deque(maxlen=window)
 
     def add(self, images: int, wait: float) -> None:
+        now = time.perf_counter()
         if self.skip > 0:
             self.skip -= 1
             if self.skip == 0:
-                self.start = time.perf_counter()
+                self.start = self.last = now
             return
         self.images += images
         self.wait += wait
+        self.step_seconds.append(now - self.last)
+        self.last = now
 
     def summary(self) -> dict[str, float]:
         elapsed = time.perf_counter() - self.start if self.start else 0.0
         if elapsed <= 0 or not self.images:
             return {}
+        steps = sorted(self.step_seconds)
         return {"run_images_per_second": self.images / elapsed,
-                "run_data_wait_share": self.wait / elapsed}
+                "run_data_wait_share": self.wait / elapsed,
+                "run_step_seconds_p50": steps[len(steps) // 2],
+                "run_step_seconds_p99": steps[min(len(steps) - 1, int(0.99 * len(steps)))]}

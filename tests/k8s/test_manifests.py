@@ -188,8 +188,10 @@ def ray_capacity(group: dict[str, Any]) -> tuple[float, float]:
 
 
 def ingest_cpus(cfg: SeerConfig) -> float:
+    """CPUs the stream needs at least: its read tasks and its actor pool (``ingest.actors``;
+    0 sizes the pool from the CPUs left, which needs room for one actor)."""
     ing = cfg.ingest
-    return ing.actors_max * ing.cpus_per_actor + ing.read_tasks * ing.read_task_cpus
+    return (ing.actors or 1) * ing.cpus_per_actor + ing.read_tasks * ing.read_task_cpus
 
 
 def test_prod_keeps_training_on_gpus_and_ingest_on_cpus(rendered) -> None:

@@ -73,6 +73,27 @@ def test_run_meter_skips_warmup_steps() -> None:
     assert summary["run_images_per_second"] > 0 and summary["run_data_wait_share"] > 0
 
 
+def test_run_meter_step_time_p99_shows_a_periodic_stall(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stall every 32 steps barely moves the median but is the 99th percentile."""
+    from services.trainer import decisions
+
+    clock = [0.0]
+    monkeypatch.setattr(decisions.time, "perf_counter", lambda: clock[0])
+    meter = RunMeter(skip_steps=1, window=1000)
+    meter.add(64, 0.0)
+    for step in range(1, 321):
+        clock[0] += 0.3 if step % 32 == 0 else 0.1
+        meter.add(64, 0.0)
+    summary = meter.summary()
+    assert summary["run_step_seconds_p50"] == pytest.approx(0.1)
+    assert summary["run_step_seconds_p99"] == pytest.approx(0.3)
+    assert len(meter.step_seconds) == 320
+    bounded = RunMeter(skip_steps=1, window=5)  # weeks of steps: only the recent window is kept
+    for _ in range(10):
+        bounded.add(64, 0.0)
+    assert len(bounded.step_seconds) == 5
+
+
 def test_collapse_warning_on_onset_then_at_most_every_repeat() -> None:
     from services.trainer.health import WarningThrottle
 
