@@ -30,8 +30,10 @@ def soak(image_dir: str, duration: float, budget_mb: int, slack_mb: int) -> dict
     from services.local_ray import start_local_ray
     from services.stream import build_stream, read_stats, start_stats, store_stats
 
+    # Spilling off: a run-away must fill this small store (and show), never the disk.
     start_local_ray(num_cpus=2, object_store_memory=1024 * MiB, log_to_driver=False,
-                    logging_level="ERROR")
+                    logging_level="ERROR",
+                    _system_config={"automatic_object_spilling_enabled": False})
     try:
         cfg = config_from_dict(
             {
@@ -111,7 +113,7 @@ def soak(image_dir: str, duration: float, budget_mb: int, slack_mb: int) -> dict
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("image_dir")
-    parser.add_argument("--seconds", type=float, default=float(os.environ.get("SEER_SOAK_S", 90)))
+    parser.add_argument("--seconds", type=float, default=float(os.environ.get("SEER_SOAK_S", 60)))
     parser.add_argument("--budget-mb", type=int, default=64)
     parser.add_argument("--slack-mb", type=int, default=None,
                         help="allowed over the budget (default: the budget again): the crop "
