@@ -287,6 +287,9 @@ def ingest_task(
         actor = _TASK_ACTORS.get(cfg_key)
         if actor is None:
             actor = _TASK_ACTORS[cfg_key] = IngestActor(cfg, stats)
+        # This stream's stats actor: a reused worker process may have cropped for another
+        # stream with the same config, and its reports must not go to that one's stats.
+        actor.stats = stats
     return actor(batch)
 
 

@@ -84,7 +84,7 @@ class RunMeter:
 
     def __init__(self, skip_steps: int, window: int = 10_000) -> None:
         self.skip = skip_steps
-        self.start = 0.0
+        self.start: float | None = None
         self.images = 0
         self.wait = 0.0
         self.last = 0.0
@@ -103,7 +103,7 @@ class RunMeter:
         self.last = now
 
     def summary(self) -> dict[str, float]:
-        elapsed = time.perf_counter() - self.start if self.start else 0.0
+        elapsed = time.perf_counter() - self.start if self.start is not None else 0.0
         if elapsed <= 0 or not self.images:
             return {}
         steps = sorted(self.step_seconds)

@@ -102,7 +102,7 @@ def test_one_execution_yields_batches_for_ever(ray_cluster: Any, image_dir: Path
     cfg = stream_cfg(str(image_dir))
     stats = start_stats()
     ds = build_stream(cfg, stats=stats, compute="tasks", actors=1, seed=3)
-    want = 6 * READ_TASKS * CHUNK
+    want = 3 * READ_TASKS * CHUNK
     rows = 0
     batches = iter(ds.iter_torch_batches(batch_size=cfg.train.batch_size, drop_last=True))
     for batch in batches:
@@ -118,7 +118,7 @@ def test_one_execution_yields_batches_for_ever(ray_cluster: Any, image_dir: Path
     snap = wait_for_rows(stats, want)
     assert snap["counts"]["images"] >= want and set(snap["counts"]) == {"images"}
     contents = [tuple(sorted(keys)) for keys in snap["chunks"].values()]
-    assert len(contents) >= 6 * READ_TASKS
+    assert len(contents) >= 3 * READ_TASKS
     assert len(set(contents)) == len(contents)  # every chunk drawn fresh
     all_keys = Counter(k for c in contents for k in c)
     assert set(all_keys) <= {str(p) for p in image_dir.iterdir()}
@@ -193,6 +193,34 @@ def test_ingest_actor_maps_read_rows_to_crop_rows() -> None:
     # A batch in which everything failed still yields well-formed (empty) columns.
     failed = actor({k: v[1:3] for k, v in batch.items()})
     assert failed["crops_32"].shape == (0, 2, 3, 32, 32)
+
+
+def test_task_croppers_report_to_their_own_streams_stats() -> None:
+    """``compute: tasks`` caches one cropper per worker process and config; a process reused
+    by a later stream with the same config must report to that stream's stats actor (this
+    failed once in CI: the second stream's stats stayed empty)."""
+    import numpy as np
+
+    from services.ingest import IngestStats
+    from services.stream import ingest_task
+
+    class LocalStats:  # forwards ``.record.remote(...)`` to a real IngestStats, in-process
+        def __init__(self) -> None:
+            self.inner = IngestStats()
+            self.record = type("R", (), {"remote": staticmethod(self.inner.record)})()
+
+    cfg = stream_cfg("unused")
+    batch = {
+        "key": np.array(["a"], dtype=object),
+        "data": np.array([good_jpeg(seed=1)], dtype=object),
+        "reason": np.array([""], dtype=object),
+        "chunk": np.array([1], dtype=np.int64),
+    }
+    first, second = LocalStats(), LocalStats()
+    ingest_task(batch, cfg, "same-config", first)
+    ingest_task(batch, cfg, "same-config", second)
+    assert first.inner.snapshot()["counts"] == {"images": 1}
+    assert second.inner.snapshot()["counts"] == {"images": 1}
 
 
 def test_ingest_stats_memory_is_bounded() -> None:
