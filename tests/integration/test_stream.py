@@ -161,17 +161,21 @@ def test_ingest_metrics_reach_rays_endpoint(ray_cluster: Any) -> None:
     assert "ray_seer_ingest_fetch_seconds_bucket" in text
 
 
+class LocalStats:
+    """Forwards ``.record.remote(...)`` to a real IngestStats, in-process (no Ray)."""
+
+    def __init__(self) -> None:
+        from services.ingest import IngestStats
+
+        self.inner = IngestStats()
+        self.record = type("R", (), {"remote": staticmethod(self.inner.record)})()
+
+
 def test_ingest_actor_maps_read_rows_to_crop_rows() -> None:
     """The actor's callable without Ray: failed rows are counted and dropped, shapes kept."""
     import numpy as np
 
-    from services.ingest import IngestStats
     from services.stream import IngestActor
-
-    class LocalStats:  # forwards ``.record.remote(...)`` to a real IngestStats, in-process
-        def __init__(self) -> None:
-            self.inner = IngestStats()
-            self.record = type("R", (), {"remote": staticmethod(self.inner.record)})()
 
     stats = LocalStats()
     actor = IngestActor(stream_cfg("unused"), stats)
@@ -201,13 +205,7 @@ def test_task_croppers_report_to_their_own_streams_stats() -> None:
     failed once in CI: the second stream's stats stayed empty)."""
     import numpy as np
 
-    from services.ingest import IngestStats
     from services.stream import ingest_task
-
-    class LocalStats:  # forwards ``.record.remote(...)`` to a real IngestStats, in-process
-        def __init__(self) -> None:
-            self.inner = IngestStats()
-            self.record = type("R", (), {"remote": staticmethod(self.inner.record)})()
 
     cfg = stream_cfg("unused")
     batch = {
