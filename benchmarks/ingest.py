@@ -162,8 +162,8 @@ def upload(endpoint: str, images: list[tuple[str, bytes]]) -> str:
 
 
 def end_to_end(uri: str, endpoint: str | None, actors: list[int], recipe: str, seconds: float,
-               chunk: int, batch: int, compute: str) -> dict[int, dict[str, float]]:
-    """Images/s out of the endless stream with N actors (or N concurrent tasks), for each N.
+               chunk: int, batch: int) -> dict[int, dict[str, float]]:
+    """Images/s out of the endless stream with N ingest actors, for each N.
 
     ``first``: seconds from building the stream to its first batch (actor start-up included);
     ``steady``: images per second after the first batch, over ``seconds``.
@@ -188,7 +188,7 @@ def end_to_end(uri: str, endpoint: str | None, actors: list[int], recipe: str, s
             cfg.feed.endpoint_url = endpoint
             cfg.train.batch_size = batch
             start = time.perf_counter()
-            ds = build_stream(cfg, compute=compute, actors=n)
+            ds = build_stream(cfg, actors=n)
             first = None
             rows = 0
             batches = iter(ds.iter_torch_batches(batch_size=batch, drop_last=False))
@@ -206,7 +206,7 @@ def end_to_end(uri: str, endpoint: str | None, actors: list[int], recipe: str, s
             steady_s = time.perf_counter() - (first or start)
             out[n] = {"first": (first or start) - start,
                       "steady": rows / steady_s if steady_s else 0.0}
-            print(f"  {compute}, {n} worker(s): {out[n]['steady']:.1f} img/s steady, first "
+            print(f"  {n} actor(s): {out[n]['steady']:.1f} img/s steady, first "
                   f"batch after {out[n]['first']:.1f} s", flush=True)
     finally:
         ray.shutdown()
@@ -223,8 +223,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved A/B rounds (per core)")
     ap.add_argument("--batch", type=int, default=16, help="images per ingest batch")
     ap.add_argument("--chunk", type=int, default=32, help="keys a read task draws at a time")
-    ap.add_argument("--compute", nargs="*", default=["actors"], choices=["actors", "tasks"],
-                    help="ingest on an actor pool (default) and/or on tasks")
     ap.add_argument("--actors", type=int, nargs="*", default=[1, 2])
     ap.add_argument("--s3", help="s3://bucket/prefix of an existing bucket (else a local moto)")
     ap.add_argument("--endpoint", help="S3 endpoint URL for --s3")
@@ -260,12 +258,11 @@ def main(argv: list[str] | None = None) -> None:
             server = LocalMoto()
             endpoint = server.endpoint
             uri = upload(endpoint, images)
-        for compute in args.compute:
-            res = end_to_end(uri, endpoint, sorted(set(args.actors)), args.recipe, args.seconds,
-                             args.chunk, args.batch, compute)
-            if 1 in res and 2 in res and res[1]["steady"]:
-                print(f"  {compute}: scaling 1 -> 2: x{res[2]['steady'] / res[1]['steady']:.2f}",
-                      flush=True)
+        res = end_to_end(uri, endpoint, sorted(set(args.actors)), args.recipe, args.seconds,
+                         args.chunk, args.batch)
+        if 1 in res and 2 in res and res[1]["steady"]:
+            print(f"  scaling 1 -> 2 actors: x{res[2]['steady'] / res[1]['steady']:.2f}",
+                  flush=True)
     finally:
         if server is not None:
             server.close()

@@ -156,8 +156,7 @@ def ingest() -> Dashboard:
             Target('max(ray_data_num_alive_actors{operator=~"MapBatches.*"})', "actors alive"),
             Target('max(ray_data_num_tasks_running{operator=~"MapBatches.*"})',
                    "tasks running")],
-            "short", "Ray Data's decode stage: actors (ingest.compute=actors) or tasks "
-            "(ingest.compute=tasks)."),
+            "short", "Ray Data's decode stage: the fixed pool of ingest actors."),
         Panel("Ray Data: exposed loading time", [
             Target("sum(ray_data_iter_total_blocked_seconds) / "
                    "sum(ray_data_iter_total_seconds)", "blocked / iterating"),

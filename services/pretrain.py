@@ -185,7 +185,7 @@ def banner(cfg: SeerConfig, storage: RunStorage, ray_places: RayPlaces | str,
         ing = cfg.ingest
         how = "" if ing.actors else " (auto: from the CPUs Ray has)"
         lines.append(
-            f"  ingest:      {actors} {ing.compute[:-1]}(s) x {ing.cpus_per_actor:g} CPU{how}, "
+            f"  ingest:      {actors} actor(s) x {ing.cpus_per_actor:g} CPU{how}, "
             f"{ing.read_tasks} endless read task(s); blocks {ing.target_max_block_mb} MiB, "
             f"object-store budget {ing.object_store_mb} MiB"
         )

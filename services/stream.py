@@ -9,7 +9,8 @@ pool (``min_size == max_size``: an autoscaling pool churns its actors). Each Tra
 iterates its ``streaming_split`` shard once (``services.trainer.batches``): the actors live as
 long as the run, and there is no pass boundary, hence no per-pass barrier or pool restart.
 
-Why the guard rails (:func:`check_guard_rails`, :func:`execution_options`): Ray Data relaxes
+Why the guard rails (``ingest.target_max_block_mb`` at most 1/32 of ``ingest.object_store_mb``,
+enforced by the config's validation; :func:`execution_options`): Ray Data relaxes
 backpressure for an operator whose task "will complete soon", and an endless read task never
 completes; with 128 MiB blocks the producer out-ran the consumer x70 and spilled 52 GB in ten
 minutes. Small blocks (``ingest.target_max_block_mb``) against an explicit object-store budget
@@ -77,8 +78,6 @@ FETCH_THREADS = 8
 #: Pause after the feed gave up (store down or empty) before drawing again; the feed itself
 #: already waited its retry budget, so this only keeps an empty store from being hammered.
 EMPTY_FEED_PAUSE_S = 1.0
-#: Blocks must be at most this share of the Data object-store budget (DESIGN §5).
-MAX_BLOCK_SHARE = 32
 #: Share of the budget above which an idle crop stage may drain its queued input instead of
 #: Ray Data releasing more output from the endless read tasks (see configure_data_context).
 PRESSURE_FRACTION = 0.8
@@ -273,54 +272,12 @@ class IngestActor:
         return out
 
 
-# Per-process croppers for ``ingest.compute: tasks`` (the fallback): Ray reuses worker
-# processes across tasks, so the cropper is built once per process.
-_TASK_ACTORS: dict[str, IngestActor] = {}
-_TASK_LOCK = threading.Lock()
-
-
-def ingest_task(
-    batch: dict[str, np.ndarray], cfg: SeerConfig, cfg_key: str, stats: Any = None
-) -> dict[str, np.ndarray]:
-    """``map_batches`` function for ``compute="tasks"``: an IngestActor cached per process."""
-    with _TASK_LOCK:
-        actor = _TASK_ACTORS.get(cfg_key)
-        if actor is None:
-            actor = _TASK_ACTORS[cfg_key] = IngestActor(cfg, stats)
-        # This stream's stats actor: a reused worker process may have cropped for another
-        # stream with the same config, and its reports must not go to that one's stats.
-        actor.stats = stats
-    return actor(batch)
-
-
-class GuardRailError(ValueError):
-    """The stream's settings would let the producer run away from the trainers."""
-
-
-def check_guard_rails(cfg: SeerConfig) -> None:
-    """Refuses settings that would let an endless read task out-run the consumer (DESIGN §5).
-
-    Blocks larger than 1/32 of the Data object-store budget defeat Ray Data's backpressure for
-    a task that never completes (seen: x70 over-production, 52 GB spilled in ten minutes).
-    """
-    ing = cfg.ingest
-    limit = ing.object_store_mb // MAX_BLOCK_SHARE
-    if ing.target_max_block_mb > limit:
-        raise GuardRailError(
-            f"ingest.target_max_block_mb: {ing.target_max_block_mb} MiB blocks against "
-            f"ingest.object_store_mb={ing.object_store_mb} would let the endless read tasks "
-            f"out-run the trainers; allowed: 1..{max(limit, 0)} (at most 1/{MAX_BLOCK_SHARE} "
-            "of the budget), or raise ingest.object_store_mb"
-        )
-
-
 def configure_data_context(cfg: SeerConfig, ctx: DataContext | None = None) -> DataContext:
     """Tunes Ray Data for a stream of crops (DESIGN §5); returns the context it changed.
 
     Must run in the process that *builds* the dataset: Ray Train calls the dataset factory in
     its controller, where the driver's DataContext changes do not apply.
     """
-    check_guard_rails(cfg)
     ctx = ctx if ctx is not None else DataContext.get_current()
     # Blocks are coalesced up to this size before anything is emitted; small blocks are also
     # what keeps an endless producer under backpressure.
@@ -356,7 +313,6 @@ def execution_options(cfg: SeerConfig) -> Any:
     """
     from ray.data import ExecutionOptions, ExecutionResources
 
-    check_guard_rails(cfg)
     return ExecutionOptions(
         preserve_order=False,
         resource_limits=ExecutionResources(object_store_memory=cfg.ingest.object_store_mb * MiB),
@@ -390,7 +346,6 @@ def build_stream(
     stats: Any = None,
     seed: int | None = None,
     spec: FeedSpec | None = None,
-    compute: str | None = None,
     max_chunks: int | None = None,
     actors: int | None = None,
 ) -> Dataset:
@@ -399,17 +354,11 @@ def build_stream(
     ``stats``: an :func:`start_stats` actor to report counts and PIDs to (tests, CLI progress).
     ``seed``: reproducible draws (tests); None draws from ``os.urandom``.
     ``spec``: a FeedSpec overriding the one ``cfg.feed`` describes.
-    ``compute``: ``ingest.compute`` unless given: ``"actors"`` (a fixed pool of
-    :func:`pool_size` actors living as long as the execution) or ``"tasks"`` (the fallback:
-    the same work as Ray tasks, at most that many at once, cropper cached per process).
     ``max_chunks``: stop each read task after this many chunks (exact-count tests,
     benchmarks); None: endless. ``actors``: the pool size, when already resolved.
     """
     configure_data_context(cfg)
     ing = cfg.ingest
-    compute = compute or ing.compute
-    if compute not in ("actors", "tasks"):
-        raise ValueError(f"compute must be 'actors' or 'tasks', got {compute!r}")
     size = actors if actors is not None else pool_size(cfg)
     source = EndlessDatasource(
         spec if spec is not None else feed_spec(cfg),
@@ -425,15 +374,6 @@ def build_stream(
         source, override_num_blocks=ing.read_tasks, num_cpus=ing.read_task_cpus
     )
     batch_rows = max(1, min(cfg.train.batch_size, ing.chunk_images))
-    if compute == "tasks":
-        return ds.map_batches(
-            ingest_task,
-            fn_kwargs={"cfg": cfg, "cfg_key": cfg.to_yaml(), "stats": stats},
-            batch_size=batch_rows,
-            batch_format="numpy",
-            compute=ray.data.TaskPoolStrategy(size=size),
-            num_cpus=ing.cpus_per_actor,
-        )
     return ds.map_batches(
         IngestActor,
         fn_constructor_kwargs={"cfg": cfg, "stats": stats},
@@ -451,24 +391,20 @@ class StreamFactory:
 
     cfg: SeerConfig
     seed: int | None = None
-    compute: str | None = None
     actors: int | None = None
     stats: Any = None
 
     def __call__(self) -> Dataset:
         return build_stream(
-            self.cfg, seed=self.seed, compute=self.compute, actors=self.actors, stats=self.stats
+            self.cfg, seed=self.seed, actors=self.actors, stats=self.stats
         )
 
 
 def dataset_factory(
-    cfg: SeerConfig, *, compute: str | None = None, actors: int | None = None, stats: Any = None
+    cfg: SeerConfig, *, actors: int | None = None, stats: Any = None
 ) -> Callable[[], Dataset]:
     """``datasets={"train": dataset_factory(cfg)}``: DataContext is tuned inside the call."""
-    if compute not in (None, "actors", "tasks"):
-        raise ValueError(f"compute must be 'actors' or 'tasks', got {compute!r}")
-    check_guard_rails(cfg)
-    return StreamFactory(cfg, compute=compute, actors=actors, stats=stats)
+    return StreamFactory(cfg, actors=actors, stats=stats)
 
 
 def store_stats() -> dict[str, int]:

@@ -179,11 +179,6 @@ class FeedConfig:
 class IngestConfig:
     """The never-ending ingest stream (services/stream.py; README "Ingest stream")."""
 
-    compute: Literal["actors", "tasks"] = knob(
-        "actors",
-        help="decode + multi-crop in a fixed actor pool living as long as the run (actors), "
-        "or in Ray tasks (tasks: the fallback)",
-    )
     actors: int = knob(
         0, ge=0, help="ingest actors in the pool (0: the CPUs Ray has left after the Train "
         "workers and read tasks, over cpus_per_actor); changing it restarts the stream",

@@ -6,22 +6,17 @@ import os
 import pickle
 import time
 import urllib.request
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from seer_core.config import ConfigError, SeerConfig, config_from_dict
 from services.ingest import feed_spec
 from services.stream import (
     EndlessDatasource,
-    build_stream,
     dataset_factory,
     execution_options,
-    read_stats,
-    start_stats,
 )
 from tests.data.bad_inputs import good_jpeg
 
@@ -59,17 +54,6 @@ def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def wait_for_rows(stats: Any, rows: int, timeout: float = 20.0) -> dict[str, Any]:
-    """The stats snapshot once ``rows`` rows were reported (reports are fire-and-forget)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        snap = read_stats(stats)
-        seen = sum(len(keys) for keys in snap["chunks"].values())
-        if seen >= rows or time.monotonic() > deadline:
-            return snap
-        time.sleep(0.1)
-
-
 def test_read_tasks_draw_fresh_chunks(image_dir: Path) -> None:
     """Each read task draws new chunks for ever; executions differ; a seed reproduces them."""
     cfg = stream_cfg(str(image_dir))
@@ -97,37 +81,8 @@ def test_read_tasks_draw_fresh_chunks(image_dir: Path) -> None:
     assert tables[0].column_names == ["key", "data", "reason", "chunk"]
 
 
-def test_one_execution_yields_batches_for_ever(ray_cluster: Any, image_dir: Path) -> None:
-    """The task fallback: one iterator, far more images than read tasks x chunk."""
-    cfg = stream_cfg(str(image_dir))
-    stats = start_stats()
-    ds = build_stream(cfg, stats=stats, compute="tasks", actors=1, seed=3)
-    want = 3 * READ_TASKS * CHUNK
-    rows = 0
-    batches = iter(ds.iter_torch_batches(batch_size=cfg.train.batch_size, drop_last=True))
-    for batch in batches:
-        assert set(batch) == {"crops_32", "crops_16"}
-        assert batch["crops_32"].shape == (4, 2, 3, 32, 32)
-        assert batch["crops_16"].shape == (4, 2, 3, 16, 16)
-        assert batch["crops_32"].dtype == torch.uint8 == batch["crops_16"].dtype
-        assert int(batch["crops_32"].float().std()) > 0  # real pixels, not zeros
-        rows += 4
-        if rows >= want:
-            break
-    batches.close()  # stops the execution now (actors, read tasks), not at garbage collection
-    snap = wait_for_rows(stats, want)
-    assert snap["counts"]["images"] >= want and set(snap["counts"]) == {"images"}
-    contents = [tuple(sorted(keys)) for keys in snap["chunks"].values()]
-    assert len(contents) >= 3 * READ_TASKS
-    assert len(set(contents)) == len(contents)  # every chunk drawn fresh
-    all_keys = Counter(k for c in contents for k in c)
-    assert set(all_keys) <= {str(p) for p in image_dir.iterdir()}
-
-
 def test_dataset_factory_is_picklable_and_builds(ray_cluster: Any, image_dir: Path) -> None:
     cfg = stream_cfg(str(image_dir), target_max_block_mb=3)
-    with pytest.raises(ValueError, match="compute"):
-        dataset_factory(cfg, compute="threads")
     factory = pickle.loads(pickle.dumps(dataset_factory(cfg)))
     ds = factory()
     from ray.data import DataContext
@@ -197,28 +152,6 @@ def test_ingest_actor_maps_read_rows_to_crop_rows() -> None:
     # A batch in which everything failed still yields well-formed (empty) columns.
     failed = actor({k: v[1:3] for k, v in batch.items()})
     assert failed["crops_32"].shape == (0, 2, 3, 32, 32)
-
-
-def test_task_croppers_report_to_their_own_streams_stats() -> None:
-    """``compute: tasks`` caches one cropper per worker process and config; a process reused
-    by a later stream with the same config must report to that stream's stats actor (this
-    failed once in CI: the second stream's stats stayed empty)."""
-    import numpy as np
-
-    from services.stream import ingest_task
-
-    cfg = stream_cfg("unused")
-    batch = {
-        "key": np.array(["a"], dtype=object),
-        "data": np.array([good_jpeg(seed=1)], dtype=object),
-        "reason": np.array([""], dtype=object),
-        "chunk": np.array([1], dtype=np.int64),
-    }
-    first, second = LocalStats(), LocalStats()
-    ingest_task(batch, cfg, "same-config", first)
-    ingest_task(batch, cfg, "same-config", second)
-    assert first.inner.snapshot()["counts"] == {"images": 1}
-    assert second.inner.snapshot()["counts"] == {"images": 1}
 
 
 def test_ingest_stats_memory_is_bounded() -> None:
