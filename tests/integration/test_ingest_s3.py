@@ -87,7 +87,7 @@ def test_bad_inputs_through_the_stream(
     # The endless read tasks, bounded to 3 chunks each so that counts can be exact: 240 draws
     # over 12 objects (P(one never drawn) < 1e-8), through the actor pool for real.
     chunks = 3
-    ds = build_stream(cfg, stats=stats, compute="actors", max_chunks=chunks, seed=11)
+    ds = build_stream(cfg, stats=stats, max_chunks=chunks, seed=11)
     images = run_bounded(ds, cfg.train.batch_size)
     snap = settled_stats(stats, chunks * READ_TASKS * chunk)
     seen = set(snap["keys"])
