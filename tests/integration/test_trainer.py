@@ -71,24 +71,58 @@ def ckpt_bucket(s3_client: Any) -> str:
 
 def test_checkpoints_retention_and_resume(ray_cluster, s3_server, image_bucket,
                                           ckpt_bucket) -> None:
+    """Rolling checkpoints and resume; the first run also shows the never-ending stream: the
+    same two ingest actor processes serve the 2-worker run (streaming_split) from its first to
+    its last batch, across more than 3x the old pass length (one 24-image window per pass),
+    and nothing of the stream survives the run."""
+    from services.stream import read_stats, start_stats
+
     endpoint = s3_server.endpoint_url
-    cfg = service_config(endpoint, image_bucket, ckpt_bucket, "resume", "train.max_steps=8")
-    first = run_pretraining(cfg, install_signals=False)
-    assert first.step == 8 and first.images_seen == 8 * 4 * 2
+    steps = 10  # x 2 workers x batch 4 = 80 images
+    cfg = service_config(endpoint, image_bucket, ckpt_bucket, "resume", "ingest.actors=2",
+                         "ingest.chunk_images=8", f"train.max_steps={steps}")
+    stats = start_stats()
+    assert_stream_stopped()  # nothing left over from earlier tests
+    during: list[set[int]] = []
+    stop = threading.Event()
+
+    def watch() -> None:  # the stream's processes while the run goes on
+        while not stop.wait(0.5):
+            during.append({p.pid for p in _stream_processes() if "IngestActor" in _cmd(p)})
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        first = run_pretraining(cfg, install_signals=False, ingest_stats=stats)
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+    assert first.step == steps and first.images_seen == steps * 4 * 2
+    snap = read_stats(stats)
+    pids = snap["pids"]
+    seen = set().union(*during)
+    # Exactly the pool's two processes ever existed (no actor restarted or replaced), and
+    # those that cropped are among them (Ray Data may leave one idle when one keeps up).
+    assert len(seen) == 2, during
+    assert pids and set(pids) <= seen, (pids, seen)
+    assert snap["counts"]["images"] >= steps * 4 * 2 > 3 * 24
+    assert_stream_stopped()
+    assert all(not psutil.pid_exists(pid) or psutil.Process(pid).status() ==
+               psutil.STATUS_ZOMBIE for pid in pids)
 
     storage = resolve_storage(cfg.checkpoint.storage, "resume", endpoint)
-    steps = [s for s, _ in storage.list_checkpoints()]
-    assert steps == [6, 8], steps  # every 3 steps + the final one, newest 2 kept
-    meta8 = storage.read_meta(storage.list_checkpoints()[-1][1])
-    assert meta8["step"] == 8
+    kept = [s for s, _ in storage.list_checkpoints()]
+    assert kept == [9, 10], kept  # every 3 steps + the final one, newest 2 kept
+    meta10 = storage.read_meta(storage.list_checkpoints()[-1][1])
+    assert meta10["step"] == 10
 
     second = run_pretraining(service_config(endpoint, image_bucket, ckpt_bucket, "resume",
-                                            "train.max_steps=11"), install_signals=False)
-    assert second.metrics["resumed_step"] == 8
-    assert second.metrics["resumed_lr"] == pytest.approx(meta8["lr"])
+                                            "train.max_steps=13"), install_signals=False)
+    assert second.metrics["resumed_step"] == 10
+    assert second.metrics["resumed_lr"] == pytest.approx(meta10["lr"])
     assert second.metrics["resumed_queue_filled"] == 8  # 16 over 2 workers: full when saved
-    assert second.step == 11 and second.images_seen == 11 * 4 * 2
-    assert [s for s, _ in storage.list_checkpoints()] == [9, 11]
+    assert second.step == 13 and second.images_seen == 13 * 4 * 2
+    assert [s for s, _ in storage.list_checkpoints()] == [12, 13]
 
     newest = storage.list_checkpoints()[-1][1]
     with storage.filesystem.open_input_stream(f"{newest}/state.pt") as handle:
@@ -98,7 +132,7 @@ def test_checkpoints_retention_and_resume(ray_cluster, s3_server, image_bucket,
         saved = load_state(local)
     finally:
         local.unlink()
-    assert saved["step"] == 11 and saved["schedule"]["steps_done"] == 11
+    assert saved["step"] == 13 and saved["schedule"]["steps_done"] == 13
     assert saved["config"]["checkpoint"]["run_name"] == "resume"
 
 
@@ -155,47 +189,6 @@ def assert_stream_stopped(timeout: float = 60.0) -> None:
         time.sleep(0.5)
         left = _stream_processes()
     assert not left, [(p.pid, p.info.get("cmdline")) for p in left]
-
-
-def test_same_ingest_actors_serve_the_whole_run(ray_cluster, s3_server, image_bucket,
-                                                ckpt_bucket) -> None:
-    """One execution for ever: the same two ingest actor processes serve a 2-worker run
-    (streaming_split) from its first to its last batch, across 5x the old pass length (one
-    24-image window per pass), and nothing of the stream survives the run."""
-    from services.stream import read_stats, start_stats
-
-    endpoint = s3_server.endpoint_url
-    steps = 15  # x 2 workers x batch 4 = 120 images
-    cfg = service_config(endpoint, image_bucket, ckpt_bucket, "same-actors", "ingest.actors=2",
-                         "ingest.chunk_images=8", f"train.max_steps={steps}")
-    stats = start_stats()
-    assert_stream_stopped()  # nothing left over from earlier tests
-    during: list[set[int]] = []
-    stop = threading.Event()
-
-    def watch() -> None:  # the stream's processes while the run goes on
-        while not stop.wait(0.5):
-            during.append({p.pid for p in _stream_processes() if "IngestActor" in _cmd(p)})
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        out = run_pretraining(cfg, install_signals=False, ingest_stats=stats)
-    finally:
-        stop.set()
-        watcher.join(timeout=10)
-    assert out.step == steps and out.images_seen == steps * 4 * 2
-    snap = read_stats(stats)
-    pids = snap["pids"]
-    seen = set().union(*during)
-    # Exactly the pool's two processes ever existed (no actor restarted or replaced), and
-    # those that cropped are among them (Ray Data may leave one idle when one keeps up).
-    assert len(seen) == 2, during
-    assert pids and set(pids) <= seen, (pids, seen)
-    assert snap["counts"]["images"] >= steps * 4 * 2 >= 5 * 24
-    assert_stream_stopped()
-    assert all(not psutil.pid_exists(pid) or psutil.Process(pid).status() ==
-               psutil.STATUS_ZOMBIE for pid in pids)
 
 
 def _train_workers() -> list[psutil.Process]:
