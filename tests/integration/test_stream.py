@@ -167,19 +167,13 @@ def test_ingest_stats_memory_is_bounded() -> None:
 
 @pytest.fixture(scope="module")
 def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Photo-sized objects (~100 KB of noise each): a run-away shows in MiB within seconds."""
-    import io
-
-    import numpy as np
-    from PIL import Image
+    """48 photo-like images of 256-1280 px (~140 KB): cropping them is what bounds the actor,
+    as with real photos; with small, quickly cropped images the soak does not show the
+    run-away."""
+    from services.sample_images import generate_sample_images
 
     root = tmp_path_factory.mktemp("stream-photos")
-    rng = np.random.default_rng(7)
-    for i in range(24):
-        pixels = rng.integers(0, 256, size=(160, 200, 3), dtype=np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
-        (root / f"photo_{i:02d}.jpg").write_bytes(buf.getvalue())
+    generate_sample_images(root, 48, seed=7, progress=False)
     return root
 
 
@@ -188,18 +182,17 @@ def test_soak_stays_under_budget_through_a_consumer_stall(photo_dir: Path) -> No
     """The trainers' case, on a 2-CPU Ray of its own (``tests/integration/stream_soak.py``):
     a consumer slower than the producer stops taking batches for half the run (a checkpoint,
     an evaluation), then resumes. The object store stays within the Data budget plus slack at
-    every 0.25 s sample, nothing spills, one actor serves throughout, and the driver's and the
+    every sample, nothing spills, one actor serves throughout, and the driver's and the
     actor's memory stay flat. Without the liveness settings of ``configure_data_context`` this
-    ran away in every try here (past twice the budget at the first sample after the stall:
-    262 MiB against 64). ``SEER_SOAK_S``
-    sets the length (default 60 s)."""
+    ran away in 3 of 3 tries here, within 2 s of the consumer resuming (325-393 MiB against a
+    128 MiB bound). ``SEER_SOAK_S`` sets the length (default 45 s)."""
     import json
     import subprocess
     import sys
 
     from tests.integration.conftest import RAY_ENV
 
-    seconds = float(os.environ.get("SEER_SOAK_S", "60"))
+    seconds = float(os.environ.get("SEER_SOAK_S", "45"))
     proc = subprocess.run(
         [sys.executable, "-m", "tests.integration.stream_soak", str(photo_dir),
          "--seconds", str(seconds)],
@@ -213,7 +206,7 @@ def test_soak_stays_under_budget_through_a_consumer_stall(photo_dir: Path) -> No
     assert not report["over_bound"], report
     assert report["spilled"] == 0
     assert report["images_before"] > 0 and report["images_after"] > 0  # resumed after the stall
-    assert report["samples"] >= 100
+    assert report["samples"] >= 60
     assert len(report["pids"]) == 1  # the same actor all along
     # Flat memory: bounded growth after the warm-up (allocator noise, not a leak).
     assert report["rss_growth_mb"]["driver"] < 150
