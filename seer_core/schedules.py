@@ -170,6 +170,12 @@ class PlateauHalving(Schedule):
         self.hold_steps = hold_steps
         self.min_delta = float(min_delta)
         self.smoothing = float(smoothing)
+        #: ...nor for three time constants of the average after the hold: at its end the
+        #: average still lags a loss that rose through it, so it keeps rising for a while and
+        #: the first best would be a stale, too low value. Both runs of the `local` preset on
+        #: issue 10's stream halved exactly at hold + patience (step 1710) that way, while
+        #: their loss was about to fall. Three time constants leave 5% of the lag.
+        self.settle_steps = math.ceil(3.0 / (1.0 - self.smoothing)) if hold_steps else 0
         self.cooldown = cooldown
         self.min_lr = float(min_lr)
         self.factor = float(factor)
@@ -194,7 +200,7 @@ class PlateauHalving(Schedule):
     def _observe(self, loss: float, in_warmup: bool) -> None:
         self.ema = self.smoothing * self.ema + (1.0 - self.smoothing) * loss
         self.observed += 1
-        if in_warmup or self.steps_done < self.hold_steps:
+        if in_warmup or self.steps_done < self.hold_steps + self.settle_steps:
             return
         smoothed = self.smoothed_loss
         assert smoothed is not None

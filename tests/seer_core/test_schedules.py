@@ -74,6 +74,34 @@ def test_plateau_halves_after_the_plateau_and_never_before() -> None:
     assert all(b in (a, a / 2) for a, b in itertools.pairwise(lrs[100:]))
 
 
+def ramp_then_falling(ramp: int, flat: int, seed: int) -> list[float]:
+    """A loss that rises while an augmentation ramps up (3.5 -> 4.4 over ``ramp`` steps), stays
+    there for ``flat`` steps, then falls slowly as the model learns the harder task."""
+    rng = random.Random(seed)
+    rise = [3.5 + 0.9 * t / ramp for t in range(ramp)]
+    after = [4.4 - 4e-4 * max(0, t - flat) for t in range(2000)]
+    return [x + rng.gauss(0.0, 0.02) for x in rise + after]
+
+
+def test_plateau_after_a_hold_waits_for_the_average_to_catch_up() -> None:
+    """The `local` preset's case: no decision during the colour ramp (hold), and none on the
+    average's lag behind the risen loss just after it: the loss falls once the ramp is over,
+    so the LR must stay. Without the settling time the LR was halved at hold + patience."""
+    kwargs = dict(base_lr=2e-3, warmup_steps=20, patience=200, min_delta=5e-3, cooldown=100,
+                  hold_steps=1500)
+    for seed in range(3):
+        lrs = _lrs(PlateauHalving(**kwargs), ramp_then_falling(1500, 150, seed))
+        cuts = [t for t in range(20, len(lrs)) if lrs[t] < 2e-3]
+        assert not cuts, (seed, cuts[0])
+    settle = PlateauHalving(**kwargs).settle_steps
+    assert settle == 300  # 3 time constants of the 0.99 average
+    # A real plateau after the hold is still cut, once the average has caught up.
+    flat = [4.4 + random.Random(t).gauss(0.0, 0.02) for t in range(1000)]
+    lrs = _lrs(PlateauHalving(**kwargs), [3.5] * 1500 + flat)
+    first_cut = next(t for t in range(20, len(lrs)) if lrs[t] < 2e-3)
+    assert 1500 + settle + 200 <= first_cut < 1500 + settle + 400
+
+
 def test_plateau_keeps_lr_while_the_loss_falls() -> None:
     s = PlateauHalving(base_lr=0.5, warmup_steps=10, patience=50, min_delta=1e-3)
     losses = [5.0 * math.exp(-t / 3000) + random.Random(t).gauss(0, 0.02) for t in range(2000)]
