@@ -395,9 +395,7 @@ class StreamFactory:
     stats: Any = None
 
     def __call__(self) -> Dataset:
-        return build_stream(
-            self.cfg, seed=self.seed, actors=self.actors, stats=self.stats
-        )
+        return build_stream(self.cfg, seed=self.seed, actors=self.actors, stats=self.stats)
 
 
 def dataset_factory(

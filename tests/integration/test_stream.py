@@ -191,8 +191,9 @@ def test_soak_stays_under_budget_through_a_consumer_stall(photo_dir: Path) -> No
     import sys
 
     from tests.integration.conftest import RAY_ENV
+    from tests.integration.stream_soak import soak_seconds
 
-    seconds = float(os.environ.get("SEER_SOAK_S", "45"))
+    seconds = soak_seconds()
     proc = subprocess.run(
         [sys.executable, "-m", "tests.integration.stream_soak", str(photo_dir),
          "--seconds", str(seconds)],
