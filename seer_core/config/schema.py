@@ -262,7 +262,10 @@ class EvalConfig:
     )
     interval_s: float = knob(300.0, gt=0, help="--watch: seconds between polls of the store")
     metrics_port: int = knob(9101, ge=0, le=65535, help="--watch: seer_eval_* gauges (0: off)")
-    metrics_addr: str = knob("0.0.0.0", help="--watch: address the gauges are served on")
+    metrics_addr: str = knob(
+        "127.0.0.1", help="--watch: address the gauges are served on (loopback; a pod that is "
+        "scraped passes 0.0.0.0, as the k8s manifests do)",
+    )
     device: Literal["auto", "cpu", "cuda"] = knob("auto", help="auto: cuda when available")
     torch_threads: int = knob(
         0, ge=0, help="intra-op CPU threads (0: torch default; 1-2 on a node shared with ingest)"

@@ -46,8 +46,9 @@ class EvalGauges:
         self._shown: dict[tuple[str, ...], int] = {}
         self._newest_step = -1
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
-        """Serves /metrics; returns the bound port (port 0 picks a free one)."""
+    def serve(self, port: int, addr: str = "127.0.0.1") -> int:
+        """Serves /metrics; returns the bound port (port 0 picks a free one). Loopback unless
+        told otherwise: all interfaces is a deployment's choice (the k8s manifests make it)."""
         self.server, _ = metrics.serve(port, addr=addr)
         return int(self.server.server_port)
 

@@ -195,3 +195,20 @@ def test_eval_watch_single_pass(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert count == 8  # (knn5, knn20) x (top1, top5) x (checkpoint, random)
     assert main(["eval", *args, "--watch", "--max-polls", "1"]) == 0
     assert len(results.read_text().splitlines()) == count
+
+
+def test_eval_watch_serves_its_gauges_on_loopback_by_default(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A laptop's `seer eval --watch` must not listen on every interface; the manifests pass
+    --metrics-addr=0.0.0.0 where a PodMonitor scrapes the pod."""
+    import socket
+
+    from tests.services.evaluator_helpers import tiny_config, write_checkpoint
+
+    args, data = _eval_args(tmp_path)
+    write_checkpoint(tiny_config(tmp_path / "ckpt", data), 40)
+    with socket.socket() as probe:  # a free port, released before the evaluator binds it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert main(["eval", *args, "--watch", "--max-polls", "1", "--metrics-port", str(port)]) == 0
+    assert f"seer_eval_* gauges on http://127.0.0.1:{port}/metrics" in capsys.readouterr().err

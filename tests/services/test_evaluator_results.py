@@ -141,3 +141,8 @@ def test_progress_rewrites_a_line_on_a_terminal_and_stays_quiet_in_short_logs() 
     chatty(64, 150)
     chatty(150, 150)
     assert log.getvalue().count("\n") == 2 and "\r" not in log.getvalue()
+
+
+def test_gauges_bind_loopback_unless_told_otherwise(gauges: EvalGauges) -> None:
+    gauges.serve(0)
+    assert gauges.server.server_address[0] == "127.0.0.1"
