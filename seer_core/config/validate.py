@@ -188,6 +188,15 @@ def _validate_cross(cfg: SeerConfig) -> None:
             "most 1/32 of the budget), or raise ingest.object_store_mb"
         )
     _validate_eval(cfg)
+    if cfg.model.sync_bn_group_size and cfg.train.num_workers > 1 and not cfg.train.use_gpu:
+        # torch's SyncBatchNorm raises ValueError on CPU tensors in training (torch 2.x: cuda,
+        # xpu, hpu only), so every worker would fail at its first step and the group restart
+        # for ever. A single worker never converts (a world of one): that stays allowed.
+        raise ConfigError(
+            f"model.sync_bn_group_size: {cfg.model.sync_bn_group_size} (SyncBatchNorm) needs "
+            f"GPUs with train.num_workers {cfg.train.num_workers} > 1; with train.use_gpu: "
+            "false set model.sync_bn_group_size: 0, train.num_workers: 1, or train.use_gpu: true"
+        )
     if cfg.train.amp == "fp16" and not cfg.train.use_gpu:
         raise ConfigError("train.amp: 'fp16' needs train.use_gpu: true; allowed on CPU: auto, "
                           "off, bf16")

@@ -159,3 +159,19 @@ def test_eval_bad_values_name_the_key(override: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config("local", [override])
     assert fragment in str(info.value)
+
+
+def test_sync_batchnorm_over_several_cpu_workers_is_a_config_error() -> None:
+    """torch's SyncBatchNorm refuses CPU tensors in training: every worker would fail at its
+    first step. One CPU worker never converts (a world of one), and GPUs are fine."""
+    with pytest.raises(ConfigError) as info:
+        load_config("local", ["model.sync_bn_group_size=64", "train.num_workers=2"])
+    message = str(info.value)
+    for key in ("model.sync_bn_group_size", "train.num_workers", "train.use_gpu"):
+        assert key in message
+    with pytest.raises(ConfigError, match=r"model\.sync_bn_group_size: 1 \(SyncBatchNorm\)"):
+        load_config("local", ["model.sync_bn_group_size=1", "train.num_workers=4"])
+    assert load_config("local", ["model.sync_bn_group_size=64"]).train.num_workers == 1
+    assert load_config("local", ["model.sync_bn_group_size=-1", "train.num_workers=2",
+                                 "train.use_gpu=true"]).model.sync_bn_group_size == -1
+    assert load_config("local", ["train.num_workers=2"]).model.sync_bn_group_size == 0

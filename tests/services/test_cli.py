@@ -212,3 +212,10 @@ def test_eval_watch_serves_its_gauges_on_loopback_by_default(
         port = probe.getsockname()[1]
     assert main(["eval", *args, "--watch", "--max-polls", "1", "--metrics-port", str(port)]) == 0
     assert f"seer_eval_* gauges on http://127.0.0.1:{port}/metrics" in capsys.readouterr().err
+
+
+def test_config_refuses_sync_batchnorm_on_several_cpu_workers(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "--set", "model.sync_bn_group_size=64",
+                 "--set", "train.num_workers=2"]) == 2
+    assert "model.sync_bn_group_size" in capsys.readouterr().err
