@@ -12,6 +12,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from seer_core.config.endpoints import credentials_message, has_credentials
 from seer_core.config.schema import ConfigError, SeerConfig
 
 
@@ -121,6 +122,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
 
 def _validate_cross(cfg: SeerConfig) -> None:
     """Checks that need several keys, or the registries of models and recipes."""
+    _validate_endpoints(cfg)
     from seer_core.augment import RECIPES, resolve_recipe
     from seer_core.models import TRUNK_NAMES
 
@@ -200,6 +202,19 @@ def _validate_cross(cfg: SeerConfig) -> None:
     if cfg.train.amp == "fp16" and not cfg.train.use_gpu:
         raise ConfigError("train.amp: 'fp16' needs train.use_gpu: true; allowed on CPU: auto, "
                           "off, bf16")
+
+
+def _validate_endpoints(cfg: Any, prefix: str = "") -> None:
+    """Every `*endpoint_url` key, in every section (one found by name, so a key added later is
+    covered): no credentials in it (seer_core.config.endpoints says why)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _validate_endpoints(value, f"{key}.")
+        elif f.name.endswith("endpoint_url") and isinstance(value, str) and has_credentials(
+                value):
+            raise ConfigError(credentials_message(key))
 
 
 def _validate_eval(cfg: SeerConfig) -> None:

@@ -175,3 +175,41 @@ def test_sync_batchnorm_over_several_cpu_workers_is_a_config_error() -> None:
     assert load_config("local", ["model.sync_bn_group_size=-1", "train.num_workers=2",
                                  "train.use_gpu=true"]).model.sync_bn_group_size == -1
     assert load_config("local", ["train.num_workers=2"]).model.sync_bn_group_size == 0
+
+
+def _endpoint_keys() -> list[str]:
+    """Every `*endpoint_url` key of the schema: a key added later is covered by the test."""
+    import dataclasses
+
+    cfg = SeerConfig()
+    return [f"{section.name}.{f.name}" for section in dataclasses.fields(cfg)
+            for f in dataclasses.fields(getattr(cfg, section.name))
+            if f.name.endswith("endpoint_url")]
+
+
+def test_every_endpoint_key_is_known() -> None:
+    assert {"feed.endpoint_url", "checkpoint.endpoint_url", "eval.endpoint_url"} <= set(
+        _endpoint_keys())
+
+
+@pytest.mark.parametrize("key", _endpoint_keys())
+@pytest.mark.parametrize("url", ["http://AKIAXXX:s3cr3tpw@127.0.0.1:9000",
+                                 "https://AKIAXXX@minio.example:9000/",
+                                 "AKIAXXX:s3cr3tpw@127.0.0.1:9000"])
+def test_endpoint_with_credentials_is_refused_without_echoing_them(key: str, url: str) -> None:
+    """A user:password@ endpoint would land in every state.pt, Ray's train config and
+    `seer config` output: refused at validation, and the message never repeats it."""
+    with pytest.raises(ConfigError) as info:
+        load_config("local", [f"{key}={url}"])
+    message = str(info.value)
+    assert message.startswith(f"{key}: must not carry credentials")
+    assert "AKIAXXX" not in message and "s3cr3tpw" not in message
+    with pytest.raises(ConfigError):  # a checkpoint's stored config is validated alike
+        config_from_dict({key.split(".")[0]: {key.split(".")[1]: url}})
+
+
+def test_endpoint_without_credentials_is_fine() -> None:
+    cfg = load_config("local", ["checkpoint.endpoint_url=http://127.0.0.1:9000",
+                                "feed.endpoint_url=https://s3.example/path@not-userinfo",
+                                "eval.endpoint_url=127.0.0.1:9000"])
+    assert cfg.checkpoint.endpoint_url == "http://127.0.0.1:9000"

@@ -219,3 +219,12 @@ def test_config_refuses_sync_batchnorm_on_several_cpu_workers(
     assert main(["config", "--set", "model.sync_bn_group_size=64",
                  "--set", "train.num_workers=2"]) == 2
     assert "model.sync_bn_group_size" in capsys.readouterr().err
+
+
+def test_config_refuses_an_endpoint_with_credentials_without_printing_them(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "--set", "checkpoint.endpoint_url=http://AKIAXXX:s3cr3tpw@minio:9000"
+                 ]) == 2
+    out, err = capsys.readouterr()
+    assert "checkpoint.endpoint_url: must not carry credentials" in err
+    assert "s3cr3tpw" not in out + err and "AKIAXXX" not in out + err
