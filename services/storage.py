@@ -36,28 +36,18 @@ from seer_core.checkpoint import (
     parse_json,
     parse_step_dir,
 )
+from services.s3_endpoint import s3_endpoint
 
 __all__ = ["META_FILE", "RAY_SNAPSHOT_FILE", "RunStorage", "StepFolder", "resolve_storage",
            "s3_endpoint"]
 
 log = logging.getLogger("seer.storage")
-ENDPOINT_ENV = ("SEER_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 #: Ray Train's record of the checkpoints it tracks, in the run folder (Ray 2.60:
 #: `CHECKPOINT_MANAGER_SNAPSHOT_FILENAME`). Ray refuses to restore a run whose snapshot names a
 #: checkpoint folder that no longer exists, so pruning never touches those.
 RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 _STEP_NAME = re.compile(r"step_\d+")
 _LISTING_ATTEMPTS = 3
-
-
-def s3_endpoint(configured: str | None) -> str | None:
-    """The configured endpoint, else the first endpoint variable set in the environment."""
-    if configured:
-        return configured
-    for name in ENDPOINT_ENV:
-        if os.environ.get(name):
-            return os.environ[name]
-    return None
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,14 @@ Design constraints that shape this module:
 from __future__ import annotations
 
 import logging
-import os
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
+
+from seer_core.config.endpoints import credentials_message, has_credentials
+from services.s3_endpoint import s3_endpoint
 
 logger = logging.getLogger("seer.feed")
 
@@ -107,14 +109,14 @@ class FeedSpec:
 
     ``kind="auto"`` picks: a URI whose path ends in ``.parquet``/``.txt``/``.csv`` is a manifest
     (local or ``s3://``), another ``s3://`` URI is a bucket prefix, anything else a directory.
-    ``endpoint_url`` falls back to ``$AWS_ENDPOINT_URL`` then ``$SEER_S3_ENDPOINT_URL`` at open
-    time (in the process that opens). Credentials are never part of a spec: boto3's standard chain
-    supplies them. ``seed`` fixes the refresher's randomness (tests); leave it None in production
-    so processes do not all list the same key ranges. ``idle_stop_s``: a feed not sampled or
-    fetched from for that long stops its background listing until its next sample (keeping its
-    pool), so a process that no longer reads does not list the store for ever; long enough by
-    default (15 min) that a stream between two passes, or waiting on a checkpoint, never pays
-    for a stale pool.
+    ``endpoint_url`` falls back to the environment at open time (in the process that opens), in the
+    order every seer S3 client uses (``services.s3_endpoint``). Credentials are never part of a
+    spec: boto3's standard chain supplies them. ``seed`` fixes the refresher's randomness (tests);
+    leave it None in production so processes do not all list the same key ranges. ``idle_stop_s``: a
+    feed not sampled or fetched from for that long stops its background listing until its next
+    sample (keeping its pool), so a process that no longer reads does not list the store for ever;
+    long enough by default (15 min) that a stream between two passes, or waiting on a checkpoint,
+    never pays for a stale pool.
     """
 
     uri: str
@@ -153,9 +155,7 @@ class FeedSpec:
             _require(isinstance(self.endpoint_url, str) and self.endpoint_url.startswith(
                 ("http://", "https://")), "endpoint_url: must be an http:// or https:// URL")
             # Never echo the value: a URL with user:password@ is exactly what must not leak.
-            _require("@" not in (urlsplit(self.endpoint_url).netloc or ""),
-                     "endpoint_url: must not carry credentials (user:password@); "
-                     "credentials come from the AWS credential chain only")
+            _require(not has_credentials(self.endpoint_url), credentials_message("endpoint_url"))
         _require(isinstance(self.pool_size, int) and not isinstance(self.pool_size, bool)
                  and self.pool_size >= 1, f"pool_size: must be an int >= 1, got {self.pool_size!r}")
         for name in ("refresh_seconds", "fetch_timeout_s", "idle_stop_s"):
@@ -187,13 +187,9 @@ class FeedSpec:
         return "directory"
 
     def resolved_endpoint(self) -> str | None:
-        """The endpoint to use in this process: the spec's, else the environment's."""
-        return (
-            self.endpoint_url
-            or os.environ.get("AWS_ENDPOINT_URL")
-            or os.environ.get("SEER_S3_ENDPOINT_URL")
-            or None
-        )
+        """The endpoint to use in this process: the spec's, else the environment's (the one
+        resolver of every seer S3 client, so images and checkpoints go to the same store)."""
+        return s3_endpoint(self.endpoint_url)
 
     def accepts(self, name: str) -> bool:
         """Whether a key or path has one of the wanted extensions (any, when none are set)."""

@@ -1,10 +1,10 @@
 """Reading a labelled set's files: a local folder, or an S3 bucket through boto3.
 
 The S3 client follows the feed's rules (services.feed.s3): the endpoint is resolved by
-``services.storage.s3_endpoint`` (flag, else the environment), credentials come only from boto3's
-standard chain (unsigned requests when there are none, for public buckets), botocore's own retries
-are turned down so that our bounded policy with full jitter governs every call, and messages carry
-S3 error codes, never URLs with signatures or keys.
+``services.s3_endpoint`` (flag, else the environment) like every seer S3 client's, credentials come
+only from boto3's standard chain (unsigned requests when there are none, for public buckets),
+botocore's own retries are turned down so that our bounded policy with full jitter governs every
+call, and messages carry S3 error codes, never URLs with signatures or keys.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from services.feed.retry import (
 )
 from services.feed.s3 import make_s3_client, parse_s3_uri
 from services.labelled.base import LabelledDataError, is_hidden, logger
-from services.storage import s3_endpoint
+from services.s3_endpoint import s3_endpoint
 
 #: Objects larger than this are skipped as "too_large" before their bytes are read: no photo in
 #: a labelled set is this big, and a mislabelled archive must not land in memory.
@@ -95,17 +95,14 @@ class S3Store:
     """One lazily built, thread-safe boto3 client and the retry policy around every call."""
 
     def __init__(self, endpoint_url: str | None, policy: RetryPolicy | None = None) -> None:
-        self.endpoint = s3_endpoint(endpoint_url)
+        try:  # refuses a user:password@ URL, naming where it came from, never the value
+            self.endpoint = s3_endpoint(endpoint_url)
+        except ValueError as exc:
+            raise LabelledDataError(str(exc)) from None
         if self.endpoint is not None:
             ep = urlsplit(self.endpoint)
             if ep.scheme not in ("http", "https") or not ep.netloc:
                 raise LabelledDataError("endpoint_url: must be an http:// or https:// URL")
-            # Never echo the value: a user:password@ URL is exactly what must not leak.
-            if "@" in ep.netloc:
-                raise LabelledDataError(
-                    "endpoint_url: must not carry credentials (user:password@); credentials "
-                    "come from the environment or the AWS credential chain only"
-                )
         self.policy = policy or RetryPolicy(max_attempts=6, budget_s=60.0)
         self._rng = random.Random()  # retry jitter only: must not be seeded alike everywhere
         self._client: Any = None

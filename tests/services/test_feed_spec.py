@@ -80,11 +80,15 @@ def test_extensions_are_normalised() -> None:
 
 
 def test_endpoint_falls_back_to_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setenv("SEER_S3_ENDPOINT_URL", "http://127.0.0.1:1")
-    assert FeedSpec("s3://b/p").resolved_endpoint() == "http://127.0.0.1:1"
+    """The order of every seer S3 client (tests/services/test_s3_endpoint.py has them all)."""
+    for name in ("SEER_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:2")
     assert FeedSpec("s3://b/p").resolved_endpoint() == "http://127.0.0.1:2"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:4")
+    assert FeedSpec("s3://b/p").resolved_endpoint() == "http://127.0.0.1:4"
+    monkeypatch.setenv("SEER_S3_ENDPOINT_URL", "http://127.0.0.1:1")
+    assert FeedSpec("s3://b/p").resolved_endpoint() == "http://127.0.0.1:1"
     spec = FeedSpec("s3://b/p", endpoint_url="http://127.0.0.1:3")
     assert spec.resolved_endpoint() == "http://127.0.0.1:3"
 
