@@ -26,13 +26,15 @@ it with decode failures, so every failure is counted exactly once and never reac
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import inspect
 import logging
 import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -272,36 +274,89 @@ class IngestActor:
         return out
 
 
+class RayDataSettingError(RuntimeError):
+    """A Ray Data setting the stream relies on does not exist in the installed Ray.
+
+    The guard rails are plain assignments: after a rename in a Ray upgrade, assigning the old
+    name would create a new attribute that nothing reads, and the run-away (52 GB spilled in
+    ten minutes) would come back without a word. So every name is checked first.
+    """
+
+
 def configure_data_context(cfg: SeerConfig, ctx: DataContext | None = None) -> DataContext:
     """Tunes Ray Data for a stream of crops (DESIGN §5); returns the context it changed.
 
     Must run in the process that *builds* the dataset: Ray Train calls the dataset factory in
     its controller, where the driver's DataContext changes do not apply.
+
+    Raises:
+        RayDataSettingError: a field below does not exist in this Ray (checked before any is
+            set, so the context is left as it was).
     """
     ctx = ctx if ctx is not None else DataContext.get_current()
-    # Blocks are coalesced up to this size before anything is emitted; small blocks are also
-    # what keeps an endless producer under backpressure.
-    ctx.target_max_block_size = cfg.ingest.target_max_block_mb * MiB
-    # The budget, also for a dataset iterated outside Ray Train (benchmarks, tests, tools):
-    # without it Ray Data budgets a share of the whole object store (GBs) for one stream.
-    ctx.execution_options = execution_options(cfg)
-    # Liveness without run-away. When the trainers stop taking batches (a checkpoint, an eval,
-    # a slow step), the crop stage's budget fills and it idles with queued input; Ray Data's
-    # liveness guard then reads one more block from its producer on *every* scheduling loop,
-    # which lets a read task that "completes soon" finish. An endless read task never does: in
-    # a 60 s consumer stall the stream went from 64 MiB to 600+ MiB in seconds and spilled GBs
-    # (issue 10). With a pressure fraction set, an idle stage with queued input may run one
-    # task above its budget instead, so the guard no longer releases the producer.
-    ctx.object_store_memory_pressure_fraction = PRESSURE_FRACTION
-    # The downstream-capacity policy measures the trainers' appetite by the bytes they hold
-    # (one prefetched batch); with the allowance above it blocks the crop stage's input while
-    # the producer waits on the crop stage: a dead-lock seen within 20 s. The object-store
-    # budget alone bounds the stream.
-    ctx.downstream_capacity_backpressure_ratio = None
-    # One execution runs for weeks: no progress bars or banners.
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
+    settings: dict[str, Any] = {
+        # Blocks are coalesced up to this size before anything is emitted; small blocks are
+        # also what keeps an endless producer under backpressure.
+        "target_max_block_size": cfg.ingest.target_max_block_mb * MiB,
+        # The budget, also for a dataset iterated outside Ray Train (benchmarks, tests, tools):
+        # without it Ray Data budgets a share of the whole object store (GBs) for one stream.
+        "execution_options": execution_options(cfg),
+        # Liveness without run-away. When the trainers stop taking batches (a checkpoint, an
+        # eval, a slow step), the crop stage's budget fills and it idles with queued input; Ray
+        # Data's liveness guard then reads one more block from its producer on *every*
+        # scheduling loop, which lets a read task that "completes soon" finish. An endless read
+        # task never does: in a 60 s consumer stall the stream went from 64 MiB to 600+ MiB in
+        # seconds and spilled GBs (issue 10). With a pressure fraction set, an idle stage with
+        # queued input may run one task above its budget instead, so the guard no longer
+        # releases the producer.
+        "object_store_memory_pressure_fraction": PRESSURE_FRACTION,
+        # The downstream-capacity policy measures the trainers' appetite by the bytes they hold
+        # (one prefetched batch); with the allowance above it blocks the crop stage's input
+        # while the producer waits on the crop stage: a dead-lock seen within 20 s. The
+        # object-store budget alone bounds the stream.
+        "downstream_capacity_backpressure_ratio": None,
+        # One execution runs for weeks: no progress bars or banners.
+        "enable_progress_bars": False,
+        "print_on_execution_start": False,
+    }
+    _require_fields(ctx, settings, "ray.data.DataContext")
+    for name, value in settings.items():
+        setattr(ctx, name, value)
     return ctx
+
+
+def _require_fields(obj: Any, names: Iterable[str], what: str) -> None:
+    """Raises :class:`RayDataSettingError` unless ``obj`` already has every field in ``names``.
+
+    A dataclass (DataContext is one) is asked for its declared fields, not ``hasattr``: an
+    attribute an earlier wrong assignment created must not pass for a field.
+    """
+    if dataclasses.is_dataclass(obj):
+        known = {f.name for f in dataclasses.fields(obj)}
+        missing = [n for n in names if n not in known]
+    else:
+        missing = [n for n in names if not hasattr(obj, n)]
+    if missing:
+        raise RayDataSettingError(_missing_message(what, missing))
+
+
+def _require_parameters(factory: Callable[..., Any], names: Iterable[str], what: str) -> None:
+    """Like :func:`_require_fields`, for keyword arguments of a constructor."""
+    params = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return  # takes any keyword: the constructor itself is the judge
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise RayDataSettingError(_missing_message(what, missing))
+
+
+def _missing_message(what: str, missing: list[str]) -> str:
+    return (
+        f"Ray {ray.__version__}: {what} has no {', '.join(missing)}; the ingest stream's guard "
+        "rails against run-away and spilling (DESIGN §5) depend on it. Find its new name in "
+        "this Ray's release notes and update services/stream.py, or install the Ray version "
+        "pinned in pyproject.toml"
+    )
 
 
 def execution_options(cfg: SeerConfig) -> Any:
@@ -309,14 +364,17 @@ def execution_options(cfg: SeerConfig) -> Any:
 
     An explicit object-store budget (``ingest.object_store_mb``) bounds what the producer may
     hold ahead of the trainers. Order does not matter in a random stream; not preserving it
-    lets fast actors run ahead.
+    lets fast actors run ahead. Raises :class:`RayDataSettingError` if this Ray spells an
+    option differently.
     """
     from ray.data import ExecutionOptions, ExecutionResources
 
-    return ExecutionOptions(
-        preserve_order=False,
-        resource_limits=ExecutionResources(object_store_memory=cfg.ingest.object_store_mb * MiB),
-    )
+    resources = {"object_store_memory": cfg.ingest.object_store_mb * MiB}
+    options = {"preserve_order": False}
+    _require_parameters(ExecutionResources, resources, "ray.data.ExecutionResources")
+    _require_parameters(ExecutionOptions, [*options, "resource_limits"],
+                        "ray.data.ExecutionOptions")
+    return ExecutionOptions(resource_limits=ExecutionResources(**resources), **options)
 
 
 def pool_size(cfg: SeerConfig, cluster_cpus: float | None = None) -> int:

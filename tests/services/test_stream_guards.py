@@ -1,0 +1,66 @@
+"""The stream's guard rails hold by construction (services.stream; no Ray started here).
+
+- Ray Data settings are checked, not assumed: a field a Ray upgrade renamed must stop the
+  run at start, not become a new attribute nobody reads (the 52 GB spill of issue 10 came back
+  that way in principle: the guard rails are plain assignments).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+from ray.data import DataContext
+
+from seer_core.config import load_config
+from services import stream
+
+
+def _cfg() -> Any:
+    return load_config("local", ["train.batch_size=2"])
+
+
+@dataclasses.dataclass
+class _RenamedContext:
+    """A DataContext as a future Ray might have it: one guard-rail field renamed."""
+
+    target_max_block_size: int | None = 128 * 1024 * 1024
+    execution_options: Any = None
+    object_store_pressure_fraction: float | None = None  # renamed: "..._memory_pressure_..."
+    downstream_capacity_backpressure_ratio: float | None = 10.0
+    enable_progress_bars: bool = True
+    print_on_execution_start: bool = True
+
+
+def test_a_renamed_data_context_field_fails_at_start() -> None:
+    ctx = _RenamedContext()
+    with pytest.raises(stream.RayDataSettingError, match="object_store_memory_pressure_fraction"):
+        stream.configure_data_context(_cfg(), ctx)  # type: ignore[arg-type]
+    # Checked before anything is set: a half-tuned context is never left behind.
+    assert ctx.target_max_block_size == 128 * 1024 * 1024
+    assert "object_store_memory_pressure_fraction" not in vars(ctx)
+
+
+def test_the_real_data_context_takes_every_setting() -> None:
+    cfg = _cfg()
+    ctx = stream.configure_data_context(cfg, DataContext())
+    assert ctx.target_max_block_size == cfg.ingest.target_max_block_mb * stream.MiB
+    assert ctx.object_store_memory_pressure_fraction == stream.PRESSURE_FRACTION
+    assert ctx.downstream_capacity_backpressure_ratio is None
+    limits = ctx.execution_options.resource_limits
+    assert limits.object_store_memory == cfg.ingest.object_store_mb * stream.MiB
+
+
+def test_a_renamed_execution_option_fails_with_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ray.data
+
+    class RenamedResources:  # ExecutionResources as a future Ray might spell it
+        def __init__(self, cpu: float | None = None, object_store_bytes: int | None = None):
+            self.cpu, self.object_store_bytes = cpu, object_store_bytes
+
+    monkeypatch.setattr(ray.data, "ExecutionResources", RenamedResources)
+    with pytest.raises(stream.RayDataSettingError, match="object_store_memory"):
+        stream.execution_options(_cfg())
