@@ -488,8 +488,11 @@ def spilled_bytes() -> int:
 class SpillWatch:
     """Exports ``seer_ingest_spilled_bytes`` and warns once spilling starts (guard rail).
 
-    Called from a Train worker's batch loop; polls at most every ``interval_s`` seconds
-    (the query walks every node's store stats).
+    Runs on a thread of its own (:meth:`start`, :meth:`stop`), never on a trainer's step path:
+    the query walks every node's store stats through the GCS with a 10 s timeout, and a step
+    that waited for it would hold every other rank in the next collective. The alert itself
+    (``RayObjectStoreSpilling``) reads Ray's own ``ray_object_store_memory{Location="SPILLED"}``;
+    this adds the log line a user sees and the dashboard's "seen by the stream" series.
     """
 
     def __init__(self, interval_s: float = 30.0, probe: Callable[[], int] = spilled_bytes) -> None:
@@ -499,13 +502,29 @@ class SpillWatch:
             "seer_ingest_spilled_bytes", "bytes Ray has spilled to disk (should stay 0)"
         )
         self.last = 0
-        self._next = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def poll(self, now: float | None = None) -> int:
-        now = time.monotonic() if now is None else now
-        if now < self._next:
-            return self.last
-        self._next = now + self.interval_s
+    def start(self) -> SpillWatch:
+        """Polls every ``interval_s`` on a daemon thread until :meth:`stop`; returns self."""
+        self._thread = threading.Thread(target=self._run, name="seer-spill-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Asks the thread to end; does not wait for a query in flight (it ends on its own)."""
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll()
+            except Exception as exc:  # a metric must never take the stream down
+                _log.warning("spill-watch", "spill watch failed: %r", exc)
+            self._stop.wait(self.interval_s)
+
+    def poll(self) -> int:
+        """One query: sets the gauge, warns when the spilled bytes grew; returns them."""
         spilled = self.probe()
         self.gauge.set(spilled)
         if spilled > self.last:

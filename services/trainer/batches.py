@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -38,7 +39,8 @@ def stream_batches(cfg: SeerConfig, recipe: MultiCropRecipe) -> Iterator[dict[st
 
     The iterator is one Ray Data execution for the whole run: the ingest actors live as long as
     it does. It is rebuilt only after an error (or if it ever ended); a worker-group restart
-    builds a new one anyway. Rank 0 also watches spilling (``seer_ingest_spilled_bytes``).
+    builds a new one anyway. Rank 0 also watches spilling (``seer_ingest_spilled_bytes``), on a
+    thread of its own that ends with this iterator: never on the step path.
     """
     import ray.train
 
@@ -46,7 +48,15 @@ def stream_batches(cfg: SeerConfig, recipe: MultiCropRecipe) -> Iterator[dict[st
 
     shard = ray.train.get_dataset_shard("train")
     keys = set(recipe.keys)
-    watch = SpillWatch() if ray.train.get_context().get_world_rank() == 0 else None
+    watch = SpillWatch().start() if ray.train.get_context().get_world_rank() == 0 else None
+    try:
+        yield from _rebuilding(shard, cfg, keys)
+    finally:
+        if watch is not None:
+            watch.stop()
+
+
+def _rebuilding(shard: Any, cfg: SeerConfig, keys: set[str]) -> Iterator[dict[str, torch.Tensor]]:
     rebuilds = 0
     while True:
         try:
@@ -56,8 +66,6 @@ def stream_batches(cfg: SeerConfig, recipe: MultiCropRecipe) -> Iterator[dict[st
                 prefetch_batches=cfg.ingest.prefetch_batches,
             ):
                 rebuilds = 0
-                if watch is not None:
-                    watch.poll()
                 yield {k: v for k, v in batch.items() if k in keys}
             log.error("the ingest stream ended, which it never should; rebuilding it")
         except Exception as exc:

@@ -3,11 +3,16 @@
 - Ray Data settings are checked, not assumed: a field a Ray upgrade renamed must stop the
   run at start, not become a new attribute nobody reads (the 52 GB spill of issue 10 came back
   that way in principle: the guard rails are plain assignments).
+- The spill watch never runs on a trainer's step path: its query is a cluster-wide RPC with a
+  10 s timeout.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -64,3 +69,53 @@ def test_a_renamed_execution_option_fails_with_a_clear_error(
     monkeypatch.setattr(ray.data, "ExecutionResources", RenamedResources)
     with pytest.raises(stream.RayDataSettingError, match="object_store_memory"):
         stream.execution_options(_cfg())
+
+
+class _Shard:
+    """A dataset shard that hands out batches as fast as they are asked for."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def iter_torch_batches(self, **_: Any) -> Iterator[dict[str, Any]]:
+        import torch
+
+        while True:
+            self.batches += 1
+            yield {"g": torch.zeros(2, 1), "chunk": torch.zeros(2)}
+
+
+class _Context:
+    def get_world_rank(self) -> int:
+        return 0  # rank 0: the rank that watches spilling
+
+
+def test_a_slow_spill_query_never_delays_a_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 0's batches do not wait for the spill query (here a 5 s hang, as when the GCS is
+    slow: the real query has a 10 s timeout); the query runs beside them, and stops with the
+    iterator."""
+    import ray.train
+
+    from services.trainer.batches import stream_batches
+
+    queried = threading.Event()
+
+    def hanging_store_stats() -> dict[str, int]:
+        queried.set()
+        time.sleep(5.0)
+        return {"used": 0, "spilled": 0}
+
+    shard = _Shard()
+    monkeypatch.setattr(stream, "store_stats", hanging_store_stats)
+    monkeypatch.setattr(ray.train, "get_dataset_shard", lambda name: shard)
+    monkeypatch.setattr(ray.train, "get_context", lambda: _Context())
+    recipe = type("Recipe", (), {"keys": ("g",)})()
+
+    start = time.monotonic()
+    batches = stream_batches(_cfg(), recipe)  # type: ignore[arg-type]
+    taken = [next(batches) for _ in range(50)]
+    elapsed = time.monotonic() - start
+    batches.close()
+    assert [set(b) for b in taken] == [{"g"}] * 50
+    assert elapsed < 2.0, f"50 batches took {elapsed:.1f} s: the spill query is on the step path"
+    assert queried.wait(5.0), "the spill watch never queried"
