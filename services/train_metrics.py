@@ -50,7 +50,9 @@ class TrainMetrics:
             tag_keys,
         )
         self.skipped = counter(
-            "seer_train_skipped_steps_total", "steps skipped for a non-finite loss", tag_keys
+            "seer_train_skipped_steps_total",
+            "steps without an update: a non-finite loss, or fp16 gradients the grad scaler "
+            "found inf/NaN (the loss scale dropped)", tag_keys,
         )
         self.step_seconds = histogram(
             "seer_train_step_seconds", "wall time of one train step", STEP_SECONDS_BUCKETS,
@@ -81,6 +83,11 @@ class TrainMetrics:
         self.collapse = gauge(
             "seer_train_collapse_suspected_ratio", "1 when collapse is suspected", tag_keys
         )
+        self.loss_scale = gauge(
+            "seer_train_loss_scale",
+            "fp16 grad scaler's loss scale (halved at each overflow skip); absent without fp16",
+            tag_keys,
+        )
 
     def checkpointed(self, step: int) -> None:
         self.checkpoint_step.set(step, self.tags)
@@ -99,6 +106,8 @@ class TrainMetrics:
         self.step.set(result.step, tags)
         self.step_seconds.observe(result.seconds, tags)
         self.data_wait.observe(data_wait, tags)
+        if result.loss_scale is not None:
+            self.loss_scale.set(result.loss_scale, tags)
         if result.skipped:
             self.skipped.inc(1, tags)
             return

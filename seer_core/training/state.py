@@ -142,6 +142,11 @@ class StepResult:
     usage_entropy: float
     seconds: float
     loss_seconds: float
+    #: The grad scaler found inf/NaN gradients and skipped the update (the loss was finite);
+    #: `skipped` is then True as well.
+    overflow: bool = False
+    #: The grad scaler's loss scale after the step (None without a scaler: no fp16).
+    loss_scale: float | None = None
 
 
 def build_train_state(

@@ -11,7 +11,20 @@ has been found finite, the BatchNorm running statistics the forward already upda
 and the optimizer, the grad scaler and the LR schedule are not touched at all (the schedule counts
 optimizer updates, and a skip is none). Only `step` and `images_seen` advance: they count batches
 consumed from the stream. The prototypes' L2 normalisation before the forward does survive, but
-it is idempotent and every step starts with it, so the next step computes the same thing."""
+it is idempotent and every step starts with it, so the next step computes the same thing.
+
+Under fp16 the grad scaler skips updates of its own (issue 17): a finite loss whose scaled
+gradients overflow. `scaler.step` then leaves the parameters and the momentum alone and
+`update` halves the scale, and nothing else may treat the step as an update either: the LR
+schedule and its plateau observer do not advance (they count updates), the bad-step count is
+not reset (no good step happened) and the step is reported `skipped` (with `overflow`), so its
+images are not counted as trained. It is not a bad step either: halving the scale until the
+gradients fit is the scaler's normal work (the first steps of an fp16 run, then one now and
+then once the scale has grown back), and feeding it to `train.max_bad_steps` would roll healthy
+runs back. Only a skip that leaves the scale below `MIN_LOSS_SCALE`, where no scale makes the
+gradients fit, counts as a bad step, so a run whose gradients are inf/NaN in themselves still
+rolls back instead of stalling for ever while the scale slides to zero. The queue push and the
+BatchNorm statistics of such a step stay: the loss was finite, so they are sound."""
 
 from __future__ import annotations
 
@@ -40,6 +53,13 @@ from seer_core.training.state import (
     rank_and_world,
     unwrap,
 )
+
+#: A grad-scaler skip that leaves the loss scale below this counts as a bad step. At 2**-24
+#: (float16's smallest subnormal) every float16 gradient under 1 underflows to zero: gradients
+#: that still overflow are inf/NaN in themselves, and no further halving can help. A healthy
+#: run never gets near it (its scale stays within a few powers of two of 2**16); from the
+#: default 2**16 it takes 41 skips with no update in between.
+MIN_LOSS_SCALE = 2.0**-24
 
 
 def prepare_inputs(state: TrainState, batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -124,6 +144,8 @@ def train_step(state: TrainState, batch: Mapping[str, torch.Tensor]) -> StepResu
         dist.all_reduce(stats)
     mean_loss = float(stats[0]) / world
     skipped = bool(stats[1] > 0)
+    overflow = False
+    loss_scale = state.scaler.get_scale() if state.scaler is not None else None
 
     if skipped:
         # Undo what the forward already did; the queue, optimizer, scaler and schedule were
@@ -133,7 +155,6 @@ def train_step(state: TrainState, batch: Mapping[str, torch.Tensor]) -> StepResu
         state.bad_steps += 1
         lr = state.schedule.lr
     else:
-        state.bad_steps = 0
         # Only now, when no rank saw a non-finite loss: a NaN row would poison every step
         # until it aged out of the queue (and be saved by a checkpoint meanwhile).
         if state.queue is not None:
@@ -144,12 +165,18 @@ def train_step(state: TrainState, batch: Mapping[str, torch.Tensor]) -> StepResu
             loss.backward()
         cancel_prototype_gradients(prototypes, state.step, cfg.swav.freeze_prototypes_steps)
         if state.scaler is not None:
-            state.scaler.step(state.optimizer)
-            state.scaler.update()
+            overflow, loss_scale = scaler_step(state.scaler, state.optimizer)
         else:
             state.optimizer.step()
         state.optimizer.zero_grad(set_to_none=True)
-        lr = state.schedule.step(mean_loss)
+        if overflow:  # the scaler skipped the update: see the module docstring
+            skipped = True
+            if loss_scale is not None and loss_scale < MIN_LOSS_SCALE:
+                state.bad_steps += 1
+            lr = state.schedule.lr
+        else:
+            state.bad_steps = 0
+            lr = state.schedule.step(mean_loss)
 
     state.step += 1
     state.images_seen += bsz * world
@@ -158,9 +185,29 @@ def train_step(state: TrainState, batch: Mapping[str, torch.Tensor]) -> StepResu
         loss=mean_loss,
         lr=lr,
         skipped=skipped,
+        overflow=overflow,
+        loss_scale=loss_scale,
         step=state.step,
         images_seen=state.images_seen,
         usage_entropy=usage,
         seconds=time.perf_counter() - start,
         loss_seconds=loss_seconds,
     )
+
+
+def scaler_step(scaler: torch.amp.GradScaler,
+                optimizer: torch.optim.Optimizer) -> tuple[bool, float]:
+    """`scaler.step` + `update`: (whether the scaler skipped the update, the new loss scale).
+
+    The scaler says it skipped only through its scale: `update` multiplies it by the backoff
+    factor (< 1) exactly when the step found inf/NaN gradients, and grows or keeps it otherwise
+    (the idiom of Hugging Face Accelerate's `optimizer_step_was_skipped`). Under DDP the
+    gradients were all-reduced by the backward, so every rank finds the same and takes the same
+    branch with no collective of its own. Each read of the scale is a host sync, but
+    `scaler.step` waits for the backward anyway (it reads its inf flags to decide the step).
+    """
+    before = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    after = scaler.get_scale()
+    return after < before, after

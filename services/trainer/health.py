@@ -12,6 +12,7 @@ from collections.abc import Callable
 from seer_core.config import SeerConfig
 from seer_core.swav import collapse_suspected
 from seer_core.training import StepResult
+from seer_core.training.step import MIN_LOSS_SCALE
 
 #: Prototype-usage entropy (fraction of ln K) under which the batch is judged collapsed.
 USAGE_ENTROPY_FLOOR = 0.05
@@ -36,6 +37,26 @@ def check_non_finite(bad_steps: int, step: int, cfg: SeerConfig) -> None:
             f"{bad_steps} non-finite losses in a row at step {step}: "
             "rolling back to the newest checkpoint"
         )
+
+
+def skip_note(result: StepResult, bad_steps: int) -> str | None:
+    """The error line a skipped step is worth, or None.
+
+    A non-finite loss always is one. A step the fp16 grad scaler skipped (inf/NaN gradients,
+    finite loss) is not: halving the loss scale until the gradients fit is the scaler's normal
+    work (the first steps of an fp16 run, then one now and then), and a line per skip from every
+    rank would bury the real warnings in the driver's terminal; `seer_train_loss_scale` and
+    `seer_train_skipped_steps_total` show them. It becomes one once it counts as a bad step
+    (the scale fell below the floor where no scale makes the gradients fit).
+    """
+    if not result.skipped:
+        return None
+    if not result.overflow:
+        return f"non-finite loss at step {result.step} ({bad_steps} in a row)"
+    if result.loss_scale is not None and result.loss_scale < MIN_LOSS_SCALE:
+        return (f"inf/NaN gradients at step {result.step} with the loss scale down to "
+                f"{result.loss_scale:g}, where no scale fits them ({bad_steps} bad steps in a row)")
+    return None
 
 
 def collapse_verdict(result: StepResult, cfg: SeerConfig) -> bool | None:

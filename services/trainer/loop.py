@@ -21,7 +21,12 @@ from services.train_metrics import TrainMetrics
 from services.trainer.batches import stream_batches, synthetic_batches
 from services.trainer.checkpoints import report_checkpoint, restore
 from services.trainer.decisions import Decider, RunMeter
-from services.trainer.health import WarningThrottle, check_non_finite, collapse_verdict
+from services.trainer.health import (
+    WarningThrottle,
+    check_non_finite,
+    collapse_verdict,
+    skip_note,
+)
 
 log = logging.getLogger("seer.trainer")
 
@@ -95,8 +100,9 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
 
         if result.skipped:
             skipped_steps += 1
-            log.error("rank %d: non-finite loss at step %d (%d in a row)", rank, result.step,
-                      state.bad_steps)
+            note = skip_note(result, state.bad_steps)
+            if note is not None:
+                log.error("rank %d: %s", rank, note)
             check_non_finite(state.bad_steps, state.step, cfg)
         verdict = collapse_verdict(result, cfg)
         if verdict is not None:

@@ -33,3 +33,29 @@ def test_images_counter_sums_to_the_global_count_over_workers() -> None:
     assert trained == {"0": 4 * batch, "1": 4 * batch}  # steps 1, 2, 4, 5: the first counts
     assert sum(trained.values()) == 4 * world * batch
     assert value("seer_train_skipped_steps_total", "0") == 1
+
+
+def test_fp16_overflow_skip_is_a_skip_and_the_loss_scale_a_gauge() -> None:
+    """Issue 17 point 8: a step the grad scaler skipped trained on nothing (its images are not
+    counted) and shows as a skip; the scale is exported so a dashboard sees it fall."""
+    registry = prometheus_client.CollectorRegistry()
+    worker = TrainMetrics(0, backend="prometheus", registry=registry)
+    state = SimpleNamespace(queue=None)
+    steps = [(1, False, 65536.0), (2, True, 32768.0), (3, False, 32768.0)]
+    scales = []
+    for step, overflow, scale in steps:
+        result = StepResult(loss=6.0, lr=0.1, skipped=overflow, step=step, images_seen=step * 4,
+                            usage_entropy=0.9, seconds=0.2, loss_seconds=0.01,
+                            overflow=overflow, loss_scale=scale)
+        worker.observe(state, result, 0.0, local_images=4)
+        scales.append(registry.get_sample_value("seer_train_loss_scale", {"worker": "0"}))
+    assert scales == [65536.0, 32768.0, 32768.0]
+    assert registry.get_sample_value("seer_train_images_total", {"worker": "0"}) == 8
+    assert registry.get_sample_value("seer_train_skipped_steps_total", {"worker": "0"}) == 1
+
+
+def test_no_loss_scale_series_without_a_scaler() -> None:
+    registry = prometheus_client.CollectorRegistry()
+    TrainMetrics(0, backend="prometheus", registry=registry).observe(
+        SimpleNamespace(queue=None), _result(1, 1, 4), 0.0, local_images=4)
+    assert registry.get_sample_value("seer_train_loss_scale", {"worker": "0"}) is None

@@ -11,7 +11,12 @@ import torch
 from seer_core.config import load_config
 from seer_core.training import StepResult
 from services.trainer.decisions import Decider, RunMeter
-from services.trainer.health import NonFiniteLossError, check_non_finite, collapse_verdict
+from services.trainer.health import (
+    NonFiniteLossError,
+    check_non_finite,
+    collapse_verdict,
+    skip_note,
+)
 
 K = 512
 
@@ -33,6 +38,24 @@ def test_non_finite_rolls_back_at_the_limit_only() -> None:
     check_non_finite(2, 11, c)
     with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row at step 12"):
         check_non_finite(3, 12, c)
+
+
+def test_fp16_overflow_skips_are_quiet_until_they_are_bad_steps() -> None:
+    """Issue 17 point 8: the grad scaler's own skips are normal at an fp16 start: no error line
+    (every rank would send one to the driver) until no loss scale fits the gradients."""
+    def overflow(step: int, scale: float) -> StepResult:
+        return StepResult(loss=6.0, lr=0.1, skipped=True, step=step, images_seen=step * 16,
+                          usage_entropy=0.9, seconds=0.1, loss_seconds=0.001, overflow=True,
+                          loss_scale=scale)
+
+    assert skip_note(result(5, 6.0), 0) is None
+    assert skip_note(result(5, math.nan, skipped=True), 2) == (
+        "non-finite loss at step 5 (2 in a row)")
+    assert skip_note(overflow(1, 32768.0), 0) is None
+    assert skip_note(overflow(2, 32768.0), 2) is None  # after two NaN losses: still normal
+    assert skip_note(overflow(44, 2.0**-25), 1) == (
+        "inf/NaN gradients at step 44 with the loss scale down to 2.98023e-08, where no scale "
+        "fits them (1 bad steps in a row)")
 
 
 def test_collapse_judged_only_once_settled_and_on_schedule() -> None:
