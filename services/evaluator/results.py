@@ -7,9 +7,14 @@ append starts on a fresh line, so one torn write never poisons the file. Every r
     {"run": "seer-local", "step": 500, "images_seen": 8000, "trunk": "checkpoint",
      "stage": "res5", "protocol": "knn20", "metric": "top1", "value": 41.25,
      "wall_time": 1764412345.6, "checkpoint": "runs/checkpoints/seer-local/step_000000000500",
-     "data": "runs/labelled"}
+     "data": "runs/labelled", "settings": {"protocols": ["knn"], "stage": "res5",
+     "data": "runs/labelled", "image_size": 224, ..., "knn_k": [20], "temperature": 0.07},
+     "settings_id": "3f9c0a1b2c4d"}
 
-`trunk` is "checkpoint" or "random" (the baseline, with step 0 and images_seen 0). The file may
+`trunk` is "checkpoint" or "random" (the baseline, with step 0 and images_seen 0). `settings`
+are what the number depends on besides the checkpoint, `settings_id` their digest: rows are
+matched by run and settings_id (services.evaluator.settings). Rows written before rows carried
+settings still load, but match no settings: they are kept apart, never counted as done. The file may
 live in S3 (`s3://bucket/key`): S3 cannot append, so a local copy is kept and the whole object
 is uploaded after each append (one writer per results file).
 """
@@ -25,12 +30,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
+from services.evaluator.settings import rows_for
 from services.storage import resolve_storage
 
 log = logging.getLogger("seer.eval")
 
 ROW_KEYS: tuple[str, ...] = ("run", "step", "images_seen", "trunk", "stage", "protocol",
-                             "metric", "value", "wall_time", "checkpoint", "data")
+                             "metric", "value", "wall_time", "checkpoint", "data", "settings",
+                             "settings_id")
 
 
 def default_results_uri(storage: str, run_name: str) -> str:
@@ -135,13 +142,10 @@ class ResultsFile:
             out.write(local.read_bytes())
 
 
-def done_steps(rows: Iterable[dict[str, Any]], run: str, stage: str, data: str) -> set[int]:
-    """Checkpoint steps already evaluated for this run, stage and data set."""
-    return {int(r["step"]) for r in rows
-            if r.get("trunk") == "checkpoint" and r.get("run") == run
-            and r.get("stage") == stage and r.get("data") == data}
+def done_steps(rows: Iterable[dict[str, Any]], run: str, key: str) -> set[int]:
+    """Checkpoint steps already evaluated for this run with the settings `key`."""
+    return {int(r["step"]) for r in rows_for(rows, run, key) if r.get("trunk") == "checkpoint"}
 
 
-def has_baseline(rows: Iterable[dict[str, Any]], run: str, stage: str, data: str) -> bool:
-    return any(r.get("trunk") == "random" and r.get("run") == run and r.get("stage") == stage
-               and r.get("data") == data for r in rows)
+def has_baseline(rows: Iterable[dict[str, Any]], run: str, key: str) -> bool:
+    return any(r.get("trunk") == "random" for r in rows_for(rows, run, key))

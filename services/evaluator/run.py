@@ -35,6 +35,7 @@ from services.evaluator.gauges import EvalGauges
 from services.evaluator.plot import plot_accuracy
 from services.evaluator.progress import Progress
 from services.evaluator.results import ResultsFile
+from services.evaluator.settings import eval_settings, rows_for, settings_id
 from services.labelled import LabelledDataError, LabelledSet, load_labelled
 
 log = logging.getLogger("seer.eval")
@@ -61,6 +62,9 @@ class Evaluator:
         self.progress = progress if progress is not None else Progress
         self._data: LabelledSet | None = None
         self._baselines: dict[str, Figures] = {}
+        #: What the numbers depend on besides the checkpoint, and its digest: every row's key.
+        self.key_settings = eval_settings(settings)
+        self.key = settings_id(self.key_settings)
 
     def data(self) -> LabelledSet:
         """The labelled set, loaded on first use (a failed load is retried on the next call)."""
@@ -174,11 +178,15 @@ class Evaluator:
 
 
 def make_rows(figures: Figures, *, run: str, step: int, images_seen: int, trunk: str,
-              stage: str, checkpoint: str, data: str) -> list[dict[str, Any]]:
+              stage: str, checkpoint: str, data: str, settings: dict[str, Any],
+              key: str) -> list[dict[str, Any]]:
+    """Result rows; `settings` and their digest `key` say what the numbers were computed with
+    (services.evaluator.settings)."""
     now = round(time.time(), 3)
     return [{"run": run, "step": step, "images_seen": images_seen, "trunk": trunk,
              "stage": stage, "protocol": p, "metric": m, "value": v, "wall_time": now,
-             "checkpoint": checkpoint, "data": data} for p, m, v in figures]
+             "checkpoint": checkpoint, "data": data, "settings": settings, "settings_id": key}
+            for p, m, v in figures]
 
 
 def summary_line(rows: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> str:
@@ -219,21 +227,22 @@ class EvalSession:
         trunk, trunk_name = self.evaluator.checkpoint_trunk(loaded)  # a foreign one: at once
         self.evaluator.data()  # data errors before the (slow) feature extraction
         figures = self.evaluator.figures(trunk, f"step {loaded.step}")
+        ev = self.evaluator
         rows = make_rows(figures, run=run, step=loaded.step,
                          images_seen=loaded.images_seen, trunk="checkpoint", stage=s.stage,
-                         checkpoint=ref.display, data=s.data)
+                         checkpoint=ref.display, data=s.data, settings=ev.key_settings,
+                         key=ev.key)
         base_rows: list[dict[str, Any]] = []
         if s.baseline == "random":
-            stored = [r for r in self.rows if r.get("trunk") == "random"
-                      and r.get("run") == run and r.get("stage") == s.stage
-                      and r.get("data") == s.data]
+            stored = [r for r in rows_for(self.rows, run, ev.key) if r.get("trunk") == "random"
+                      and r.get("checkpoint") == f"random:{trunk_name}"]
             if stored:
                 base_rows = stored
             else:
-                base_rows = make_rows(self.evaluator.baseline_figures(trunk_name),
+                base_rows = make_rows(ev.baseline_figures(trunk_name),
                                       run=run, step=0, images_seen=0, trunk="random",
                                       stage=s.stage, checkpoint=f"random:{trunk_name}",
-                                      data=s.data)
+                                      data=s.data, settings=ev.key_settings, key=ev.key)
             new = rows if stored else [*base_rows, *rows]  # the baseline once per file
         else:
             new = rows
@@ -252,11 +261,13 @@ class EvalSession:
         self.redraw(run)
 
     def redraw(self, run: str) -> None:
-        """Redraws the PNG; a plotting failure is logged, never fatal."""
+        """Redraws the PNG from the rows of the current settings only (one curve never mixes
+        settings); a plotting failure is logged, never fatal."""
         if self.results is None:
             return
         try:
-            if plot_accuracy(self.rows, self.results.plot_path, run=run,
+            rows = rows_for(self.rows, run, self.evaluator.key)
+            if plot_accuracy(rows, self.results.plot_path, run=run,
                              stage=self.settings.stage, data=self.settings.data) is not None:
                 self.results.publish_plot()
         except Exception as exc:  # matplotlib, a full disk, an S3 hiccup: the rows are safe

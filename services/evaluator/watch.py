@@ -22,6 +22,7 @@ from services.evaluator.checkpoints import CheckpointRef, list_refs
 from services.evaluator.errors import EvaluatorError
 from services.evaluator.results import done_steps
 from services.evaluator.run import EvalSession, summary_line
+from services.evaluator.settings import rows_for
 from services.storage import RunStorage
 
 log = logging.getLogger("seer.eval")
@@ -76,11 +77,10 @@ def watch(session: EvalSession, storage: RunStorage, *, interval_s: float,
           stop: threading.Event | None = None, max_polls: int | None = None) -> WatchStats:
     """Polls until `stop` is set (or `max_polls` polls: tests, a scheduled one-shot job)."""
     stop = stop if stop is not None else threading.Event()
-    s = session.settings
-    done = done_steps(session.rows, storage.run_name, s.stage, s.data)
+    key = session.evaluator.key
+    done = done_steps(session.rows, storage.run_name, key)  # of the current settings only
     if session.gauges is not None:
-        session.gauges.show_rows(r for r in session.rows if r.get("run") == storage.run_name
-                                 and r.get("stage") == s.stage and r.get("data") == s.data)
+        session.gauges.show_rows(rows_for(session.rows, storage.run_name, key))
     stats = WatchStats()
     log.info("eval: watching %s every %.0f s (%d step(s) already in the results)",
              storage.display, interval_s, len(done))

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from seer_core.config.schema import EvalConfig
 from services.evaluator.gauges import EvalGauges
 from services.evaluator.plot import plot_accuracy
 from services.evaluator.results import (
@@ -20,13 +21,17 @@ from services.evaluator.results import (
     has_baseline,
     parse_rows,
 )
+from services.evaluator.settings import eval_settings, settings_id
+
+_SETTINGS = eval_settings(EvalConfig(data="labelled"))
 
 
 def _row(step: int, protocol: str = "knn20", metric: str = "top1", value: float = 50.0,
          trunk: str = "checkpoint", run: str = "r1") -> dict[str, Any]:
     return {"run": run, "step": step, "images_seen": step * 16, "trunk": trunk,
             "stage": "res5", "protocol": protocol, "metric": metric, "value": value,
-            "wall_time": 1.0, "checkpoint": f"/x/step_{step}", "data": "labelled"}
+            "wall_time": 1.0, "checkpoint": f"/x/step_{step}", "data": "labelled",
+            "settings": _SETTINGS, "settings_id": settings_id(_SETTINGS)}
 
 
 def test_default_results_path_is_beside_the_run() -> None:
@@ -57,12 +62,25 @@ def test_parse_rows_counts_what_it_skips() -> None:
     assert [r["step"] for r in rows] == [5] and bad == 3
 
 
-def test_done_steps_and_baseline_are_per_run_stage_and_data() -> None:
+def test_done_steps_and_baseline_are_per_run_and_settings() -> None:
+    """Rows match by run and settings key; stage and data are part of the settings; a row
+    without a key (an older file) matches no settings."""
+    res5 = EvalConfig(data="labelled")
+    res4, other_size = EvalConfig(data="labelled", stage="res4"), EvalConfig(
+        data="labelled", image_size=96)
+    key = settings_id(eval_settings(res5))
+    assert len({key, settings_id(eval_settings(res4)),
+                settings_id(eval_settings(other_size)),
+                settings_id(eval_settings(EvalConfig(data="elsewhere")))}) == 4
+    assert key == settings_id(eval_settings(EvalConfig(data="labelled", knn_k=[200, 20])))
+    assert key == settings_id(eval_settings(EvalConfig(data="labelled", interval_s=5.0)))
     rows = [_row(10), _row(20), _row(30, run="other"), _row(0, trunk="random"),
-            {**_row(40), "stage": "res4"}, {**_row(50), "data": "elsewhere"}]
-    assert done_steps(rows, "r1", "res5", "labelled") == {10, 20}
-    assert has_baseline(rows, "r1", "res5", "labelled")
-    assert not has_baseline(rows, "r1", "res4", "labelled")
+            {**_row(40), "settings_id": settings_id(eval_settings(res4))},
+            {**_row(50), "settings_id": settings_id(eval_settings(other_size))},
+            {k: v for k, v in _row(60).items() if k not in ("settings", "settings_id")}]
+    assert done_steps(rows, "r1", key) == {10, 20}
+    assert has_baseline(rows, "r1", key)
+    assert not has_baseline(rows, "r1", settings_id(eval_settings(res4)))
 
 
 def _png_size(path: Path) -> tuple[int, int]:

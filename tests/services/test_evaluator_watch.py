@@ -16,6 +16,7 @@ from services.evaluator.checkpoints import resolve_checkpoint
 from services.evaluator.command import stop_on_signals
 from services.evaluator.errors import BadCheckpointError, BadInputError
 from services.evaluator.gauges import EvalGauges
+from services.evaluator.plot import plot_accuracy
 from services.evaluator.results import ResultsFile
 from services.evaluator.run import EvalSession, Evaluator
 from services.evaluator.watch import watch
@@ -101,7 +102,8 @@ def test_each_step_once_and_a_restart_skips_done_steps(setup: Setup,
     assert sum(r["trunk"] == "random" for r in rows) == 4  # the baseline, once
     first = rows[0]
     assert set(first) == {"run", "step", "images_seen", "trunk", "stage", "protocol", "metric",
-                          "value", "wall_time", "checkpoint", "data"}
+                          "value", "wall_time", "checkpoint", "data", "settings", "settings_id"}
+    assert first["settings"]["image_size"] == 32 and first["settings"]["knn_k"] == [5, 20]
     assert (first["run"], first["stage"], first["data"]) == ("r1", "res5", str(setup.data))
     step20 = next(r for r in rows if r["step"] == 20)
     assert step20["images_seen"] == 320 and step20["checkpoint"].endswith("step_000000000020")
@@ -194,3 +196,48 @@ def test_sigterm_stops_after_the_current_evaluation(setup: Setup,
         stats = watch(setup.session(), setup.storage, interval_s=60, stop=stop)
     assert signal.getsignal(signal.SIGTERM) == before
     assert stop.is_set() and stats.evaluated == [20] and setup.steps() == [20]
+
+
+@pytest.mark.parametrize("change", ["eval.image_size=24", "eval.knn_k=[5]",
+                                    "eval.protocols=[knn, linear]"])
+def test_changed_settings_start_new_rows_and_a_new_baseline(setup: Setup, change: str) -> None:
+    """Rows are keyed by what changes their number: a new image size, k or protocol set
+    evaluates the done steps again and computes its own baseline, never mixing the two on one
+    curve; going back to the first settings finds them done."""
+    write_checkpoint(setup.cfg, 10)
+    assert watch(setup.session(), setup.storage, interval_s=0.01, max_polls=1).evaluated == [10]
+    first = setup.rows()
+    stats = watch(setup.session(None, None, change), setup.storage, interval_s=0.01,
+                  max_polls=1)
+    assert stats.evaluated == [10] and stats.errors == []
+    second = setup.rows()[len(first):]
+    assert {r["trunk"] for r in second} == {"checkpoint", "random"}  # its own baseline
+    keys = ({r.get("settings_id") for r in first}, {r.get("settings_id") for r in second})
+    assert len(keys[0]) == 1 and len(keys[1]) == 1 and keys[0] != keys[1]
+    # The PNG holds the second settings' rows only: it is the one drawn from them alone.
+    png = setup.results_path.with_suffix(".png").read_bytes()
+    alone = plot_accuracy(second, setup.tmp / "alone.png", run="r1", stage="res5",
+                          data=str(setup.data))
+    assert alone is not None and alone.read_bytes() == png
+    assert watch(setup.session(), setup.storage, interval_s=0.01, max_polls=1).evaluated == []
+
+
+def test_rows_of_an_older_file_without_settings_are_kept_apart(setup: Setup) -> None:
+    """A results file written before rows carried their settings still loads; since what its
+    numbers were computed with (image size, k, epochs...) is not known, its rows are kept
+    apart: the step is evaluated again under the current settings, the old rows stay."""
+    write_checkpoint(setup.cfg, 10)
+    setup.results_path.parent.mkdir(parents=True)
+    legacy = [{"run": "r1", "step": 10, "images_seen": 160, "trunk": trunk, "stage": "res5",
+               "protocol": p, "metric": "top1", "value": 99.0, "wall_time": 1.0,
+               "checkpoint": "x", "data": str(setup.data)}
+              for trunk in ("checkpoint", "random") for p in ("knn5", "knn20")]
+    setup.results_path.write_text("".join(json.dumps(r) + "\n" for r in legacy))
+    session = setup.session()
+    assert len(session.rows) == 4  # loads
+    stats = watch(session, setup.storage, interval_s=0.01, max_polls=1)
+    assert stats.evaluated == [10]
+    rows = setup.rows()
+    assert rows[:4] == legacy
+    assert {r["trunk"] for r in rows[4:]} == {"checkpoint", "random"}
+    assert all(r["value"] != 99.0 for r in rows[4:])
