@@ -28,13 +28,25 @@ MAX_NOTES = 200
 
 @ray.remote(num_cpus=0, max_restarts=-1)
 class RunControl:
-    def __init__(self, max_repeated_failures: int = 3) -> None:
+    def __init__(self, max_repeated_failures: int = 3, started_at: float | None = None) -> None:
         self._failures = FailureTracker(max_repeated_failures)
+        # An argument, not read here: a restarted actor (max_restarts=-1) runs __init__ again
+        # with the same arguments, and the run's clock must not restart with it.
+        self._started_at = time.time() if started_at is None else started_at
         self._stop_reason: str | None = None
         self._progress: dict[str, Any] = {}
         self._updated = 0.0
         self._notes: collections.deque[tuple[int, str]] = collections.deque(maxlen=MAX_NOTES)
         self._next_note = 0
+
+    def run_seconds(self) -> float:
+        """Seconds since the run started: since the driver created this actor, i.e. since this
+        `seer pretrain` invocation began (a resumed run's budget starts again with the command
+        that resumes it). `train.max_minutes` is measured from here, so restarted worker
+        groups share one budget. Computed here, from the driver's wall-clock start, so that no
+        worker compares its own clock with the driver's (the actor's node may differ from the
+        driver's after a restart: NTP skew, milliseconds, is all that can leak in)."""
+        return max(0.0, time.time() - self._started_at)
 
     def request_stop(self, reason: str) -> None:
         if self._stop_reason is None:
@@ -78,11 +90,14 @@ def control_actor_name(run_name: str) -> str:
     return f"seer-control-{run_name}"
 
 
-def create_control(run_name: str, max_repeated_failures: int = 3) -> ray.actor.ActorHandle:
-    """The driver's control actor (named, so workers and restarted workers find it)."""
+def create_control(run_name: str, max_repeated_failures: int = 3,
+                   started_at: float | None = None) -> ray.actor.ActorHandle:
+    """The driver's control actor (named, so workers and restarted workers find it).
+
+    `started_at` (wall clock, default now) is the run's start for `train.max_minutes`."""
     return RunControl.options(
         name=control_actor_name(run_name), get_if_exists=True, lifetime=None
-    ).remote(max_repeated_failures)
+    ).remote(max_repeated_failures, time.time() if started_at is None else started_at)
 
 
 def find_control(run_name: str) -> ray.actor.ActorHandle | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 
 from seer_core.config.endpoints import credentials_message, has_credentials
+from seer_core.config.schema import ConfigError
 
 __all__ = ["ENDPOINT_ENV", "s3_endpoint"]
 
@@ -33,8 +34,9 @@ ENDPOINT_ENV: tuple[str, ...] = ("SEER_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
 
 def s3_endpoint(configured: str | None, *, key: str = "endpoint_url") -> str | None:
     """The configured endpoint, else the first of `ENDPOINT_ENV` set in this process's
-    environment, else None (AWS's own endpoint). Raises ValueError, naming `key` or the
-    variable, if the value carries credentials. Resolved in the process that opens the client:
+    environment, else None (AWS's own endpoint). Raises ConfigError (a ValueError: `seer`
+    prints it as a config error, exit 2), naming `key` or the variable, if the value carries
+    credentials. Resolved in the process that opens the client:
     Ray workers get the variables forwarded (services.trainer.build)."""
     if configured:
         value, source = configured, key
@@ -42,5 +44,5 @@ def s3_endpoint(configured: str | None, *, key: str = "endpoint_url") -> str | N
         source = next((name for name in ENDPOINT_ENV if os.environ.get(name)), "")
         value = os.environ[source] if source else None
     if value and has_credentials(value):
-        raise ValueError(credentials_message(source))
+        raise ConfigError(credentials_message(source))
     return value

@@ -137,7 +137,11 @@ class TrainConfig:
         "auto", help="auto: bf16 where supported, fp16 with a grad scaler on older GPUs"
     )
     max_steps: int = knob(0, ge=0, help="stop after this step (0: never)")
-    max_minutes: float = knob(0.0, ge=0, help="stop after this many minutes (0: never)")
+    max_minutes: float = knob(
+        0.0, ge=0,
+        help="stop this many minutes after `seer pretrain` started, worker restarts included "
+        "(0: never)",
+    )
     log_every_steps: int = knob(10, ge=1)
     seed: int = knob(0, ge=0)
     max_bad_steps: int = knob(

@@ -19,16 +19,31 @@ log = logging.getLogger("seer.trainer")
 
 
 class Decider:
-    """Checkpoint / stop decisions of rank 0, shared with every rank by one broadcast."""
+    """Checkpoint / stop decisions of rank 0, shared with every rank by one broadcast.
+
+    `train.max_minutes` is a budget for the run, not for each worker group: Ray Train restarts
+    the whole group after a failure, and a clock that restarted with it would let a run that
+    keeps failing train for ever. The run's start is the driver's (`seer pretrain`): its
+    control actor outlives the groups and rank 0 reads the time elapsed since once, here
+    (`run_seconds`, or from `control`). Without a control actor (a run not started by the
+    driver) or when it cannot be read, the group's own start is the fallback, as before.
+    """
 
     def __init__(self, cfg: SeerConfig, rank: int, world: int, device: torch.device,
-                 control: Any) -> None:
+                 control: Any, run_seconds: float | None = None) -> None:
+        """`run_seconds`: how long the run had been going when this group started (read from
+        `control` on rank 0 when None and a time limit is set)."""
         self.cfg = cfg
         self.rank = rank
         self.world = world
         self.device = device
         self.control = control
-        self.started = time.monotonic()
+        now = time.monotonic()
+        if run_seconds is None and rank == 0 and control is not None and cfg.train.max_minutes:
+            run_seconds = read_run_seconds(control)
+        # Converted once into this process's monotonic clock: later wall-clock steps (NTP)
+        # on this node move nothing.
+        self.started = now - max(0.0, run_seconds or 0.0)
         self.last_checkpoint = time.monotonic()
         self.last_poll = 0.0
         self.stop_reason: str | None = None
@@ -71,6 +86,19 @@ class Decider:
         if checkpoint or stop:
             self.last_checkpoint = time.monotonic()
         return checkpoint, stop
+
+
+def read_run_seconds(control: Any, timeout_s: float = 10.0) -> float | None:
+    """The seconds since the run started, from the driver's control actor; None (with a
+    warning) when it cannot answer in time: the group's start is the fallback then."""
+    import ray
+
+    try:
+        return float(ray.get(control.run_seconds.remote(), timeout=timeout_s))
+    except Exception as exc:  # the driver went away or the actor is restarting
+        log.warning("the run's start could not be read from the control actor (%s): "
+                    "train.max_minutes counts from this worker group's start", exc)
+        return None
 
 
 class RunMeter:

@@ -86,6 +86,21 @@ def test_decider_checkpoints_on_time() -> None:
     assert decider.decide(8) == (False, False)  # the clock restarted at the checkpoint
 
 
+def test_decider_counts_max_minutes_from_the_runs_start() -> None:
+    """Issue 17 point 13: a worker group started 50 s into a run with a 1-minute budget has
+    10 s left, not a minute (the real control actor: tests/integration/test_run_clock.py)."""
+    c = cfg("train.max_minutes=1", "checkpoint.every_steps=1000")
+    cpu = torch.device("cpu")
+    late = Decider(c, rank=0, world=1, device=cpu, control=None, run_seconds=50.0)
+    assert late.decide(1) == (False, False)
+    late.started -= 10.0  # ten seconds later
+    assert late.decide(2) == (False, True)
+    assert late.stop_reason == "reached train.max_minutes=1.0"
+    fresh = Decider(c, rank=0, world=1, device=cpu, control=None, run_seconds=0.0)
+    fresh.started -= 10.0
+    assert fresh.decide(1) == (False, False)
+
+
 def test_run_meter_skips_warmup_steps() -> None:
     meter = RunMeter(skip_steps=2)
     meter.add(16, 5.0)  # start-up: not counted
