@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 
@@ -13,11 +11,6 @@ from seer_core.augment import MultiCropRecipe
 from seer_core.config import SeerConfig
 
 log = logging.getLogger("seer.trainer")
-
-#: Rebuilding the iterator this many times in a row without a batch in between is not a
-#: transient error: raise, and let Ray Train restart the worker group.
-MAX_REBUILDS = 5
-REBUILD_PAUSE_S = 5.0
 
 
 def synthetic_batches(
@@ -38,9 +31,16 @@ def stream_batches(cfg: SeerConfig, recipe: MultiCropRecipe) -> Iterator[dict[st
     """This worker's shard of the never-ending stream, iterated once (services.stream).
 
     The iterator is one Ray Data execution for the whole run: the ingest actors live as long as
-    it does. It is rebuilt only after an error (or if it ever ended); a worker-group restart
-    builds a new one anyway. Rank 0 also watches spilling (``seer_ingest_spilled_bytes``), on a
-    thread of its own that ends with this iterator: never on the step path.
+    it does. It is never rebuilt in place: an error raises at once, and Ray Train restarts the
+    whole worker group from the newest checkpoint, with a new stream (DESIGN §5, a failure on
+    one rank is decided for all ranks). A ``streaming_split`` shard rebuilt on one rank waits at
+    the split coordinator's barrier for every shard while the other ranks wait for this one in
+    the next all-reduce, until ``train.collective_timeout_s`` (30 min by default). Raising
+    costs the steps since the last checkpoint and a restart (about a minute); a bad object never
+    gets here (the ingest side skips and counts it), so what does is not transient.
+
+    Rank 0 also watches spilling (``seer_ingest_spilled_bytes``), on a thread of its own that
+    ends with this iterator: never on the step path.
     """
     import ray.train
 
@@ -50,30 +50,21 @@ def stream_batches(cfg: SeerConfig, recipe: MultiCropRecipe) -> Iterator[dict[st
     keys = set(recipe.keys)
     watch = SpillWatch().start() if ray.train.get_context().get_world_rank() == 0 else None
     try:
-        yield from _rebuilding(shard, cfg, keys)
+        for batch in shard.iter_torch_batches(
+            batch_size=cfg.train.batch_size,
+            drop_last=True,
+            prefetch_batches=cfg.ingest.prefetch_batches,
+        ):
+            yield {k: v for k, v in batch.items() if k in keys}
+    except Exception as exc:
+        log.error("the ingest stream failed (%r): the worker group restarts", exc)
+        raise
     finally:
         if watch is not None:
             watch.stop()
+    raise StreamEnded("the ingest stream ended, which it never should: the worker group "
+                      "restarts")
 
 
-def _rebuilding(shard: Any, cfg: SeerConfig, keys: set[str]) -> Iterator[dict[str, torch.Tensor]]:
-    rebuilds = 0
-    while True:
-        try:
-            for batch in shard.iter_torch_batches(
-                batch_size=cfg.train.batch_size,
-                drop_last=True,
-                prefetch_batches=cfg.ingest.prefetch_batches,
-            ):
-                rebuilds = 0
-                yield {k: v for k, v in batch.items() if k in keys}
-            log.error("the ingest stream ended, which it never should; rebuilding it")
-        except Exception as exc:
-            if rebuilds >= MAX_REBUILDS:
-                raise
-            log.error("the ingest stream failed (%r); rebuilding it in %.0f s", exc,
-                      REBUILD_PAUSE_S)
-        rebuilds += 1
-        if rebuilds > MAX_REBUILDS:
-            raise RuntimeError(f"the ingest stream ended {rebuilds} times without a batch")
-        time.sleep(REBUILD_PAUSE_S)
+class StreamEnded(RuntimeError):
+    """The never-ending stream ended; the group restarts rather than one rank rebuilding it."""
