@@ -9,6 +9,7 @@ from ray.train.torch import TorchTrainer
 from seer_core.config import SeerConfig
 from services.trainer.checkpoints import storage_for
 from services.trainer.guard import guarded_train_loop
+from services.trainer.process_group import LoopbackTorchConfig
 
 
 def build_trainer(
@@ -20,7 +21,6 @@ def build_trainer(
     ``stats``: an ``IngestStats`` actor the ingest actors report to (tests).
     """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig
 
     storage = storage_for(cfg)
     datasets = None
@@ -33,7 +33,7 @@ def build_trainer(
     return TorchTrainer(
         guarded_train_loop,
         train_loop_config={"config": cfg.to_dict(), "synthetic": synthetic},
-        torch_config=TorchConfig(timeout_s=int(cfg.train.collective_timeout_s)),
+        torch_config=LoopbackTorchConfig(timeout_s=int(cfg.train.collective_timeout_s)),
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
