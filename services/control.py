@@ -70,6 +70,12 @@ class RunControl:
         step = self._progress.get("step", -1)
         return self._failures.failed(rank, step if isinstance(step, int) else -1, signature)
 
+    def give_up(self, reason: str) -> None:
+        """A worker found a reason the run cannot go on that no restart would change (the store
+        unreachable past its grace, no usable committed checkpoint): fatal at once."""
+        if self._failures.fatal is None:
+            self._failures.fatal = reason
+
     def fatal(self) -> str | None:
         """Why the run must end instead of restarting (a deterministic failure), or None."""
         return self._failures.fatal

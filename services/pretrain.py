@@ -24,6 +24,7 @@ from services import metrics
 from services.local_ray import ray_log_dir, start_local_ray
 from services.storage import RunStorage
 from services.trainer import build_trainer, storage_for
+from services.trainer.store_wait import StoreWait, wait_for_store
 
 T = TypeVar("T")
 
@@ -311,7 +312,8 @@ def run_pretraining(
         check_feed(cfg)
     ray_places = init_ray(cfg, address)
     storage = storage_for(cfg)
-    existing = storage.list_checkpoints()
+    existing = wait_for_store(storage.list_checkpoints, StoreWait(
+        "list the checkpoints", cfg.checkpoint.store_grace_minutes * 60))
     page = StatusPage(cfg.metrics.status_port if cfg.metrics.enabled else 0)
     actors = None if synthetic else pool_size(cfg)
     print(banner(cfg, storage, ray_places, cfg.metrics.status_port, actors), file=out,
@@ -340,7 +342,9 @@ def run_pretraining(
     printer.start()
     try:
         trainer = build_trainer(cfg, synthetic=synthetic, actors=actors, stats=ingest_stats)
-        result = fit_beside_signals(trainer.fit) if previous else trainer.fit()
+        # Ray Train never sees seer's checkpoints: the newest committed one tells where the
+        # run ended (its meta.json holds what rank 0 reported with it).
+        fit_beside_signals(trainer.fit) if previous else trainer.fit()
     finally:
         printer.done.set()
         printer.join(timeout=15)
@@ -352,11 +356,11 @@ def run_pretraining(
             ray.kill(control)
     if fatal is not None:
         raise RunFailed(fatal)
-    final = storage.list_checkpoints()
-    step = int(result.metrics.get("step", 0)) if result.metrics else 0
-    images = int(result.metrics.get("images_seen", 0)) if result.metrics else 0
-    outcome = PretrainOutcome(step, images, final[-1][1] if final else None, stopped_by[0],
-                              dict(result.metrics or {}))
+    grace = cfg.checkpoint.store_grace_minutes * 60
+    final = wait_for_store(storage.list_checkpoints, StoreWait("list the checkpoints", grace))
+    summary = storage.read_meta(final[-1][1]) if final else {}
+    outcome = PretrainOutcome(int(summary.get("step", 0)), int(summary.get("images_seen", 0)),
+                              final[-1][1] if final else None, stopped_by[0], summary)
     print(
         f"stopped ({outcome.stopped_by}) at step {outcome.step}, {outcome.images_seen} images "
         f"seen; newest checkpoint: {outcome.checkpoint}",

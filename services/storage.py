@@ -19,9 +19,9 @@ import contextlib
 import json
 import logging
 import os
-import re
-from collections.abc import Iterable
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -38,15 +38,11 @@ from seer_core.checkpoint import (
 )
 from services.s3_endpoint import s3_endpoint
 
-__all__ = ["META_FILE", "RAY_SNAPSHOT_FILE", "RunStorage", "StepFolder", "resolve_storage",
+__all__ = ["META_FILE", "RunStorage", "StepFolder", "resolve_storage",
            "s3_endpoint"]
 
 log = logging.getLogger("seer.storage")
-#: Ray Train's record of the checkpoints it tracks, in the run folder (Ray 2.60:
-#: `CHECKPOINT_MANAGER_SNAPSHOT_FILENAME`). Ray refuses to restore a run whose snapshot names a
-#: checkpoint folder that no longer exists, so pruning never touches those.
-RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
-_STEP_NAME = re.compile(r"step_\d+")
+_CHUNK = 8 * 1024 * 1024
 _LISTING_ATTEMPTS = 3
 
 
@@ -172,62 +168,39 @@ class RunStorage:
             return None
         return name if parse_step_dir(name) is not None else None
 
-    def ray_tracked_steps(self) -> set[int] | None:
-        """Steps whose folders Ray Train's run snapshot names (empty without a snapshot), or
-        None when the snapshot is there but cannot be read: then nothing may be pruned.
-
-        Every string in the snapshot is searched for a step folder name rather than reading
-        Ray's schema, so that a change of that schema protects more, never less.
-        """
-        path = f"{self.run_path}/{RAY_SNAPSHOT_FILE}"
-        try:
-            if self.filesystem.get_file_info(path).type == pafs.FileType.NotFound:
-                return set()
-            with self.filesystem.open_input_stream(path) as handle:
-                snapshot = json.loads(handle.read().decode())
-        except (OSError, UnicodeDecodeError, ValueError):
-            return None
-        steps: set[int] = set()
-        for text in _strings(snapshot):
-            for match in _STEP_NAME.finditer(text):
-                step = parse_step_dir(match.group(0))
-                if step is not None:
-                    steps.add(step)
-        return steps
+    def store_file(self, local: Path, path: str) -> None:
+        """Stores a local file at `path`, all or nothing: a temporary file renamed (local), or
+        one upload that makes the object appear complete or not at all (S3)."""
+        if self.is_local:
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.copyfile(local, tmp)
+            os.replace(tmp, target)
+            return
+        with open(local, "rb") as source, self.filesystem.open_output_stream(path) as out:
+            while chunk := source.read(_CHUNK):
+                out.write(chunk)
 
     def prune(self, keep: int) -> list[str]:
-        """Deletes the step folders crashes leave and Ray Train's retention never sees.
+        """Deletes what no run will read again; rank 0 calls it after each commit, and it is
+        the only code that deletes checkpoints (Ray Train never sees them).
 
-        - Incomplete folders older than the newest complete checkpoint: a run resumes from
-          its newest checkpoint and writes only newer steps, so nothing is writing those. An
-          incomplete folder newer than that may be a checkpoint being copied right now (or one
-          the resumed run will write over): it stays.
-        - Complete checkpoints beyond the newest `keep` that Ray's snapshot does not name and
-          that are older than every step it names (Ray registers a run's checkpoints in step
-          order, so it will never register those): e.g. one written by a worker killed before
-          Ray registered it. Without a snapshot none are deleted (Ray may not have registered
-          the first checkpoint yet); newer unregistered ones wait for a later prune.
-        - Never a folder the snapshot names: Ray refuses to restore a run whose snapshot names
-          a missing checkpoint.
-        Returns the deleted paths. Called by rank 0 after it commits a checkpoint.
+        - Committed checkpoints older than the newest `keep` committed ones.
+        - Incomplete folders older than the newest committed checkpoint: a run resumes from
+          its newest committed checkpoint and writes only newer steps, so nothing writes
+          those. An incomplete folder newer than it may be an upload in flight: it stays.
+        Returns the deleted paths.
         """
-        if keep < 1:
-            raise ValueError(f"keep: {keep} must be >= 1")
+        if keep < 2:
+            raise ValueError(f"keep: {keep} must be >= 2")
         folders = self.scan()
         complete = [folder for folder in folders if folder.complete]
         if not complete:
             return []
-        tracked = self.ray_tracked_steps()
-        if tracked is None:
-            log.warning("cannot read %s/%s: nothing pruned", self.display, RAY_SNAPSHOT_FILE)
-            return []
         newest = complete[-1].step
-        doomed = [f for f in folders
-                  if not f.complete and f.step < newest and f.step not in tracked]
-        if tracked:
-            oldest_tracked = min(tracked)
-            doomed += [f for f in complete[:-keep]
-                       if f.step not in tracked and f.step < oldest_tracked]
+        doomed = [f for f in folders if not f.complete and f.step < newest]
+        doomed += complete[:-keep]
         removed = []
         for folder in sorted(doomed, key=lambda f: f.step):
             try:
@@ -247,19 +220,6 @@ class RunStorage:
                     self.filesystem.delete_file(f"{folder.path}/{name}")
         with contextlib.suppress(FileNotFoundError):
             self.filesystem.delete_dir(folder.path)
-
-
-def _strings(value: Any) -> Iterable[str]:
-    """Every string in a JSON value (keys included)."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield str(key)
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
 
 
 def resolve_storage(storage: str, run_name: str, endpoint_url: str | None = None) -> RunStorage:

@@ -74,7 +74,19 @@ class TrainMetrics:
         )
         self.step = gauge("seer_train_step", "current step", tag_keys)
         self.checkpoint_step = gauge(
-            "seer_train_checkpoint_step", "step of the newest checkpoint", tag_keys
+            "seer_train_checkpoint_step",
+            "step of the run's newest committed checkpoint (seer_train_step never goes below it)",
+            tag_keys,
+        )
+        self.store_wait = gauge(
+            "seer_train_store_wait_seconds",
+            "how long this worker has been waiting for an unreachable checkpoint store (0: not)",
+            tag_keys,
+        )
+        self.checkpoint_pause = histogram(
+            "seer_train_checkpoint_pause_seconds",
+            "step-loop pause per checkpoint (copy to host memory; the upload runs beside)",
+            STEP_SECONDS_BUCKETS, tag_keys,
         )
         self.checkpoint_time = gauge(
             "seer_train_checkpoint_timestamp_seconds",
@@ -89,9 +101,17 @@ class TrainMetrics:
             tag_keys,
         )
 
-    def checkpointed(self, step: int) -> None:
+    def committed(self, step: int) -> None:
+        """The run's newest committed checkpoint: after each commit (rank 0) and at resume
+        (every rank), so a step that goes below it (a rewind) is visible and alerted on."""
         self.checkpoint_step.set(step, self.tags)
         self.checkpoint_time.set(time.time(), self.tags)
+
+    def store_waiting(self, seconds: float) -> None:
+        self.store_wait.set(seconds, self.tags)
+
+    def checkpoint_paused(self, seconds: float) -> None:
+        self.checkpoint_pause.observe(seconds, self.tags)
 
     def throughput(self, images_per_second: float) -> None:
         self.images_per_second.set(images_per_second, self.tags)

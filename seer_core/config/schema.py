@@ -209,7 +209,13 @@ class CheckpointConfig:
     run_name: str = knob("seer-local", help="rerun with the same name to resume")
     every_steps: int = knob(500, ge=1)
     every_minutes: float = knob(30.0, ge=0, help="also checkpoint after this long (0: off)")
-    keep: int = knob(3, ge=1, help="newest checkpoints kept")
+    keep: int = knob(
+        3, ge=2, help="newest committed checkpoints kept (>= 2: one may be mid-upload)"
+    )
+    store_grace_minutes: float = knob(
+        720.0, gt=0, help="how long a run waits for an unreachable checkpoint store before it "
+        "gives up (an outage is waited out, never taken for corruption)"
+    )
 
 
 @dataclass

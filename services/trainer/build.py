@@ -20,7 +20,7 @@ def build_trainer(
     ``actors``: the ingest pool size, resolved by the driver (``services.stream.pool_size``);
     ``stats``: an ``IngestStats`` actor the ingest actors report to (tests).
     """
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
 
     storage = storage_for(cfg)
     datasets = None
@@ -44,7 +44,8 @@ def build_trainer(
             storage_path=storage.root,
             storage_filesystem=storage.filesystem,
             failure_config=FailureConfig(max_failures=-1),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+            # No checkpoint_config: Ray Train never sees seer's checkpoints, seer alone writes,
+            # commits and deletes them (services.trainer.checkpoint_writer).
             worker_runtime_env={"env_vars": _forwarded_env()},
         ),
         datasets=datasets,

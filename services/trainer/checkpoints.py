@@ -1,39 +1,34 @@
-"""Writing checkpoints through `ray.train.report`, committing them, and restoring one on all ranks.
+"""Restoring the newest committed checkpoint on all ranks, through store outages.
 
-One checkpoint is the folder `<storage>/<run>/step_<N>/`:
+A checkpoint is the folder `<storage>/<run>/step_<N>/` (written by
+`services.trainer.checkpoint_writer`):
 
 - `state.pt` (rank 0): what the ranks share: model, optimizer, schedule, scaler, step, config;
 - `meta.json` (rank 0): a summary for `seer status` (step, loss, LR, world size, format 2);
 - `rank_<r>.pt` (every rank): what rank r owns: its SwAV queue and its random streams (torch,
-  CUDA, python, numpy, and the photometric generator). Restoring rank 0's on every rank made
-  all ranks draw the same augmentations after a resume;
-- `commit.json` (rank 0, last): the commit marker, with the world size and queue geometry.
+  CUDA, python, numpy, and the photometric generator);
+- `commit.json` (rank 0, last, after every rank's upload): the commit marker, with the world
+  size and queue geometry. Without it the folder is not a checkpoint.
 
-Why a marker: Ray Train copies every rank's files into the store itself, file by file (pyarrow
-`copy_files`: threads on a local folder, listing order on S3), so the presence of `state.pt`
-says nothing about the rest; a crash leaves any subset, even half a file. Ray 2.60's `report`
-in its default SYNC mode returns only once *this rank's* copy is done
-(ray/train/v2/_internal/execution/context.py: `report` -> `_upload_checkpoint` ->
-`StorageContext.persist_current_checkpoint`), so after `report` all ranks meet in a collective
-and then rank 0 writes the marker, moves the `latest` pointer and prunes the folders crashes
-left behind (`RunStorage.prune`).
+Resume (`restore`) never rewinds: rank 0 lists the committed checkpoints and broadcasts the
+list; the newest is read and, only if it is *proven* unusable (it does not unpickle, a file or
+key is missing, a shape does not fit) on any rank, every rank moves to the next older one
+together, and the skipped ones are un-committed so that the run writes those steps again. A
+store that cannot be reached or throttles is waited for by every rank together
+(`collective.agree_with_retry`), never taken for corruption. If the run has committed
+checkpoints and none is usable, it ends with `NoUsableCheckpoint` instead of starting over.
 
-Resume (`restore`): rank 0 lists the committed checkpoints and broadcasts the list; every rank
-tries the newest, and a MIN all-reduce of the success flags tells all of them whether every rank
-could read it; if one could not (a transient storage error on one node), all move to the next
-candidate together, so that no two replicas ever start from different steps. With another
-world size, the saved queues are dealt out over the new ranks (`queue_picks`) and a rank that
-has no saved streams gets fresh ones (`seed_rank_streams`).
+Reads: rank 0 alone reads `state.pt` and broadcasts it (`collective.broadcast_state`); each rank
+reads its own `rank_<r>.pt` (with another world size, the old ranks' queues it is dealt by
+`queue_picks`, and a rank without saved streams gets fresh ones: `seed_rank_streams`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import tempfile
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,23 +38,32 @@ import torch.distributed as dist
 
 from seer_core.checkpoint import (
     COMMIT_FILE,
-    COMMIT_FORMAT,
     STATE_FILE,
     CheckpointLoadError,
     load_state,
-    save_state,
-    step_dir_name,
+    parse_json,
 )
 from seer_core.config import SeerConfig
 from seer_core.swav.queue import gather_queue_rows, queue_picks
-from seer_core.training import StepResult, TrainState, load_state_dict, state_dict
-from seer_core.training.saved import load_rank_state_dict, rank_state_dict, seed_rank_streams
-from services.storage import META_FILE, RunStorage, resolve_storage
+from seer_core.training import TrainState, load_state_dict
+from seer_core.training.saved import load_rank_state_dict, seed_rank_streams
+from services.storage import RunStorage, resolve_storage
+from services.trainer.checkpoint_writer import rank_file
+from services.trainer.collective import (
+    Unusable,
+    agree_with_retry,
+    broadcast_state,
+    distributed,
+)
+from services.trainer.store_wait import StoreUnavailable, StoreWait, wait_for_store
 
 log = logging.getLogger("seer.trainer")
 _LEGACY_QUEUE = re.compile(r"^queue_rank(\d{5})\.pt$")
-#: What makes a checkpoint unusable on one rank (and so, after the vote, on all of them).
-_UNREADABLE = (CheckpointLoadError, OSError, ValueError, KeyError, TypeError)
+#: What proves a checkpoint unusable on one rank (and so, after the vote, on all of them): it
+#: does not unpickle, a file or key is missing, a shape or type does not fit. Not `OSError`: a
+#: store that cannot be reached is waited for (`store_wait`).
+_CORRUPT = (CheckpointLoadError, FileNotFoundError, ValueError, KeyError, TypeError,
+            RuntimeError)
 
 
 def storage_for(cfg: SeerConfig) -> RunStorage:
@@ -67,118 +71,24 @@ def storage_for(cfg: SeerConfig) -> RunStorage:
                            cfg.checkpoint.endpoint_url)
 
 
-def rank_file(rank: int) -> str:
-    return f"rank_{rank:05d}.pt"
-
-
 def legacy_queue_file(rank: int) -> str:
     """Where checkpoints written before per-rank streams held each rank's queue."""
     return f"queue_rank{rank:05d}.pt"
 
 
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def all_ranks_agree(ok: bool, world: int, device: torch.device | str = "cpu") -> bool:
-    """True only when `ok` is True on every rank (a MIN all-reduce); a collective: every rank
-    calls it equally often. Also the barrier after a checkpoint's copy."""
-    if world <= 1 or not (dist.is_available() and dist.is_initialized()):
-        return ok
-    on = torch.device(device) if dist.get_backend() == "nccl" else torch.device("cpu")
-    flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=on)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
-
-
-def write_checkpoint_files(state: TrainState, rank: int, world: int, folder: Path,
-                           metrics: Mapping[str, Any]) -> None:
-    """This rank's files of a checkpoint, into a local folder (which Ray then copies)."""
-    if rank == 0:
-        save_state(state_dict(state, per_rank=False), folder / STATE_FILE)
-        meta = {**metrics, "time": time.time(), "run_name": state.cfg.checkpoint.run_name,
-                "world_size": world, "format": COMMIT_FORMAT}
-        (folder / META_FILE).write_text(json.dumps(meta))
-    own = {"format": COMMIT_FORMAT, "rank": rank, "world_size": world, "step": state.step,
-           "queue": state.queue.state_dict() if state.queue is not None else None,
-           **rank_state_dict(state)}
-    save_state(own, folder / rank_file(rank))
-
-
-def report_checkpoint(state: TrainState, rank: int, result: StepResult | None,
-                      extra: Mapping[str, float] | None = None) -> None:
-    """Every rank calls this together: rank 0 writes the shared state, each rank its own file;
-    once every rank's copy is stored, rank 0 commits the checkpoint (see the module doc)."""
-    import ray.train
-
-    world = _world()
-    metrics = {
-        "step": state.step,
-        "images_seen": state.images_seen,
-        "loss": result.loss if result else float("nan"),
-        "lr": result.lr if result else state.schedule.lr,
-        **(extra or {}),
-    }
-    storage = storage_for(state.cfg)
-    name = step_dir_name(state.step)
-    path = f"{storage.run_path}/{name}"
-    if rank == 0:
-        # A folder of this step left by an earlier attempt is written over now; it must not
-        # count as committed while that happens. Safe before `report`: Ray's copy starts only
-        # after every rank has entered it (its first step syncs the folder name across ranks).
-        _best_effort("un-commit", path, lambda: storage.uncommit(path))
-    with tempfile.TemporaryDirectory(prefix="seer-ckpt-") as tmp:
-        write_checkpoint_files(state, rank, world, Path(tmp), metrics)
-        # SYNC (the default, spelt out because the commit depends on it): report returns once
-        # this rank's files are in the store.
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=name,
-                         checkpoint_upload_mode=ray.train.CheckpointUploadMode.SYNC)
-    all_ranks_agree(True, world, state.device)  # every rank's copy has returned
-    if rank == 0:
-        commit_checkpoint(storage, path, state, world)
-
-
-def commit_checkpoint(storage: RunStorage, path: str, state: TrainState, world: int) -> None:
-    """Marker, then `latest`, then pruning. A failure is logged, not raised: training goes on,
-    and an uncommitted folder is only a checkpoint lost (the next one will be committed)."""
-    queue = state.queue
-    record = {"format": COMMIT_FORMAT, "step": state.step, "world_size": world,
-              "queue_rows": queue.length if queue is not None else 0,
-              "queue_filled": queue.filled if queue is not None else 0, "time": time.time()}
-    if not _best_effort("commit", path, lambda: storage.commit(path, record)):
-        return
-    name = path.rsplit("/", 1)[-1]
-    _best_effort("point latest at", path, lambda: storage.write_latest(name))
-    removed: list[str] = []
-    _best_effort("prune beside", path,
-                 lambda: removed.extend(storage.prune(state.cfg.checkpoint.keep)))
-    for gone in removed:
-        log.info("pruned %s (left by a crash, or beyond checkpoint.keep and not Ray's)", gone)
-
-
-def _best_effort(what: str, path: str, action: Callable[[], object]) -> bool:
-    try:
-        action()
-    except OSError as exc:
-        log.error("could not %s checkpoint %s: %s", what, path, exc)
-        return False
-    return True
-
-
-def checkpoints_newest_first(storage: RunStorage, rank: int, world: int) -> list[str]:
+def checkpoints_newest_first(storage: RunStorage, rank: int, wait: StoreWait,
+                             device: torch.device | str = "cpu") -> list[str]:
     """Committed checkpoints in the run's storage, newest first, as rank 0 sees them.
 
-    Not `ray.train.get_checkpoint()`: Ray hands a restarted group the newest checkpoint its
-    controller has *registered*, and a worker killed moments after reporting leaves a complete,
-    newer checkpoint that was never registered (seen in tests). Ray writes into this same
-    storage, so the listing covers its checkpoints too, and nothing written is thrown away.
-    Rank 0 lists and broadcasts so that every rank tries the same candidates in the same order.
+    Not `ray.train.get_checkpoint()`: Ray Train never sees seer's checkpoints (see
+    `checkpoint_writer`). Rank 0 lists (every rank waits with it while the store is down) and
+    broadcasts, so that every rank tries the same candidates in the same order.
     """
-    choice: list[list[str]] = [[]]
-    if rank == 0:
-        choice[0] = [path for _, path in reversed(storage.list_checkpoints())]
-    if world > 1:
+    def listing() -> list[str]:
+        return [path for _, path in reversed(storage.list_checkpoints())] if rank == 0 else []
+
+    choice = [agree_with_retry(listing, wait, device)]
+    if distributed():
         dist.broadcast_object_list(choice, src=0)
     return choice[0]
 
@@ -188,7 +98,7 @@ class LoadedCheckpoint:
     """What one rank read of a candidate checkpoint, not yet applied to its state."""
 
     path: str
-    saved: dict[str, Any]
+    saved: dict[str, Any] | None  # the shared state (rank 0 reads it, then broadcasts it)
     streams: dict[str, Any] | None  # this rank's saved streams; None: derive fresh ones
     queue: dict[str, Any] | None  # this rank's queue state; None: it starts empty
     notes: list[str] = field(default_factory=list)  # what was dropped or derived, and why
@@ -209,9 +119,22 @@ def _read(storage: RunStorage, path: str, name: str, tmp: Path) -> dict[str, Any
         local.unlink(missing_ok=True)
 
 
+def _read_commit(storage: RunStorage, path: str) -> dict[str, Any]:
+    """The commit record; a store error propagates (an outage is not corruption)."""
+    with storage.filesystem.open_input_stream(f"{path}/{COMMIT_FILE}") as handle:
+        record = parse_json(handle.read())
+    if record is None:
+        raise CheckpointLoadError(f"{path}/{COMMIT_FILE} is not a JSON object")
+    return record
+
+
 def load_checkpoint(storage: RunStorage, path: str, state: TrainState, rank: int,
                     world: int) -> LoadedCheckpoint:
-    """Reads what this rank needs of a checkpoint; raises one of `_UNREADABLE` if it cannot.
+    """Reads what this rank needs of a checkpoint: rank 0 the shared state, every rank its own
+    file (and, with another world size, the old ranks' files its queue share comes from).
+
+    Raises `OSError` when the store cannot be reached (wait and retry), one of `_CORRUPT` when
+    the checkpoint itself is unusable.
 
     Committed checkpoints name their world size and queue geometry; legacy ones (no marker)
     held rank 0's queue and streams in state.pt and every rank's queue in `queue_rank<r>.pt`.
@@ -221,9 +144,9 @@ def load_checkpoint(storage: RunStorage, path: str, state: TrainState, rank: int
     parts: dict[int, dict[str, Any] | None] = {}
     with tempfile.TemporaryDirectory(prefix="seer-restore-") as tmp_name:
         tmp = Path(tmp_name)
-        saved = _read(storage, path, STATE_FILE, tmp)
+        saved = _read(storage, path, STATE_FILE, tmp) if rank == 0 else None
         if COMMIT_FILE in names:
-            commit = storage.read_commit(path)
+            commit = _read_commit(storage, path)
             old_world = int(commit["world_size"])
             old_rows, old_filled = int(commit["queue_rows"]), int(commit["queue_filled"])
             missing = [rank_file(r) for r in range(old_world) if rank_file(r) not in names]
@@ -237,7 +160,8 @@ def load_checkpoint(storage: RunStorage, path: str, state: TrainState, rank: int
         else:
             queue_files = {int(m.group(1)) for m in map(_LEGACY_QUEUE.match, names) if m}
             old_world = max(queue_files) + 1 if queue_files else 1
-            old_length = int(((saved.get("config") or {}).get("swav") or {}).get(
+            shared = saved if saved is not None else _read(storage, path, STATE_FILE, tmp)
+            old_length = int(((shared.get("config") or {}).get("swav") or {}).get(
                 "queue_length") or 0)
             old_rows = old_filled = old_length // old_world  # fills: read from the files
             notes.append(f"legacy checkpoint (no {COMMIT_FILE}) of {old_world} rank(s)")
@@ -245,8 +169,8 @@ def load_checkpoint(storage: RunStorage, path: str, state: TrainState, rank: int
             def old_rank(r: int) -> dict[str, Any] | None:
                 if r not in parts:
                     queue = (_read(storage, path, legacy_queue_file(r), tmp)
-                             if r in queue_files else saved.get("queue") if r == 0 else None)
-                    streams = ({"rng": saved.get("rng"), "generator": saved.get("generator")}
+                             if r in queue_files else shared.get("queue") if r == 0 else None)
+                    streams = ({"rng": shared.get("rng"), "generator": shared.get("generator")}
                                if r == 0 else {})
                     parts[r] = {"queue": queue, **streams}
                 return parts[r]
@@ -291,6 +215,7 @@ def _queue_for(state: TrainState, rank: int, world: int, old_world: int, old_row
 
 def apply_checkpoint(state: TrainState, loaded: LoadedCheckpoint, rank: int) -> None:
     """Puts a checkpoint that every rank could read into this rank's state."""
+    assert loaded.saved is not None, "apply after broadcast_state"
     load_state_dict(state, loaded.saved, per_rank=False)
     if loaded.streams is not None:
         try:
@@ -311,26 +236,52 @@ def apply_checkpoint(state: TrainState, loaded: LoadedCheckpoint, rank: int) -> 
         log.warning("rank %d: resuming from %s: %s", rank, loaded.path, note)
 
 
-def restore(state: TrainState, rank: int, world: int) -> str | None:
-    """Loads the newest checkpoint that every rank can read; all ranks load the same one.
+class NoUsableCheckpoint(RuntimeError):
+    """The run has committed checkpoints and none of them can be loaded: starting again from
+    step 0 would throw weeks away (and retention would then delete them), so the run ends."""
 
-    A candidate unreadable on any rank (cut short, corrupt, a storage error on one node) is
-    skipped by all ranks together, with an error logged. Returns its path, or None for a fresh
-    start (no checkpoint, or none readable everywhere). Every rank calls this together.
-    """
-    storage = storage_for(state.cfg)
-    for path in checkpoints_newest_first(storage, rank, world):
-        loaded: LoadedCheckpoint | None = None
+
+def _is_corrupt(exc: BaseException) -> bool:
+    return isinstance(exc, _CORRUPT) and not isinstance(
+        exc, (StoreUnavailable, torch.OutOfMemoryError))
+
+
+def restore(state: TrainState, rank: int, world: int,
+            on_wait: Callable[[float], None] = lambda _s: None) -> str | None:
+    """Loads the newest committed checkpoint that every rank can use; every rank calls this
+    together and all load the same one. Returns its path, or None when the run has no
+    committed checkpoint at all (the only fresh start). See the module doc."""
+    cfg = state.cfg
+    storage = storage_for(cfg)
+    grace = cfg.checkpoint.store_grace_minutes * 60
+    device = state.device
+    candidates = checkpoints_newest_first(
+        storage, rank, StoreWait("list the checkpoints", grace, on_wait), device)
+    skipped: list[str] = []
+    for path in candidates:
         try:
-            loaded = load_checkpoint(storage, path, state, rank, world)
-        except _UNREADABLE as exc:
-            log.error("rank %d: cannot read checkpoint %s: %s", rank, path, exc)
-        if not all_ranks_agree(loaded is not None, world, state.device):
-            if loaded is not None:
-                log.error("rank %d: checkpoint %s is unreadable on another rank: every rank "
-                          "tries an older one", rank, path)
+            loaded = agree_with_retry(
+                lambda path=path: load_checkpoint(storage, path, state, rank, world),
+                StoreWait(f"read {path}", grace, on_wait), device, is_bad=_is_corrupt)
+            loaded.saved = broadcast_state(loaded.saved, 0, device)
+            agree_with_retry(lambda loaded=loaded: apply_checkpoint(state, loaded, rank),
+                             StoreWait(f"apply {path}", grace, on_wait), device,
+                             is_bad=_is_corrupt)
+        except Unusable as exc:
+            log.error("rank %d: checkpoint %s is unusable (%s): every rank tries the next older "
+                      "one", rank, path, exc)
+            skipped.append(path)
             continue
-        assert loaded is not None
-        apply_checkpoint(state, loaded, rank)
+        if rank == 0:
+            for bad in skipped:  # the run writes these steps again: they must not count
+                log.error("un-committing unusable checkpoint %s (its files stay)", bad)
+                wait_for_store(lambda bad=bad: storage.uncommit(bad),
+                               StoreWait(f"un-commit {bad}", grace, on_wait))
         return path
+    if candidates:
+        raise NoUsableCheckpoint(
+            f"none of the {len(candidates)} committed checkpoint(s) of run "
+            f"{cfg.checkpoint.run_name!r} in {storage.display} can be loaded (newest: "
+            f"{candidates[0]}); not starting again from step 0. Inspect them, or start a new "
+            "run with another checkpoint.run_name.")
     return None

@@ -5,7 +5,9 @@ Ray Train restarts a failed worker group for ever; whether that is right depends
 re-raising it, so that Ray Train still restarts the group as before. Once the same failure has
 repeated `train.max_repeated_failures` times the control actor calls it fatal; the group Ray
 Train starts next returns at once, so `fit()` ends without aborting anything, and the driver
-turns the fatal reason into a clear error and a non-zero exit.
+turns the fatal reason into a clear error and a non-zero exit. Two failures are fatal at once,
+because a restart could only meet them again: the checkpoint store unreachable for longer than
+`checkpoint.store_grace_minutes`, and a run whose committed checkpoints are all unusable.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Any
 
 from seer_core.config import config_from_dict
 from services.failures import failure_signature
+from services.trainer.checkpoints import NoUsableCheckpoint
 from services.trainer.loop import train_loop_per_worker
+from services.trainer.store_wait import StoreUnavailable
 
 log = logging.getLogger("seer.trainer")
 
@@ -57,6 +61,10 @@ def report_failure(loop_config: Mapping[str, Any], exc: BaseException) -> None:
         rank = ray.train.get_context().get_world_rank()
         control = find_control(run_name)
         if control is None:
+            return
+        if isinstance(exc, (StoreUnavailable, NoUsableCheckpoint)):
+            ray.get(control.give_up.remote(failure_signature(exc)), timeout=30)
+            log.error("rank %d: the run cannot go on: %s", rank, failure_signature(exc))
             return
         count = ray.get(control.failed.remote(rank, failure_signature(exc)), timeout=30)
         log.error("rank %d failed (%d time(s) in a row): %s", rank, count,

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from seer_core.config import config_from_dict
+from seer_core.config import SeerConfig, config_from_dict
 from seer_core.training import (
     StepResult,
     TrainState,
@@ -19,7 +19,8 @@ from seer_core.training import (
 )
 from services.train_metrics import TrainMetrics
 from services.trainer.batches import stream_batches, synthetic_batches
-from services.trainer.checkpoints import report_checkpoint, restore
+from services.trainer.checkpoint_writer import CheckpointWriter
+from services.trainer.checkpoints import restore, storage_for
 from services.trainer.decisions import Decider, RunMeter
 from services.trainer.health import (
     WarningThrottle,
@@ -46,7 +47,7 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from services.control import find_control, relay_warnings
+    from services.control import relay_warnings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = config_from_dict(loop_config["config"])
@@ -62,7 +63,8 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
     state = build_train_state(cfg, device, wrap=ray.train.torch.prepare_model)
-    source = restore(state, rank, world)
+    metrics = TrainMetrics(rank)
+    source = restore(state, rank, world, on_wait=metrics.store_waiting)
     resumed: dict[str, float] = {}
     if source:
         resumed = {"resumed_step": state.step, "resumed_lr": state.schedule.lr,
@@ -71,13 +73,30 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
             log.info("resumed from %s at step %d (%d images seen)", source, state.step,
                      state.images_seen)
 
-    metrics = TrainMetrics(rank)
+    if source:
+        metrics.committed(state.step)
+    writer = CheckpointWriter(
+        storage_for(cfg), rank, world, device, keep=cfg.checkpoint.keep,
+        grace_s=cfg.checkpoint.store_grace_minutes * 60, on_wait=metrics.store_waiting,
+        on_commit=metrics.committed if rank == 0 else lambda _step: None)
+    try:
+        _train(cfg, state, rank, world, device, source, resumed, metrics, writer,
+               synthetic=bool(loop_config.get("synthetic")))
+    finally:
+        writer.close()
+
+
+def _train(cfg: SeerConfig, state: TrainState, rank: int, world: int, device: torch.device,
+           source: str | None, resumed: dict[str, float], metrics: TrainMetrics,
+           writer: CheckpointWriter, synthetic: bool) -> None:
+    from services.control import find_control
+
     control = find_control(cfg.checkpoint.run_name) if rank == 0 else None
     decider = Decider(cfg, rank, world, device, control)
     n_prototypes = cfg.model.prototypes[0]
     batches = (
         synthetic_batches(cfg, state.recipe, cfg.train.seed + rank)
-        if loop_config.get("synthetic")
+        if synthetic
         else stream_batches(cfg, state.recipe)
     )
 
@@ -87,7 +106,6 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
     window_start = time.perf_counter()
     window_images = 0
     window_wait = 0.0
-    last_checkpoint_step = state.step if source else -1
     checkpoint_due = stop_due = False
     skipped_steps = 0
     wait_start = time.perf_counter()
@@ -97,6 +115,7 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
         window_images += len_batch(batch) * world
         window_wait += data_wait
         run_meter.add(len_batch(batch) * world, data_wait)
+        writer.poll()  # commits the checkpoint in flight once every rank has uploaded it
 
         if result.skipped:
             skipped_steps += 1
@@ -120,10 +139,10 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
                 log.warning("step %d was skipped: checkpoint/stop deferred to the next finite "
                             "step", result.step)
         elif checkpoint_due or stop_due:
-            report_checkpoint(state, rank, result, {**resumed, **run_meter.summary(),
-                                                    "skipped_steps": skipped_steps})
-            last_checkpoint_step = state.step
-            metrics.checkpointed(state.step)
+            summary = {"step": state.step, "images_seen": state.images_seen,
+                       "loss": result.loss, "lr": result.lr, **resumed,
+                       **run_meter.summary(), "skipped_steps": skipped_steps}
+            metrics.checkpoint_paused(writer.start(state, summary))
             checkpoint_due = False
         if rank == 0 and result.step % cfg.train.log_every_steps == 0:
             elapsed = time.perf_counter() - window_start
@@ -135,7 +154,8 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
                 "images_per_second": window_images / elapsed if elapsed > 0 else 0.0,
                 "data_wait_share": window_wait / elapsed if elapsed > 0 else 0.0,
                 "usage_entropy": result.usage_entropy,
-                "last_checkpoint_step": last_checkpoint_step,
+                "last_checkpoint_step": writer.committed_step if writer.committed_step >= 0
+                else (state.step if source else -1),
             }
             metrics.throughput(progress["images_per_second"])
             if control is not None:
@@ -143,6 +163,7 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
             window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
 
         if stop_due and not result.skipped:
+            writer.finish()  # the final checkpoint is committed before the workers return
             if rank == 0:
                 log.info("stopping at step %d: %s", state.step, decider.stop_reason)
             return

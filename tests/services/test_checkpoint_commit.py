@@ -1,24 +1,22 @@
 """A checkpoint counts once its commit marker is there; a crash mid-write leaves a resumable store.
 
-Ray Train copies a checkpoint's files one by one into the store (in no fixed order, in parallel
-on a local folder), so `state.pt` being there says nothing about the rest. The trainer writes a
-commit marker after every rank's copy has returned, then the `latest` pointer, then prunes what
-crashes left behind. Here a real process writing checkpoints through that code path is
-SIGKILLed in the middle of one, on a local folder and on S3 (moto on 127.0.0.1), and the next
-run must resume at the newest intact step.
+Every rank uploads its files of a checkpoint one by one, beside training, so `state.pt` being
+there says nothing about the rest. Rank 0 writes a commit marker after every rank's upload is
+done, then the `latest` pointer, then prunes (the only code that deletes checkpoints). Here a
+real process writing checkpoints through that code path is SIGKILLed in the middle of one, on a
+local folder and on S3 (moto on 127.0.0.1), and the next run must resume at the newest intact
+step.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,29 +67,27 @@ def test_only_committed_or_legacy_checkpoints_are_listed(tmp_path: Path) -> None
     assert resolve_checkpoint("latest", storage).step == 3
 
 
-def test_report_commits_after_every_copy_then_points_latest(tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch
-                                                            ) -> None:
-    import ray.train
-
+def test_the_commit_follows_every_upload_then_latest_moves(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
     from seer_core.training import build_train_state
-    from services.trainer.checkpoints import report_checkpoint
+    from services.trainer.checkpoint_writer import save_checkpoint
 
     cfg = tiny_config(str(tmp_path))
     storage = resolve_storage(str(tmp_path), "k")
-    seen_during_copy: list[set[str]] = []
-    copy = ray_like_report(storage)
+    seen_during_upload: list[set[str]] = []
+    store = RunStorage.store_file
 
-    def report(metrics: dict[str, Any], checkpoint: Any = None, **kwargs: Any) -> None:
-        copy(metrics, checkpoint=checkpoint, **kwargs)
-        folder = tmp_path / "k" / kwargs["checkpoint_dir_name"]
-        seen_during_copy.append({p.name for p in folder.iterdir()})
+    def watched(self: RunStorage, local: Path, path: str) -> None:
+        store(self, local, path)
+        seen_during_upload.append({p.name for p in Path(path).parent.iterdir()})
 
-    monkeypatch.setattr(ray.train, "report", report)
+    monkeypatch.setattr(RunStorage, "store_file", watched)
     state = build_train_state(cfg)
     state.step = 7
-    report_checkpoint(state, 0, None)
-    assert seen_during_copy and COMMIT_FILE not in seen_during_copy[0]
+    save_checkpoint(state, storage)
+    assert len(seen_during_upload) == 3  # state.pt, meta.json, rank_00000.pt
+    assert all(COMMIT_FILE not in names for names in seen_during_upload)
     folder = tmp_path / "k" / step_dir_name(7)
     commit = json.loads((folder / COMMIT_FILE).read_text())
     assert commit["step"] == 7 and commit["world_size"] == 1
@@ -100,67 +96,81 @@ def test_report_commits_after_every_copy_then_points_latest(tmp_path: Path,
     assert storage.list_checkpoints() == [(7, str(folder))]
 
 
-def test_prune_removes_crash_orphans_but_nothing_ray_tracks_or_a_live_write(
-        tmp_path: Path) -> None:
-    """Incomplete folders older than the newest committed one are orphans of a crash; committed
-    ones beyond `keep` that Ray's run snapshot no longer names (and older than all it names) are
-    orphans too. An incomplete folder newer than the newest committed one may be a checkpoint
-    being written right now: it stays. So does anything Ray's snapshot names (Ray refuses to
-    restore a run whose snapshot points at a deleted checkpoint)."""
+def test_a_failed_commit_is_retried_not_dropped(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17.2: a commit that meets a store error waits and tries again (it used to be
+    logged and dropped: `keep` such failures in a row left no committed checkpoint)."""
+    from seer_core.training import build_train_state
+    from services.trainer import store_wait
+    from services.trainer.checkpoint_writer import save_checkpoint
+
+    monkeypatch.setattr(store_wait, "FIRST_DELAY_S", 0.01)
+    storage = resolve_storage(str(tmp_path), "k")
+    commit = RunStorage.commit
+    failures = [0]
+
+    def flaky(self: RunStorage, path: str, record: dict[str, Any]) -> None:
+        if failures[0] < 2:
+            failures[0] += 1
+            raise OSError("AWS Error SERVICE_UNAVAILABLE during PutObject: 503 SlowDown")
+        commit(self, path, record)
+
+    monkeypatch.setattr(RunStorage, "commit", flaky)
+    state = build_train_state(tiny_config(str(tmp_path)))
+    state.step = 4
+    save_checkpoint(state, storage)
+    assert failures[0] == 2
+    assert [s for s, _ in storage.list_checkpoints()] == [4]
+
+
+def test_keep_below_two_is_refused() -> None:
+    """One checkpoint may be mid-upload while the newest committed one must survive."""
+    from seer_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"checkpoint\.keep"):
+        load_config("local", ["checkpoint.keep=1"])
+
+
+def test_prune_keeps_the_newest_committed_and_any_upload_in_flight(tmp_path: Path) -> None:
+    """Committed checkpoints beyond the newest `keep` go; incomplete folders older than the
+    newest committed one are orphans of a crash and go; an incomplete folder newer than it may
+    be an upload in flight: it stays."""
     run = tmp_path / "k"
     for step in (3, 6, 9, 10, 11):
         _touch(run / step_dir_name(step), STATE_FILE, COMMIT_FILE, meta={"format": 2})
     for step in (5, 8, 12):
         _touch(run / step_dir_name(step), STATE_FILE, meta={"format": 2})
-    _touch(run / step_dir_name(4), STATE_FILE, meta={"step": 4})  # legacy complete
     _touch(run / step_dir_name(7))  # empty: the crash came before the first file
-    # What Ray 2.60 writes (CheckpointManager._save_state): it names the folders it tracks.
-    (run / "checkpoint_manager_snapshot.json").write_text(json.dumps({
-        "checkpoint_results": [{"checkpoint_dir_name": step_dir_name(s), "metrics": {}}
-                               for s in (6, 10, 11)],
-        "latest_checkpoint_result": {"checkpoint_dir_name": step_dir_name(11)}}))
     storage = resolve_storage(str(tmp_path), "k")
     removed = storage.prune(keep=2)
     left = sorted(p.name for p in run.iterdir() if p.name.startswith("step_"))
-    assert left == [step_dir_name(s) for s in (6, 9, 10, 11, 12)], removed
-    # 9 is beyond keep and unknown to Ray, but newer than the oldest step Ray tracks (6): Ray
-    # may still be about to register it, so it waits for a later prune.
-    assert [s for s, _ in storage.list_checkpoints()] == [6, 9, 10, 11]
-
-    (run / "checkpoint_manager_snapshot.json").write_text("not json")
-    assert storage.prune(keep=1) == []  # an unreadable snapshot: delete nothing committed
+    assert left == [step_dir_name(s) for s in (10, 11, 12)], removed
+    assert [s for s, _ in storage.list_checkpoints()] == [10, 11]
+    with pytest.raises(ValueError, match="keep"):
+        storage.prune(keep=1)
 
 
-def ray_like_report(storage: RunStorage, block_step: int = -1, block_after: int = -1,
-                    seed: int = 0) -> Callable[..., None]:
-    """`ray.train.report` for a checkpoint as Ray 2.60 runs it in SYNC mode: the step folder is
-    created and the files are copied into the store, then it returns. Files are copied one by
-    one, in a seeded random order (Ray's order is not fixed: pyarrow copies a local folder with
-    threads). At `block_step`, after `block_after` files, the next one is half-written (when
-    there is one), BLOCKED is printed and the writer waits to be killed."""
-    order = random.Random(seed)
+def block_upload(block_step: int, block_after: int) -> None:
+    """Patches `RunStorage` so that, at `block_step`, `block_after` files are stored, then the
+    writer prints BLOCKED and waits to be killed (a node lost mid-upload, or, once every file
+    is stored, just before the commit marker)."""
+    store, commit = RunStorage.store_file, RunStorage.commit
+    stored = [0]
 
-    def report(metrics: dict[str, Any], checkpoint: Any = None,
-               checkpoint_dir_name: str | None = None, **_: Any) -> None:
-        if checkpoint is None:
-            return
-        destination = f"{storage.run_path}/{checkpoint_dir_name}"
-        storage.filesystem.create_dir(destination)
-        names = sorted(os.listdir(checkpoint.path))
-        order.shuffle(names)
-        blocking = metrics.get("step") == block_step
-        for index, name in enumerate(names):
-            data = (Path(checkpoint.path) / name).read_bytes()
-            with storage.filesystem.open_output_stream(f"{destination}/{name}") as out:
-                if blocking and index == block_after:
-                    out.write(data[: len(data) // 2])
-                    out.flush()
-                    _block()
-                out.write(data)
-        if blocking:
+    def store_file(self: RunStorage, local: Path, path: str) -> None:
+        if step_dir_name(block_step) in path:
+            if stored[0] == block_after:
+                _block()
+            stored[0] += 1
+        store(self, local, path)
+
+    def commit_marker(self: RunStorage, path: str, record: dict[str, Any]) -> None:
+        if step_dir_name(block_step) in path:
             _block()
+        commit(self, path, record)
 
-    return report
+    RunStorage.store_file = store_file  # type: ignore[method-assign]
+    RunStorage.commit = commit_marker  # type: ignore[method-assign]
 
 
 def _block() -> None:
@@ -170,17 +180,16 @@ def _block() -> None:
 
 
 def writer_main(storage_uri: str, endpoint: str, block_step: int, block_after: int) -> None:
-    """Runs in a subprocess: checkpoints steps 1, 2, ... through `report_checkpoint` until it
+    """Runs in a subprocess: checkpoints steps 1, 2, ... through the checkpoint writer until it
     blocks at `block_step` (and is killed); the first parameter holds the step, to check which
     checkpoint a resume loaded."""
-    import ray.train
-
     from seer_core.training import build_train_state, unwrap
-    from services.trainer.checkpoints import report_checkpoint, storage_for
+    from services.trainer.checkpoint_writer import save_checkpoint
+    from services.trainer.checkpoints import storage_for
 
     torch.set_num_threads(1)
     cfg = tiny_config(storage_uri, endpoint or None)
-    ray.train.report = ray_like_report(storage_for(cfg), block_step, block_after)
+    block_upload(block_step, block_after)
     state = build_train_state(cfg)
     first = next(unwrap(state.model).parameters())
     step = 0
@@ -189,7 +198,7 @@ def writer_main(storage_uri: str, endpoint: str, block_step: int, block_after: i
         state.step = step
         with torch.no_grad():
             first.fill_(float(step))
-        report_checkpoint(state, 0, None)
+        save_checkpoint(state, storage_for(cfg))
         print(f"COMMITTED {step}", flush=True)
 
 
@@ -221,18 +230,17 @@ def _run_writer_until_blocked(storage_uri: str, endpoint: str, block_step: int,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("where", "block_after"), [("local", 1), ("local", 3), ("s3", 2),
+@pytest.mark.parametrize(("where", "block_after"), [("local", 1), ("local", 3), ("s3", 0),
                                                      ("s3", 3)])
 def test_sigkill_mid_checkpoint_resumes_at_the_newest_intact_step(
         where: str, block_after: int, tmp_path: Path, request: pytest.FixtureRequest,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Killed while step 3 is being copied (after 1 file and half of the next, after 2, or after
-    all 3 files but before the marker): steps 1 and 2 are the checkpoints, the next run resumes
-    at 2, and its next checkpoint prunes the orphan."""
-    import ray.train
-
+    """Killed while step 3 is being uploaded (after 0, 1 or all 3 files, before the marker):
+    steps 1 and 2 are the checkpoints, the next run resumes at 2, and its next checkpoint
+    prunes the orphan."""
     from seer_core.training import build_train_state, unwrap
-    from services.trainer.checkpoints import report_checkpoint, restore, storage_for
+    from services.trainer.checkpoint_writer import save_checkpoint
+    from services.trainer.checkpoints import restore, storage_for
 
     if where == "s3":
         s3_server = request.getfixturevalue("s3_server")
@@ -246,7 +254,8 @@ def test_sigkill_mid_checkpoint_resumes_at_the_newest_intact_step(
     storage = storage_for(cfg)
     assert [s for s, _ in storage.list_checkpoints()] == [1, 2]
     assert storage.read_latest() == step_dir_name(2)
-    assert step_dir_name(3) in [f.name for f in storage.scan()]  # the orphan is there
+    if block_after:
+        assert step_dir_name(3) in [f.name for f in storage.scan()]  # the orphan is there
 
     state = build_train_state(cfg)
     with torch.random.fork_rng():
@@ -254,9 +263,8 @@ def test_sigkill_mid_checkpoint_resumes_at_the_newest_intact_step(
     assert source is not None and source.endswith(step_dir_name(2)) and state.step == 2
     assert float(next(unwrap(state.model).parameters()).detach().flatten()[0]) == 2.0
 
-    monkeypatch.setattr(ray.train, "report", ray_like_report(storage))
     state.step = 5  # the resumed run trains on and writes its next checkpoint
-    report_checkpoint(state, 0, None)
-    assert [s for s, _ in storage.list_checkpoints()] == [1, 2, 5]
+    save_checkpoint(state, storage)
+    assert [s for s, _ in storage.list_checkpoints()] == [2, 5]  # keep=2
     assert step_dir_name(3) not in [f.name for f in storage.scan()]  # the orphan is pruned
     assert storage.read_latest() == step_dir_name(5)

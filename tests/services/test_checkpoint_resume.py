@@ -1,10 +1,9 @@
 """Resuming a never-ending run: another world size, one checkpoint for all ranks, per-rank streams.
 
-The checkpoints here are written the way the trainer writes them under Ray Train: every rank of
-a real gloo process group (127.0.0.1) calls `report_checkpoint`, whose `ray.train.report` is
-replaced by what Ray 2.60 does with it in its default (synchronous) mode: create the step folder
-in the run's storage and copy the rank's files there with pyarrow, then return. The resumes run
-in real process groups too (1, 2 or 3 processes), through `restore` as the Train loop calls it.
+The checkpoints here are written the way the trainer writes them: every rank of a real gloo
+process group (127.0.0.1) uploads its files through a `CheckpointWriter` and rank 0 commits once
+every rank's upload is done. The resumes run in real process groups too (1, 2 or 3 processes),
+through `restore` as the Train loop calls it.
 """
 
 from __future__ import annotations
@@ -51,29 +50,6 @@ def _init_group(rank: int, world: int, port: int) -> None:
                                          rank=rank, world_size=world)
 
 
-def ray_like_report(storage_root: str, run_name: str) -> Callable[..., None]:
-    """`ray.train.report` as Ray 2.60 runs it for a checkpoint in SYNC mode (the default):
-    `StorageContext.persist_current_checkpoint` creates the folder and copies the files with
-    `_pyarrow_fs_copy_files`, then report returns. Ray's own copy function is used here."""
-    from ray.train.v2._internal.execution.storage import _pyarrow_fs_copy_files
-
-    from services.storage import resolve_storage
-
-    storage = resolve_storage(storage_root, run_name)
-
-    def report(metrics: dict[str, Any], checkpoint: Any = None,
-               checkpoint_dir_name: str | None = None, **_: Any) -> None:
-        if checkpoint is None:
-            return
-        destination = f"{storage.run_path}/{checkpoint_dir_name}"
-        storage.filesystem.create_dir(destination)
-        _pyarrow_fs_copy_files(checkpoint.path, destination,
-                               source_filesystem=checkpoint.filesystem,
-                               destination_filesystem=storage.filesystem)
-
-    return report
-
-
 def _draws(state: Any) -> dict[str, Any]:
     """The next numbers of every random stream a rank owns (what a resume must reproduce)."""
     return {"torch": torch.rand(4), "python": random.random(), "numpy": float(np.random.rand()),
@@ -86,13 +62,11 @@ def _queue_copy(state: Any) -> dict[str, Any]:
 
 def _write_two_rank_run(rank: int, world: int, port: int, storage: str, out: str) -> None:
     """A 2-rank run with distinct streams and queues per rank, checkpointed at steps 2 and 4."""
-    import ray.train
-
     from seer_core.training import build_train_state, train_step
-    from services.trainer.checkpoints import report_checkpoint
+    from services.trainer.checkpoint_writer import save_checkpoint
+    from services.trainer.checkpoints import storage_for
 
     _init_group(rank, world, port)
-    ray.train.report = ray_like_report(storage, "r")
     cfg = tiny_config(Path(storage), world)
     state = build_train_state(cfg)
     torch.manual_seed(100 + rank)
@@ -105,15 +79,17 @@ def _write_two_rank_run(rank: int, world: int, port: int, storage: str, out: str
             train_step(state, fixed_batch(cfg, state.recipe, seed=10 * rank + state.step))
         assert state.queue is not None and state.queue.in_use
         queue = _queue_copy(state)
-        report_checkpoint(state, rank, None)
+        save_checkpoint(state, storage_for(cfg), rank, world)
         expected[step] = {"queue": queue, "draws": _draws(state)}
     torch.save(expected, Path(out) / f"written_rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
 
 def _resume(rank: int, world: int, port: int, storage: str, out: str,
-            unreadable_on_rank1: str | None) -> None:
-    """A resumed worker: builds its state for `world` ranks, restores, records what it got."""
+            unreadable_on_rank1: str | None, how: str = "corrupt") -> None:
+    """A resumed worker: builds its state for `world` ranks, restores, records what it got.
+    With `unreadable_on_rank1`, rank 1's reads of that step fail: `corrupt` for good (the file
+    does not unpickle), `store` twice with a store error (its node cannot reach the store)."""
     from seer_core.checkpoint import CheckpointLoadError
     from seer_core.training import build_train_state
     from services.trainer import checkpoints
@@ -121,14 +97,20 @@ def _resume(rank: int, world: int, port: int, storage: str, out: str,
     _init_group(rank, world, port)
     if rank == 1 and unreadable_on_rank1:
         real = checkpoints.load_state
+        failures = [0]
 
         def flaky(path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-            if unreadable_on_rank1 in str(path):  # a transient storage error on this node only
-                raise CheckpointLoadError(f"cannot load checkpoint {path}: connection reset")
+            if unreadable_on_rank1 in str(path):
+                if how == "corrupt":
+                    raise CheckpointLoadError(f"cannot load checkpoint {path}: bad zip")
+                if failures[0] < 2:
+                    failures[0] += 1
+                    raise OSError(f"AWS Error SLOW_DOWN during GetObject of {path}")
             return real(path, *args, **kwargs)
 
         checkpoints.load_state = flaky
     state = build_train_state(tiny_config(Path(storage), world))
+    state.cfg.checkpoint.store_grace_minutes = 5.0
     source = checkpoints.restore(state, rank, world)
     torch.save({"source": source, "step": state.step, "queue": _queue_copy(state),
                 "draws": _draws(state)}, Path(out) / f"resumed_w{world}_rank{rank}.pt")
@@ -220,11 +202,19 @@ def test_three_workers_share_the_rows_and_get_their_own_streams(two_rank_run,
 
 
 @pytest.mark.slow  # spawns gloo process groups
-def test_all_ranks_resume_from_the_same_checkpoint(two_rank_run, tmp_path: Path) -> None:
-    """Item 3: step 4 cannot be read on rank 1 (a transient storage error on its node): both
-    ranks go back to step 2 together, each with its own queue and streams (item 4)."""
-    storage, expected = two_rank_run
-    _spawn(_resume, 2, str(storage), str(tmp_path), STEP4)
+def test_a_corrupt_checkpoint_on_one_rank_is_skipped_by_all(two_rank_run,
+                                                            tmp_path: Path) -> None:
+    """Item 3: step 4 does not unpickle on rank 1: both ranks go back to step 2 together, each
+    with its own queue and streams (item 4), and step 4 no longer counts (un-committed, so the
+    run writes it again)."""
+    import shutil
+
+    from services.storage import resolve_storage
+
+    written, expected = two_rank_run
+    storage = tmp_path / "ckpt"
+    shutil.copytree(written, storage)
+    _spawn(_resume, 2, str(storage), str(tmp_path), STEP4, "corrupt")
     got = [torch.load(tmp_path / f"resumed_w2_rank{r}.pt", weights_only=True) for r in range(2)]
     assert [g["step"] for g in got] == [2, 2], "ranks resumed from different checkpoints"
     assert all(g["source"].endswith(STEP2) for g in got)
@@ -233,6 +223,19 @@ def test_all_ranks_resume_from_the_same_checkpoint(two_rank_run, tmp_path: Path)
         assert got[rank]["queue"]["filled"] == saved["filled"]
         assert torch.equal(got[rank]["queue"]["embeddings"], saved["embeddings"]), rank
         assert _same_draws(got[rank]["draws"], expected[rank][2]["draws"]), rank
+    assert [s for s, _ in resolve_storage(str(storage), "r").list_checkpoints()] == [2]
+
+
+@pytest.mark.slow  # spawns gloo process groups
+def test_a_store_error_on_one_rank_is_waited_out_by_all(two_rank_run, tmp_path: Path) -> None:
+    """Issue 17.1: rank 1 cannot reach the store for its file of step 4 (twice): that is no
+    corruption. Both ranks wait and retry together, and both resume at step 4, not step 2."""
+    storage, expected = two_rank_run
+    _spawn(_resume, 2, str(storage), str(tmp_path), STEP4, "store")
+    got = [torch.load(tmp_path / f"resumed_w2_rank{r}.pt", weights_only=True) for r in range(2)]
+    assert [g["step"] for g in got] == [4, 4]
+    for rank in (0, 1):
+        assert _same_draws(got[rank]["draws"], expected[rank][4]["draws"]), rank
 
 
 @pytest.mark.parametrize(("old_world", "new_world", "filled"),

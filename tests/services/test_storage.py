@@ -19,7 +19,6 @@ def test_local_storage_lists_complete_checkpoints(tmp_path: Path) -> None:
         folder.mkdir(parents=True)
         for name in files:
             (folder / name).write_bytes(b"{}" if name.endswith(".json") else b"x")
-    (tmp_path / "run" / "checkpoint_manager_snapshot.json").write_text("{}")
     assert [s for s, _ in storage.list_checkpoints()] == [3, 10]
     assert storage.read_meta(storage.list_checkpoints()[0][1]) == {}
 
