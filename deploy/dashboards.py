@@ -105,8 +105,7 @@ def training() -> Dashboard:
             "short", "A gap that keeps growing means checkpoints stopped."),
         Panel("Checkpoint age", [
             Target("time() - max(ray_seer_train_checkpoint_timestamp_seconds)", "age")],
-            "s", "Since the newest checkpoint this run wrote (reset by a worker restart until "
-            "the next checkpoint)."),
+            "s", "Since the newest committed checkpoint (a restarted group sets it at resume)."),
         Panel("Prototype-usage entropy", [
             Target("min(ray_seer_train_prototype_entropy_ratio)", "entropy / ln K")],
             "percentunit", "Near 0: the batch uses few prototypes (collapse)."),
@@ -116,10 +115,15 @@ def training() -> Dashboard:
         Panel("SwAV queue fill", [
             Target("min(ray_seer_train_queue_fill_ratio)", "fill")],
             "percentunit", "The queue is used only once full (after a resume it refills)."),
-        Panel("Ray Train: time blocked in report (checkpoint upload)", [
-            Target("max by (ray_train_worker_world_rank) (ray_train_report_total_blocked_time_s)",
-                   "rank {{ray_train_worker_world_rank}}")],
-            "s", "Ray Train's own cumulative seconds in ray.train.report (checkpoint storage)."),
+        Panel("Checkpoint: step-loop pause, store wait", [
+            Target("histogram_quantile(0.99, sum by (le) "
+                   f"(rate(ray_seer_train_checkpoint_pause_seconds_bucket[{RATE}])))",
+                   "loop pause p99"),
+            Target("max(ray_seer_train_store_wait_seconds)", "waiting for the store")],
+            "s", "What a checkpoint costs the step loop: the copy into host memory (upload and "
+            "commit run beside training). Store wait: how long a worker has been waiting for "
+            "an unreachable or throttling store (waited out up to "
+            "checkpoint.store_grace_minutes)."),
         Panel("Skipped steps (non-finite loss)", [
             Target(f"sum(increase(ray_seer_train_skipped_steps_total[{RATE}]))", "skipped")],
             "short", "Exported once a step was skipped (no series on a healthy run).",
