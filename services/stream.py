@@ -294,7 +294,16 @@ def configure_data_context(cfg: SeerConfig, ctx: DataContext | None = None) -> D
             set, so the context is left as it was).
     """
     ctx = ctx if ctx is not None else DataContext.get_current()
-    settings: dict[str, Any] = {
+    settings = data_context_settings(cfg)
+    _require_fields(ctx, settings, "ray.data.DataContext")
+    for name, value in settings.items():
+        setattr(ctx, name, value)
+    return ctx
+
+
+def data_context_settings(cfg: SeerConfig) -> dict[str, Any]:
+    """The DataContext fields the stream sets, and why (see :func:`configure_data_context`)."""
+    return {
         # Blocks are coalesced up to this size before anything is emitted; small blocks are
         # also what keeps an endless producer under backpressure.
         "target_max_block_size": cfg.ingest.target_max_block_mb * MiB,
@@ -319,10 +328,6 @@ def configure_data_context(cfg: SeerConfig, ctx: DataContext | None = None) -> D
         "enable_progress_bars": False,
         "print_on_execution_start": False,
     }
-    _require_fields(ctx, settings, "ray.data.DataContext")
-    for name, value in settings.items():
-        setattr(ctx, name, value)
-    return ctx
 
 
 def _require_fields(obj: Any, names: Iterable[str], what: str) -> None:
@@ -459,7 +464,13 @@ class StreamFactory:
 def dataset_factory(
     cfg: SeerConfig, *, actors: int | None = None, stats: Any = None
 ) -> Callable[[], Dataset]:
-    """``datasets={"train": dataset_factory(cfg)}``: DataContext is tuned inside the call."""
+    """``datasets={"train": dataset_factory(cfg)}``: DataContext is tuned inside the call.
+
+    Runs in the driver, so the DataContext fields are checked here too: a renamed field stops
+    ``seer pretrain`` before Ray Train starts (the factory itself runs in Train's controller,
+    at every worker-group start).
+    """
+    _require_fields(DataContext.get_current(), data_context_settings(cfg), "ray.data.DataContext")
     return StreamFactory(cfg, actors=actors, stats=stats)
 
 

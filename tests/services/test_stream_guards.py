@@ -47,6 +47,14 @@ def test_a_renamed_data_context_field_fails_at_start() -> None:
     assert "object_store_memory_pressure_fraction" not in vars(ctx)
 
 
+def test_the_driver_checks_the_fields_before_ray_train_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(stream.DataContext, "get_current", staticmethod(_RenamedContext))
+    with pytest.raises(stream.RayDataSettingError, match="object_store_memory_pressure_fraction"):
+        stream.dataset_factory(_cfg())
+
+
 def test_the_real_data_context_takes_every_setting() -> None:
     cfg = _cfg()
     ctx = stream.configure_data_context(cfg, DataContext())
