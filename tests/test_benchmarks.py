@@ -77,3 +77,18 @@ def test_view_agreement_benchmark_prints_every_setting(
     rows = [line for line in capsys.readouterr().out.splitlines()
             if re.search(r"-?\d\.\d{3}\s+-?\d\.\d{3}\s+-?\d\.\d{3}\s+\d\.\d{2}$", line)]
     assert len(rows) == 7
+
+
+@pytest.mark.slow  # spawns a 2-rank gloo group
+def test_checkpoint_benchmark_prints_pause_and_bytes_read() -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "checkpoint.py"), "--trunk", "tiny", "--repeats", "1"],
+        capture_output=True, text=True, timeout=300, cwd=BENCHMARKS.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pause = re.search(r"before (\d+) ms, after (\d+) ms", done.stdout)
+    read = re.search(r"before ([\d.]+) MiB, after ([\d.]+) MiB", done.stdout)
+    assert pause and read, done.stdout
+    # Two ranks: before, both read state.pt; after, rank 0 alone does.
+    assert float(read.group(2)) < float(read.group(1))
