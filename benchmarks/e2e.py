@@ -57,7 +57,7 @@ def main() -> None:
             print(f"{mode:>9}: {outcome.metrics.get('run_images_per_second', 0):8.2f} images/s, "
                   f"data wait {100 * outcome.metrics.get('run_data_wait_share', 0):5.1f}% "
                   f"({args.steps} steps, batch {cfg.train.batch_size} x "
-                  f"{cfg.train.num_workers} workers, {cfg.ingest.actors or 'auto'} ingest actors)")
+                  f"{cfg.train.max_workers} workers, {cfg.ingest.actors or 'auto'} ingest actors)")
     stream = results["stream"].get("run_images_per_second", 0.0)
     ceiling = results["synthetic"].get("run_images_per_second", 0.0)
     ratio = stream / ceiling if ceiling else float("nan")

@@ -143,6 +143,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "images_seen": meta.get("images_seen"),
         "loss": meta.get("loss"),
         "lr": meta.get("lr"),
+        "world_size": meta.get("world_size"),
         "written": meta.get("time"),
         "age_seconds": round(time.time() - meta["time"], 1) if "time" in meta else None,
     }
@@ -159,6 +160,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  loss:         {summary['loss']:.4f}")
     if summary["lr"] is not None:
         print(f"  lr:           {summary['lr']:.6g}")
+    if summary["world_size"] is not None:
+        print(f"  workers:      {summary['world_size']}")
     if summary["age_seconds"] is not None:
         print(f"  written:      {summary['age_seconds']:.0f} s ago")
     return 0

@@ -41,7 +41,7 @@ class PretrainOutcome:
 def required_cpus(cfg: SeerConfig) -> float:
     """CPUs the run asks Ray for: Train workers, ingest actors, read tasks, the controller."""
     return (
-        cfg.train.num_workers * cfg.train.cpus_per_worker
+        cfg.train.max_workers * cfg.train.cpus_per_worker
         + max(1, cfg.ingest.actors) * cfg.ingest.cpus_per_actor
         + cfg.ingest.read_tasks * cfg.ingest.read_task_cpus
         + 0.5
@@ -103,6 +103,7 @@ class StatusPage:
             "images_per_second": "seer_cli_images_per_second",
             "data_wait_share": "seer_cli_data_wait_ratio",
             "last_checkpoint_step": "seer_cli_checkpoint_step",
+            "world_size": "seer_cli_world_size",
         }
         self.gauges = {
             key: metrics.gauge(name, f"{key} of the run, as rank 0 last reported",
@@ -127,7 +128,7 @@ def format_progress(p: dict[str, Any]) -> str:
         f"step {p['step']:>8} | {p.get('images_per_second', 0):8.1f} img/s | "
         f"loss {p['loss']:.4f} | lr {p['lr']:.5g} | data wait "
         f"{100 * p.get('data_wait_share', 0):4.1f}% | seen {p['images_seen']} | "
-        f"last ckpt {p.get('last_checkpoint_step', -1)}"
+        f"last ckpt {p.get('last_checkpoint_step', -1)} | workers {p.get('world_size', '?')}"
     )
 
 
@@ -178,7 +179,7 @@ def banner(cfg: SeerConfig, storage: RunStorage, ray_places: RayPlaces | str,
     places = ray_places if isinstance(ray_places, RayPlaces) else RayPlaces(ray_places)
     lines = [
         f"seer pretrain — run {cfg.checkpoint.run_name!r}: {cfg.model.trunk}, recipe "
-        f"{cfg.augment.recipe}, {cfg.train.num_workers} worker(s) x batch {cfg.train.batch_size}"
+        f"{cfg.augment.recipe}, {_workers(cfg)} worker(s) x batch {cfg.train.batch_size}"
         f" ({'GPU' if cfg.train.use_gpu else 'CPU'})",
         f"  feed:        {cfg.feed.uri}",
     ]
@@ -209,6 +210,11 @@ def banner(cfg: SeerConfig, storage: RunStorage, ray_places: RayPlaces | str,
     lines.append("  stops at:    " + (" or ".join(stop) if stop else "never: Ctrl-C or SIGTERM "
                                       "checkpoints and stops"))
     return "\n".join(lines)
+
+
+def _workers(cfg: SeerConfig) -> str:
+    t = cfg.train
+    return f"{t.min_workers}-{t.max_workers} (elastic)" if t.elastic else str(t.max_workers)
 
 
 def check_feed(cfg: SeerConfig) -> None:

@@ -396,7 +396,7 @@ def pool_size(cfg: SeerConfig, cluster_cpus: float | None = None) -> int:
         cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
     free = (
         cluster_cpus
-        - cfg.train.num_workers * cfg.train.cpus_per_worker
+        - cfg.train.max_workers * cfg.train.cpus_per_worker
         - ing.read_tasks * ing.read_task_cpus
         - 0.5
     )

@@ -78,6 +78,10 @@ class TrainMetrics:
             "step of the run's newest committed checkpoint (seer_train_step never goes below it)",
             tag_keys,
         )
+        self.world_size = gauge(
+            "seer_train_world_size", "workers in the group now (elastic: between min and max)",
+            tag_keys,
+        )
         self.store_wait = gauge(
             "seer_train_store_wait_seconds",
             "how long this worker has been waiting for an unreachable checkpoint store (0: not)",
@@ -106,6 +110,9 @@ class TrainMetrics:
         (every rank), so a step that goes below it (a rewind) is visible and alerted on."""
         self.checkpoint_step.set(step, self.tags)
         self.checkpoint_time.set(time.time(), self.tags)
+
+    def world(self, size: int) -> None:
+        self.world_size.set(size, self.tags)
 
     def store_waiting(self, seconds: float) -> None:
         self.store_wait.set(seconds, self.tags)

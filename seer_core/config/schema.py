@@ -130,7 +130,10 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     batch_size: int = knob(16, ge=1, help="images per worker per step")
-    num_workers: int = knob(1, ge=1, help="Ray Train workers (one per GPU on a cluster)")
+    num_workers: int | list[int] = knob(
+        1, ge=1, help="Ray Train workers (one per GPU on a cluster); [min, max]: an elastic "
+        "group that trains on with the workers it gets (preemptible GPUs)"
+    )
     use_gpu: bool = knob(False)
     cpus_per_worker: float = knob(1.0, gt=0)
     amp: Literal["auto", "off", "bf16", "fp16"] = knob(
@@ -154,6 +157,22 @@ class TrainConfig:
     )
     torch_threads: int = knob(0, ge=0, help="intra-op threads per worker (0: torch default)")
     collective_timeout_s: float = knob(1800.0, gt=0, help="DDP collective timeout")
+    resize_check_s: float = knob(
+        60.0, gt=0, help="elastic train.num_workers: how often Ray Train looks for workers to "
+        "grow the group (a grown group restarts from the newest committed checkpoint)"
+    )
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers[0] if isinstance(self.num_workers, list) else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers[-1] if isinstance(self.num_workers, list) else self.num_workers
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_workers != self.max_workers
 
 
 @dataclass
@@ -302,10 +321,12 @@ class SeerConfig:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def global_batch(self) -> int:
-        return self.train.batch_size * self.train.num_workers
+    def global_batch(self, world: int | None = None) -> int:
+        """Images per step over `world` workers (default: the most the config allows)."""
+        return self.train.batch_size * (world or self.train.max_workers)
 
-    def scaled_lr(self) -> float:
-        """The base LR after linear scaling with the global batch (SwAV/SEER convention)."""
+    def scaled_lr(self, world: int | None = None) -> float:
+        """The base LR after linear scaling with the global batch (SwAV/SEER convention). An
+        elastic group passes the world size it actually has: the LR follows the batch used."""
         ref = self.optim.lr_reference_batch
-        return self.optim.lr * (self.global_batch() / ref if ref else 1.0)
+        return self.optim.lr * (self.global_batch(world) / ref if ref else 1.0)

@@ -27,6 +27,32 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _validate_workers(cfg: SeerConfig) -> None:
+    """`train.num_workers`: N, or [min, max] for an elastic group; the SwAV queue is split over
+    whatever world size the group has, so it must divide evenly for every one of them."""
+    workers = cfg.train.num_workers
+    if isinstance(workers, list) and (len(workers) != 2 or workers[0] > workers[1]):
+        raise ConfigError(
+            f"train.num_workers: {workers!r} must be a number of workers or [min, max] with "
+            "min <= max"
+        )
+    if isinstance(workers, list) and workers[0] == workers[1]:
+        cfg.train.num_workers = workers[0]
+    sizes = range(cfg.train.min_workers, cfg.train.max_workers + 1)
+    uneven = [w for w in sizes if cfg.swav.queue_length % w]
+    if uneven:
+        raise ConfigError(
+            f"swav.queue_length: {cfg.swav.queue_length} must be a multiple of every world size "
+            f"train.num_workers allows ({workers}); it is not of {uneven}"
+        )
+    if cfg.swav.queue_length and cfg.swav.queue_length // cfg.train.max_workers < (
+        cfg.train.batch_size
+    ):
+        raise ConfigError(
+            "swav.queue_length: per-worker length must be at least train.batch_size"
+        )
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Converts YAML/CLI data to the field's type, refusing anything ambiguous."""
     origin = typing.get_origin(tp)
@@ -161,17 +187,7 @@ def _validate_cross(cfg: SeerConfig) -> None:
             "swav.crops_for_assign: with swav.global_local_alpha every assigned crop must be "
             f"a global crop (index < {n_global})"
         )
-    if cfg.swav.queue_length % cfg.train.num_workers:
-        raise ConfigError(
-            f"swav.queue_length: {cfg.swav.queue_length} must be a multiple of "
-            f"train.num_workers ({cfg.train.num_workers})"
-        )
-    if cfg.swav.queue_length and cfg.swav.queue_length // cfg.train.num_workers < (
-        cfg.train.batch_size
-    ):
-        raise ConfigError(
-            "swav.queue_length: per-worker length must be at least train.batch_size"
-        )
+    _validate_workers(cfg)
     if cfg.augment.photometric_ramp_steps and not cfg.augment.photometric_on_device:
         raise ConfigError(
             "augment.photometric_ramp_steps: the ramp follows the training step, which only the "
@@ -190,7 +206,7 @@ def _validate_cross(cfg: SeerConfig) -> None:
             "most 1/32 of the budget), or raise ingest.object_store_mb"
         )
     _validate_eval(cfg)
-    if cfg.model.sync_bn_group_size and cfg.train.num_workers > 1 and not cfg.train.use_gpu:
+    if cfg.model.sync_bn_group_size and cfg.train.max_workers > 1 and not cfg.train.use_gpu:
         # torch's SyncBatchNorm raises ValueError on CPU tensors in training (torch 2.x: cuda,
         # xpu, hpu only), so every worker would fail at its first step and the group restart
         # for ever. A single worker never converts (a world of one): that stays allowed.

@@ -60,6 +60,6 @@ def preflight(cfg: SeerConfig) -> None:
             SwAVQueue(length=cfg.swav.queue_length, dim=cfg.model.head_out,
                       crops_for_assign=tuple(cfg.swav.crops_for_assign),
                       start_step=cfg.swav.queue_start_step,
-                      world_size=cfg.train.num_workers, device="meta")
+                      world_size=cfg.train.max_workers, device="meta")
         except (ValueError, TypeError) as exc:
             raise _section("swav", exc) from exc

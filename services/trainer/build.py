@@ -35,7 +35,11 @@ def build_trainer(
         train_loop_config={"config": cfg.to_dict(), "synthetic": synthetic},
         torch_config=LoopbackTorchConfig(timeout_s=int(cfg.train.collective_timeout_s)),
         scaling_config=ScalingConfig(
-            num_workers=cfg.train.num_workers,
+            # [min, max]: Ray Train restarts the group with the workers it can get (a node lost,
+            # a node back) from the newest committed checkpoint; the LR follows the world size.
+            num_workers=((cfg.train.min_workers, cfg.train.max_workers) if cfg.train.elastic
+                         else cfg.train.max_workers),
+            elastic_resize_monitor_interval_s=cfg.train.resize_check_s,
             use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
         ),

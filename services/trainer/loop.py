@@ -53,6 +53,9 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
     cfg = config_from_dict(loop_config["config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # An elastic group ([min, max]) runs with the workers Ray Train could get: from here on the
+    # config names that world size, so the global batch and the scaled LR are those used.
+    cfg.train.num_workers = world
     relay_warnings(cfg.checkpoint.run_name, f"rank {rank}")
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
@@ -72,6 +75,8 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
         if rank == 0:
             log.info("resumed from %s at step %d (%d images seen)", source, state.step,
                      state.images_seen)
+            _log_world_change(cfg, storage_for(cfg).read_meta(source).get("world_size"), world)
+    metrics.world(world)
 
     if source:
         metrics.committed(state.step)
@@ -154,6 +159,7 @@ def _train(cfg: SeerConfig, state: TrainState, rank: int, world: int, device: to
                 "images_per_second": window_images / elapsed if elapsed > 0 else 0.0,
                 "data_wait_share": window_wait / elapsed if elapsed > 0 else 0.0,
                 "usage_entropy": result.usage_entropy,
+                "world_size": world,
                 "last_checkpoint_step": writer.committed_step if writer.committed_step >= 0
                 else (state.step if source else -1),
             }
@@ -168,6 +174,16 @@ def _train(cfg: SeerConfig, state: TrainState, rank: int, world: int, device: to
                 log.info("stopping at step %d: %s", state.step, decider.stop_reason)
             return
         wait_start = time.perf_counter()
+
+
+def _log_world_change(cfg: SeerConfig, before: int | None, world: int) -> None:
+    """The LR follows the global batch actually used (linear scaling): say so when it moves."""
+    if not isinstance(before, int) or before == world:
+        return
+    log.warning("world size %d -> %d worker(s): global batch %d -> %d, base LR %.5g -> %.5g "
+                "(linear in the global batch, optim.lr_reference_batch=%d)", before, world,
+                cfg.global_batch(before), cfg.global_batch(world), cfg.scaled_lr(before),
+                cfg.scaled_lr(world), cfg.optim.lr_reference_batch)
 
 
 def len_batch(batch: Mapping[str, torch.Tensor]) -> int:

@@ -213,3 +213,21 @@ def test_endpoint_without_credentials_is_fine() -> None:
                                 "feed.endpoint_url=https://s3.example/path@not-userinfo",
                                 "eval.endpoint_url=127.0.0.1:9000"])
     assert cfg.checkpoint.endpoint_url == "http://127.0.0.1:9000"
+
+
+def test_elastic_workers_are_a_min_max_pair() -> None:
+    """Issue 17.7: `train.num_workers: [min, max]` (an elastic group); the LR follows the world
+    size the group actually has (linear scaling from optim.lr_reference_batch)."""
+    cfg = load_config("local", ["train.num_workers=[1, 2]", "optim.lr_reference_batch=64",
+                                "train.batch_size=64", "optim.lr=0.002"])
+    assert (cfg.train.min_workers, cfg.train.max_workers, cfg.train.elastic) == (1, 2, True)
+    assert cfg.scaled_lr(1) == pytest.approx(0.002) and cfg.scaled_lr(2) == pytest.approx(0.004)
+    assert cfg.scaled_lr() == cfg.scaled_lr(2)  # default: the most workers allowed
+    fixed = load_config("local", ["train.num_workers=[2, 2]"])
+    assert fixed.train.num_workers == 2 and not fixed.train.elastic
+    for bad in ("[2, 1]", "[1, 2, 3]", "[0, 2]"):
+        with pytest.raises(ConfigError, match=r"train\.num_workers"):
+            load_config("local", [f"train.num_workers={bad}"])
+    with pytest.raises(ConfigError, match=r"not of \[3\]"):  # 16 rows cannot split over 3
+        load_config("local", ["train.num_workers=[2, 4]", "swav.queue_length=16",
+                              "train.batch_size=4"])
