@@ -1,13 +1,15 @@
 """Where a run's checkpoints live: a local folder or an S3 prefix, seen through pyarrow.fs.
 
-Ray Train persists checkpoints through a `pyarrow.fs.FileSystem`; resolving the configured
-location here, once, gives the trainer and `seer status` the very same view of the store (an S3
+The trainer stores checkpoints through a `pyarrow.fs.FileSystem` (Ray Train keeps its run folder
+there too); resolving the configured location here, once, gives the trainer, `seer status` and
+the evaluator the very same view of the store (an S3
 endpoint such as MinIO is passed explicitly rather than trusted to `AWS_ENDPOINT_URL`, which
 pyarrow and boto3 do not read alike). Credentials are never part of the config: pyarrow reads
 them from the environment or the standard AWS chain.
 
-Layout, as Ray Train writes it: `<storage>/<run_name>/step_000000000500/{state.pt,meta.json,
-rank_00000.pt,...,commit.json}` and `<storage>/<run_name>/latest`. A step folder counts as a
+Layout, as the trainer writes it (`services.trainer.checkpoint_writer`):
+`<storage>/<run_name>/step_000000000500/{state.pt,meta.json,rank_00000.pt,...,commit.json}` and
+`<storage>/<run_name>/latest`. A step folder counts as a
 checkpoint only when `seer_core.checkpoint.is_complete` says so (its commit marker is there, or
 it is a legacy checkpoint written before markers existed): that is all `list_checkpoints` shows
 to the trainer, `seer status`, `seer export` and the evaluator.
