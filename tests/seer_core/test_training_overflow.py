@@ -15,11 +15,22 @@ The config refuses fp16 on CPU, so the dtype and the scaler are attached by hand
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
 
 from seer_core.training import TrainState, build_train_state, train_step, unwrap
-from tests.seer_core.test_training_skip import _assert_same, float_batch, snapshot, tiny_config
+from tests.seer_core.test_training_skip import (
+    _assert_same,
+    _free_port,
+    float_batch,
+    snapshot,
+    tiny_config,
+)
 
 #: float16's smallest subnormal: below it no loss scale makes the gradients fit (the step's
 #: `MIN_LOSS_SCALE`, pinned here as the behaviour asked for).
@@ -88,3 +99,34 @@ def test_overflow_counts_as_a_bad_step_only_below_the_scale_floor() -> None:
         (MIN_LOSS_SCALE / 4, 2),
     ]
     assert state.schedule.steps_done == 0
+
+
+# --- two ranks: the scaler's verdict is the same everywhere ------------------------------------
+
+def _two_rank_fp16_worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        state = build_train_state(tiny_config(), wrap=DistributedDataParallel)
+        state.amp_dtype = torch.float16
+        state.scaler = torch.amp.GradScaler("cpu")
+        seen = []
+        for seed in range(4):
+            result = train_step(state, float_batch(state.cfg, state, 10 * rank + seed))
+            seen.append((result.skipped, result.overflow, result.loss_scale,
+                         state.schedule.steps_done, state.bad_steps))
+        torch.save({"seen": seen}, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_every_rank_takes_the_scalers_skip_together(tmp_path: Path) -> None:
+    """No collective of its own: DDP all-reduced the gradients, so each rank's scaler finds the
+    same inf/NaN and every rank skips (or not) at the same step, with the same schedule."""
+    world = 2
+    mp.spawn(_two_rank_fp16_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world)
+    seen = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True)["seen"] for r in range(world)]
+    assert seen[0] == seen[1]
+    assert any(overflow for _, overflow, *_ in seen[0]), seen[0]  # the fp16 start overflowed
