@@ -28,6 +28,17 @@ def _protocol_key(name: str) -> tuple[int, float, str]:
     return len(PROTOCOL_ORDER), 0.0, name
 
 
+def data_name(spec: str) -> str:
+    """How the plot names a labelled set: an object-store URI as given (it names the same set
+    on every machine); a local path by its last two components (`quality-real/labelled`),
+    never the absolute path of the machine that drew it."""
+    spec = spec.rstrip("/")
+    if "://" in spec:
+        return spec
+    parts = [p for p in Path(spec).parts if p not in ("/", "\\", ".")]
+    return "/".join(parts[-2:]) or spec
+
+
 def plot_accuracy(rows: Iterable[dict[str, Any]], out: str | Path, *, run: str, stage: str,
                   data: str | None = None, metric: str = "top1") -> Path | None:
     """Draws `metric` against images seen for one run and stage; None when nothing to draw."""
@@ -64,7 +75,7 @@ def plot_accuracy(rows: Iterable[dict[str, Any]], out: str | Path, *, run: str, 
                            label=f"{protocol} (random init)")
         ax.set_xlabel("images seen")
         ax.set_ylabel(f"{metric.replace('top', 'top-')} accuracy (%)")
-        ax.set_title(f"{run}: {stage} frozen features" + (f" on {data}" if data else ""),
+        ax.set_title(f"{run}: {stage} frozen features" + (f" on {data_name(data)}" if data else ""),
                      fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 4))

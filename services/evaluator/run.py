@@ -61,6 +61,8 @@ class Evaluator:
             torch.set_num_threads(settings.torch_threads)  # tiny fine-tune took 5 s, not 0.05
         self.progress = progress if progress is not None else Progress
         self._data: LabelledSet | None = None
+        #: eval.knn_k values the loaded training split is large enough for (set by data()).
+        self.knn_ks: list[int] = list(settings.knn_k)
         self._baselines: dict[str, Figures] = {}
         #: What the numbers depend on besides the checkpoint, and its digest: every row's key.
         self.key_settings = eval_settings(settings)
@@ -86,14 +88,26 @@ class Evaluator:
         return self._data
 
     def _check(self, data: LabelledSet) -> None:
+        """A k larger than the training split is left out with a warning (a small set still
+        gets the ks that fit, as SEER's k=200 on a 160-image set should not cost the k=20
+        figure); only when no k fits is the set refused."""
         n_train = len(data.train.labels)
-        if "knn" in self.settings.protocols:
-            too_big = [k for k in self.settings.knn_k if k > n_train]
-            if too_big:
-                raise BadInputError(
-                    f"labelled set {self.settings.data}: {n_train} training images, fewer than "
-                    f"k={too_big[0]} (eval.knn_k {self.settings.knn_k}); add images or lower "
-                    "eval.knn_k / --knn-k")
+        if "knn" not in self.settings.protocols:
+            return
+        fit = [k for k in self.settings.knn_k if k <= n_train]
+        too_big = [k for k in self.settings.knn_k if k > n_train]
+        if not fit:
+            raise BadInputError(
+                f"labelled set {self.settings.data}: {n_train} training images, fewer than "
+                f"k={min(too_big)} (eval.knn_k {self.settings.knn_k}); add images or lower "
+                "eval.knn_k / --knn-k")
+        if too_big:
+            log.warning("labelled set %s: %d training images, fewer than k=%s: kNN with %s "
+                        "skipped (eval.knn_k %s); evaluating k=%s", self.settings.data,
+                        n_train, ",".join(map(str, too_big)),
+                        "those k" if len(too_big) > 1 else "that k", self.settings.knn_k,
+                        ",".join(map(str, fit)))
+        self.knn_ks = fit
 
     def figures(self, trunk: nn.Module, label: str) -> Figures:
         """Every configured protocol on `trunk`: [(protocol, metric, value %)]."""
@@ -111,7 +125,7 @@ class Evaluator:
                     progress=self.progress(f"{label}: {s.stage} features, val"))
                 train_y, val_y = data.train.labels, data.val.labels
             if "knn" in s.protocols:
-                for k in s.knn_k:
+                for k in self.knn_ks:
                     r = knn_classify(train_x, train_y, val_x, val_y, k=k,
                                      temperature=s.temperature, num_classes=classes)
                     out += [(f"knn{k}", "top1", r["top1"]), (f"knn{k}", "top5", r["top5"])]

@@ -103,6 +103,32 @@ def test_plot_is_a_png_with_the_baseline(tmp_path: Path) -> None:
     assert plot_accuracy(rows, tmp_path / "none.png", run="nobody", stage="res5") is None
 
 
+def test_plot_title_names_the_set_not_the_machine_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PNG is published beside the results and quoted in READMEs: its title says which set
+    (the folder and its parent) and never the absolute path of the machine that drew it."""
+    from matplotlib.axes import Axes
+
+    titles: list[str] = []
+    original = Axes.set_title
+
+    def recording(self: Axes, label: str, *args: Any, **kwargs: Any) -> Any:
+        titles.append(label)
+        return original(self, label, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "set_title", recording)
+    data = str(tmp_path / "home" / "someone" / "quality-real" / "labelled")
+    rows = [{**_row(0, value=20.0, trunk="random"), "data": data},
+            {**_row(100, value=30.0), "data": data}]
+    assert plot_accuracy(rows, tmp_path / "r.png", run="r1", stage="res5", data=data)
+    assert len(titles) == 1 and "quality-real/labelled" in titles[0], titles
+    assert str(tmp_path) not in titles[0] and "someone" not in titles[0], titles
+    s3 = "s3://my-labelled/val-subset/"
+    rows = [{**r, "data": s3} for r in rows]
+    assert plot_accuracy(rows, tmp_path / "s.png", run="r1", stage="res5", data=s3)
+    assert "s3://my-labelled/val-subset" in titles[1], titles
+
+
 @pytest.fixture
 def gauges() -> Any:
     g = EvalGauges()

@@ -171,9 +171,23 @@ def test_a_checkpoint_of_another_architecture(setup: Setup) -> None:
     assert "checkpoint step 10" in str(info.value) and "mobilenet_v2" in str(info.value)
 
 
-def test_fewer_training_images_than_k(setup: Setup) -> None:
+def test_ks_larger_than_the_training_set_are_skipped_with_a_warning(
+        setup: Setup, caplog: pytest.LogCaptureFixture) -> None:
+    """A small labelled set (24 training images) with eval.knn_k [5, 50]: k=5 is evaluated
+    for the checkpoint and the baseline, k=50 is left out and named in a warning."""
     write_checkpoint(setup.cfg, 10)
     cfg = tiny_config(setup.tmp / "ckpt", setup.data, "eval.knn_k=[5, 50]")
+    with caplog.at_level("WARNING", logger="seer.eval"):
+        rows, base, _ = setup.session(cfg).process(resolve_checkpoint("latest", setup.storage))
+    assert {r["protocol"] for r in rows} == {"knn5"}
+    assert {r["protocol"] for r in base} == {"knn5"}
+    assert any("24 training images" in m and "k=50" in m and "skipped" in m
+               for m in caplog.messages), caplog.messages
+
+
+def test_no_k_fits_the_training_set(setup: Setup) -> None:
+    write_checkpoint(setup.cfg, 10)
+    cfg = tiny_config(setup.tmp / "ckpt", setup.data, "eval.knn_k=[50, 100]")
     with pytest.raises(BadInputError, match=r"24 training images, fewer than k=50"):
         setup.session(cfg).process(resolve_checkpoint("latest", setup.storage))
 
