@@ -92,3 +92,112 @@ def test_checkpoint_benchmark_prints_pause_and_bytes_read() -> None:
     assert pause and read, done.stdout
     # Two ranks: before, both read state.pt; after, rank 0 alone does.
     assert float(read.group(2)) < float(read.group(1))
+
+
+_TINY = ["model.trunk=tiny", "model.head_hidden=[16]", "model.head_out=8",
+         "model.prototypes=[8]", "eval.knn_k=[1, 2]", "eval.image_size=32",
+         "eval.probe_epochs=5", "eval.device=cpu"]
+
+
+def _quality(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    for item in _TINY:
+        argv += ["--set", item]
+    monkeypatch.setattr(sys, "argv", ["quality.py", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(BENCHMARKS / "quality.py"), run_name="__main__")
+    return exit_info.value.code
+
+
+def _tiny_checkpoints(work: Path, runs: list[str]) -> None:
+    from seer_core.config import load_config
+    from tests.services.evaluator_helpers import write_checkpoint
+
+    for i, run in enumerate(runs):
+        cfg = load_config("local", [*_TINY, f"checkpoint.storage={work / 'checkpoints'}",
+                                    f"checkpoint.run_name={run}"])
+        write_checkpoint(cfg, 40 + i, images_seen=640)
+
+
+def test_quality_benchmark_two_seeds_report_per_seed_and_mean_gains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--seeds 2 --skip-pretrain`: each seed's run (its own name and checkpoints) is evaluated,
+    and the per-seed gains, their mean ± std and raw pixels are reported and saved."""
+    import json
+
+    work = tmp_path / "quality"
+    _tiny_checkpoints(work, ["quality-seed0", "quality-seed1"])
+    code = _quality(["--skip-pretrain", "--seeds", "2", "--workdir", str(work), "--pool-count",
+                     "2", "--train-per-class", "2", "--val-per-class", "1"], monkeypatch)
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "run quality-seed0" in out and "run quality-seed1" in out
+    assert re.search(r"^\s+40\s+640\s", out, re.MULTILINE)  # seed 0's checkpoint
+    assert re.search(r"^\s+41\s+640\s", out, re.MULTILINE)  # seed 1's checkpoint
+    assert re.search(r"^\s+0 quality-seed0\s+[-+]\d", out, re.MULTILINE)
+    assert re.search(r"^\s+1 quality-seed1\s+[-+]\d", out, re.MULTILINE)
+    assert "mean ± std over 2 seed(s)" in out and "of 2 seed(s)" in out
+    summary = json.loads((work / "summary.json").read_text())
+    assert [s["seed"] for s in summary["per_seed"]] == [0, 1] and summary["seeds"] == [0, 1]
+    gains = [s["gain"]["knn1"] for s in summary["per_seed"]]
+    assert summary["gain"]["knn1"]["mean"] == pytest.approx(sum(gains) / 2)
+    assert set(summary["raw_pixels"]) == {"knn1", "knn2"}
+    assert (work / "quality.png").is_file()
+
+
+def test_quality_benchmark_seed_runs_are_apart() -> None:
+    """What each seed's `seer pretrain` gets: its own run name (own checkpoints) and
+    train.seed, over the user's --set."""
+    from seer_core.config import load_config
+
+    mod = runpy.run_path(str(BENCHMARKS / "quality.py"))
+    assert mod["run_names"]("generated", [0]) == ["quality"]
+    assert mod["run_names"]("real", [4, 5]) == ["quality-real-seed4", "quality-real-seed5"]
+    cfg = load_config("local", mod["run_overrides"](
+        ["checkpoint.run_name=mine", "train.seed=4"], "quality-real-seed5", 5))
+    assert (cfg.checkpoint.run_name, cfg.train.seed) == ("quality-real-seed5", 5)
+
+
+def test_quality_benchmark_real_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--data real` on a tiny set built from the installed packages (2 stamp groups per
+    class): the labelled set has the 8 classes and none of its stamps is in the pool."""
+    import json
+
+    from services import real_images
+
+    try:
+        real_images.check_sources()
+    except real_images.MissingPackagesError as exc:
+        pytest.skip(f"needs `{real_images.INSTALL_COMMAND}` (.ci/run installs it): {exc}")
+    work = tmp_path / "quality-real"
+    _tiny_checkpoints(work, ["quality-real"])
+    code = _quality(["--skip-pretrain", "--data", "real", "--workdir", str(work),
+                     "--pool-count", "3", "--stamps-per-class", "2"], monkeypatch)
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "labelled set: real images" in out and "8 classes" in out
+    assert re.search(r"^\s+0 quality-real\s+[-+]\d", out, re.MULTILINE)
+    labelled = json.loads((work / "labelled" / real_images.MANIFEST).read_text())
+    pool = json.loads((work / "pool" / real_images.MANIFEST).read_text())
+    assert set(labelled["stamps"].values()).isdisjoint(pool["stamps"].values())
+    assert len(list((work / "pool").glob("real_*.jpg"))) == 3
+    assert sorted(p.name for p in (work / "labelled" / "val").iterdir()) == sorted(
+        real_images.CLASSES)
+
+
+def test_quality_benchmark_real_data_refuses_without_the_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services import real_images
+
+    monkeypatch.setattr(real_images, "STAMPS_ROOT", tmp_path / "absent")
+    monkeypatch.setattr(sys, "argv", ["quality.py", "--data", "real", "--workdir",
+                                      str(tmp_path / "w"), "--skip-pretrain"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(BENCHMARKS / "quality.py"), run_name="__main__")
+    message = str(exit_info.value.code)
+    assert message.startswith("--data real:")
+    assert "apt-get install -y tuxpaint-stamps-default mate-backgrounds" in message
+    assert not (tmp_path / "w" / "pool").exists()  # nothing written, nothing installed
