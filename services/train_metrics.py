@@ -82,6 +82,7 @@ class TrainMetrics:
             "seer_train_world_size", "workers in the group now (elastic: between min and max)",
             tag_keys,
         )
+        self.store_wait_seconds = 0.0
         self.store_wait = gauge(
             "seer_train_store_wait_seconds",
             "how long this worker has been waiting for an unreachable checkpoint store (0: not)",
@@ -115,6 +116,9 @@ class TrainMetrics:
         self.world_size.set(size, self.tags)
 
     def store_waiting(self, seconds: float) -> None:
+        """Called by whoever waits (the restore, the checkpoint writer's thread); `observe`
+        re-exports the value every step, so the series exists (0) on a healthy run too."""
+        self.store_wait_seconds = seconds
         self.store_wait.set(seconds, self.tags)
 
     def checkpoint_paused(self, seconds: float) -> None:
@@ -132,6 +136,7 @@ class TrainMetrics:
         self.steps.inc(1, tags)
         self.step.set(result.step, tags)
         self.step_seconds.observe(result.seconds, tags)
+        self.store_wait.set(self.store_wait_seconds, tags)
         self.data_wait.observe(data_wait, tags)
         if result.loss_scale is not None:
             self.loss_scale.set(result.loss_scale, tags)

@@ -258,6 +258,7 @@ def restore(state: TrainState, rank: int, world: int,
     candidates = checkpoints_newest_first(
         storage, rank, StoreWait("list the checkpoints", grace, on_wait), device)
     skipped: list[str] = []
+    last_error = ""
     for path in candidates:
         try:
             loaded = agree_with_retry(
@@ -271,6 +272,7 @@ def restore(state: TrainState, rank: int, world: int,
             log.error("rank %d: checkpoint %s is unusable (%s): every rank tries the next older "
                       "one", rank, path, exc)
             skipped.append(path)
+            last_error = str(exc.__cause__ or exc)
             continue
         if rank == 0:
             for bad in skipped:  # the run writes these steps again: they must not count
@@ -283,5 +285,5 @@ def restore(state: TrainState, rank: int, world: int,
             f"none of the {len(candidates)} committed checkpoint(s) of run "
             f"{cfg.checkpoint.run_name!r} in {storage.display} can be loaded (newest: "
             f"{candidates[0]}); not starting again from step 0. Inspect them, or start a new "
-            "run with another checkpoint.run_name.")
+            f"run with another checkpoint.run_name. Last error: {last_error[:600]}")
     return None

@@ -102,7 +102,8 @@ def test_every_listening_socket_of_a_local_run_is_loopback(ray_cluster, tmp_path
 
     ports = {port for _, _, port in listening}
     assert ray_cluster.metrics_export_port in ports, "the metrics export port is not listening"
-    assert len(train_workers & {pid for pid, _, _ in listening}) == 2, (
+    # >= 2: a Train worker of an earlier test of the session may still be exiting.
+    assert len(train_workers & {pid for pid, _, _ in listening}) >= 2, (
         "the two Train workers' sockets were not listed", train_workers, listening)
     exposed = sorted(entry for entry in listening if not _is_loopback(entry[1]))
     assert not exposed, f"a local run listens beyond loopback (pid, address, port): {exposed}"
