@@ -41,7 +41,7 @@ from seer_core.checkpoint import COMMIT_FORMAT, STATE_FILE, save_state, step_dir
 from seer_core.training import TrainState, state_dict
 from seer_core.training.saved import rank_state_dict
 from services.storage import META_FILE, RunStorage
-from services.trainer.collective import worst
+from services.trainer.collective import map_leaves, worst
 from services.trainer.store_wait import StoreWait, wait_for_store
 
 log = logging.getLogger("seer.trainer")
@@ -56,16 +56,7 @@ def rank_file(rank: int) -> str:
 def host_copy(value: Any) -> Any:
     """A deep copy whose tensors live in host memory and no longer alias the training state
     (the optimizer keeps updating its tensors in place while the upload runs)."""
-    if isinstance(value, torch.Tensor):
-        out = value.detach().to("cpu", copy=True)
-        return out
-    if isinstance(value, dict):
-        return {key: host_copy(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [host_copy(item) for item in value]
-    if isinstance(value, tuple):
-        return tuple(host_copy(item) for item in value)
-    return value
+    return map_leaves(value, torch.Tensor, lambda t: t.detach().to("cpu", copy=True))
 
 
 def snapshot(state: TrainState, rank: int, world: int,

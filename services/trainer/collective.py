@@ -95,6 +95,20 @@ def agree_with_retry(attempt: Callable[[], T], wait: StoreWait,
         wait.failed(error if error is not None else OSError("store error on another rank"))
 
 
+def map_leaves(value: Any, kind: type, fn: Callable[[Any], Any]) -> Any:
+    """`value` with every leaf of type `kind` replaced by `fn(leaf)`, through dicts, lists and
+    tuples (in their order: two walks of the same structure meet the leaves in the same order)."""
+    if isinstance(value, kind):
+        return fn(value)
+    if isinstance(value, dict):
+        return {key: map_leaves(item, kind, fn) for key, item in value.items()}
+    if isinstance(value, list):
+        return [map_leaves(item, kind, fn) for item in value]
+    if isinstance(value, tuple):
+        return tuple(map_leaves(item, kind, fn) for item in value)
+    return value
+
+
 def broadcast_state(state: Any, src: int = 0, device: torch.device | str = "cpu") -> Any:
     """`state` from rank `src` on every rank (a collective; other ranks pass anything).
 
@@ -107,54 +121,24 @@ def broadcast_state(state: Any, src: int = 0, device: torch.device | str = "cpu"
     rank = dist.get_rank()
     tensors: list[torch.Tensor] = []
 
-    def strip(value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            tensors.append(value)
-            return _TensorSlot(len(tensors) - 1, tuple(value.shape), value.dtype)
-        if isinstance(value, dict):
-            return {key: strip(item) for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            items = [strip(item) for item in value]
-            return items if isinstance(value, list) else tuple(items)
-        return value
+    def slot(tensor: torch.Tensor) -> _TensorSlot:
+        tensors.append(tensor)
+        return _TensorSlot(len(tensors) - 1, tuple(tensor.shape), tensor.dtype)
 
-    box = [strip(state) if rank == src else None]
+    box = [map_leaves(state, torch.Tensor, slot) if rank == src else None]
     dist.broadcast_object_list(box, src=src)
-    skeleton = box[0]
     on = _on(device)
-    received: list[torch.Tensor] = []
 
-    def collect(value: Any) -> None:
-        if isinstance(value, _TensorSlot):
-            if rank == src:
-                buffer = tensors[value.index].detach().to(on).contiguous()
-            else:
-                buffer = torch.empty(value.shape, dtype=value.dtype, device=on)
-            dist.broadcast(buffer, src=src)
-            received.append(buffer)
-        elif isinstance(value, dict):
-            for item in value.values():
-                collect(item)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                collect(item)
+    def receive(where: _TensorSlot) -> torch.Tensor | None:
+        if rank == src:
+            buffer = tensors[where.index].detach().to(on).contiguous()
+        else:
+            buffer = torch.empty(where.shape, dtype=where.dtype, device=on)
+        dist.broadcast(buffer, src=src)
+        return None if rank == src else buffer  # the sender keeps no second copy
 
-    collect(skeleton)
-    if rank == src:
-        return state
-    slots = iter(received)
-
-    def fill(value: Any) -> Any:
-        if isinstance(value, _TensorSlot):
-            return next(slots)
-        if isinstance(value, dict):
-            return {key: fill(item) for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            items = [fill(item) for item in value]
-            return items if isinstance(value, list) else tuple(items)
-        return value
-
-    return fill(skeleton)
+    received = map_leaves(box[0], _TensorSlot, receive)
+    return state if rank == src else received
 
 
 class _TensorSlot:
