@@ -55,11 +55,6 @@ def worst(code: int, device: torch.device | str = "cpu") -> int:
     return int(flag.item())
 
 
-def all_ranks_agree(ok: bool, device: torch.device | str = "cpu") -> bool:
-    """True only when `ok` is True on every rank (a collective)."""
-    return worst(0 if ok else 1, device) == 0
-
-
 def agree_with_retry(attempt: Callable[[], T], wait: StoreWait,
                      device: torch.device | str = "cpu",
                      is_bad: Callable[[BaseException], bool] = lambda _exc: True) -> T:

@@ -65,6 +65,15 @@ class Run:
         return self.outcome[0]
 
 
+def _run_behind_proxy(s3_server: Any, fault_proxy: Any, bucket: str, run: str,
+                      *extra: str) -> tuple[Any, RunStorage]:
+    """A 2-worker config whose checkpoints go through the fault proxy, and the store as the
+    test sees it (directly, past the proxy)."""
+    cfg = service_config(s3_server.endpoint_url, "unused", bucket, run,
+                         f"checkpoint.endpoint_url={fault_proxy.endpoint_url}", *extra)
+    return cfg, resolve_storage(f"s3://{bucket}/runs", run, s3_server.endpoint_url)
+
+
 def _kill_workers() -> None:
     for proc in _the_two_workers():
         proc.send_signal(signal.SIGKILL)
@@ -74,10 +83,8 @@ def _kill_workers() -> None:
 def test_restarts_during_store_outages_train_on_from_the_newest_committed_step(
         ray_cluster, s3_server, fault_proxy, ckpt_bucket) -> None:  # noqa: F811
     run = "outage"
-    cfg = service_config(s3_server.endpoint_url, "unused", ckpt_bucket, run,
-                         f"checkpoint.endpoint_url={fault_proxy.endpoint_url}",
-                         "train.max_steps=12")
-    storage = resolve_storage(f"s3://{ckpt_bucket}/runs", run, s3_server.endpoint_url)
+    cfg, storage = _run_behind_proxy(s3_server, fault_proxy, ckpt_bucket, run,
+                                     "train.max_steps=12")
     training = Run(cfg)
     training.wait_for_committed(storage, 3)
 
@@ -111,10 +118,8 @@ def test_restarts_during_store_outages_train_on_from_the_newest_committed_step(
 def test_a_kill_between_upload_and_commit_keeps_the_newest_committed_checkpoint(
         ray_cluster, s3_server, fault_proxy, ckpt_bucket) -> None:  # noqa: F811
     run = "commit-window"
-    cfg = service_config(s3_server.endpoint_url, "unused", ckpt_bucket, run,
-                         f"checkpoint.endpoint_url={fault_proxy.endpoint_url}",
-                         "train.max_steps=12", "checkpoint.keep=2")
-    storage = resolve_storage(f"s3://{ckpt_bucket}/runs", run, s3_server.endpoint_url)
+    cfg, storage = _run_behind_proxy(s3_server, fault_proxy, ckpt_bucket, run,
+                                     "train.max_steps=12", "checkpoint.keep=2")
     prefix = rf"^PUT /{ckpt_bucket}/runs/{run}/"
     # Step 6's commit meets store errors (more than pyarrow's own retries absorb) ...
     fault_proxy.fail_next(6, 503, "SlowDown", match=prefix + r"step_000000000006/commit\.json")
