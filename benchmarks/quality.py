@@ -5,14 +5,15 @@
     python benchmarks/quality.py --seeds 3               # the same budget with train.seed 0, 1, 2
     python benchmarks/quality.py --minutes 5 --set model.trunk=resnet18
     python benchmarks/quality.py --skip-pretrain         # re-evaluate the last run's checkpoints
+    python benchmarks/quality.py --seeds 3 --keep-runs   # pretrain only seeds without a run yet
 
 What it does, all through the commands a user runs:
 1. writes an unlabelled pool and a labelled set, once per workdir (again when their options
    change). `--data generated` (the fast default): `seer seed` images and `seer seed
    --labelled` (other seeds: none of its images is in the pool). `--data real`: drawings from
-   `tuxpaint-stamps-default` on photos from `mate-backgrounds` (`services/real_images.py`;
-   eight subject folders are the classes, every other stamp feeds the pool); refuses, with the
-   apt-get command to run, when those packages are missing;
+   `tuxpaint-stamps-default`, a quarter of them on photos from `mate-backgrounds`
+   (`services/real_images.py`; eight subject folders are the classes, every other stamp feeds
+   the pool); refuses, with the apt-get command to run, when those packages are missing;
 2. for each training seed, `seer pretrain --config PRESET --max-minutes M --set train.seed=S`
    on the pool (real local Ray, real ingest), a fresh run named per seed, checkpointing every
    M/5 minutes and keeping them all;
@@ -94,8 +95,9 @@ def ensure_real_data(workdir: Path, pool_count: int,
     from services import real_images
 
     pool, labelled = workdir / "pool", workdir / "labelled"
+    # "version" 2: a quarter of the drawings on photos, four val views (services/real_images.py)
     params = {"data": "real", "count": pool_count, "stamps_per_class": stamps_per_class,
-              "seed": REAL_SEED}
+              "seed": REAL_SEED, "version": 2}
     if _fresh(pool, params) and _fresh(labelled, params):
         return pool, labelled
     try:
@@ -318,6 +320,9 @@ def main() -> int:
                         "sets for tests; default: all)")
     parser.add_argument("--skip-pretrain", action="store_true",
                         help="evaluate the checkpoints of the previous run(s) in --workdir")
+    parser.add_argument("--keep-runs", action="store_true",
+                        help="pretrain only the seeds whose run has no checkpoint in --workdir "
+                        "yet (finish an interrupted --seeds benchmark, or add seeds to one)")
     args = parser.parse_args()
     if args.minutes <= 0:
         parser.error("--minutes must be > 0")
@@ -328,7 +333,7 @@ def main() -> int:
     workdir = Path(args.workdir or default_workdir).resolve()
     if args.data == "real":
         pool, labelled = ensure_real_data(workdir, args.pool_count, args.stamps_per_class)
-        set_name = "real images (tuxpaint stamps on mate-backgrounds photos)"
+        set_name = "real drawings (tuxpaint stamps, a quarter on mate-backgrounds photos)"
     else:
         pool, labelled = ensure_data(workdir, args.pool_count, args.train_per_class,
                                      args.val_per_class)
@@ -346,6 +351,9 @@ def main() -> int:
     if not args.skip_pretrain:
         results.unlink(missing_ok=True)
         for seed, run in runs:
+            if args.keep_runs and resolve_storage(str(storage), run).list_checkpoints():
+                print(f"keeping run {run} (--keep-runs): it has checkpoints", flush=True)
+                continue
             shutil.rmtree(storage / run, ignore_errors=True)
             start = time.monotonic()
             pretrain(args.config, run_overrides(common, run, seed), args.minutes)

@@ -1,11 +1,22 @@
-"""Prints the train step's images/s and the share of the step spent in Sinkhorn + SwAV loss.
+"""Prints the train step's images/s, its GFLOP/s against a plain matmul, and the loss's share.
 
-    python benchmarks/train_step.py --trunk regnety_400mf --recipe seer --batch 16
+    python benchmarks/train_step.py                                  # the `local` preset's step
+    python benchmarks/train_step.py --threads 2 --no-channels-last   # what threads / layout do
+    python benchmarks/train_step.py --compile                        # torch.compile'd trunk
+    python benchmarks/train_step.py --config local --trunk regnety_400mf --recipe seer \
+        --batch 16 --prototypes 3000 --set model.head_hidden=[2048]  # the SEER shapes
     python benchmarks/train_step.py --trunk regnety_8gf --device cuda --amp auto --batch 32
 
-Uses seer_core's real train step (normalise, forward per resolution, loss, backward, LARS,
-schedule) on in-memory uint8 batches, so it measures compute only, not ingest. The loss share is
-timed around the loss computation inside the step (with a device sync on CUDA).
+Uses seer_core's real train step (normalise, photometric stage, forward per resolution, loss,
+backward, optimizer, schedule) on in-memory uint8 batches, so it measures compute only, not
+ingest. Everything comes from the preset (`--config`, default `local`) unless a flag or `--set`
+says otherwise, so the default measures exactly the step a laptop run takes.
+
+Why the matmul: "img/s" alone cannot say whether a step is slow because it has much to do or
+because it does it badly. The step's floating-point work is counted once (torch's
+FlopCounterMode: convolutions and matmuls, forward and backward) and divided by the median step
+time; a large float32 matmul on the same threads is what this CPU does at best. The ratio is
+the share of the machine the step uses; what is left on the table is the rest.
 """
 
 from __future__ import annotations
@@ -20,54 +31,107 @@ from seer_core.config import load_config
 from seer_core.training import build_train_state, train_step
 
 
+def matmul_gflops(device: torch.device, size: int = 1024, repeats: int = 20) -> float:
+    """GFLOP/s of a square float32 matmul: the CPU's (or GPU's) practical ceiling."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(size, size, generator=gen).to(device)
+    b = torch.randn(size, size, generator=gen).to(device)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def step_flops(state, batch) -> float:  # type: ignore[no-untyped-def]
+    """Floating-point operations of one train step (forward + backward), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        train_step(state, batch)
+    return float(counter.get_total_flops())
+
+
+def overrides_from(args: argparse.Namespace) -> list[str]:
+    """Only what a flag set explicitly: the preset decides the rest."""
+    pairs = {
+        "model.trunk": args.trunk,
+        "augment.recipe": args.recipe,
+        "train.batch_size": args.batch,
+        "model.prototypes": args.prototypes,
+        "swav.sinkhorn_iterations": args.sinkhorn_iterations,
+        "train.amp": args.amp,
+        "augment.global_size": args.global_size,
+        "augment.local_size": args.local_size,
+        "model.channels_last": args.channels_last,
+    }
+    out = [f"{key}={str(value).lower() if isinstance(value, bool) else value}"
+           for key, value in pairs.items() if value is not None]
+    out.append(f"train.use_gpu={'true' if args.device.startswith('cuda') else 'false'}")
+    if args.activation_checkpointing:
+        out.append("model.activation_checkpointing=true")
+    return [*out, *args.overrides]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trunk", default="regnety_400mf")
-    parser.add_argument("--recipe", default="seer", choices=["seer", "swav", "sslight"])
-    parser.add_argument("--batch", type=int, default=16, help="images per step")
-    parser.add_argument("--global-size", type=int, default=None, help="override crop size")
-    parser.add_argument("--local-size", type=int, default=None, help="override crop size")
-    parser.add_argument("--prototypes", type=int, default=3000)
-    parser.add_argument("--sinkhorn-iterations", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=8, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--config", default="local", help="preset or YAML (default: local)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="config overrides, after the flags below")
+    parser.add_argument("--trunk")
+    parser.add_argument("--recipe", choices=["seer", "swav", "sslight"])
+    parser.add_argument("--batch", type=int, help="images per step")
+    parser.add_argument("--global-size", type=int, help="global crop size")
+    parser.add_argument("--local-size", type=int, help="local crop size")
+    parser.add_argument("--prototypes", type=int)
+    parser.add_argument("--sinkhorn-iterations", type=int)
+    parser.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"])
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="trunk memory format (default: the preset's)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the trunk (compile time is reported, not timed)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--amp", default="off", choices=["auto", "off", "bf16", "fp16"])
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: the preset's train.torch_threads, else torch's)")
     parser.add_argument("--activation-checkpointing", action="store_true")
     args = parser.parse_args()
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    overrides = [
-        f"model.trunk={args.trunk}",
-        f"augment.recipe={args.recipe}",
-        f"train.batch_size={args.batch}",
-        f"model.prototypes={args.prototypes}",
-        f"swav.sinkhorn_iterations={args.sinkhorn_iterations}",
-        f"train.amp={args.amp}",
-        f"train.use_gpu={'true' if args.device.startswith('cuda') else 'false'}",
-        f"model.activation_checkpointing={'true' if args.activation_checkpointing else 'false'}",
-        "model.head_hidden=[2048]",
-        "swav.freeze_prototypes_steps=0",
-    ]
-    # The recipe's own crop sizes unless asked otherwise (the `local` preset shrinks them).
-    overrides.append(f"augment.global_size={args.global_size or 'null'}")
-    overrides.append(f"augment.local_size={args.local_size or 'null'}")
-    cfg = load_config("local", overrides)
+    cfg = load_config(args.config, overrides_from(args))
+    threads = args.threads or cfg.train.torch_threads
+    if threads:
+        torch.set_num_threads(threads)
     state = build_train_state(cfg, args.device)
+    compile_s = 0.0
+    if args.compile:
+        state.model.trunk.compile()  # in place: the state dict keeps its keys
     gen = torch.Generator().manual_seed(0)
     batch = {
-        key: torch.randint(0, 256, (args.batch, g.count, 3, g.size, g.size), generator=gen,
-                           dtype=torch.uint8)
+        key: torch.randint(0, 256, (cfg.train.batch_size, g.count, 3, g.size, g.size),
+                           generator=gen, dtype=torch.uint8)
         for key, g in zip(state.recipe.keys, state.recipe.groups)
     }
     shapes = ", ".join(f"{g.count}x{g.size}" for g in state.recipe.groups)
-    print(f"trunk {args.trunk}, recipe {args.recipe} ({shapes}), batch {args.batch}, "
-          f"{args.prototypes} prototypes, {args.sinkhorn_iterations} Sinkhorn iterations, "
-          f"device {args.device}, amp {args.amp}, torch threads {torch.get_num_threads()}")
+    print(f"config {args.config}: trunk {cfg.model.trunk}, recipe {cfg.augment.recipe} "
+          f"({shapes}), batch {cfg.train.batch_size}, {list(cfg.model.prototypes)} prototypes, "
+          f"optimizer {cfg.optim.name}, photometric on trainer "
+          f"{cfg.augment.photometric_on_device}, channels_last {cfg.model.channels_last}, "
+          f"compile {args.compile}, device {args.device}, amp {cfg.train.amp}, "
+          f"torch threads {torch.get_num_threads()}", flush=True)
+    start = time.perf_counter()
     for _ in range(args.warmup):
         train_step(state, batch)
+    if args.compile:
+        compile_s = time.perf_counter() - start
+        print(f"compile + {args.warmup} warm-up steps: {compile_s:.1f} s", flush=True)
+    flops = step_flops(state, batch)
     step_s, loss_s = [], []
     for _ in range(args.steps):
         start = time.perf_counter()
@@ -78,7 +142,13 @@ def main() -> None:
         loss_s.append(result.loss_seconds)
     median = statistics.median(step_s)
     share = sum(loss_s) / sum(step_s)
-    print(f"step: median {median * 1000:.1f} ms, {args.batch / median:.1f} images/s")
+    step_gflops = flops / median / 1e9
+    peak = matmul_gflops(torch.device(args.device))
+    print(f"step: median {median * 1000:.1f} ms, {cfg.train.batch_size / median:.1f} images/s "
+          f"(p90 {sorted(step_s)[int(0.9 * (len(step_s) - 1))] * 1000:.1f} ms)")
+    print(f"work: {flops / 1e9:.2f} GFLOP per step, {step_gflops:.1f} GFLOP/s; float32 matmul "
+          f"on the same threads: {peak:.1f} GFLOP/s; the step uses "
+          f"{100 * step_gflops / peak:.0f}% of it")
     print(f"Sinkhorn + loss: {statistics.median(loss_s) * 1000:.2f} ms median, "
           f"{100 * share:.2f}% of the step (target < 5%)")
 

@@ -32,6 +32,28 @@ def test_multicrop_benchmark_prints_rates_and_floor(
     assert len(rates) == 6 and all(r > 0 for r in rates)
 
 
+def test_train_step_benchmark_prints_gflops_against_a_matmul(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The `local` preset's step (tiny batch) with its work counted and set against a matmul."""
+    argv = ["train_step.py", "--batch", "4", "--steps", "2", "--warmup", "1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    threads = torch.get_num_threads()  # the script pins the preset's threads
+    try:
+        runpy.run_path(str(BENCHMARKS / "train_step.py"), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "config local: trunk small" in out and "torch threads 1" in out
+    work = re.search(r"work: ([\d.]+) GFLOP per step, ([\d.]+) GFLOP/s; float32 matmul on the "
+                     r"same threads: ([\d.]+) GFLOP/s; the step uses (\d+)% of it", out)
+    assert work, out
+    gflop, rate, peak, share = (float(v) for v in work.groups())
+    # 4 images of 2x64 + 4x32 crops through `small`: forward + backward is ~0.2-0.3 GFLOP.
+    assert 0.05 < gflop < 1.0 and rate > 0 and peak > 0
+    assert abs(share - 100 * rate / peak) <= 1  # the printed share is the printed ratio
+
+
 def test_quality_benchmark_evaluates_a_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -121,16 +143,21 @@ def _tiny_checkpoints(work: Path, runs: list[str]) -> None:
 def test_quality_benchmark_two_seeds_report_per_seed_and_mean_gains(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`--seeds 2 --skip-pretrain`: each seed's run (its own name and checkpoints) is evaluated,
-    and the per-seed gains, their mean ± std and raw pixels are reported and saved."""
+    """`--seeds 2 --keep-runs`: runs that already have checkpoints are not pretrained again
+    (--minutes bounds the damage if they were); each seed's run (its own name and checkpoints)
+    is evaluated, and the per-seed gains, their mean ± std and raw pixels are reported and
+    saved."""
     import json
 
     work = tmp_path / "quality"
     _tiny_checkpoints(work, ["quality-seed0", "quality-seed1"])
-    code = _quality(["--skip-pretrain", "--seeds", "2", "--workdir", str(work), "--pool-count",
-                     "2", "--train-per-class", "2", "--val-per-class", "1"], monkeypatch)
+    code = _quality(["--keep-runs", "--minutes", "0.05", "--seeds", "2", "--workdir", str(work),
+                     "--pool-count", "2", "--train-per-class", "2", "--val-per-class", "1"],
+                    monkeypatch)
     assert code == 0
     out = capsys.readouterr().out
+    assert "keeping run quality-seed0 (--keep-runs)" in out
+    assert "keeping run quality-seed1 (--keep-runs)" in out and "pretraining for" not in out
     assert "run quality-seed0" in out and "run quality-seed1" in out
     assert re.search(r"^\s+40\s+640\s", out, re.MULTILINE)  # seed 0's checkpoint
     assert re.search(r"^\s+41\s+640\s", out, re.MULTILINE)  # seed 1's checkpoint

@@ -13,6 +13,7 @@ from seer_core.schedules import PlateauHalving
 from seer_core.training import (
     build_train_state,
     load_state_dict,
+    make_schedule,
     photometric_params,
     photometric_strength,
     prepare_inputs,
@@ -147,3 +148,31 @@ def test_plateau_holds_while_the_task_gets_harder() -> None:
     assert 400 + held.settle_steps + 50 <= first_cut < 1000
     with pytest.raises(ValueError, match="hold_steps"):
         PlateauHalving(base_lr=1.0, warmup_steps=0, patience=5, min_delta=0.0, hold_steps=-1)
+
+
+def twenty_minute_loss(seed: int) -> list[float]:
+    """The shape of a 20-minute `local` run's loss (issue 18's traces): it rises while the
+    colour distortion ramps up (1500 steps), goes on rising for 300 steps after (the model lags
+    the harder task), then falls by ~0.1 per 1000 steps for the rest of the budget; per-step
+    noise as at batch 64."""
+    import random
+
+    rng = random.Random(seed)
+    rise = [3.4 + 1.0 * t / 1500 for t in range(1500)]
+    lag = [4.4 + 0.05 * t / 300 for t in range(300)]
+    fall = [4.45 - 1e-4 * t for t in range(2000)]
+    return [x + rng.gauss(0.0, 0.05) for x in rise + lag + fall]
+
+
+def test_the_local_preset_keeps_its_lr_through_a_20_minute_run() -> None:
+    """Issue 18: with a patience of 200 steps (one minute) every 20-minute run halved while its
+    loss was still falling over minutes, and those runs ended with the smaller gains; the
+    preset's patience judges "stopped decreasing" over several minutes. The same curve with
+    patience 200 is cut, so this test can tell the two apart."""
+    cfg = load_config("local")
+    for seed in range(3):
+        schedule = make_schedule(cfg)
+        lrs = [schedule.step(loss) for loss in twenty_minute_loss(seed)]
+        assert set(lrs[cfg.schedule.warmup_steps:]) == {cfg.scaled_lr()}, seed
+    short = make_schedule(load_config("local", ["schedule.patience=200"]))
+    assert min(short.step(loss) for loss in twenty_minute_loss(0)) < cfg.scaled_lr()
