@@ -384,7 +384,7 @@ def main() -> int:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
     plot = workdir / "quality.png"
     plot_seeds(measured, raw, plot, f"{args.config} preset, {args.minutes:g} min, "
-               f"{len(seeds)} seed(s): {set_name}, {data.num_classes} classes", protocols[0])
+               f"{len(seeds)} seed(s)\n{set_name}, {data.num_classes} classes", protocols[0])
     print(f"results: {results}\nplot:    {results.with_suffix('.png')} (last run), "
           f"{plot} (every seed)\nsummary: {workdir / 'summary.json'}")
     return 0

@@ -3,6 +3,7 @@
     python benchmarks/train_step.py                                  # the `local` preset's step
     python benchmarks/train_step.py --threads 2 --no-channels-last   # what threads / layout do
     python benchmarks/train_step.py --compile                        # torch.compile'd trunk
+    python benchmarks/train_step.py --profile                        # + the ops that take the time
     python benchmarks/train_step.py --config local --trunk regnety_400mf --recipe seer \
         --batch 16 --prototypes 3000 --set model.head_hidden=[2048]  # the SEER shapes
     python benchmarks/train_step.py --trunk regnety_8gf --device cuda --amp auto --batch 32
@@ -102,6 +103,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: the preset's train.torch_threads, else torch's)")
     parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print where the step's time goes (torch.profiler, top ops)")
     args = parser.parse_args()
 
     cfg = load_config(args.config, overrides_from(args))
@@ -151,6 +154,18 @@ def main() -> None:
           f"{100 * step_gflops / peak:.0f}% of it")
     print(f"Sinkhorn + loss: {statistics.median(loss_s) * 1000:.2f} ms median, "
           f"{100 * share:.2f}% of the step (target < 5%)")
+    if args.profile:
+        print_profile(state, batch, steps=5)
+
+
+def print_profile(state, batch, steps: int) -> None:  # type: ignore[no-untyped-def]
+    """The ops that take the step's time, by self CPU time: what a faster step must attack."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            train_step(state, batch)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 if __name__ == "__main__":

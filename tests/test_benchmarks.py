@@ -204,7 +204,7 @@ def test_quality_benchmark_real_data(
                      "--pool-count", "3", "--stamps-per-class", "2"], monkeypatch)
     assert code == 0
     out = capsys.readouterr().out
-    assert "labelled set: real images" in out and "8 classes" in out
+    assert "labelled set: real drawings" in out and "8 classes" in out
     assert re.search(r"^\s+0 quality-real\s+[-+]\d", out, re.MULTILINE)
     labelled = json.loads((work / "labelled" / real_images.MANIFEST).read_text())
     pool = json.loads((work / "pool" / real_images.MANIFEST).read_text())
