@@ -10,14 +10,14 @@ learn anywhere. Nothing may be downloaded at run time, so the real images come f
 * `mate-backgrounds`: ~30 photographs and abstract wallpapers (JPEG/PNG). A share of the
   drawings (`photo_share`, a quarter by default) is pasted on a crop of one of them, the rest on
   a plain light background, the way clip art usually comes.
+  (`gnome-backgrounds` ships WebP and SVG only, which the project's Pillow build does not
+  decode; its readable files, if any, are used too.)
 
 Why not every drawing on a photo (the first version): with ~30 photos behind every image, the
 backdrop dominated the pixels and no method could separate the classes: on 200 val images,
 raw pixels scored 22.5% kNN20, a random trunk 19.5%, and the `local` preset's checkpoints
 19.5-24.5% over a 20-minute run (linear probe 23.5-27.5%, chance 12.5%), all within the
 evaluation's own noise (about 3 points). A benchmark on which nothing moves cannot show a gain.
-  (`gnome-backgrounds` ships WebP and SVG only, which the project's Pillow build does not
-  decode; its readable files, if any, are used too.)
 
 Why the set cannot leak into the pool: the labelled images and the pool images are rendered
 from disjoint sets of stamp files (different folders, and any pool stamp whose bytes equal a

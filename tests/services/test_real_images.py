@@ -95,3 +95,33 @@ def test_the_installed_packages_give_eight_classes() -> None:
         groups = {real_images._group(p.relative_to(real_images.STAMPS_ROOT))
                   for f in folders for p in (real_images.STAMPS_ROOT / f).rglob("*.png")}
         assert len(groups) >= 5, (name, len(groups))  # enough for a train/val split
+
+
+def _corner_spread(path: Path) -> float:
+    """Std of the 8x8 left corners (the least spread of the two): ~0 on a plain background,
+    large on the noise backdrop. A labelled image's one drawing starts at least 8% of the side
+    from the left edge, so it never covers them."""
+    with Image.open(path) as img:
+        grey = np.asarray(img.convert("L"))
+    return float(min(grey[:8, :8].std(), grey[-8:, :8].std()))
+
+
+@pytest.mark.parametrize("photo_share, plain", [(0.0, 1.0), (1.0, 0.0), (0.25, None)])
+def test_photo_share_sets_the_drawings_on_photos_or_plain_backgrounds(
+    tree: tuple[Path, Path], tmp_path: Path, photo_share: float, plain: float | None
+) -> None:
+    """Issue 18: most drawings on a plain light background, `photo_share` of them on a crop of a
+    packaged photo (here random noise, so the two are told apart by the corner's spread)."""
+    stamps, backdrops = tree
+    write_real_sets(tmp_path / "pool", tmp_path / "labelled", pool_count=40, seed=1,
+                    classes=CLASSES, stamps_root=stamps, backdrops_root=backdrops,
+                    photo_share=photo_share)
+    files = sorted((tmp_path / "labelled").rglob("*.jpg"))
+    plain_share = sum(_corner_spread(f) < 8 for f in files) / len(files)
+    if plain is not None:
+        assert plain_share == plain
+    else:
+        assert 0.55 < plain_share < 0.95  # ~3 in 4 (binomial spread over 40 images)
+    with pytest.raises(ValueError, match="photo_share"):
+        write_real_sets(tmp_path / "p2", tmp_path / "l2", classes=CLASSES, stamps_root=stamps,
+                        backdrops_root=backdrops, photo_share=1.5)
