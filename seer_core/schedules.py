@@ -183,7 +183,8 @@ class PlateauHalving(Schedule):
         self.ema = 0.0
         self.observed = 0
         self.best = math.inf
-        self.bad_steps = 0
+        #: Steps in a row without improvement (not the trainer's non-finite `bad_steps`).
+        self.flat_steps = 0
         self.cooldown_left = 0
         self.reductions = 0
 
@@ -206,17 +207,17 @@ class PlateauHalving(Schedule):
         assert smoothed is not None
         if math.isinf(self.best) or smoothed < self.best - self.min_delta * abs(self.best):
             self.best = smoothed
-            self.bad_steps = 0
+            self.flat_steps = 0
         else:
-            self.bad_steps += 1
+            self.flat_steps += 1
         if self.cooldown_left > 0:
             self.cooldown_left -= 1
-            self.bad_steps = 0
+            self.flat_steps = 0
             return
-        if self.bad_steps >= self.patience and self.level > self.min_lr:
+        if self.flat_steps >= self.patience and self.level > self.min_lr:
             self.level = max(self.level * self.factor, self.min_lr)
             self.reductions += 1
-            self.bad_steps = 0
+            self.flat_steps = 0
             self.cooldown_left = self.cooldown
 
     def state_dict(self) -> dict[str, Any]:
@@ -228,7 +229,7 @@ class PlateauHalving(Schedule):
             ema=self.ema,
             observed=self.observed,
             best=self.best,
-            bad_steps=self.bad_steps,
+            flat_steps=self.flat_steps,
             cooldown_left=self.cooldown_left,
             reductions=self.reductions,
         )
@@ -252,7 +253,8 @@ class PlateauHalving(Schedule):
         self.ema = float(state["ema"])
         self.observed = int(state["observed"])
         self.best = float(state["best"])
-        self.bad_steps = int(state["bad_steps"])
+        # "bad_steps": the same count, under its old name (checkpoints before issue 19).
+        self.flat_steps = int(state.get("flat_steps", state.get("bad_steps", 0)))
         self.cooldown_left = min(int(state["cooldown_left"]), self.cooldown)
         self.reductions = int(state["reductions"])
 

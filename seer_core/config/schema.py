@@ -104,7 +104,10 @@ class OptimConfig:
         256, ge=0, help="LR scales linearly with global batch / this (0: no scaling)"
     )
     weight_decay: float = knob(1e-6, ge=0)
-    momentum: float = knob(0.9, ge=0, le=1, help="LARS momentum; AdamW's beta1")
+    momentum: float = knob(0.9, ge=0, le=1, help="LARS momentum (lars only)")
+    betas: list[float] = knob(
+        factory=lambda: [0.9, 0.999], ge=0, help="AdamW's (beta1, beta2), each < 1 (adamw only)"
+    )
     eta: float = knob(0.001, gt=0, help="LARS trust coefficient (lars only)")
     exclude_bias_and_norm: bool = knob(True, help="no LARS adaptation/decay on biases and norms")
     clip: bool = knob(False, help="LARC clipping of the local LR at the global LR (lars only)")

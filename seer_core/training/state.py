@@ -239,7 +239,7 @@ def build_optimizer(model: nn.Module, cfg: SeerConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.exclude_bias_and_norm)
     lr = cfg.scaled_lr()
     if cfg.optim.name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(cfg.optim.momentum, 0.999),
+        return torch.optim.AdamW(groups, lr=lr, betas=(cfg.optim.betas[0], cfg.optim.betas[1]),
                                  weight_decay=cfg.optim.weight_decay)
     return LARS(groups, lr=lr, momentum=cfg.optim.momentum, eta=cfg.optim.eta,
                 clip=cfg.optim.clip)

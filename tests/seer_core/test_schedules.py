@@ -198,3 +198,19 @@ def test_plateau_validates(kwargs: dict, name: str) -> None:
     args = {"base_lr": 1.0, "warmup_steps": 0, "patience": 5, "min_delta": 0.0, **kwargs}
     with pytest.raises(ValueError, match=name):
         PlateauHalving(**args)
+
+
+def test_plateau_reads_the_count_saved_under_its_old_name() -> None:
+    """Issue 19 renamed `bad_steps` (steps without improvement) to `flat_steps`, apart from the
+    trainer's non-finite `bad_steps`; a run resumed from an older checkpoint keeps its count."""
+    s = PlateauHalving(base_lr=1.0, warmup_steps=0, patience=10, min_delta=0.0, smoothing=0.0)
+    for _ in range(5):
+        s.step(1.0)
+    state = s.state_dict()
+    assert state["flat_steps"] == 4 and "bad_steps" not in state
+    state["bad_steps"] = state.pop("flat_steps")
+    resumed = PlateauHalving(base_lr=1.0, warmup_steps=0, patience=10, min_delta=0.0,
+                             smoothing=0.0)
+    resumed.load_state_dict(state)
+    assert resumed.flat_steps == 4
+    assert _lrs(resumed, [1.0] * 8) == _lrs(s, [1.0] * 8)

@@ -46,11 +46,13 @@ def test_the_local_preset_is_the_short_budget_recipe() -> None:
 
 def test_adamw_groups_keep_biases_and_norms_undecayed() -> None:
     state = build_train_state(load_config("local", [*SMALL, "optim.weight_decay=0.01",
-                                                    "optim.momentum=0.8"]))
+                                                    "optim.betas=[0.8, 0.99]",
+                                                    "optim.momentum=0.5"]))
     groups = state.optimizer.param_groups
     assert [g["weight_decay"] for g in groups] == [0.01, 0.0]
     assert all(p.ndim <= 1 for p in groups[1]["params"])
-    assert all(g["betas"] == (0.8, 0.999) for g in groups)
+    # AdamW's own knob (issue 19): `optim.momentum` is LARS's and no longer doubles as beta1.
+    assert all(g["betas"] == (0.8, 0.99) for g in groups)
     lars = build_train_state(load_config("local", [*SMALL, "optim.name=lars"]))
     assert isinstance(lars.optimizer, LARS)
 
@@ -58,6 +60,11 @@ def test_adamw_groups_keep_biases_and_norms_undecayed() -> None:
 def test_optimizer_name_and_options_are_validated() -> None:
     with pytest.raises(ConfigError, match=r"optim.name.*lars.*adamw"):
         load_config("local", ["optim.name=sgd"])
+    for bad in ("[0.9]", "[0.9, 1.0]", "[0.9, 0.999, 0.5]"):
+        with pytest.raises(ConfigError, match=r"optim\.betas: .* must be \[beta1, beta2\]"):
+            load_config("local", [f"optim.betas={bad}"])
+    with pytest.raises(ConfigError, match=r"optim\.betas: -0\.1 is too small; allowed: >= 0"):
+        load_config("local", ["optim.betas=[-0.1, 0.9]"])
     with pytest.raises(ConfigError, match=r"optim\.clip"):
         load_config("local", ["optim.name=adamw", "optim.clip=true"])
     with pytest.raises(ConfigError, match=r"photometric_ramp_steps.*photometric_on_device"):
