@@ -4,8 +4,8 @@
     python benchmarks/train_step.py --threads 2 --no-channels-last   # what threads / layout do
     python benchmarks/train_step.py --compile                        # torch.compile'd trunk
     python benchmarks/train_step.py --profile                        # + the ops that take the time
-    python benchmarks/train_step.py --config local --trunk regnety_400mf --recipe seer \
-        --batch 16 --prototypes 3000 --set model.head_hidden=[2048]  # the SEER shapes
+    python benchmarks/train_step.py --trunk regnety_400mf --batch 16 --prototypes 3000 \
+        --global-size 224 --local-size 96 --threads 2 --set model.head_hidden=[2048]  # SEER shapes
     python benchmarks/train_step.py --trunk regnety_8gf --device cuda --amp auto --batch 32
 
 Uses seer_core's real train step (normalise, photometric stage, forward per resolution, loss,
@@ -112,7 +112,6 @@ def main() -> None:
     if threads:
         torch.set_num_threads(threads)
     state = build_train_state(cfg, args.device)
-    compile_s = 0.0
     if args.compile:
         state.model.trunk.compile()  # in place: the state dict keeps its keys
     gen = torch.Generator().manual_seed(0)
@@ -132,8 +131,8 @@ def main() -> None:
     for _ in range(args.warmup):
         train_step(state, batch)
     if args.compile:
-        compile_s = time.perf_counter() - start
-        print(f"compile + {args.warmup} warm-up steps: {compile_s:.1f} s", flush=True)
+        print(f"compile + {args.warmup} warm-up steps: {time.perf_counter() - start:.1f} s",
+              flush=True)
     flops = step_flops(state, batch)
     step_s, loss_s = [], []
     for _ in range(args.steps):

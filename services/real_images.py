@@ -179,7 +179,7 @@ def _load_stamp(path: Path) -> Image.Image:
 
 
 def render(stamps: list[Image.Image], backdrops: _Backdrops, side: int,
-           rng: random.Random, photo_share: float = 1.0) -> Image.Image:
+           rng: random.Random, photo_share: float) -> Image.Image:
     """The first stamp large near the centre (the subject), any others smaller around it, on a
     random backdrop crop (with probability `photo_share`) or a plain light background of a
     random tone; random scale, position and mirror."""

@@ -166,8 +166,8 @@ def _validate_cross(cfg: SeerConfig) -> None:
         raise ConfigError("model.prototypes: each head needs at least 1 prototype")
     if any(h < 1 for h in cfg.model.head_hidden):
         raise ConfigError("model.head_hidden: widths must be >= 1")
-    betas = cfg.optim.betas
-    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+    betas = cfg.optim.betas  # each >= 0 is the schema's bound; here the pair and < 1
+    if len(betas) != 2 or any(b >= 1 for b in betas):
         raise ConfigError(f"optim.betas: {betas!r} must be [beta1, beta2] with 0 <= beta < 1")
     for name in ("global_scale", "local_scale"):
         scale = getattr(cfg.augment, name)
