@@ -9,10 +9,11 @@ them from the environment or the standard AWS chain.
 
 Layout, as the trainer writes it (`services.trainer.checkpoint_writer`):
 `<storage>/<run_name>/step_000000000500/{state.pt,meta.json,rank_00000.pt,...,commit.json}` and
-`<storage>/<run_name>/latest`. A step folder counts as a
-checkpoint only when `seer_core.checkpoint.is_complete` says so (its commit marker is there, or
-it is a legacy checkpoint written before markers existed): that is all `list_checkpoints` shows
-to the trainer, `seer status`, `seer export` and the evaluator.
+`<storage>/<run_name>/latest`. `scan` here is the one listing of a run's checkpoints: a step
+folder counts only once its commit marker is there, and that is all `list_checkpoints` shows to
+the trainer, `seer status`, `seer export`, the evaluator and the benchmarks. It lives here, not
+in `seer_core` (which never imports ray or boto3, and needs no listing): pyarrow's filesystem
+gives local folders and S3 the same code.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from seer_core.checkpoint import (
     LATEST_FILE,
     META_FILE,
     atomic_write_bytes,
-    is_complete,
     parse_json,
     parse_step_dir,
 )
@@ -50,19 +50,19 @@ _LISTING_ATTEMPTS = 3
 
 @dataclass(frozen=True)
 class StepFolder:
-    """A step folder of a run as one listing saw it: which files it holds, whether it counts."""
+    """A step folder of a run as one listing saw it: which files it holds."""
 
     step: int
     path: str
     files: frozenset[str]
-    complete: bool
 
     @property
     def name(self) -> str:
         return self.path.rstrip("/").rsplit("/", 1)[-1]
 
     @property
-    def committed(self) -> bool:
+    def complete(self) -> bool:
+        """A checkpoint (committed), as opposed to an upload in flight or cut short."""
         return COMMIT_FILE in self.files
 
 
@@ -85,8 +85,7 @@ class RunStorage:
 
     def scan(self) -> list[StepFolder]:
         """Every step folder of the run with the files in it, oldest first: one recursive
-        listing (one paginated LIST on S3), plus a meta.json read per folder that has state.pt
-        and meta.json but no commit marker (a legacy checkpoint, or one being written)."""
+        listing (one paginated LIST on S3)."""
         run = self.run_path.rstrip("/")
         for attempt in range(_LISTING_ATTEMPTS):
             try:
@@ -106,15 +105,12 @@ class RunStorage:
             names = files.setdefault(parts[0], set())
             if len(parts) == 2 and info.type == pafs.FileType.File:
                 names.add(parts[1])
-        found = []
-        for name, names in files.items():
-            path = f"{run}/{name}"
-            complete = is_complete(names, lambda p=path: self.read_json(f"{p}/{META_FILE}"))
-            found.append(StepFolder(parse_step_dir(name) or 0, path, frozenset(names), complete))
+        found = [StepFolder(parse_step_dir(name) or 0, f"{run}/{name}", frozenset(names))
+                 for name, names in files.items()]
         return sorted(found, key=lambda folder: folder.step)
 
     def list_checkpoints(self) -> list[tuple[int, str]]:
-        """(step, path) of complete checkpoints (committed, or legacy), oldest first."""
+        """(step, path) of the committed checkpoints, oldest first."""
         return [(folder.step, folder.path) for folder in self.scan() if folder.complete]
 
     def folder_files(self, path: str) -> set[str]:
@@ -214,12 +210,10 @@ class RunStorage:
         return removed
 
     def delete_folder(self, folder: StepFolder) -> None:
-        """Deletes a step folder, its marker (then its meta.json) first, so that a reader never
-        sees a folder that still counts as a checkpoint while its files disappear."""
-        for name in (COMMIT_FILE, META_FILE):
-            if name in folder.files:
-                with contextlib.suppress(FileNotFoundError):
-                    self.filesystem.delete_file(f"{folder.path}/{name}")
+        """Deletes a step folder, its marker first, so that a reader never sees a folder that
+        still counts as a checkpoint while its files disappear."""
+        if folder.complete:
+            self.uncommit(folder.path)
         with contextlib.suppress(FileNotFoundError):
             self.filesystem.delete_dir(folder.path)
 

@@ -119,7 +119,7 @@ def load_rank_state_dict(state: TrainState, saved: Mapping[str, Any]) -> None:
 
 def seed_rank_streams(state: TrainState, rank: int, step: int) -> None:
     """Fresh random streams for a rank that has none saved (a rank added by a resume with more
-    workers, or any rank but 0 of a checkpoint from before per-rank streams were saved).
+    workers, or whose saved streams do not load here).
 
     Seeded from (train.seed, rank, step) through numpy's SeedSequence, so each rank's streams
     differ from every other rank's and from the ones the run started with at that rank, and a

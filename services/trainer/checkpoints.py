@@ -26,7 +26,6 @@ reads its own `rank_<r>.pt` (with another world size, the old ranks' queues it i
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,7 +57,6 @@ from services.trainer.collective import (
 from services.trainer.store_wait import StoreUnavailable, StoreWait, wait_for_store
 
 log = logging.getLogger("seer.trainer")
-_LEGACY_QUEUE = re.compile(r"^queue_rank(\d{5})\.pt$")
 #: What proves a checkpoint unusable on one rank (and so, after the vote, on all of them): it
 #: does not unpickle, a file or key is missing, a shape or type does not fit. Not `OSError`: a
 #: store that cannot be reached is waited for (`store_wait`).
@@ -69,11 +67,6 @@ _CORRUPT = (CheckpointLoadError, FileNotFoundError, ValueError, KeyError, TypeEr
 def storage_for(cfg: SeerConfig) -> RunStorage:
     return resolve_storage(cfg.checkpoint.storage, cfg.checkpoint.run_name,
                            cfg.checkpoint.endpoint_url)
-
-
-def legacy_queue_file(rank: int) -> str:
-    """Where checkpoints written before per-rank streams held each rank's queue."""
-    return f"queue_rank{rank:05d}.pt"
 
 
 def checkpoints_newest_first(storage: RunStorage, rank: int, wait: StoreWait,
@@ -134,10 +127,7 @@ def load_checkpoint(storage: RunStorage, path: str, state: TrainState, rank: int
     file (and, with another world size, the old ranks' files its queue share comes from).
 
     Raises `OSError` when the store cannot be reached (wait and retry), one of `_CORRUPT` when
-    the checkpoint itself is unusable.
-
-    Committed checkpoints name their world size and queue geometry; legacy ones (no marker)
-    held rank 0's queue and streams in state.pt and every rank's queue in `queue_rank<r>.pt`.
+    the checkpoint itself is unusable (its marker gone since the listing included).
     """
     names = storage.folder_files(path)
     notes: list[str] = []
@@ -145,38 +135,19 @@ def load_checkpoint(storage: RunStorage, path: str, state: TrainState, rank: int
     with tempfile.TemporaryDirectory(prefix="seer-restore-") as tmp_name:
         tmp = Path(tmp_name)
         saved = _read(storage, path, STATE_FILE, tmp) if rank == 0 else None
-        if COMMIT_FILE in names:
-            commit = _read_commit(storage, path)
-            old_world = int(commit["world_size"])
-            old_rows, old_filled = int(commit["queue_rows"]), int(commit["queue_filled"])
-            missing = [rank_file(r) for r in range(old_world) if rank_file(r) not in names]
-            if missing:
-                raise CheckpointLoadError(f"{path} is committed but lacks {missing}")
+        commit = _read_commit(storage, path)
+        old_world = int(commit["world_size"])
+        old_rows, old_filled = int(commit["queue_rows"]), int(commit["queue_filled"])
+        missing = [rank_file(r) for r in range(old_world) if rank_file(r) not in names]
+        if missing:
+            raise CheckpointLoadError(f"{path} is committed but lacks {missing}")
 
-            def old_rank(r: int) -> dict[str, Any] | None:
-                if r not in parts:
-                    parts[r] = _read(storage, path, rank_file(r), tmp)
-                return parts[r]
-        else:
-            queue_files = {int(m.group(1)) for m in map(_LEGACY_QUEUE.match, names) if m}
-            old_world = max(queue_files) + 1 if queue_files else 1
-            shared = saved if saved is not None else _read(storage, path, STATE_FILE, tmp)
-            old_length = int(((shared.get("config") or {}).get("swav") or {}).get(
-                "queue_length") or 0)
-            old_rows = old_filled = old_length // old_world  # fills: read from the files
-            notes.append(f"legacy checkpoint (no {COMMIT_FILE}) of {old_world} rank(s)")
+        def old_rank(r: int) -> dict[str, Any] | None:
+            if r not in parts:
+                parts[r] = _read(storage, path, rank_file(r), tmp)
+            return parts[r]
 
-            def old_rank(r: int) -> dict[str, Any] | None:
-                if r not in parts:
-                    queue = (_read(storage, path, legacy_queue_file(r), tmp)
-                             if r in queue_files else shared.get("queue") if r == 0 else None)
-                    streams = ({"rng": shared.get("rng"), "generator": shared.get("generator")}
-                               if r == 0 else {})
-                    parts[r] = {"queue": queue, **streams}
-                return parts[r]
-
-        own = old_rank(rank) if rank < old_world else None
-        streams = own if own is not None and own.get("rng") is not None else None
+        streams = old_rank(rank) if rank < old_world else None
         if streams is None:
             notes.append(f"no saved random streams for rank {rank} (saved by {old_world} "
                          "rank(s)): fresh ones from train.seed, rank and step")

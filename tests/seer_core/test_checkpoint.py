@@ -1,4 +1,7 @@
-"""Checkpoint files: atomic, listed by step, newest K kept, loaded without running code."""
+"""Checkpoint files: atomic, named to sort by step, loaded without running code.
+
+Listing and retention are `services.storage.RunStorage`'s (tests/services/test_storage.py,
+test_checkpoint_commit.py)."""
 
 import os
 import pickle
@@ -7,15 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from seer_core.checkpoint import (
-    LATEST_FILE,
-    STATE_FILE,
-    CheckpointLoadError,
-    CheckpointStore,
-    load_state,
-    save_state,
-    step_dir_name,
-)
+from seer_core.checkpoint import CheckpointLoadError, load_state, save_state, step_dir_name
 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:
@@ -62,28 +57,6 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
         save_state({"v": Boom()}, path)
     assert load_state(path)["v"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["s.pt"]
-
-
-def test_store_keeps_newest_k_and_points_latest(tmp_path: Path) -> None:
-    store = CheckpointStore(tmp_path, keep=2)
-    assert store.latest() is None
-    for step in (10, 20, 30, 40):
-        store.save({"step": step}, step)
-    assert [i.step for i in store.list()] == [30, 40]
-    latest = store.latest()
-    assert latest is not None and latest.step == 40
-    assert (tmp_path / LATEST_FILE).read_text().strip() == step_dir_name(40)
-    assert load_state(latest.path)["step"] == 40
-
-
-def test_store_ignores_incomplete_and_falls_back(tmp_path: Path) -> None:
-    store = CheckpointStore(tmp_path, keep=3)
-    store.save({"step": 5}, 5)
-    (tmp_path / step_dir_name(9)).mkdir()  # a crash before the state file landed
-    (tmp_path / LATEST_FILE).write_text(step_dir_name(9))
-    latest = store.latest()
-    assert latest is not None and latest.step == 5
-    assert (tmp_path / step_dir_name(5) / STATE_FILE).is_file()
 
 
 def test_step_names_sort_like_steps() -> None:

@@ -46,14 +46,14 @@ def _touch(folder: Path, *names: str, meta: Any = None) -> None:
         (folder / META_FILE).write_text(meta if isinstance(meta, str) else json.dumps(meta))
 
 
-def test_only_committed_or_legacy_checkpoints_are_listed(tmp_path: Path) -> None:
+def test_only_committed_checkpoints_are_listed(tmp_path: Path) -> None:
     """A folder Ray is still copying (or was copying at a crash) is not a checkpoint for the
-    trainer, `seer status`, `seer export` or the evaluator; one written before commit markers
-    existed (state.pt + a meta.json without a format) still is."""
+    trainer, `seer status`, `seer export` or the evaluator, even with state.pt and a meta.json
+    without a format (once read as a checkpoint from before commit markers: never released)."""
     from services.evaluator.checkpoints import resolve_checkpoint
 
     run = tmp_path / "k"
-    _touch(run / step_dir_name(1), STATE_FILE, meta={"step": 1})  # legacy: complete
+    _touch(run / step_dir_name(1), STATE_FILE, meta={"step": 1})  # no marker: not one
     _touch(run / step_dir_name(2), STATE_FILE, "rank_00000.pt", meta={"step": 2, "format": 2})
     _touch(run / step_dir_name(3), STATE_FILE, "rank_00000.pt", COMMIT_FILE,
            meta={"step": 3, "format": 2})
@@ -61,7 +61,7 @@ def test_only_committed_or_legacy_checkpoints_are_listed(tmp_path: Path) -> None
     _touch(run / step_dir_name(5), STATE_FILE, meta='{"step": 5, "ti')  # meta.json cut short
     _touch(run / step_dir_name(6), COMMIT_FILE, STATE_FILE)  # committed, no meta: fine
     storage = resolve_storage(str(tmp_path), "k")
-    assert [s for s, _ in storage.list_checkpoints()] == [1, 3, 6]
+    assert [s for s, _ in storage.list_checkpoints()] == [3, 6]
     assert resolve_checkpoint("latest", storage).step == 6
     shutil.rmtree(run / step_dir_name(6))
     assert resolve_checkpoint("latest", storage).step == 3

@@ -273,50 +273,11 @@ def test_queue_rows_are_dealt_out_once(old_world: int, new_world: int, filled: i
                                  for r in range(new_world))
 
 
-def test_a_legacy_two_worker_checkpoint_still_resumes(tmp_path: Path, own_rng) -> None:
-    """A checkpoint written before commit markers and per-rank files (state.pt with rank 0's
-    queue and streams, meta.json without a format, queue_rank<r>.pt per rank) still counts and
-    resumes with another world size: a weeks-long run must survive the upgrade."""
+def test_a_folder_without_commit_marker_is_not_resumed(tmp_path: Path, own_rng) -> None:
+    """state.pt, meta.json without a format and queue_rank<r>.pt but no commit.json (the layout
+    from before commit markers, never released) is an upload that never committed: the run
+    starts fresh rather than reading it."""
     import json
-
-    from seer_core.checkpoint import save_state
-    from seer_core.training import build_train_state, state_dict
-    from services.trainer.checkpoints import restore
-
-    old_cfg = tiny_config(tmp_path, 2)
-    old = build_train_state(old_cfg)
-    old.step, old.images_seen = 6, 48
-    folder = tmp_path / "r" / "step_000000000006"
-    gen = torch.Generator().manual_seed(5)
-    queues = []
-    for rank in range(2):
-        queue = SwAVQueue(16, 8, (0, 1), world_size=2)
-        queue.embeddings = torch.randn(2, 8, 8, generator=gen)
-        queue.filled = 8
-        queues.append(queue.state_dict())
-        save_state(queue.state_dict(), folder / f"queue_rank{rank:05d}.pt")
-    old.queue.load_state_dict(queues[0], strict=False)  # what state_dict held: rank 0's
-    torch.manual_seed(11)
-    save_state(state_dict(old), folder / "state.pt")
-    expected_draw = torch.rand(4)
-    (folder / "meta.json").write_text(json.dumps({"step": 6, "images_seen": 48}))
-
-    state = build_train_state(tiny_config(tmp_path, 1))
-    source = restore(state, 0, 1)
-    assert source is not None and source.endswith("step_000000000006") and state.step == 6
-    assert state.queue is not None and state.queue.filled == 16
-    got = _rows(state.queue.embeddings, 16)
-    assert sorted(got) == sorted(row for q in queues for row in _rows(q["embeddings"], 8))
-    assert torch.equal(torch.rand(4), expected_draw)  # rank 0's streams, from state.pt
-
-
-def test_a_saved_queue_with_non_finite_rows_starts_empty(tmp_path: Path, own_rng,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
-    """A checkpoint written while a NaN sat in the queue (before skipped steps stopped pushing):
-    loading it would skip every step from then on, since a skipped step no longer pushes the
-    row out. The model and step come back; the queue starts empty and refills."""
-    import json
-    import logging
 
     from seer_core.checkpoint import save_state
     from seer_core.training import build_train_state, state_dict
@@ -325,13 +286,33 @@ def test_a_saved_queue_with_non_finite_rows_starts_empty(tmp_path: Path, own_rng
     old = build_train_state(tiny_config(tmp_path, 1))
     old.step, old.images_seen = 6, 24
     folder = tmp_path / "r" / "step_000000000006"
-    queue = SwAVQueue(16, 8, (0, 1), world_size=1)
-    queue.embeddings = torch.randn(2, 16, 8, generator=torch.Generator().manual_seed(5))
-    queue.embeddings[1, 3] = float("nan")
-    queue.filled = 16
-    save_state(queue.state_dict(), folder / "queue_rank00000.pt")
+    assert old.queue is not None
+    save_state(old.queue.state_dict(), folder / "queue_rank00000.pt")
     save_state(state_dict(old), folder / "state.pt")
     (folder / "meta.json").write_text(json.dumps({"step": 6, "images_seen": 24}))
+
+    state = build_train_state(tiny_config(tmp_path, 1))
+    assert restore(state, 0, 1) is None and state.step == 0
+
+
+def test_a_saved_queue_with_non_finite_rows_starts_empty(tmp_path: Path, own_rng,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A checkpoint written while a NaN sat in the queue (before skipped steps stopped pushing):
+    loading it would skip every step from then on, since a skipped step no longer pushes the
+    row out. The model and step come back; the queue starts empty and refills."""
+    import logging
+
+    from seer_core.training import build_train_state
+    from services.trainer.checkpoint_writer import save_checkpoint
+    from services.trainer.checkpoints import restore, storage_for
+
+    old = build_train_state(tiny_config(tmp_path, 1))
+    old.step, old.images_seen = 6, 24
+    assert old.queue is not None
+    old.queue.embeddings = torch.randn(2, 16, 8, generator=torch.Generator().manual_seed(5))
+    old.queue.embeddings[1, 3] = float("nan")
+    old.queue.filled = 16
+    save_checkpoint(old, storage_for(old.cfg))
 
     state = build_train_state(tiny_config(tmp_path, 1))
     with caplog.at_level(logging.WARNING, logger="seer.trainer"):

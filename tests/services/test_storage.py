@@ -8,9 +8,10 @@ import pytest
 from services.storage import resolve_storage, s3_endpoint
 
 
-def test_local_storage_lists_complete_checkpoints(tmp_path: Path) -> None:
-    """Committed (commit.json) or legacy (state.pt + meta.json without a format) folders only;
-    state.pt alone may be a copy cut short (see test_checkpoint_commit.py)."""
+def test_local_storage_lists_committed_checkpoints_only(tmp_path: Path) -> None:
+    """A step folder counts once its commit.json is there, whatever else it holds: state.pt
+    alone may be a copy cut short, and state.pt + meta.json (no marker) is an upload whose
+    commit never came, not an older layout (see test_checkpoint_commit.py)."""
     storage = resolve_storage(str(tmp_path), "run")
     assert storage.list_checkpoints() == []
     for step, files in ((3, ("state.pt", "commit.json")), (10, ("state.pt", "meta.json")),
@@ -19,7 +20,8 @@ def test_local_storage_lists_complete_checkpoints(tmp_path: Path) -> None:
         folder.mkdir(parents=True)
         for name in files:
             (folder / name).write_bytes(b"{}" if name.endswith(".json") else b"x")
-    assert [s for s, _ in storage.list_checkpoints()] == [3, 10]
+    (tmp_path / "run" / "latest").write_text("step_000000000010\n")  # a hint, not a checkpoint
+    assert storage.list_checkpoints() == [(3, str(tmp_path / "run" / "step_000000000003"))]
     assert storage.read_meta(storage.list_checkpoints()[0][1]) == {}
 
 
