@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
@@ -111,12 +111,11 @@ class FeedSpec:
     (local or ``s3://``), another ``s3://`` URI is a bucket prefix, anything else a directory.
     ``endpoint_url`` falls back to the environment at open time (in the process that opens), in the
     order every seer S3 client uses (``services.s3_endpoint``). Credentials are never part of a
-    spec: boto3's standard chain supplies them. ``seed`` fixes the refresher's randomness (tests);
-    leave it None in production so processes do not all list the same key ranges. ``idle_stop_s``: a
-    feed not sampled or fetched from for that long stops its background listing until its next
-    sample (keeping its pool), so a process that no longer reads does not list the store for ever;
-    long enough by default (15 min) that a stream between two passes, or waiting on a checkpoint,
-    never pays for a stale pool.
+    spec: boto3's standard chain supplies them. ``idle_stop_s``: a feed not sampled or fetched
+    from for that long stops its background listing until its next sample (keeping its pool), so
+    a process that no longer reads does not list the store for ever; long enough by default
+    (15 min) that a stream between two passes, or waiting on a checkpoint, never pays for a
+    stale pool.
     """
 
     uri: str
@@ -132,7 +131,6 @@ class FeedSpec:
     retry_budget_s: float = 120.0
     max_attempts: int = 8
     idle_stop_s: float = 900.0
-    seed: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         _require(

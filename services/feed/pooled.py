@@ -59,8 +59,8 @@ class PooledFeed:
     def __init__(self, spec: FeedSpec, log_interval_s: float = 30.0) -> None:
         self.spec = spec
         self._pool = KeyPool(spec.pool_size)
-        self._rng = random.Random(spec.seed)  # refresh cycles only (one at a time: _refresh_lock)
-        self._jitter_rng = random.Random(None if spec.seed is None else spec.seed + 1)
+        self._rng = random.Random()  # refresh cycles only (one at a time: _refresh_lock)
+        self._jitter_rng = random.Random()
         self._stop = threading.Event()
         # Refresher threads started and not yet known to have ended; close() joins them all
         # (after a park and a restart, the parked one may still be returning).

@@ -37,7 +37,6 @@ def _no_leaked_refreshers(no_leaked_refreshers: None) -> None:
 def s3_spec(bucket: str, endpoint: str, prefix: str = "img/", **kw: Any) -> FeedSpec:
     kw.setdefault("refresh_seconds", 0.1)
     kw.setdefault("retry_budget_s", 5.0)
-    kw.setdefault("seed", 0)
     return FeedSpec(f"s3://{bucket}/{prefix}", endpoint_url=endpoint, **kw)
 
 
@@ -206,7 +205,7 @@ def test_parquet_manifest_on_s3_reread_on_change(s3_server, s3_client, s3_bucket
     put_objects(s3_client, s3_bucket,
                 {"lists/m.parquet": parquet_bytes("key", ["data/x.jpg", "data/y.jpg"])})
     spec = FeedSpec(f"s3://{s3_bucket}/lists/m.parquet", endpoint_url=s3_server.endpoint_url,
-                    refresh_seconds=0.1, retry_budget_s=5.0, seed=0)
+                    refresh_seconds=0.1, retry_budget_s=5.0)
     with spec.open() as feed:
         want = {f"s3://{s3_bucket}/data/x.jpg", f"s3://{s3_bucket}/data/y.jpg"}
         assert wait_until(lambda: set(feed.pooled_keys()) == want)
@@ -224,7 +223,7 @@ def test_text_manifest_on_s3_with_s3_base_and_local_manifest_of_uris(
     put_objects(s3_client, s3_bucket, {"pre/1.jpg": b"1", "pre/2.jpg": b"2"})
     put_objects(s3_client, s3_bucket, {"m.txt": b"1.jpg\n2.jpg\n"})
     spec = FeedSpec(f"s3://{s3_bucket}/m.txt", endpoint_url=s3_server.endpoint_url,
-                    manifest_base=f"s3://{s3_bucket}/pre/", refresh_seconds=60, seed=0)
+                    manifest_base=f"s3://{s3_bucket}/pre/", refresh_seconds=60)
     with spec.open() as feed:
         got = set(feed.sample(50, random.Random(0), timeout=10))
         assert got == {f"s3://{s3_bucket}/pre/1.jpg", f"s3://{s3_bucket}/pre/2.jpg"}

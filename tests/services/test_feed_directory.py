@@ -76,7 +76,7 @@ def test_vanished_file_raises_and_leaves_the_pool(tmp_path: Path) -> None:
 
 def test_pool_bounded_and_uniform_over_large_directory(tmp_path: Path) -> None:
     make_tree(tmp_path, [f"{i:03d}.jpg" for i in range(60)])
-    with FeedSpec(str(tmp_path), pool_size=20, refresh_seconds=60, seed=3).open() as feed:
+    with FeedSpec(str(tmp_path), pool_size=20, refresh_seconds=60).open() as feed:
         assert wait_until(lambda: feed.pool_size() == 20, PATIENCE_S)
         assert feed.stats()["source_objects"] == 60
         counts = Counter(feed.sample(8000, random.Random(1)))

@@ -54,7 +54,7 @@ def _images(root: Path, n: int = 2) -> Path:
 def test_close_stops_a_refresher_in_the_middle_of_a_long_s3_listing() -> None:
     """A 1M-key pool takes ~1000 pages to fill: close() must not wait for the cycle to end."""
     spec = FeedSpec("s3://bucket/img/", endpoint_url="http://127.0.0.1:9", pool_size=1_000_000,
-                    refresh_seconds=60.0, seed=0)
+                    refresh_seconds=60.0)
     feed = S3Feed(spec)
     pages = 0
     listing = threading.Event()
@@ -80,7 +80,7 @@ def test_close_stops_a_refresher_in_the_middle_of_a_long_s3_listing() -> None:
 
 
 def test_close_stops_a_refresher_in_the_middle_of_a_long_directory_walk(tmp_path: Path) -> None:
-    feed = FeedSpec(str(tmp_path), pool_size=100, refresh_seconds=60.0, seed=0).open()
+    feed = FeedSpec(str(tmp_path), pool_size=100, refresh_seconds=60.0).open()
     walking = threading.Event()
 
     def endless_walk() -> Iterator[str]:

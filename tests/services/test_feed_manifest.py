@@ -66,7 +66,7 @@ def test_parquet_manifest_with_base_and_uri_column_fallback(tmp_path: Path, imag
 def test_large_parquet_manifest_is_sampled_into_the_pool(tmp_path: Path) -> None:
     m = tmp_path / "big.parquet"
     pq.write_table(pa.table({"key": [f"/d/{i}.jpg" for i in range(5000)]}), m, row_group_size=700)
-    with FeedSpec(str(m), pool_size=300, refresh_seconds=0.05, seed=0).open() as feed:
+    with FeedSpec(str(m), pool_size=300, refresh_seconds=0.05).open() as feed:
         assert wait_until(lambda: feed.pool_size() == 300, PATIENCE_S)
         first = set(feed.pooled_keys())
         assert len(first) == 300 and all(k.startswith("/d/") for k in first)

@@ -214,7 +214,7 @@ def test_s3_fetch_errors_are_retried_then_counted(
     # max_attempts far above what the budget allows: only the budget can end the retries.
     spec = FeedSpec(f"s3://{s3_bucket}/img/", endpoint_url=fault_proxy.endpoint_url,
                     retry_budget_s=1.0, fetch_timeout_s=5.0, refresh_seconds=60.0,
-                    max_attempts=1000, seed=0)
+                    max_attempts=1000)
     # The first listing is slower than the feed's own wait (its retry budget, 1 s), as on a
     # loaded machine: the test must wait for the listing, not for a fixed time.
     fault_proxy.delay_next(1, 1.5, match=r"^GET /[^/?]+/?\?.*list-type=2")
