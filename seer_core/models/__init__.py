@@ -5,7 +5,11 @@ SwAV head and model (``head``), activation checkpointing (``checkpointing``), Sy
 (``sync_bn``), trunk export (``export``) and model sizing (``summary``). Import from here.
 """
 
-from seer_core.models.checkpointing import CheckpointedStage, enable_activation_checkpointing
+from seer_core.models.checkpointing import (
+    CheckpointedStage,
+    RunningStats,
+    enable_activation_checkpointing,
+)
 from seer_core.models.export import export_trunk_state_dict
 from seer_core.models.head import (
     SEER_HEAD_HIDDEN,
@@ -36,6 +40,7 @@ __all__ = [
     "TRUNK_NAMES",
     "CheckpointedStage",
     "RegNetSpec",
+    "RunningStats",
     "SwAVHead",
     "SwAVModel",
     "build_swav_model",

@@ -8,7 +8,8 @@ wrapped in :class:`CheckpointedStage`, which
   nothing to save, and checkpoint bookkeeping would only cost time);
 * undoes BatchNorm's running-statistics update made by the recomputation: the recomputed
   forward sees the same batch, so without this every checkpointed BN would apply its momentum
-  twice per step and its running stats would drift away from the un-checkpointed model's;
+  twice per step and its running stats would drift away from the un-checkpointed model's
+  (`RunningStats`, the snapshot the training step also restores when it skips a step);
 * is invisible in ``state_dict`` keys (hooks drop / re-add the wrapper's child name), so a
   checkpoint taken with activation checkpointing loads into a model without it and vice versa.
 """
@@ -23,36 +24,62 @@ from typing import Any
 import torch
 import torchvision
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 # Child name of the wrapped stage. Also stripped by the exporter should a raw key carry it.
 WRAPPED = "checkpointed"
 
 
+class RunningStats:
+    """The running statistics of a module's normalisation layers, with a spare copy of them.
+
+    A train-mode forward updates them (BatchNorm's running_mean/var/num_batches_tracked) as a
+    side effect, and two callers must take such an update back: the training step, when the
+    loss turns out non-finite (a NaN would stay in them for ever, 0.9 * NaN + 0.1 * x being
+    NaN, and every eval-mode feature would be NaN), and a checkpointed stage's recomputation
+    (`_running_stats_kept`). `save` and `restore` are one multi-tensor copy each, queued on the
+    device without a host sync; the spare copy costs as much memory as the statistics (a few
+    MB even for RegNetY-256GF).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._owners: list[tuple[dict[str, torch.Tensor | None], str]] = []
+        self.live: list[torch.Tensor] = []
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+                for name in ("running_mean", "running_var", "num_batches_tracked"):
+                    buffer = module._buffers.get(name)
+                    if buffer is not None:
+                        self._owners.append((module._buffers, name))
+                        self.live.append(buffer)
+        self.spare = [t.detach().clone() for t in self.live]
+
+    def current(self) -> bool:
+        """False once a buffer was replaced (e.g. by `model.to(...)`): build a new one then."""
+        return all(owner[name] is t for (owner, name), t in zip(self._owners, self.live))
+
+    def save(self) -> None:
+        if self.live:
+            torch._foreach_copy_(self.spare, self.live)
+
+    def restore(self) -> None:
+        if self.live:
+            torch._foreach_copy_(self.live, self.spare)
+
+
 @contextlib.contextmanager
 def _running_stats_kept(module: nn.Module) -> Iterator[None]:
-    """Undo, on exit, whatever the enclosed code does to the running statistics of `module`'s
-    BatchNorms.
+    """Undo, on exit, whatever the enclosed code does to the running statistics of `module`.
 
     The recomputation must save exactly the tensors the first forward saved (non-reentrant
     checkpointing matches them by position), so BN has to run as it did, updates included;
-    restoring a snapshot afterwards is the exact way to make it count once. The snapshot is a
-    few vectors per BN layer.
+    restoring a snapshot afterwards is the exact way to make it count once.
     """
-    saved = [
-        (buf, buf.clone())
-        for m in module.modules()
-        if isinstance(m, _BatchNorm) and m.training and m.track_running_stats
-        for buf in (m.running_mean, m.running_var, m.num_batches_tracked)
-        if buf is not None
-    ]
+    kept = RunningStats(module)
     try:
         yield
     finally:
-        with torch.no_grad():
-            for buf, value in saved:
-                buf.copy_(value)
+        kept.restore()
 
 
 def _hide_wrapper_in_state_dict(

@@ -23,6 +23,7 @@ from seer_core.augment import (
 )
 from seer_core.config import SeerConfig
 from seer_core.models import (
+    RunningStats,
     SwAVModel,
     build_swav_model,
     convert_sync_batchnorm,
@@ -71,42 +72,6 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
 def recipe_for(cfg: SeerConfig) -> MultiCropRecipe:
     """The multi-crop recipe the config asks for, overrides applied (the trainer's view)."""
     return resolve_recipe(cfg.augment.recipe, cfg.augment.overrides())
-
-
-class RunningStats:
-    """The running statistics of a model's normalisation layers, with a spare copy of them.
-
-    A train-mode forward updates BatchNorm's running_mean/var/num_batches_tracked before the loss
-    is known; when the step is then skipped (non-finite loss) they must be put back, or a NaN
-    stays in them for ever (0.9 * NaN + 0.1 * x is NaN) and every eval-mode feature is NaN.
-    `save` before the forward and `restore` on a skip are one multi-tensor copy each, queued on
-    the device without a host sync; the spare copy costs as much memory as the statistics (a
-    few MB even for RegNetY-256GF).
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self._owners: list[tuple[dict[str, torch.Tensor | None], str]] = []
-        self.live: list[torch.Tensor] = []
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
-                for name in ("running_mean", "running_var", "num_batches_tracked"):
-                    buffer = module._buffers.get(name)
-                    if buffer is not None:
-                        self._owners.append((module._buffers, name))
-                        self.live.append(buffer)
-        self.spare = [t.detach().clone() for t in self.live]
-
-    def current(self) -> bool:
-        """False once a buffer was replaced (e.g. by `model.to(...)`): build a new one then."""
-        return all(owner[name] is t for (owner, name), t in zip(self._owners, self.live))
-
-    def save(self) -> None:
-        if self.live:
-            torch._foreach_copy_(self.spare, self.live)
-
-    def restore(self) -> None:
-        if self.live:
-            torch._foreach_copy_(self.live, self.spare)
 
 
 @dataclass

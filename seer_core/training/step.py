@@ -39,6 +39,7 @@ from seer_core.augment import (
     crops_to_groups,
     normalize,
 )
+from seer_core.models import RunningStats
 from seer_core.optim import set_lr
 from seer_core.swav import (
     cancel_prototype_gradients,
@@ -46,7 +47,6 @@ from seer_core.swav import (
     swav_loss,
 )
 from seer_core.training.state import (
-    RunningStats,
     StepResult,
     TrainState,
     photometric_strength,

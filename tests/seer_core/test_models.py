@@ -283,6 +283,22 @@ def test_activation_checkpointing_is_equivalent(name: str) -> None:
         torch.testing.assert_close(a, b)
 
 
+def test_checkpointing_moves_every_tracked_norm_once() -> None:
+    """Not only BatchNorm: any norm layer tracking running statistics (here InstanceNorm) moves
+    them once per step in a checkpointed stage, as without checkpointing. The recomputation's
+    update is undone by the snapshot the step's skip guard uses too (`RunningStats`)."""
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4, track_running_stats=True),
+                          nn.Conv2d(4, 4, 3))
+    ckpt = CheckpointedStage(copy.deepcopy(plain))
+    x = torch.randn(2, 3, 8, 8)
+    for model in (plain, ckpt):
+        model.train()
+        model(x).sum().backward()
+    for a, b in zip(plain.state_dict().values(), ckpt.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
 def test_checkpointing_recomputes_only_when_training() -> None:
     torch.manual_seed(0)
     trunk = build_trunk("tiny")
