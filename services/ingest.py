@@ -29,7 +29,7 @@ import atexit
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -289,8 +289,6 @@ class Cropper:
         self.max_object_bytes = cfg.ingest.max_object_bytes
         self.meter = IngestMetrics(metrics_backend)
         self.log = RateLimitedLogger(logger, log_interval_s)
-        #: Cumulative counts since construction: ``images`` plus one entry per failure reason.
-        self.counts: Counter[str] = Counter()
 
     def crop(self, key: str, data: bytes) -> list[torch.Tensor] | str:
         """The crops of one image, or the reason it was rejected (counted and logged)."""
@@ -307,11 +305,10 @@ class Cropper:
         return crops
 
     def reject(self, key: str, reason: str, detail: str = "", *, log: bool = True) -> str:
-        """Counts one skipped object (metric + ``counts``) and logs it at the rate limit."""
+        """Counts one skipped object (metric) and logs it at the rate limit."""
         if reason not in REASONS:
             detail = f"{reason} {detail}".strip()
             reason = "corrupt"
-        self.counts[reason] += 1
         self.meter.failures.inc(1, {"reason": reason})
         if log:
             self.log.warning(reason, "skipping %s: %s %s", key, reason, detail)
@@ -342,28 +339,20 @@ class Cropper:
             samples.append(out)
             keys.append(key)
         if samples:
-            self.counts["images"] += len(samples)
             self.meter.images.inc(len(samples))
             batch = collate_crops(samples, self.recipe)
         else:
             batch = empty_batch(self.recipe)
         return IngestResult(batch, keys, rejected)
 
-    def crop_rows(self, batch: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-        """A read block's rows ``{key, data, reason, ...}`` → crop columns, and what changed.
-
-        Returns the numpy crop columns (``crops_<size>``: ``[n, count, 3, s, s]`` uint8) and this
-        call's counts (``images`` and failure reasons), which the actor reports to the stats.
-        """
-        before = Counter(self.counts)
+    def crop_rows(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """A read block's rows ``{key, data, reason}`` → numpy crop columns (``crops_<size>``:
+        ``[n, count, 3, s, s]`` uint8)."""
         items = [
             (str(key), None if reason else bytes(data), str(reason) or None)
             for key, data, reason in zip(batch["key"], batch["data"], batch["reason"])
         ]
-        result = self.process_fetched(items)
-        delta = Counter(self.counts)
-        delta.subtract(before)
-        return result.numpy(), {k: v for k, v in delta.items() if v}
+        return self.process_fetched(items).numpy()
 
     def process_bytes(
         self, items: Mapping[str, bytes] | Iterable[tuple[str, bytes]]
@@ -379,46 +368,3 @@ class Cropper:
                 fetched.append(Fetched(key, data, None, size=len(data)))
         return self.process_fetched(fetched)
 
-
-class IngestStats:
-    """Aggregates what the ingest actors report: counts by reason, recent chunks' keys, PIDs.
-
-    Runs as a tiny Ray actor (``num_cpus=0``) so tests and the CLI can read exact counts without
-    scraping Prometheus. Memory is bounded: the keys of the last ``max_chunks`` chunks are kept;
-    ``pids`` holds, per ingest process, its first and last report time and its batch count.
-    """
-
-    def __init__(self, max_chunks: int = 64, max_keys_per_chunk: int = 4096) -> None:
-        self.counts: Counter[str] = Counter()
-        self.chunks: dict[int, list[str]] = {}
-        self._order: deque[int] = deque()
-        self.max_chunks = max_chunks
-        self.max_keys = max_keys_per_chunk
-        self.pids: dict[int, list[float]] = {}
-
-    def record(
-        self, counts: dict[str, int], rows: list[tuple[int, str]], pid: int | None = None
-    ) -> None:
-        self.counts.update(counts)
-        if pid is not None:
-            now = time.time()
-            seen = self.pids.setdefault(pid, [now, now, 0])
-            seen[1] = now
-            seen[2] += 1
-        for chunk, key in rows:
-            keys = self.chunks.get(chunk)
-            if keys is None:
-                keys = self.chunks[chunk] = []
-                self._order.append(chunk)
-                while len(self._order) > self.max_chunks:
-                    self.chunks.pop(self._order.popleft(), None)
-            if len(keys) < self.max_keys:
-                keys.append(key)
-
-    def snapshot(self) -> dict[str, Any]:
-        """``{"counts", "chunks": {chunk_id: [keys]}, "pids": {pid: [first, last, batches]}}``."""
-        return {
-            "counts": dict(self.counts),
-            "chunks": {c: list(self.chunks[c]) for c in self._order if c in self.chunks},
-            "pids": {p: list(v) for p, v in self.pids.items()},
-        }

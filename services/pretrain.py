@@ -299,13 +299,8 @@ def run_pretraining(
     synthetic: bool = False,
     out: TextIO = sys.stdout,
     install_signals: bool = True,
-    ingest_stats: Any = None,
 ) -> PretrainOutcome:
-    """Runs until a configured limit or a stop request; returns where it ended.
-
-    ``ingest_stats``: an ``IngestStats`` actor (``services.stream.start_stats``) the ingest
-    actors report counts and PIDs to.
-    """
+    """Runs until a configured limit or a stop request; returns where it ended."""
     import ray
 
     from seer_core.training.preflight import preflight
@@ -347,7 +342,7 @@ def run_pretraining(
     printer = ProgressPrinter(control, out, page)
     printer.start()
     try:
-        trainer = build_trainer(cfg, synthetic=synthetic, actors=actors, stats=ingest_stats)
+        trainer = build_trainer(cfg, synthetic=synthetic, actors=actors)
         # Ray Train never sees seer's checkpoints: the newest committed one tells where the
         # run ended (its meta.json holds what rank 0 reported with it).
         fit_beside_signals(trainer.fit) if previous else trainer.fit()

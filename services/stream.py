@@ -3,7 +3,7 @@
 Shape: :class:`EndlessDatasource` gives ``ingest.read_tasks`` read tasks that never end; each
 draws ``ingest.chunk_images`` fresh random keys from the feed (uniform, with replacement; the
 feed's key pool refreshes underneath), fetches them and yields small blocks of
-``{key, data, reason, chunk}``, chunk after chunk, for ever. ``map_batches`` runs
+``{key, data, reason}``, chunk after chunk, for ever. ``map_batches`` runs
 :class:`IngestActor` (``services.ingest.Cropper``: decode + multi-crop) on a *fixed-size* actor
 pool (``min_size == max_size``: an autoscaling pool churns its actors). Each Train worker
 iterates its ``streaming_split`` shard once (``services.trainer.batches``): the actors live as
@@ -27,10 +27,8 @@ it with decode failures, so every failure is counted exactly once and never reac
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
 import logging
-import os
 import random
 import threading
 import time
@@ -50,14 +48,7 @@ from ray.data.datasource import Datasource, ReadTask
 from seer_core.config import SeerConfig
 from services import metrics
 from services.feed import FeedEmpty, FeedSpec
-from services.ingest import (
-    Cropper,
-    IngestMetrics,
-    IngestStats,
-    feed_spec,
-    fetch_object,
-    process_feed,
-)
+from services.ingest import Cropper, IngestMetrics, feed_spec, fetch_object, process_feed
 from services.ratelimit import RateLimitedLogger
 
 logger = logging.getLogger("seer.stream")
@@ -71,7 +62,6 @@ READ_SCHEMA = pa.schema(
         ("key", pa.string()),
         ("data", pa.binary()),
         ("reason", pa.string()),  # "" when fetched; else a reason of services.ingest.REASONS
-        ("chunk", pa.int64()),  # which chunk of keys (read task, draw) the row came from
     ]
 )
 
@@ -85,33 +75,24 @@ EMPTY_FEED_PAUSE_S = 1.0
 PRESSURE_FRACTION = 0.8
 
 
-def _seed(base: bytes, *parts: int) -> int:
-    """A 63-bit seed from a base and integers: independent streams, reproducible from ``base``."""
-    text = ":".join(str(p) for p in parts)
-    digest = hashlib.blake2b(base + b":" + text.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
-
-
 @dataclass(frozen=True)
 class EndlessRead:
     """One read task: draw a chunk of random keys, fetch it, yield blocks, for ever. Picklable.
 
-    ``max_chunks`` bounds the loop (tests that check exact counts, benchmarks); None: never ends.
+    Randomness comes from ``os.urandom`` where the task runs, each time it starts: Ray may ship
+    the same pickled task again (an iterator rebuilt after an error), and it must draw new keys.
     """
 
     spec: FeedSpec
-    seed: int
     chunk_images: int
     max_object_bytes: int
     block_bytes: int
     fetch_threads: int = FETCH_THREADS
-    max_chunks: int | None = None
 
-    def key_chunks(self) -> Iterator[tuple[int, list[str]]]:
-        """``(chunk_id, keys)`` for ever: uniform with replacement, fresh from the live pool."""
-        rng = random.Random(self.seed)
-        n = 0
-        while self.max_chunks is None or n < self.max_chunks:
+    def key_chunks(self) -> Iterator[list[str]]:
+        """Chunks of keys for ever: uniform with replacement, fresh from the live pool."""
+        rng = random.Random()
+        while True:
             try:
                 # Asked again for every chunk: the feed of this process, refreshed underneath.
                 keys = process_feed(self.spec).sample(self.chunk_images, rng)
@@ -120,8 +101,7 @@ class EndlessRead:
                 _log.error("feed-empty", "no keys to draw: %s", exc)
                 time.sleep(EMPTY_FEED_PAUSE_S)
                 continue
-            yield _seed(str(self.seed).encode(), n), keys
-            n += 1
+            yield keys
 
     def __call__(self) -> Iterator[pa.Table]:
         meter = IngestMetrics()
@@ -132,7 +112,7 @@ class EndlessRead:
             return fetch_object(process_feed(spec), key, max_bytes, meter=meter, log=_log)
 
         with ThreadPoolExecutor(self.fetch_threads, thread_name_prefix="seer-fetch") as pool:
-            for chunk, keys in self.key_chunks():
+            for keys in self.key_chunks():
                 rows: list[Any] = []
                 size = 0
                 # map() keeps key order and overlaps up to `fetch_threads` fetches.
@@ -140,30 +120,25 @@ class EndlessRead:
                     rows.append(fetched)
                     size += len(fetched.data or b"")
                     if size >= self.block_bytes:  # small blocks: the guard rail against run-away
-                        yield _table(rows, chunk)
+                        yield _table(rows)
                         rows, size = [], 0
                 if rows:
-                    yield _table(rows, chunk)
+                    yield _table(rows)
 
 
-def _table(rows: list[Any], chunk: int) -> pa.Table:
+def _table(rows: list[Any]) -> pa.Table:
     return pa.Table.from_pydict(
         {
             "key": [r.key for r in rows],
             "data": [r.data or b"" for r in rows],
             "reason": [r.reason or "" for r in rows],
-            "chunk": [chunk] * len(rows),
         },
         schema=READ_SCHEMA,
     )
 
 
 class EndlessDatasource(Datasource):
-    """``read_tasks`` endless read tasks per execution (see :class:`EndlessRead`).
-
-    Randomness: a base from ``os.urandom`` (or ``seed``, for tests) plus an execution counter
-    and the task index, hashed; an iterator rebuilt after an error draws new keys.
-    """
+    """``read_tasks`` endless read tasks per execution (see :class:`EndlessRead`)."""
 
     def __init__(
         self,
@@ -173,9 +148,7 @@ class EndlessDatasource(Datasource):
         chunk_images: int,
         max_object_bytes: int,
         block_bytes: int,
-        seed: int | None = None,
         fetch_threads: int = FETCH_THREADS,
-        max_chunks: int | None = None,
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -183,20 +156,7 @@ class EndlessDatasource(Datasource):
         self.chunk_images = chunk_images
         self.max_object_bytes = max_object_bytes
         self.block_bytes = max(1, block_bytes)
-        self.seed = seed
         self.fetch_threads = max(1, fetch_threads)
-        self.max_chunks = max_chunks
-        self._execution = 0
-        self._lock = threading.Lock()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.pop("_lock")  # Ray pickles the datasource into the executing process
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     def get_name(self) -> str:
         return "EndlessRandom"
@@ -205,23 +165,10 @@ class EndlessDatasource(Datasource):
         return None  # unbounded
 
     def reads(self) -> list[EndlessRead]:
-        """The read tasks of the next execution (advances the execution counter)."""
-        with self._lock:
-            execution = self._execution
-            self._execution += 1
-        base = os.urandom(16) if self.seed is None else str(self.seed).encode()
-        return [
-            EndlessRead(
-                spec=self.spec,
-                seed=_seed(base, execution, i),
-                chunk_images=self.chunk_images,
-                max_object_bytes=self.max_object_bytes,
-                block_bytes=self.block_bytes,
-                fetch_threads=self.fetch_threads,
-                max_chunks=self.max_chunks,
-            )
-            for i in range(self.read_tasks)
-        ]
+        """The read tasks of an execution (each draws its own keys: see :class:`EndlessRead`)."""
+        read = EndlessRead(self.spec, self.chunk_images, self.max_object_bytes,
+                           self.block_bytes, self.fetch_threads)
+        return [read] * self.read_tasks
 
     def get_read_tasks(
         self,
@@ -231,11 +178,10 @@ class EndlessDatasource(Datasource):
     ) -> list[ReadTask]:
         # `parallelism` is ignored on purpose: the number of read tasks is a config decision
         # (build_stream passes override_num_blocks=read_tasks so the two agree).
-        rows = None if self.max_chunks is None else self.max_chunks * self.chunk_images
         return [
             ReadTask(
                 read,
-                BlockMetadata(num_rows=rows, size_bytes=None, exec_stats=None, input_files=None),
+                BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None),
                 schema=READ_SCHEMA,
                 per_task_row_limit=per_task_row_limit,
             )
@@ -243,35 +189,15 @@ class EndlessDatasource(Datasource):
         ]
 
 
-def start_stats() -> Any:
-    """Starts an :class:`IngestStats` actor; pass it to ``build_stream(stats=...)``."""
-    return ray.remote(num_cpus=0)(IngestStats).remote()
-
-
-def read_stats(stats: Any, timeout: float = 30.0) -> dict[str, Any]:
-    """The stats actor's snapshot (see :meth:`IngestStats.snapshot`)."""
-    return ray.get(stats.snapshot.remote(), timeout=timeout)
-
-
 class IngestActor:
-    """The ``map_batches`` callable of the pool: a :class:`Cropper`, plus fire-and-forget stats.
+    """The ``map_batches`` callable of the pool: a :class:`Cropper` that lives as long as the
+    run (fixed-size pool, one execution)."""
 
-    Lives as long as the run (fixed-size pool, one execution); reports its PID with every batch
-    so tests can check that the same processes serve a run from first to last batch.
-    """
-
-    def __init__(self, cfg: SeerConfig, stats: Any = None) -> None:
+    def __init__(self, cfg: SeerConfig) -> None:
         self.cropper = Cropper(cfg)
-        self.stats = stats
-        self.pid = os.getpid()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out, counts = self.cropper.crop_rows(batch)
-        if self.stats is not None:
-            rows = list(zip((int(c) for c in batch["chunk"]), (str(k) for k in batch["key"])))
-            # Fire and forget: a slow stats actor must never slow the stream.
-            self.stats.record.remote(counts, rows, self.pid)
-        return out
+        return self.cropper.crop_rows(batch)
 
 
 class RayDataSettingError(RuntimeError):
@@ -403,35 +329,21 @@ def pool_size(cfg: SeerConfig, cluster_cpus: float | None = None) -> int:
     return max(1, int(free // ing.cpus_per_actor))
 
 
-def build_stream(
-    cfg: SeerConfig,
-    *,
-    stats: Any = None,
-    seed: int | None = None,
-    spec: FeedSpec | None = None,
-    max_chunks: int | None = None,
-    actors: int | None = None,
-) -> Dataset:
+def build_stream(cfg: SeerConfig, *, actors: int | None = None) -> Dataset:
     """The never-ending ingest stream as a Ray Dataset; iterate it once.
 
-    ``stats``: an :func:`start_stats` actor to report counts and PIDs to (tests, CLI progress).
-    ``seed``: reproducible draws (tests); None draws from ``os.urandom``.
-    ``spec``: a FeedSpec overriding the one ``cfg.feed`` describes.
-    ``max_chunks``: stop each read task after this many chunks (exact-count tests,
-    benchmarks); None: endless. ``actors``: the pool size, when already resolved.
+    ``actors``: the pool size, when already resolved (else :func:`pool_size`).
     """
     configure_data_context(cfg)
     ing = cfg.ingest
     size = actors if actors is not None else pool_size(cfg)
     source = EndlessDatasource(
-        spec if spec is not None else feed_spec(cfg),
+        feed_spec(cfg),
         read_tasks=ing.read_tasks,
         chunk_images=ing.chunk_images,
         max_object_bytes=ing.max_object_bytes,
         block_bytes=max(1, ing.target_max_block_mb * MiB // 2),
-        seed=seed,
         fetch_threads=ing.fetch_threads,
-        max_chunks=max_chunks,
     )
     ds = ray.data.read_datasource(
         source, override_num_blocks=ing.read_tasks, num_cpus=ing.read_task_cpus
@@ -439,7 +351,7 @@ def build_stream(
     batch_rows = max(1, min(cfg.train.batch_size, ing.chunk_images))
     return ds.map_batches(
         IngestActor,
-        fn_constructor_kwargs={"cfg": cfg, "stats": stats},
+        fn_constructor_kwargs={"cfg": cfg},
         batch_size=batch_rows,
         batch_format="numpy",
         # min == max: an autoscaling pool churns its actors (6 processes in 71 s, issue 10).
@@ -453,17 +365,13 @@ class StreamFactory:
     """A picklable zero-argument callable building the stream (Ray Train ``datasets=``)."""
 
     cfg: SeerConfig
-    seed: int | None = None
     actors: int | None = None
-    stats: Any = None
 
     def __call__(self) -> Dataset:
-        return build_stream(self.cfg, seed=self.seed, actors=self.actors, stats=self.stats)
+        return build_stream(self.cfg, actors=self.actors)
 
 
-def dataset_factory(
-    cfg: SeerConfig, *, actors: int | None = None, stats: Any = None
-) -> Callable[[], Dataset]:
+def dataset_factory(cfg: SeerConfig, *, actors: int | None = None) -> Callable[[], Dataset]:
     """``datasets={"train": dataset_factory(cfg)}``: DataContext is tuned inside the call.
 
     Runs in the driver, so the DataContext fields are checked here too: a renamed field stops
@@ -471,7 +379,7 @@ def dataset_factory(
     at every worker-group start).
     """
     _require_fields(DataContext.get_current(), data_context_settings(cfg), "ray.data.DataContext")
-    return StreamFactory(cfg, actors=actors, stats=stats)
+    return StreamFactory(cfg, actors=actors)
 
 
 def store_stats() -> dict[str, int]:

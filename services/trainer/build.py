@@ -12,13 +12,11 @@ from services.trainer.guard import guarded_train_loop
 from services.trainer.process_group import LoopbackTorchConfig
 
 
-def build_trainer(
-    cfg: SeerConfig, *, synthetic: bool = False, actors: int | None = None, stats: object = None
-) -> TorchTrainer:
+def build_trainer(cfg: SeerConfig, *, synthetic: bool = False,
+                  actors: int | None = None) -> TorchTrainer:
     """The TorchTrainer for a config; `fit()` runs until a stop condition or a stop request.
 
-    ``actors``: the ingest pool size, resolved by the driver (``services.stream.pool_size``);
-    ``stats``: an ``IngestStats`` actor the ingest actors report to (tests).
+    ``actors``: the ingest pool size, resolved by the driver (``services.stream.pool_size``).
     """
     from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
 
@@ -28,7 +26,7 @@ def build_trainer(
     if not synthetic:
         from services.stream import dataset_factory, execution_options
 
-        datasets = {"train": dataset_factory(cfg, actors=actors, stats=stats)}
+        datasets = {"train": dataset_factory(cfg, actors=actors)}
         dataset_config = DataConfig(execution_options=execution_options(cfg))
     return TorchTrainer(
         guarded_train_loop,

@@ -1,8 +1,10 @@
 """The real path end to end: objects in a real S3 server → Ray Data stream → ingest actors.
 
 Bad inputs and store faults must never stop the stream; each object ends as crops or as its
-counted reason. Counts come from the stream's stats actor and are checked *exactly* against the
-keys the read tasks actually sampled (sampling is random, the outcome of each key is not).
+counted reason. The stream is the production one, bounded and counted by
+``tests/integration/counted_stream.py``: what the ingest actor counted into its metrics is
+checked *exactly* against the keys the read tasks actually sampled (sampling is random, the
+outcome of each key is not).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import pytest
 import torch
 
 from seer_core.config import SeerConfig, config_from_dict
-from services.stream import build_stream, read_stats, start_stats
 from tests.data.bad_inputs import CROPS, bad_inputs, good_jpeg
+from tests.integration.counted_stream import CountedStream
 from tests.s3server import FaultProxy, MotoServer, make_client, put_objects
 
 pytestmark = pytest.mark.integration
@@ -46,8 +48,14 @@ def s3_cfg(uri: str, endpoint: str, chunk: int, **feed: Any) -> SeerConfig:
     )
 
 
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CountedStream:
+    return CountedStream(monkeypatch, tmp_path / "record")
+
+
 def run_bounded(ds: Any, batch_size: int) -> int:
-    """All of a bounded stream (``max_chunks``); checks the batches, returns the image count."""
+    """All of a bounded stream (:class:`CountedStream`); checks the batches, returns the image
+    count."""
     rows = 0
     for batch in ds.iter_torch_batches(batch_size=batch_size, drop_last=False):
         b = batch["crops_32"].shape[0]
@@ -58,48 +66,35 @@ def run_bounded(ds: Any, batch_size: int) -> int:
     return rows
 
 
-def settled_stats(stats: Any, rows: int, timeout: float = 20.0) -> dict[str, Any]:
-    """The stats once ``rows`` sampled rows were reported (reports are fire-and-forget)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        snap = read_stats(stats)
-        snap["keys"] = [k for keys in snap["chunks"].values() for k in keys]
-        if len(snap["keys"]) >= rows or time.monotonic() > deadline:
-            assert len(snap["keys"]) == rows, "stats never caught up with the stream"
-            return snap
-        time.sleep(0.1)
-
-
 def expected_counts(keys: list[str], outcome: dict[str, str]) -> Counter[str]:
     """What the stats must say given the sampled keys and each key's known outcome."""
     return Counter("images" if outcome[k] == CROPS else outcome[k] for k in keys)
 
 
 def test_bad_inputs_through_the_stream(
-    ray_cluster: Any, s3_server: MotoServer, s3_client: Any, s3_bucket: str
+    ray_cluster: Any, s3_server: MotoServer, s3_client: Any, s3_bucket: str,
+    counted: CountedStream,
 ) -> None:
     cases = bad_inputs(MAX_BYTES)
     put_objects(s3_client, s3_bucket, {f"bad/{name}": data for name, (data, _) in cases.items()})
     outcome = {f"bad/{name}": want for name, (_, want) in cases.items()}
     chunk = 40
     cfg = s3_cfg(f"s3://{s3_bucket}/bad/", s3_server.endpoint_url, chunk)
-    stats = start_stats()
     # The endless read tasks, bounded to 3 chunks each so that counts can be exact: 240 draws
     # over 12 objects (P(one never drawn) < 1e-8), through the actor pool for real.
     chunks = 3
-    ds = build_stream(cfg, stats=stats, max_chunks=chunks, seed=11)
-    images = run_bounded(ds, cfg.train.batch_size)
-    snap = settled_stats(stats, chunks * READ_TASKS * chunk)
-    seen = set(snap["keys"])
-    assert seen == set(outcome), f"never sampled: {set(outcome) - seen}"
-    want = expected_counts(snap["keys"], outcome)
-    assert snap["counts"] == dict(want)
+    images = run_bounded(counted.build(cfg, chunks), cfg.train.batch_size)
+    keys = counted.keys()
+    assert len(keys) == chunks * READ_TASKS * chunk
+    assert set(keys) == set(outcome), f"never sampled: {set(outcome) - set(keys)}"
+    want = expected_counts(keys, outcome)
+    assert counted.counts() == want
     assert images == want["images"]
     assert {"not_image", "corrupt", "too_small", "too_large"} <= set(want)
 
 
 def test_stream_rides_out_store_faults(
-    ray_cluster: Any, fresh_s3_server: MotoServer, tmp_path: Path
+    ray_cluster: Any, fresh_s3_server: MotoServer, tmp_path: Path, counted: CountedStream
 ) -> None:
     """Throttling (retried), objects gone after listing (vanished), a store restart (resumed)."""
     bucket = "faults"
@@ -123,20 +118,19 @@ def test_stream_rides_out_store_faults(
         # fall inside a 3 s outage (seen in CI), which would make this test a coin toss.
         cfg = s3_cfg(str(manifest), proxy.endpoint_url, chunk, retry_budget_s=30.0,
                      max_attempts=1000)
-        stats = start_stats()
 
         def stream() -> Any:  # one chunk per read task, so that counts can be exact
-            return build_stream(cfg, stats=stats, max_chunks=1)
+            return counted.build(cfg, chunks=1)
         object_gets = rf"^GET /{bucket}/img/"
 
         # 1. Throttling and 5xx on object GETs: retried inside the feed, nothing lost.
         proxy.fail_next(4, status=503, code="SlowDown", match=object_gets)
         proxy.fail_next(2, status=500, code="InternalError", match=object_gets)
         images = run_bounded(stream(), cfg.train.batch_size)
-        snap = settled_stats(stats, READ_TASKS * chunk)
+        assert len(counted.keys()) == READ_TASKS * chunk
         assert proxy.faults_served == 6
-        want = expected_counts(snap["keys"], outcome)
-        assert snap["counts"] == dict(want)
+        want = expected_counts(counted.keys(), outcome)
+        assert counted.counts() == want
         assert images == want["images"] > 0
         assert want["vanished"] > 0  # 4 of 12 entries are gone: 32 draws always hit one
 
@@ -162,7 +156,7 @@ def test_stream_rides_out_store_faults(
         restarter.join(timeout=60)
         assert time.monotonic() - start >= 2.0
         assert unanswered() > dropped_before  # the readers really did hit the outage
-        snap = settled_stats(stats, 2 * READ_TASKS * chunk)
-        want = expected_counts(snap["keys"], outcome)
-        assert snap["counts"] == dict(want)  # no fetch_error: the outage fit in the budget
+        assert len(counted.keys()) == 2 * READ_TASKS * chunk
+        want = expected_counts(counted.keys(), outcome)
+        assert counted.counts() == want  # no fetch_error: the outage fit in the budget
         assert images2 > 0 and images + images2 == want["images"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -55,30 +57,28 @@ def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_read_tasks_draw_fresh_chunks(image_dir: Path) -> None:
-    """Each read task draws new chunks for ever; executions differ; a seed reproduces them."""
+    """Each read task draws new chunks for ever, and so does every execution, even of the same
+    pickled read tasks (Ray ships them where they run, again after an error)."""
     cfg = stream_cfg(str(image_dir))
     kwargs = dict(read_tasks=3, chunk_images=8, max_object_bytes=10**6, block_bytes=10**6)
-    source = EndlessDatasource(feed_spec(cfg), **kwargs)
-    first = source.reads()
-    second = source.reads()
+    blob = pickle.dumps(EndlessDatasource(feed_spec(cfg), **kwargs))
+    first = pickle.loads(blob).reads()
+    second = pickle.loads(blob).reads()
     assert len(first) == 3
     draws = []
-    for read in first + second:
+    for read in first + second + [pickle.loads(pickle.dumps(first[0]))]:
         chunks = read.key_chunks()
-        draws += [tuple(next(chunks)[1]) for _ in range(3)]  # endless: take three
+        draws += [tuple(next(chunks)) for _ in range(3)]  # endless: take three
     assert all(len(d) == 8 for d in draws)
     assert len(set(draws)) == len(draws)  # 12^8 possibilities each: no repeats
-    seeded = [EndlessDatasource(feed_spec(cfg), seed=7, **kwargs) for _ in range(2)]
-    assert [r.seed for r in seeded[0].reads()] == [r.seed for r in seeded[1].reads()]
-    # The execution counter survives pickling (Ray ships the datasource where it executes).
-    clone = pickle.loads(pickle.dumps(seeded[0]))
-    assert [r.seed for r in clone.reads()] == [r.seed for r in seeded[1].reads()]
-    # Blocks: split at block_bytes, with the read schema; max_chunks bounds a read task.
+    # Blocks: split at block_bytes, with the read schema, chunk after chunk.
     small = EndlessDatasource(feed_spec(cfg), read_tasks=1, chunk_images=8,
-                              max_object_bytes=10**6, block_bytes=1, max_chunks=2, seed=1)
-    tables = list(small.reads()[0]())
-    assert [t.num_rows for t in tables] == [1] * 16
-    assert tables[0].column_names == ["key", "data", "reason", "chunk"]
+                              max_object_bytes=10**6, block_bytes=1)
+    blocks = small.reads()[0]()
+    tables = list(itertools.islice(blocks, 24))  # three chunks of the endless read
+    blocks.close()
+    assert [t.num_rows for t in tables] == [1] * 24
+    assert tables[0].column_names == ["key", "data", "reason"]
 
 
 def test_dataset_factory_is_picklable_and_builds(ray_cluster: Any, image_dir: Path) -> None:
@@ -116,53 +116,42 @@ def test_ingest_metrics_reach_rays_endpoint(ray_cluster: Any) -> None:
     assert "ray_seer_ingest_fetch_seconds_bucket" in text
 
 
-class LocalStats:
-    """Forwards ``.record.remote(...)`` to a real IngestStats, in-process (no Ray)."""
-
-    def __init__(self) -> None:
-        from services.ingest import IngestStats
-
-        self.inner = IngestStats()
-        self.record = type("R", (), {"remote": staticmethod(self.inner.record)})()
-
-
 def test_ingest_actor_maps_read_rows_to_crop_rows() -> None:
-    """The actor's callable without Ray: failed rows are counted and dropped, shapes kept."""
+    """The actor's callable without Ray: failed rows are counted (in the metrics: no Ray here,
+    so the process's own registry) and dropped, shapes kept."""
     import numpy as np
 
     from services.stream import IngestActor
 
-    stats = LocalStats()
-    actor = IngestActor(stream_cfg("unused"), stats)
+    actor = IngestActor(stream_cfg("unused"))
     batch = {
         "key": np.array(["a", "b", "c", "d"], dtype=object),
         "data": np.array([good_jpeg(seed=1), b"", b"", b"<html>"], dtype=object),
         "reason": np.array(["", "vanished", "too_large", ""], dtype=object),
-        "chunk": np.array([7, 7, 7, 8], dtype=np.int64),
     }
+    before = _counted()
     out = actor(batch)
     assert {k: v.shape for k, v in out.items()} == {
         "crops_32": (1, 2, 3, 32, 32), "crops_16": (1, 2, 3, 16, 16)
     }
     assert all(v.dtype == np.uint8 for v in out.values())
-    snap = stats.inner.snapshot()
-    assert snap["counts"] == {"images": 1, "vanished": 1, "too_large": 1, "not_image": 1}
-    assert snap["chunks"] == {7: ["a", "b", "c"], 8: ["d"]}
-    assert list(snap["pids"]) == [os.getpid()] and snap["pids"][os.getpid()][2] == 1
+    assert _counted() - before == Counter(images=1, vanished=1, too_large=1, not_image=1)
     # A batch in which everything failed still yields well-formed (empty) columns.
     failed = actor({k: v[1:3] for k, v in batch.items()})
     assert failed["crops_32"].shape == (0, 2, 3, 32, 32)
+    assert _counted() - before == Counter(images=1, vanished=2, too_large=2, not_image=1)
 
 
-def test_ingest_stats_memory_is_bounded() -> None:
-    from services.ingest import IngestStats
+def _counted() -> Counter[str]:
+    """The metrics of this process so far: ``images``, and one entry per failure reason."""
+    from services.ingest import REASONS
+    from services.metrics import REGISTRY
 
-    stats = IngestStats(max_chunks=3, max_keys_per_chunk=2)
-    for w in range(5):
-        stats.record({"images": 1}, [(w, f"k{w}a"), (w, f"k{w}b"), (w, f"k{w}c")])
-    snap = stats.snapshot()
-    assert snap["counts"] == {"images": 5}
-    assert snap["chunks"] == {2: ["k2a", "k2b"], 3: ["k3a", "k3b"], 4: ["k4a", "k4b"]}
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    return Counter({"images": value("seer_ingest_images_total"),
+                    **{r: value("seer_ingest_failures_total", reason=r) for r in REASONS}})
 
 
 @pytest.fixture(scope="module")

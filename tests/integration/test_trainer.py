@@ -74,14 +74,13 @@ def test_checkpoints_retention_and_resume(ray_cluster, s3_server, image_bucket,
     """Rolling checkpoints and resume; the first run also shows the never-ending stream: the
     same two ingest actor processes serve the 2-worker run (streaming_split) from its first to
     its last batch, across more than 3x the old pass length (one 24-image window per pass),
-    and nothing of the stream survives the run."""
-    from services.stream import read_stats, start_stats
-
+    and nothing of the stream survives the run. The actors are watched as Ray names their
+    processes (``ray::...IngestActor...``) every 0.5 s: an actor lives far longer than that
+    (it imports torch), so a replaced one would show as a third process."""
     endpoint = s3_server.endpoint_url
     steps = 10  # x 2 workers x batch 4 = 80 images
     cfg = service_config(endpoint, image_bucket, ckpt_bucket, "resume", "ingest.actors=2",
                          "ingest.chunk_images=8", f"train.max_steps={steps}")
-    stats = start_stats()
     assert_stream_stopped()  # nothing left over from earlier tests
     during: list[set[int]] = []
     stop = threading.Event()
@@ -93,22 +92,18 @@ def test_checkpoints_retention_and_resume(ray_cluster, s3_server, image_bucket,
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        first = run_pretraining(cfg, install_signals=False, ingest_stats=stats)
+        first = run_pretraining(cfg, install_signals=False)
     finally:
         stop.set()
         watcher.join(timeout=10)
-    assert first.step == steps and first.images_seen == steps * 4 * 2
-    snap = read_stats(stats)
-    pids = snap["pids"]
+    # Every image the trainers took was cropped by the stream's actors: more than 3 old passes.
+    assert first.step == steps and first.images_seen == steps * 4 * 2 > 3 * 24
     seen = set().union(*during)
-    # Exactly the pool's two processes ever existed (no actor restarted or replaced), and
-    # those that cropped are among them (Ray Data may leave one idle when one keeps up).
+    # Exactly the pool's two processes ever existed (no actor restarted or replaced).
     assert len(seen) == 2, during
-    assert pids and set(pids) <= seen, (pids, seen)
-    assert snap["counts"]["images"] >= steps * 4 * 2 > 3 * 24
     assert_stream_stopped()
     assert all(not psutil.pid_exists(pid) or psutil.Process(pid).status() ==
-               psutil.STATUS_ZOMBIE for pid in pids)
+               psutil.STATUS_ZOMBIE for pid in seen)
 
     storage = resolve_storage(cfg.checkpoint.storage, "resume", endpoint)
     kept = [s for s, _ in storage.list_checkpoints()]
