@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch.distributed as dist
 from torch import nn
 
+from seer_core.distributed import rank_and_world
+
 
 def sync_groups(world_size: int, group_size: int) -> list[list[int]]:
     """Consecutive-rank groups; the last one is smaller when `group_size` does not divide the
@@ -32,15 +34,12 @@ def convert_sync_batchnorm(model: nn.Module, group_size: int) -> nn.Module:
     the same order: ``new_group`` is collective, so each rank creates every group, not only its
     own.
     """
-    if not (dist.is_available() and dist.is_initialized()):
-        return model
-    world = dist.get_world_size()
+    rank, world = rank_and_world()
     if world == 1:
         return model
     groups = sync_groups(world, group_size)
     if len(groups) == 1:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=None)
-    rank = dist.get_rank()
     mine = None
     for ranks in groups:
         group = dist.new_group(ranks)

@@ -19,19 +19,17 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from seer_core.distributed import rank_and_world
+
 
 def compute_dtype(t: Tensor) -> torch.dtype:
     """float64 stays float64 (gradcheck, reference maths); everything else runs in float32."""
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _distributed(group: Any | None) -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
-
-
 def _global_logsumexp(local: Tensor, group: Any | None) -> Tensor:
     """log Σ over all ranks of exp(local): the log-domain twin of SwAV's all-reduced row sums."""
-    if not _distributed(group):
+    if rank_and_world(group)[1] <= 1:  # -1: not in `group`
         return local
     peak = local.clone()
     dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group)

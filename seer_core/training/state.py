@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from seer_core.augment import (
@@ -22,6 +21,7 @@ from seer_core.augment import (
     resolve_recipe,
 )
 from seer_core.config import SeerConfig
+from seer_core.distributed import rank_and_world
 from seer_core.models import (
     RunningStats,
     SwAVModel,
@@ -44,12 +44,6 @@ def unwrap(model: nn.Module) -> SwAVModel:
         model = model.module
     assert isinstance(model, SwAVModel), type(model)
     return model
-
-
-def rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:

@@ -39,6 +39,7 @@ from seer_core.augment import (
     crops_to_groups,
     normalize,
 )
+from seer_core.distributed import rank_and_world
 from seer_core.models import RunningStats
 from seer_core.optim import set_lr
 from seer_core.swav import (
@@ -50,7 +51,6 @@ from seer_core.training.state import (
     StepResult,
     TrainState,
     photometric_strength,
-    rank_and_world,
     unwrap,
 )
 

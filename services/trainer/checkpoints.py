@@ -43,6 +43,7 @@ from seer_core.checkpoint import (
     parse_json,
 )
 from seer_core.config import SeerConfig
+from seer_core.distributed import rank_and_world
 from seer_core.swav.queue import gather_queue_rows, queue_picks
 from seer_core.training import TrainState, load_state_dict
 from seer_core.training.saved import load_rank_state_dict, seed_rank_streams
@@ -52,7 +53,6 @@ from services.trainer.collective import (
     Unusable,
     agree_with_retry,
     broadcast_state,
-    distributed,
 )
 from services.trainer.store_wait import StoreUnavailable, StoreWait, wait_for_store
 
@@ -81,7 +81,7 @@ def checkpoints_newest_first(storage: RunStorage, rank: int, wait: StoreWait,
         return [path for _, path in reversed(storage.list_checkpoints())] if rank == 0 else []
 
     choice = [agree_with_retry(listing, wait, device)]
-    if distributed():
+    if rank_and_world()[1] > 1:
         dist.broadcast_object_list(choice, src=0)
     return choice[0]
 

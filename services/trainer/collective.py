@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from seer_core.distributed import rank_and_world
 from services.trainer.store_wait import StoreWait, is_store_error
 
 T = TypeVar("T")
@@ -38,17 +39,13 @@ class Unusable(RuntimeError):
     """The data an attempt read is unusable on this rank or another: raised on every rank."""
 
 
-def distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def _on(device: torch.device | str) -> torch.device:
     return torch.device(device) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def worst(code: int, device: torch.device | str = "cpu") -> int:
     """The MAX of `code` over all ranks (a collective: every rank calls it equally often)."""
-    if not distributed():
+    if rank_and_world()[1] <= 1:
         return code
     flag = torch.tensor([code], dtype=torch.int64, device=_on(device))
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -111,9 +108,9 @@ def broadcast_state(state: Any, src: int = 0, device: torch.device | str = "cpu"
     broadcast one by one into buffers of the right shape (no pickling of gigabytes, and on
     NCCL they travel on the device). Tensors arrive on `device` for NCCL, on the CPU for gloo.
     """
-    if not distributed():
+    rank, world = rank_and_world()
+    if world <= 1:
         return state
-    rank = dist.get_rank()
     tensors: list[torch.Tensor] = []
 
     def slot(tensor: torch.Tensor) -> _TensorSlot:
