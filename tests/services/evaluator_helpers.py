@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 import torch
 from PIL import Image
 
-from seer_core.checkpoint import save_state, step_dir_name
+from seer_core.checkpoint import COMMIT_FILE, COMMIT_FORMAT, save_state, step_dir_name
 from seer_core.config import SeerConfig, load_config
 from seer_core.models import build_swav_model
 from services.storage import META_FILE
@@ -55,7 +55,8 @@ def tiny_config(storage: Path, data: Path, *extra: str, run: str = "r1") -> Seer
 
 def write_checkpoint(cfg: SeerConfig, step: int, images_seen: int | None = None,
                      trunk: str | None = None) -> Path:
-    """A real checkpoint in the trainer's layout: `<storage>/<run>/step_N/{state.pt,meta.json}`.
+    """A real checkpoint in the trainer's layout, as far as the evaluator reads it:
+    `<storage>/<run>/step_N/{state.pt,meta.json,commit.json}`.
 
     `trunk` builds the weights of another architecture while the saved config keeps the
     configured one (a checkpoint that does not fit its own config)."""
@@ -70,6 +71,8 @@ def write_checkpoint(cfg: SeerConfig, step: int, images_seen: int | None = None,
                 "images_seen": images_seen}, folder / "state.pt")
     (folder / META_FILE).write_text(json.dumps({"step": step, "images_seen": images_seen,
                                                 "time": 0}))
+    (folder / COMMIT_FILE).write_text(json.dumps({"format": COMMIT_FORMAT, "step": step,
+                                                  "world_size": 1}))
     return folder
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from seer_core.checkpoint import save_state
+from seer_core.checkpoint import COMMIT_FILE, save_state
 from seer_core.config import load_config
 from seer_core.training import build_train_state, state_dict
 from services.cli import main
@@ -101,6 +101,7 @@ def test_status_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     save_state(state_dict(state), folder / "state.pt")
     (folder / META_FILE).write_text(json.dumps({"step": 40, "images_seen": 640, "loss": 5.5,
                                                 "lr": 0.25, "time": 0}))
+    (folder / COMMIT_FILE).write_text(json.dumps({"step": 40, "world_size": 1}))
     assert main(["status", *args, "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["step"] == 40 and summary["images_seen"] == 640 and summary["loss"] == 5.5

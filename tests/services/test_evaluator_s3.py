@@ -25,7 +25,7 @@ from tests.services.evaluator_helpers import (
 def _upload_checkpoints(client: Any, bucket: str, local_root: Path, steps: list[int]) -> None:
     for step in steps:
         folder = local_root / "r1" / step_dir_name(step)
-        for name in ("state.pt", "meta.json"):
+        for name in ("state.pt", "meta.json", "commit.json"):
             client.put_object(Bucket=bucket, Key=f"runs/r1/{folder.name}/{name}",
                               Body=(folder / name).read_bytes())
 
@@ -43,7 +43,7 @@ def test_watch_an_s3_store_with_results_in_s3(tmp_path: Path, s3_server: MotoSer
 
     # retention deletes step 20 from the bucket after it was listed, before it is read
     def retention(path: str) -> None:
-        for name in ("state.pt", "meta.json"):
+        for name in ("commit.json", "state.pt", "meta.json"):
             s3_client.delete_object(Bucket=s3_bucket, Key=path.split("/", 1)[1].replace(
                 "state.pt", name))
 
