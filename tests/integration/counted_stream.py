@@ -27,11 +27,12 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import pytest
+from typing import TYPE_CHECKING, Any
 
 from services import stream
+
+if TYPE_CHECKING:  # Ray's processes import this module: no pytest there
+    import pytest
 
 _ENDLESS_SOURCE = stream.EndlessDatasource
 _INGEST_ACTOR = stream.IngestActor
