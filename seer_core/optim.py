@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from seer_core.bounds import Momentum, NonNegative, Positive, check
+
 
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and LARC-style layer-wise trust ratios.
@@ -42,16 +44,11 @@ class LARS(torch.optim.Optimizer):
         clip: bool = False,
         lars_exclude: bool = False,
     ) -> None:
-        if lr < 0:
-            raise ValueError(f"lr must be non-negative, got {lr}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be non-negative, got {weight_decay}")
-        if eta <= 0:
-            raise ValueError(f"eta must be positive, got {eta}")
-        if eps < 0:
-            raise ValueError(f"eps must be non-negative, got {eps}")
+        check("lr", lr, NonNegative)
+        check("momentum", momentum, Momentum)
+        check("weight_decay", weight_decay, NonNegative)
+        check("eta", eta, Positive)
+        check("eps", eps, NonNegative)
         defaults = dict(
             lr=lr,
             momentum=momentum,

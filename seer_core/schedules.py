@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
+from seer_core.bounds import Count, Factor, NonNegative, Patience, Smoothing, check
+
 
 class Schedule:
     """Common base: linear warmup from ``start_lr`` to ``base_lr`` over ``warmup_steps`` steps.
@@ -30,10 +32,9 @@ class Schedule:
     kind: ClassVar[str] = "schedule"
 
     def __init__(self, base_lr: float, warmup_steps: int = 0, start_lr: float = 0.0) -> None:
-        _check_non_negative("base_lr", base_lr)
-        _check_non_negative("start_lr", start_lr)
-        if not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be a non-negative int, got {warmup_steps!r}")
+        check("base_lr", base_lr, NonNegative)
+        check("start_lr", start_lr, NonNegative)
+        check("warmup_steps", warmup_steps, Count)
         self.base_lr = float(base_lr)
         self.start_lr = float(start_lr)
         self.warmup_steps = warmup_steps
@@ -106,9 +107,8 @@ class WarmupCosine(Schedule):
         start_lr: float = 0.0,
     ) -> None:
         super().__init__(base_lr, warmup_steps, start_lr)
-        _check_non_negative("final_lr", final_lr)
-        if not isinstance(cosine_steps, int) or cosine_steps < 0:
-            raise ValueError(f"cosine_steps must be a non-negative int, got {cosine_steps!r}")
+        check("final_lr", final_lr, NonNegative)
+        check("cosine_steps", cosine_steps, Count)
         self.final_lr = float(final_lr)
         self.cosine_steps = cosine_steps
 
@@ -150,20 +150,15 @@ class PlateauHalving(Schedule):
         hold_steps: int = 0,
     ) -> None:
         super().__init__(base_lr, warmup_steps, start_lr)
-        if not isinstance(hold_steps, int) or hold_steps < 0:
-            raise ValueError(f"hold_steps must be a non-negative int, got {hold_steps!r}")
-        if not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"patience must be a positive int, got {patience!r}")
-        _check_non_negative("min_delta", min_delta)
-        if not 0.0 <= smoothing < 1.0:
-            raise ValueError(f"smoothing must be in [0, 1), got {smoothing!r}")
-        if not isinstance(cooldown, int) or cooldown < 0:
-            raise ValueError(f"cooldown must be a non-negative int, got {cooldown!r}")
-        _check_non_negative("min_lr", min_lr)
+        check("hold_steps", hold_steps, Count)
+        check("patience", patience, Patience)
+        check("min_delta", min_delta, NonNegative)
+        check("smoothing", smoothing, Smoothing)
+        check("cooldown", cooldown, Count)
+        check("min_lr", min_lr, NonNegative)
+        check("factor", factor, Factor)
         if min_lr > base_lr:
             raise ValueError(f"min_lr ({min_lr}) must not exceed base_lr ({base_lr})")
-        if not 0.0 < factor < 1.0:
-            raise ValueError(f"factor must be in (0, 1), got {factor!r}")
         self.patience = patience
         #: No decision before this many steps (besides warmup): while the task itself gets
         #: harder (a ramped augmentation), a rising loss is not a plateau.
@@ -274,8 +269,3 @@ def build_schedule(name: str, **kwargs: Any) -> Schedule:
         allowed = ", ".join(sorted(SCHEDULES))
         raise ValueError(f"unknown schedule {name!r}; allowed names: {allowed}") from None
     return cls(**kwargs)
-
-
-def _check_non_negative(name: str, value: float) -> None:
-    if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")

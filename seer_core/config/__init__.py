@@ -27,7 +27,6 @@ from seer_core.config.schema import (
     SeerConfig,
     SwAVConfig,
     TrainConfig,
-    knob,
 )
 from seer_core.config.validate import config_from_dict
 
@@ -46,7 +45,6 @@ __all__ = [
     "SwAVConfig",
     "TrainConfig",
     "config_from_dict",
-    "knob",
     "load_config",
     "merge_override",
     "parse_override",

@@ -5,7 +5,6 @@ activation checkpointing happen on the bare model first, as DDP requires."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -259,7 +258,7 @@ def load_optimizer_and_schedule(state: TrainState, saved: Mapping[str, Any]) -> 
     saved_cfg = saved.get("config") or {}
     for section in ("optim", "schedule"):
         before = saved_cfg.get(section) or {}
-        for key, value in dataclasses.asdict(getattr(state.cfg, section)).items():
+        for key, value in getattr(state.cfg, section).model_dump().items():
             name = f"{section}.{key}"
             if key in before and before[key] != value and all(c[0] != name for c in changed):
                 changed.append((name, before[key], value))

@@ -179,12 +179,8 @@ def test_sync_batchnorm_over_several_cpu_workers_is_a_config_error() -> None:
 
 def _endpoint_keys() -> list[str]:
     """Every `*endpoint_url` key of the schema: a key added later is covered by the test."""
-    import dataclasses
-
-    cfg = SeerConfig()
-    return [f"{section.name}.{f.name}" for section in dataclasses.fields(cfg)
-            for f in dataclasses.fields(getattr(cfg, section.name))
-            if f.name.endswith("endpoint_url")]
+    return [f"{section}.{name}" for section, info in SeerConfig.model_fields.items()
+            for name in info.annotation.model_fields if name.endswith("endpoint_url")]
 
 
 def test_every_endpoint_key_is_known() -> None:
@@ -231,3 +227,45 @@ def test_elastic_workers_are_a_min_max_pair() -> None:
     with pytest.raises(ConfigError, match=r"not of \[3\]"):  # 16 rows cannot split over 3
         load_config("local", ["train.num_workers=[2, 4]", "swav.queue_length=16",
                               "train.batch_size=4"])
+
+
+def test_a_bound_is_stated_once_so_a_config_that_validates_builds() -> None:
+    """Issue 19: `schedule.factor` was `<= 1` in the schema and `< 1` in PlateauHalving (and
+    `optim.momentum` `<= 1` against LARS's `< 1`), so `--set schedule.factor=1` passed the
+    schema and failed in every worker. Each such bound is stated once (seer_core.bounds): the
+    config and the constructor refuse with the same words, and every inclusive bound the JSON
+    Schema states for these sections builds."""
+    from torch import nn
+
+    from seer_core.optim import LARS
+    from seer_core.schedules import PlateauHalving
+    from seer_core.training.preflight import preflight
+
+    for override in ("schedule.factor=1", "optim.momentum=1"):
+        try:
+            cfg = load_config("local", ["optim.name=lars", override])
+        except ConfigError as exc:
+            assert str(exc).startswith(override.split("=")[0] + ": ")
+            continue
+        preflight(cfg)  # a config that validates is one the workers can build
+    with pytest.raises(ConfigError) as config_error:
+        load_config("local", ["schedule.factor=1"])
+    with pytest.raises(ValueError) as built_error:
+        PlateauHalving(base_lr=1.0, warmup_steps=0, patience=5, min_delta=0.0, factor=1.0)
+    assert str(config_error.value) == "schedule." + str(built_error.value)
+    with pytest.raises(ConfigError) as config_error:
+        load_config("local", ["optim.momentum=1"])
+    with pytest.raises(ValueError) as built_error:
+        LARS(nn.Linear(2, 2).parameters(), lr=0.1, momentum=1.0)
+    assert str(config_error.value) == "optim." + str(built_error.value)
+
+    defs = SeerConfig.model_json_schema()["$defs"]
+    probed = []
+    for section in ("schedule", "optim"):
+        for key, prop in defs[f"{section.capitalize()}Config"]["properties"].items():
+            for bound in ("minimum", "maximum"):
+                if bound in prop:
+                    override = f"{section}.{key}={prop[bound]}"
+                    preflight(load_config("local", ["optim.name=lars", override]))
+                    probed.append(override)
+    assert "schedule.patience=1" in probed and "optim.momentum=0" in probed
