@@ -183,6 +183,9 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.list:
         print("\n".join(preset_names()))
         return 0
+    if args.schema:  # for editors and manifest checks: presets and --config files follow it
+        print(json.dumps(SeerConfig.model_json_schema(), indent=2))
+        return 0
     from seer_core.training.preflight import preflight
 
     cfg = _config(args)
@@ -257,9 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", help="only these trunks")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("config", help="print the resolved config (or --list the presets)")
+    p = sub.add_parser("config", help="print the resolved config (or --list the presets, or "
+                       "its --schema)")
     _add_config_args(p)
     p.add_argument("--list", action="store_true")
+    p.add_argument("--schema", action="store_true",
+                   help="print the config's JSON Schema (every key, its type, bounds and help)")
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("export", help="a checkpoint's trunk as a torchvision state_dict")

@@ -28,11 +28,41 @@ def test_config_list_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "seer-rg256" in capsys.readouterr().out
     assert main(["config", "--set", "train.batch_size=-1"]) == 2
     assert "train.batch_size: -1 is too small" in capsys.readouterr().err
-    # Passes the schema, fails where the workers build the schedule: `seer config` builds it.
+    # The schedule's own bound, stated once, is the schema's too (issue 19).
     assert main(["config", "--set", "schedule.factor=1"]) == 2
-    assert "schedule: factor must be in (0, 1)" in capsys.readouterr().err
+    assert "schedule.factor: 1.0 is too large; allowed: < 1" in capsys.readouterr().err
     assert main(["config", "--config", "sslight-mobilenet"]) == 0
     assert "global_local_alpha: 0.4" in capsys.readouterr().out
+
+
+def test_config_schema_is_json_schema_the_presets_pass(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`seer config --schema` prints the JSON Schema an editor or a manifest check uses: every
+    preset passes it, and an unknown key, a value outside a Literal or past a bound fails it."""
+    import copy
+
+    import jsonschema
+    import yaml
+
+    from seer_core.config import preset_names, presets_dir
+
+    assert main(["config", "--schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    validator = jsonschema.Draft202012Validator(schema)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert set(schema["properties"]) >= {"model", "schedule", "train", "eval"}
+    presets = {name: yaml.safe_load((presets_dir() / f"{name}.yaml").read_text())
+               for name in preset_names()}
+    assert len(presets) >= 3
+    for name, preset in presets.items():
+        assert not list(validator.iter_errors(preset)), name
+    local = presets["local"]
+    for section, key, value in [("train", "nope", 1), ("train", "amp", "fp8"),
+                                ("schedule", "factor", 1.0), ("optim", "momentum", 1.0),
+                                ("train", "batch_size", 0), ("eval", "knn_k", [0])]:
+        bad = copy.deepcopy(local)
+        bad.setdefault(section, {})[key] = value
+        assert list(validator.iter_errors(bad)), (section, key, value)
 
 
 def test_seed_writes_images_and_refuses_to_mix(tmp_path: Path,
