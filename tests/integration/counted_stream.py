@@ -2,8 +2,8 @@
 
 The production stream (``services.stream.build_stream``) never ends and reports only to its
 metrics. :class:`CountedStream` builds that same stream with two substitutions, made with
-``monkeypatch`` in the driver and carried to Ray's processes by pickling (they import ``tests``
-from the driver's working directory, which Ray puts on their path):
+``monkeypatch`` in the driver and carried to Ray's processes by pickling, by value (Ray's
+workers are not meant to import ``tests``: see tests/integration/test_stream_fault.py):
 
 - each read task stops after ``chunks`` chunks and records the keys it drew
   (:class:`BoundedRead`), so the stream ends and the test knows what was sampled;
@@ -24,14 +24,17 @@ import functools
 import itertools
 import json
 import os
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ray import cloudpickle
+
 from services import stream
 
-if TYPE_CHECKING:  # Ray's processes import this module: no pytest there
+if TYPE_CHECKING:
     import pytest
 
 _ENDLESS_SOURCE = stream.EndlessDatasource
@@ -95,11 +98,19 @@ def counting_actor(folder: str) -> type:
 
 class CountedStream:
     """Builds bounded, counted streams; :meth:`keys` and :meth:`counts` sum up every stream
-    built so far (the record folder is the test's)."""
+    built so far (the record folder is the test's). A context manager: inside it, this module
+    travels to Ray's processes by value."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
         self.monkeypatch, self.folder = monkeypatch, folder
         folder.mkdir(parents=True, exist_ok=True)
+
+    def __enter__(self) -> CountedStream:
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
     def build(self, cfg: Any, chunks: int) -> Any:
         """``build_stream(cfg)``, each read task ending after ``chunks`` chunks."""

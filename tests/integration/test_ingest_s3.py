@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,9 @@ def s3_cfg(uri: str, endpoint: str, chunk: int, **feed: Any) -> SeerConfig:
 
 
 @pytest.fixture
-def counted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CountedStream:
-    return CountedStream(monkeypatch, tmp_path / "record")
+def counted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[CountedStream]:
+    with CountedStream(monkeypatch, tmp_path / "record") as counted:
+        yield counted
 
 
 def run_bounded(ds: Any, batch_size: int) -> int:
