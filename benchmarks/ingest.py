@@ -74,7 +74,7 @@ def per_core(images: list[tuple[str, bytes]], recipe: str, seconds: float, round
     """
     torch.set_num_threads(1)
     multicrop = build_multicrop(recipe, seed=0)
-    worker = Cropper(bench_cfg(recipe), seed=0, metrics_backend="prometheus")
+    worker = Cropper(bench_cfg(recipe), seed=0)
     per_round = seconds / (2 * rounds)
     datas = [d for _, d in images]
 

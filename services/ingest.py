@@ -153,28 +153,16 @@ def _close_process_feeds_at_exit() -> None:
 
 
 class IngestMetrics:
-    """The ingest stage's metrics, declared once per process (see ``services.metrics``)."""
+    """The ingest stage's metrics (declared at import; see ``services.metrics``)."""
 
-    def __init__(self, backend: metrics.Backend = "auto") -> None:
-        self.images = metrics.counter(
-            "seer_ingest_images_total", "images turned into multi-crop samples",
-            backend=backend,
-        )
-        self.bytes = metrics.counter(
-            "seer_ingest_bytes_total", "encoded bytes fetched from the feed", backend=backend
-        )
-        self.failures = metrics.counter(
-            "seer_ingest_failures_total", "objects skipped, by reason", ("reason",),
-            backend=backend,
-        )
-        self.decode_seconds = metrics.histogram(
-            "seer_ingest_decode_seconds", "decode + multi-crop time per image",
-            DECODE_BOUNDARIES, backend=backend,
-        )
-        self.fetch_seconds = metrics.histogram(
-            "seer_ingest_fetch_seconds", "fetch time per object, retries included",
-            FETCH_BOUNDARIES, backend=backend,
-        )
+    images = metrics.counter("seer_ingest_images_total", "images turned into multi-crop samples")
+    bytes = metrics.counter("seer_ingest_bytes_total", "encoded bytes fetched from the feed")
+    failures = metrics.counter(
+        "seer_ingest_failures_total", "objects skipped, by reason", ("reason",))
+    decode_seconds = metrics.histogram(
+        "seer_ingest_decode_seconds", "decode + multi-crop time per image", DECODE_BOUNDARIES)
+    fetch_seconds = metrics.histogram(
+        "seer_ingest_fetch_seconds", "fetch time per object, retries included", FETCH_BOUNDARIES)
 
 
 @dataclass(frozen=True)
@@ -272,7 +260,6 @@ class Cropper:
         cfg: SeerConfig,
         *,
         seed: int | None = None,
-        metrics_backend: metrics.Backend = "auto",
         log_interval_s: float = 30.0,
     ) -> None:
         self.cfg = cfg
@@ -287,7 +274,7 @@ class Cropper:
         )
         self.recipe: MultiCropRecipe = self.multicrop.recipe
         self.max_object_bytes = cfg.ingest.max_object_bytes
-        self.meter = IngestMetrics(metrics_backend)
+        self.meter = IngestMetrics()
         self.log = RateLimitedLogger(logger, log_interval_s)
 
     def crop(self, key: str, data: bytes) -> list[torch.Tensor] | str:

@@ -93,9 +93,9 @@ def init_ray(cfg: SeerConfig, address: str | None = None) -> RayPlaces:
 class StatusPage:
     """The driver's own /metrics (prometheus_client): what the run is doing, from rank 0."""
 
-    def __init__(self, port: int) -> None:
-        self.server = None
-        names = {
+    gauges = {
+        key: metrics.gauge(name, f"{key} of the run, as rank 0 last reported")
+        for key, name in {
             "step": "seer_cli_step",
             "images_seen": "seer_cli_images_seen",
             "loss": "seer_cli_loss",
@@ -104,12 +104,13 @@ class StatusPage:
             "data_wait_share": "seer_cli_data_wait_ratio",
             "last_checkpoint_step": "seer_cli_checkpoint_step",
             "world_size": "seer_cli_world_size",
-        }
-        self.gauges = {
-            key: metrics.gauge(name, f"{key} of the run, as rank 0 last reported",
-                               backend="prometheus")
-            for key, name in names.items()
-        }
+        }.items()
+    }
+
+    def __init__(self, port: int) -> None:
+        self.server = None
+        for gauge in self.gauges.values():
+            gauge.ready()  # on the page (0) before rank 0's first report
         if port:
             self.server, _ = metrics.serve(port)
 

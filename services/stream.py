@@ -414,12 +414,12 @@ class SpillWatch:
     this adds the log line a user sees and the dashboard's "seen by the stream" series.
     """
 
+    gauge = metrics.gauge(
+        "seer_ingest_spilled_bytes", "bytes Ray has spilled to disk (should stay 0)")
+
     def __init__(self, interval_s: float = 30.0, probe: Callable[[], int] = spilled_bytes) -> None:
         self.interval_s = interval_s
         self.probe = probe
-        self.gauge = metrics.gauge(
-            "seer_ingest_spilled_bytes", "bytes Ray has spilled to disk (should stay 0)"
-        )
         self.last = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -14,97 +14,64 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import prometheus_client
-
 from services import metrics
-from services.metrics import Backend
 
 STEP_SECONDS_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
 WAIT_SECONDS_BUCKETS = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30]
+TAGS = ("worker",)
 
 
 class TrainMetrics:
     """One worker's metrics; `observe` is called once per step, cheaply (no device sync)."""
 
-    def __init__(self, rank: int, backend: Backend = "auto",
-                 registry: prometheus_client.CollectorRegistry | None = None) -> None:
-        """`backend`/`registry` as in `services.metrics` (tests pin a private registry)."""
+    steps = metrics.counter("seer_train_steps_total", "optimizer steps taken", TAGS)
+    images = metrics.counter(
+        "seer_train_images_total",
+        "images this worker trained on (skipped steps excluded; sum over workers = global)", TAGS)
+    skipped = metrics.counter(
+        "seer_train_skipped_steps_total",
+        "steps without an update: a non-finite loss, or fp16 gradients the grad scaler "
+        "found inf/NaN (the loss scale dropped)", TAGS)
+    step_seconds = metrics.histogram(
+        "seer_train_step_seconds", "wall time of one train step", STEP_SECONDS_BUCKETS, TAGS)
+    data_wait = metrics.histogram(
+        "seer_train_data_wait_seconds", "time the worker waited for its next batch",
+        WAIT_SECONDS_BUCKETS, TAGS)
+    loss = metrics.gauge("seer_train_loss", "SwAV loss, averaged over ranks", TAGS)
+    lr = metrics.gauge("seer_train_lr", "current learning rate", TAGS)
+    entropy = metrics.gauge(
+        "seer_train_prototype_entropy_ratio", "prototype usage entropy / ln K (near 0: collapse)",
+        TAGS)
+    queue_fill = metrics.gauge("seer_train_queue_fill_ratio", "SwAV queue fill", TAGS)
+    images_per_second = metrics.gauge(
+        "seer_train_images_per_second", "global training throughput", TAGS)
+    step = metrics.gauge("seer_train_step", "current step", TAGS)
+    checkpoint_step = metrics.gauge(
+        "seer_train_checkpoint_step",
+        "step of the run's newest committed checkpoint (seer_train_step never goes below it)",
+        TAGS)
+    world_size = metrics.gauge(
+        "seer_train_world_size", "workers in the group now (elastic: between min and max)", TAGS)
+    store_wait = metrics.gauge(
+        "seer_train_store_wait_seconds",
+        "how long this worker has been waiting for an unreachable checkpoint store (0: not)",
+        TAGS)
+    checkpoint_pause = metrics.histogram(
+        "seer_train_checkpoint_pause_seconds",
+        "step-loop pause per checkpoint (copy to host memory; the upload runs beside)",
+        STEP_SECONDS_BUCKETS, TAGS)
+    checkpoint_time = metrics.gauge(
+        "seer_train_checkpoint_timestamp_seconds",
+        "unix time of the newest checkpoint (age = time() - this)", TAGS)
+    collapse = metrics.gauge(
+        "seer_train_collapse_suspected_ratio", "1 when collapse is suspected", TAGS)
+    loss_scale = metrics.gauge(
+        "seer_train_loss_scale",
+        "fp16 grad scaler's loss scale (halved at each overflow skip); absent without fp16", TAGS)
+
+    def __init__(self, rank: int) -> None:
         self.tags = {"worker": str(rank)}
-        tag_keys = ("worker",)
-
-        def counter(name: str, description: str, keys: tuple[str, ...]) -> Any:
-            return metrics.counter(name, description, keys, backend=backend, registry=registry)
-
-        def gauge(name: str, description: str, keys: tuple[str, ...]) -> Any:
-            return metrics.gauge(name, description, keys, backend=backend, registry=registry)
-
-        def histogram(name: str, description: str, bounds: list[float],
-                      keys: tuple[str, ...]) -> Any:
-            return metrics.histogram(name, description, bounds, keys, backend=backend,
-                                     registry=registry)
-
-        self.steps = counter("seer_train_steps_total", "optimizer steps taken", tag_keys)
-        self.images = counter(
-            "seer_train_images_total",
-            "images this worker trained on (skipped steps excluded; sum over workers = global)",
-            tag_keys,
-        )
-        self.skipped = counter(
-            "seer_train_skipped_steps_total",
-            "steps without an update: a non-finite loss, or fp16 gradients the grad scaler "
-            "found inf/NaN (the loss scale dropped)", tag_keys,
-        )
-        self.step_seconds = histogram(
-            "seer_train_step_seconds", "wall time of one train step", STEP_SECONDS_BUCKETS,
-            tag_keys,
-        )
-        self.data_wait = histogram(
-            "seer_train_data_wait_seconds", "time the worker waited for its next batch",
-            WAIT_SECONDS_BUCKETS, tag_keys,
-        )
-        self.loss = gauge("seer_train_loss", "SwAV loss, averaged over ranks", tag_keys)
-        self.lr = gauge("seer_train_lr", "current learning rate", tag_keys)
-        self.entropy = gauge(
-            "seer_train_prototype_entropy_ratio",
-            "prototype usage entropy / ln K (near 0: collapse)", tag_keys,
-        )
-        self.queue_fill = gauge("seer_train_queue_fill_ratio", "SwAV queue fill", tag_keys)
-        self.images_per_second = gauge(
-            "seer_train_images_per_second", "global training throughput", tag_keys
-        )
-        self.step = gauge("seer_train_step", "current step", tag_keys)
-        self.checkpoint_step = gauge(
-            "seer_train_checkpoint_step",
-            "step of the run's newest committed checkpoint (seer_train_step never goes below it)",
-            tag_keys,
-        )
-        self.world_size = gauge(
-            "seer_train_world_size", "workers in the group now (elastic: between min and max)",
-            tag_keys,
-        )
         self.store_wait_seconds = 0.0
-        self.store_wait = gauge(
-            "seer_train_store_wait_seconds",
-            "how long this worker has been waiting for an unreachable checkpoint store (0: not)",
-            tag_keys,
-        )
-        self.checkpoint_pause = histogram(
-            "seer_train_checkpoint_pause_seconds",
-            "step-loop pause per checkpoint (copy to host memory; the upload runs beside)",
-            STEP_SECONDS_BUCKETS, tag_keys,
-        )
-        self.checkpoint_time = gauge(
-            "seer_train_checkpoint_timestamp_seconds",
-            "unix time of the newest checkpoint (age = time() - this)", tag_keys,
-        )
-        self.collapse = gauge(
-            "seer_train_collapse_suspected_ratio", "1 when collapse is suspected", tag_keys
-        )
-        self.loss_scale = gauge(
-            "seer_train_loss_scale",
-            "fp16 grad scaler's loss scale (halved at each overflow skip); absent without fp16",
-            tag_keys,
-        )
 
     def committed(self, step: int) -> None:
         """The run's newest committed checkpoint: after each commit (rank 0) and at resume

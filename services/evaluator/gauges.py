@@ -1,7 +1,7 @@
 """`seer_eval_*` Prometheus gauges: the newest results of the evaluator, for dashboards/alerts.
 
-Declared through services.metrics on the prometheus backend (the evaluator is a plain process,
-even under `ray job submit`, and serves its own page). Labels are bounded: protocol names come
+Declared at import through services.metrics; the evaluator is a plain process (even under `ray
+job submit`), so they land on the page it serves itself. Labels are bounded: protocol names come
 from the config (knn20, linear, lowshot10pct, ...), metric is top1/top5/top1_std, trunk is
 checkpoint/random, stage res4/res5, reason one of the error classes' reasons.
 """
@@ -18,30 +18,27 @@ from services import metrics
 class EvalGauges:
     """The evaluator's metrics; `serve()` starts the HTTP page on (addr, port)."""
 
+    accuracy = metrics.gauge(
+        "seer_eval_accuracy_percent", "newest evaluation result per protocol (percent)",
+        ("protocol", "metric", "trunk", "stage"))
+    step = metrics.gauge("seer_eval_checkpoint_step", "step of the newest evaluated checkpoint")
+    images_seen = metrics.gauge(
+        "seer_eval_images_seen", "images seen by the newest evaluated checkpoint")
+    last_success = metrics.gauge(
+        "seer_eval_last_success_timestamp_seconds", "UNIX time of the last evaluation")
+    duration = metrics.gauge(
+        "seer_eval_duration_seconds", "wall time of the last checkpoint evaluation")
+    errors = metrics.counter(
+        "seer_eval_errors_total", "failed polls/evaluations by reason", ("reason",))
+    evaluations = metrics.counter("seer_eval_evaluations_total", "checkpoints evaluated")
+    skipped = metrics.gauge(
+        "seer_eval_labelled_skipped_images", "unreadable images skipped in the labelled set",
+        ("reason",))
+
     def __init__(self) -> None:
-        self.accuracy = metrics.gauge(
-            "seer_eval_accuracy_percent", "newest evaluation result per protocol (percent)",
-            tag_keys=("protocol", "metric", "trunk", "stage"), backend="prometheus")
-        self.step = metrics.gauge(
-            "seer_eval_checkpoint_step", "step of the newest evaluated checkpoint",
-            backend="prometheus")
-        self.images_seen = metrics.gauge(
-            "seer_eval_images_seen", "images seen by the newest evaluated checkpoint",
-            backend="prometheus")
-        self.last_success = metrics.gauge(
-            "seer_eval_last_success_timestamp_seconds", "UNIX time of the last evaluation",
-            backend="prometheus")
-        self.duration = metrics.gauge(
-            "seer_eval_duration_seconds", "wall time of the last checkpoint evaluation",
-            backend="prometheus")
-        self.errors = metrics.counter(
-            "seer_eval_errors_total", "failed polls/evaluations by reason",
-            tag_keys=("reason",), backend="prometheus")
-        self.evaluations = metrics.counter(
-            "seer_eval_evaluations_total", "checkpoints evaluated", backend="prometheus")
-        self.skipped = metrics.gauge(
-            "seer_eval_labelled_skipped_images", "unreadable images skipped in the labelled set",
-            tag_keys=("reason",), backend="prometheus")
+        for unlabelled in (self.step, self.images_seen, self.last_success, self.duration,
+                           self.evaluations):
+            unlabelled.ready()  # on the page (0) from the start, as before the first result
         self.server: Any = None
         self._shown: dict[tuple[str, ...], int] = {}
         self._newest_step = -1

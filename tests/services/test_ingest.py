@@ -93,7 +93,7 @@ def test_every_bad_input_ends_as_crops_or_its_reason(
 ) -> None:
     cfg = small_cfg(str(image_dir))
     with open_feed(str(image_dir), refresh_seconds=60.0) as feed:
-        worker = Cropper(cfg, seed=0, metrics_backend="prometheus")
+        worker = Cropper(cfg, seed=0)
         feed.sample(1, random.Random(0))  # waits for the first listing
         keys = sorted(feed.pooled_keys())
         assert len(keys) == len(cases)
@@ -120,7 +120,7 @@ def test_every_bad_input_ends_as_crops_or_its_reason(
 def test_decompression_bomb_refused_from_header() -> None:
     # No clock: "too_large" can only come from the header (the file holds one tiny IDAT chunk;
     # decoding it would have to allocate 30 GB first, and would end as "corrupt" if it could).
-    worker = Cropper(small_cfg(), metrics_backend="prometheus")
+    worker = Cropper(small_cfg())
     result = worker.process_bytes({"bomb.png": png_bomb_header(100_000, 100_000)})
     assert result.rejected == [("bomb.png", "too_large")]
     assert result.batch["crops_32"].shape == (0, 2, 3, 32, 32)
@@ -130,7 +130,7 @@ def test_pixel_and_side_limits_come_from_config() -> None:
     cfg = small_cfg()
     cfg.augment.max_pixels = 50 * 50
     cfg.augment.min_side = 40
-    worker = Cropper(cfg, seed=1, metrics_backend="prometheus")
+    worker = Cropper(cfg, seed=1)
     result = worker.process_bytes(
         {"big": good_jpeg(60, 60), "narrow": good_jpeg(45, 38), "fits": good_jpeg(48, 44)}
     )
@@ -140,7 +140,7 @@ def test_pixel_and_side_limits_come_from_config() -> None:
 
 def test_byte_limit_applies_before_decode() -> None:
     cfg = small_cfg(max_object_bytes=1000)
-    worker = Cropper(cfg, metrics_backend="prometheus")
+    worker = Cropper(cfg)
     data = good_jpeg(96, 80)
     assert len(data) > 1000
     result = worker.process_bytes([("k", data)])
@@ -155,7 +155,7 @@ def test_vanished_and_fetch_error_are_reasons(image_dir: Path, tmp_path: Path) -
         pooled = feed.pooled_keys()
         assert victim in pooled
         Path(victim).unlink()  # deleted between listing and fetch
-        worker = Cropper(small_cfg(), metrics_backend="prometheus")
+        worker = Cropper(small_cfg())
         vanished_before = _sample("seer_ingest_failures_total", reason="vanished")
         result = ingest_keys(worker, feed, [victim, str(image_dir / "a_directory.jpg"),
                                  str(image_dir / "animated.gif")])
@@ -166,7 +166,7 @@ def test_vanished_and_fetch_error_are_reasons(image_dir: Path, tmp_path: Path) -
 
 
 def test_process_fetched_counts_carried_reasons_once() -> None:
-    worker = Cropper(small_cfg(), metrics_backend="prometheus")
+    worker = Cropper(small_cfg())
     before = _counts()
     result = worker.process_fetched(
         [
@@ -185,7 +185,7 @@ def test_process_fetched_counts_carried_reasons_once() -> None:
 
 
 def test_empty_batch_shapes() -> None:
-    worker = Cropper(small_cfg(), metrics_backend="prometheus")
+    worker = Cropper(small_cfg())
     batch = empty_batch(worker.recipe)
     assert {k: tuple(v.shape) for k, v in batch.items()} == {
         "crops_32": (0, 2, 3, 32, 32), "crops_16": (0, 3, 3, 16, 16)
@@ -197,16 +197,16 @@ def test_empty_batch_shapes() -> None:
 def test_photometric_on_device_leaves_colour_to_the_trainer() -> None:
     cfg = small_cfg()
     cfg.augment.photometric_on_device = True
-    assert Cropper(cfg, metrics_backend="prometheus").multicrop.photometric is False
+    assert Cropper(cfg).multicrop.photometric is False
     cfg.augment.photometric_on_device = False
-    assert Cropper(cfg, metrics_backend="prometheus").multicrop.photometric is True
+    assert Cropper(cfg).multicrop.photometric is True
 
 
 def test_seeded_workers_are_reproducible() -> None:
     data = {f"k{i}": good_jpeg(80, 64, seed=i) for i in range(3)}
-    a = Cropper(small_cfg(), seed=5, metrics_backend="prometheus").process_bytes(data)
-    b = Cropper(small_cfg(), seed=5, metrics_backend="prometheus").process_bytes(data)
-    c = Cropper(small_cfg(), seed=6, metrics_backend="prometheus").process_bytes(data)
+    a = Cropper(small_cfg(), seed=5).process_bytes(data)
+    b = Cropper(small_cfg(), seed=5).process_bytes(data)
+    c = Cropper(small_cfg(), seed=6).process_bytes(data)
     assert all(torch.equal(a.batch[k], b.batch[k]) for k in a.batch)
     assert not torch.equal(a.batch["crops_32"], c.batch["crops_32"])
 
@@ -230,7 +230,7 @@ def test_s3_fetch_errors_are_retried_then_counted(
 
 
 def _fetch_errors(feed: Any, fault_proxy: Any) -> None:
-    worker = Cropper(small_cfg(), metrics_backend="prometheus")
+    worker = Cropper(small_cfg())
     # Waits on the pool's first keys (an event), with a timeout only a hang reaches.
     keys = sorted(set(feed.sample(20, random.Random(0), timeout=PATIENCE_S)))
     assert len(keys) == 2
@@ -255,5 +255,5 @@ def _fetch_errors(feed: Any, fault_proxy: Any) -> None:
 def test_ingest_crops_use_the_configs_blur_probability() -> None:
     cfg = config_from_dict({"augment": {"global_size": 32, "local_size": 16,
                                         "blur_probability": 0.25}})
-    worker = Cropper(cfg, metrics_backend="prometheus")
+    worker = Cropper(cfg)
     assert worker.multicrop.photometric and worker.multicrop.params.p_blur == 0.25

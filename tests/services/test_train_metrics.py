@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import prometheus_client
-
 from seer_core.training import StepResult
+from services.metrics import REGISTRY
 from services.train_metrics import TrainMetrics
 
 
@@ -18,11 +17,10 @@ def _result(step: int, world: int, batch: int, skipped: bool = False) -> StepRes
 
 def test_images_counter_sums_to_the_global_count_over_workers() -> None:
     world, batch = 2, 4
-    registry = prometheus_client.CollectorRegistry()
-    workers = [TrainMetrics(rank, backend="prometheus", registry=registry) for rank in (0, 1)]
+    workers = [TrainMetrics(rank) for rank in (0, 1)]
 
     def value(name: str, worker: str) -> float:
-        return registry.get_sample_value(name, {"worker": worker}) or 0.0
+        return REGISTRY.get_sample_value(name, {"worker": worker}) or 0.0
 
     state = SimpleNamespace(queue=None)
     for step in range(1, 6):
@@ -38,8 +36,7 @@ def test_images_counter_sums_to_the_global_count_over_workers() -> None:
 def test_fp16_overflow_skip_is_a_skip_and_the_loss_scale_a_gauge() -> None:
     """Issue 17 point 8: a step the grad scaler skipped trained on nothing (its images are not
     counted) and shows as a skip; the scale is exported so a dashboard sees it fall."""
-    registry = prometheus_client.CollectorRegistry()
-    worker = TrainMetrics(0, backend="prometheus", registry=registry)
+    worker = TrainMetrics(2)  # the process's one registry: a rank no other test uses
     state = SimpleNamespace(queue=None)
     steps = [(1, False, 65536.0), (2, True, 32768.0), (3, False, 32768.0)]
     scales = []
@@ -48,14 +45,13 @@ def test_fp16_overflow_skip_is_a_skip_and_the_loss_scale_a_gauge() -> None:
                             usage_entropy=0.9, seconds=0.2, loss_seconds=0.01,
                             overflow=overflow, loss_scale=scale)
         worker.observe(state, result, 0.0, local_images=4)
-        scales.append(registry.get_sample_value("seer_train_loss_scale", {"worker": "0"}))
+        scales.append(REGISTRY.get_sample_value("seer_train_loss_scale", {"worker": "2"}))
     assert scales == [65536.0, 32768.0, 32768.0]
-    assert registry.get_sample_value("seer_train_images_total", {"worker": "0"}) == 8
-    assert registry.get_sample_value("seer_train_skipped_steps_total", {"worker": "0"}) == 1
+    assert REGISTRY.get_sample_value("seer_train_images_total", {"worker": "2"}) == 8
+    assert REGISTRY.get_sample_value("seer_train_skipped_steps_total", {"worker": "2"}) == 1
 
 
 def test_no_loss_scale_series_without_a_scaler() -> None:
-    registry = prometheus_client.CollectorRegistry()
-    TrainMetrics(0, backend="prometheus", registry=registry).observe(
-        SimpleNamespace(queue=None), _result(1, 1, 4), 0.0, local_images=4)
-    assert registry.get_sample_value("seer_train_loss_scale", {"worker": "0"}) is None
+    TrainMetrics(3).observe(SimpleNamespace(queue=None), _result(1, 1, 4), 0.0, local_images=4)
+    assert REGISTRY.get_sample_value("seer_train_loss_scale", {"worker": "3"}) is None
+    assert REGISTRY.get_sample_value("seer_train_steps_total", {"worker": "3"}) == 1
