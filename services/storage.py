@@ -2,9 +2,9 @@
 
 The trainer stores checkpoints through a `pyarrow.fs.FileSystem` (Ray Train keeps its run folder
 there too); resolving the configured location here, once, gives the trainer, `seer status` and
-the evaluator the very same view of the store (an S3
-endpoint such as MinIO is passed explicitly rather than trusted to `AWS_ENDPOINT_URL`, which
-pyarrow and boto3 do not read alike). Credentials are never part of the config: pyarrow reads
+the evaluator the very same view of the store (the filesystem comes from services.s3, the one
+S3 layer: same endpoint as every client, passed explicitly as pyarrow and boto3 do not read
+`AWS_ENDPOINT_URL` alike). Credentials are never part of the config: pyarrow reads
 them from the environment or the standard AWS chain.
 
 Layout, as the trainer writes it (`services.trainer.checkpoint_writer`):
@@ -38,7 +38,7 @@ from seer_core.checkpoint import (
     parse_json,
     parse_step_dir,
 )
-from services.s3_endpoint import s3_endpoint
+from services.s3 import s3_endpoint, s3_filesystem
 
 __all__ = ["META_FILE", "RunStorage", "StepFolder", "resolve_storage",
            "s3_endpoint"]
@@ -224,16 +224,7 @@ def resolve_storage(storage: str, run_name: str, endpoint_url: str | None = None
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ValueError(f"checkpoint.storage: {storage!r} has no bucket (s3://bucket/prefix)")
-        endpoint = s3_endpoint(endpoint_url)
-        kwargs: dict[str, Any] = {}
-        if endpoint:
-            ep = urlparse(endpoint)
-            kwargs["endpoint_override"] = ep.netloc or ep.path
-            kwargs["scheme"] = ep.scheme or "https"
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        if region:
-            kwargs["region"] = region
-        fs = pafs.S3FileSystem(**kwargs)
+        fs = s3_filesystem(endpoint_url)
         root = f"{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/")
         return RunStorage(fs, root, run_name, f"s3://{root}/{run_name}")
     if parsed.scheme not in ("", "file"):

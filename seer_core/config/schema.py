@@ -241,8 +241,9 @@ class FeedConfig(_Section):
         description="object name endings sampled from folders and buckets ([] = any)")
     fetch_timeout_s: float = Field(30.0, gt=0)
     retry_budget_s: float = Field(120.0, gt=0, description="total time a fetch may spend "
-                                  "retrying")
-    max_attempts: int = Field(8, ge=1, description="fetch attempts within the retry budget")
+                                  "re-reading a body that broke off (botocore retries calls)")
+    max_attempts: int = Field(8, ge=1, description="attempts per S3 call (botocore's "
+                              "total_max_attempts) and per body read")
 
 
 class IngestConfig(_Section):

@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from seer_core.config.endpoints import credentials_message, has_credentials
-from services.s3_endpoint import s3_endpoint
+from services.s3 import s3_endpoint
 
 logger = logging.getLogger("seer.feed")
 
@@ -110,7 +110,7 @@ class FeedSpec:
     ``kind="auto"`` picks: a URI whose path ends in ``.parquet``/``.txt``/``.csv`` is a manifest
     (local or ``s3://``), another ``s3://`` URI is a bucket prefix, anything else a directory.
     ``endpoint_url`` falls back to the environment at open time (in the process that opens), in the
-    order every seer S3 client uses (``services.s3_endpoint``). Credentials are never part of a
+    order every seer S3 client uses (``services.s3``). Credentials are never part of a
     spec: boto3's standard chain supplies them. ``idle_stop_s``: a feed not sampled or fetched
     from for that long stops its background listing until its next sample (keeping its pool), so
     a process that no longer reads does not list the store for ever; long enough by default

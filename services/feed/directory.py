@@ -24,7 +24,7 @@ from services.feed.base import (
     ObjectVanished,
 )
 from services.feed.pooled import PooledFeed
-from services.feed.retry import RetryExhausted, RetryPolicy, call_with_retry
+from services.s3 import RetryExhausted, RetryPolicy, call_with_retry
 
 T = TypeVar("T")
 

@@ -354,7 +354,7 @@ def _short_error(exc: BaseException) -> str:
     botocore messages can contain endpoint URLs (fine: they may not hold credentials) but never
     keys; still, keep to the error code and a bounded message.
     """
-    from services.feed.retry import error_code
+    from services.s3 import error_code
 
     code = error_code(exc)
     if isinstance(exc, FeedError | OSError | ValueError | KeyError):

@@ -1,8 +1,8 @@
 """S3-compatible object stores (AWS, MinIO, Ceph, GCS interop) through boto3.
 
-:class:`S3Access` is the retried, secret-free way to talk to a store (shared with the manifest
-feed); :class:`S3Feed` keeps a bounded, moving pool of keys from a bucket prefix that may hold a
-billion objects, without ever listing all of it.
+:class:`S3Access` is a feed's secret-free way to talk to a store through services.s3 (shared
+with the manifest feed); :class:`S3Feed` keeps a bounded, moving pool of keys from a bucket
+prefix that may hold a billion objects, without ever listing all of it.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import boto3
-import botocore.config
-from botocore import UNSIGNED
+import botocore.exceptions
 
 from services.feed.base import (
     FeedClosed,
@@ -24,18 +22,19 @@ from services.feed.base import (
     FetchFailed,
     ObjectTooLarge,
     ObjectVanished,
-    logger,
 )
 from services.feed.keyspace import Coverage, Interval, KeyAlphabet, random_start
 from services.feed.pooled import PooledFeed
-from services.feed.retry import (
-    MISSING,
-    TRANSIENT,
+from services.s3 import (
     RetryExhausted,
     RetryPolicy,
+    attempts,
+    body_chunks,
     call_with_retry,
-    classify_s3_error,
     error_code,
+    get_bytes,
+    is_missing,
+    make_client,
 )
 
 T = TypeVar("T")
@@ -53,40 +52,10 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return parts.netloc, parts.path.lstrip("/")
 
 
-def make_s3_client(endpoint: str | None, *, region: str | None = None,
-                   connect_timeout: float = 10.0, read_timeout: float = 60.0,
-                   max_pool_connections: int = 32, what: str = "s3") -> Any:
-    """A boto3 S3 client as every seer component wants one.
-
-    botocore's own retries are cut to one attempt, so that the caller's `RetryPolicy` (time and
-    attempt budget, full jitter) is the only one in force; requests go unsigned (public buckets)
-    when the standard credential chain has nothing, said once in the log; a custom endpoint
-    (MinIO, Ceph) gets path-style addressing, as those rarely have wildcard DNS for buckets.
-    """
-    session = boto3.session.Session(region_name=region)
-    extra: dict[str, Any] = {}
-    if session.get_credentials() is None:
-        logger.info("%s: no AWS credentials found; using unsigned requests", what)
-        extra["signature_version"] = UNSIGNED
-    if endpoint:
-        extra["s3"] = {"addressing_style": "path"}
-    config = botocore.config.Config(
-        retries={"total_max_attempts": 1, "mode": "standard"},
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        max_pool_connections=max_pool_connections,
-        **extra,
-    )
-    return session.client("s3", endpoint_url=endpoint, config=config)
-
-
 class S3Access:
-    """One lazily built boto3 client plus our retry policy, bound to a feed's counters and log.
-
-    botocore's own retries are turned down to a single attempt so that *our* budget (wall time
-    and attempts, with full jitter) is the only one in force; see ``services.feed.retry``.
-    Credentials come from boto3's standard chain; when the chain has none, requests go unsigned
-    (public buckets), which is said once in the log.
+    """One lazily built boto3 client (services.s3: botocore retries each call, up to the feed's
+    ``max_attempts``) bound to a feed's counters and log; a failed body read is retried within
+    ``retry_budget_s``. Errors are mapped to the feed's (vanished, failed), never with secrets.
     """
 
     def __init__(self, spec: FeedSpec, feed: PooledFeed) -> None:
@@ -101,69 +70,40 @@ class S3Access:
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = self._make_client()
+                    self._client = make_client(
+                        self.spec.resolved_endpoint(), max_attempts=self.spec.max_attempts,
+                        region=self.spec.region, read_timeout=self.spec.fetch_timeout_s,
+                        connect_timeout=min(self.spec.fetch_timeout_s, 10.0),
+                        what=f"feed {self.spec.uri}")
         return self._client
 
-    def _make_client(self) -> Any:
-        return make_s3_client(
-            self.spec.resolved_endpoint(),
-            region=self.spec.region,
-            connect_timeout=min(self.spec.fetch_timeout_s, 10.0),
-            read_timeout=self.spec.fetch_timeout_s,
-            max_pool_connections=32,
-            what=f"feed {self.spec.uri}",
-        )
+    def call(self, fn: Callable[[], T]) -> T:
+        """One call (botocore retries it), its retries counted."""
+        try:
+            result = fn()
+        except botocore.exceptions.ClientError as exc:
+            self.feed._count("retries", attempts(exc) - 1)
+            raise
+        self.feed._count("retries", attempts(result) - 1)
+        return result
 
-    def call(self, what: str, fn: Callable[[], T]) -> tuple[T, int]:
-        """Runs ``fn`` under the retry policy; returns (result, attempts).
-
-        Raises :class:`RetryExhausted`, :class:`FeedClosed`, or the first non-transient error.
-        """
-        attempts = [1]
-
-        def on_retry(exc: BaseException, attempt: int, wait: float) -> None:
-            attempts[0] = attempt + 1
-            self.feed._count("retries")
-            self.feed.log.info(
-                f"retry-{what}",
-                "feed %s: %s: transient %s, retrying in %.2fs",
-                self.spec.uri,
-                what,
-                error_code(exc),
-                wait,
-            )
-
-        result = call_with_retry(
-            fn,
-            self.policy,
-            self.feed._jitter_rng,
-            lambda e: classify_s3_error(e) == TRANSIENT,
-            on_retry=on_retry,
-            sleep=self.feed._sleep,
-        )
-        return result, attempts[0]
+    def _on_retry(self, exc: BaseException, attempt: int, wait: float) -> None:
+        self.feed._count("retries")
+        self.feed.log.info("retry-read", "feed %s: reading a body: %s, retrying in %.2fs",
+                           self.spec.uri, error_code(exc), wait)
 
     def get(self, bucket: str, key: str, name: str, max_bytes: int | None = None) -> bytes:
-        """The object's bytes. ObjectVanished when missing, FetchFailed when the budget is spent
-        or the store refuses for good, ObjectTooLarge (body left unread) over ``max_bytes``.
+        """The object's bytes. ObjectVanished when missing, FetchFailed when the store gave no
+        answer or refused for good, ObjectTooLarge (body left unread) over ``max_bytes``.
         ``name`` is what the caller knows the object as."""
         feed = self.feed
         feed._count("fetches")
         start = time.monotonic()
-
-        def attempt() -> bytes:
-            response = self.client().get_object(Bucket=bucket, Key=key)
-            body = response["Body"]
-            try:
-                size = response.get("ContentLength")
-                if max_bytes is not None and size is not None and size > max_bytes:
-                    raise ObjectTooLarge(name, int(size), max_bytes)
-                return body.read()  # a truncated body raises, and is retried
-            finally:
-                body.close()
-
         try:
-            data, _ = self.call("get", attempt)
+            data, sent = get_bytes(
+                self.client(), bucket, key, self.policy, feed._jitter_rng, max_bytes=max_bytes,
+                too_large=lambda size: ObjectTooLarge(name, size, max_bytes or 0),
+                on_retry=self._on_retry, sleep=feed._sleep)
         except ObjectTooLarge:
             raise
         except RetryExhausted as exc:
@@ -171,10 +111,12 @@ class S3Access:
         except FeedClosed:
             raise self._failed(name, "closed", 1, start) from None
         except Exception as exc:
-            if classify_s3_error(exc) == MISSING:
+            if is_missing(exc):
                 feed._count("vanished")
                 raise ObjectVanished(name) from None
-            raise self._failed(name, error_code(exc), 1, start) from None
+            feed._count("retries", attempts(exc) - 1)
+            raise self._failed(name, error_code(exc), attempts(exc), start) from None
+        feed._count("retries", sent - 1)
         feed._count("bytes_fetched", len(data))
         return data
 
@@ -185,33 +127,32 @@ class S3Access:
         return err
 
     def list_page(self, bucket: str, prefix: str, start_after: str | None, max_keys: int) -> dict:
-        """One ListObjectsV2 page (retried)."""
+        """One ListObjectsV2 page."""
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
         if start_after is not None:
             kwargs["StartAfter"] = start_after
         self.feed._count("listings")
-        page, _ = self.call("list", lambda: self.client().list_objects_v2(**kwargs))
-        return page
+        return self.call(lambda: self.client().list_objects_v2(**kwargs))
 
     def head(self, bucket: str, key: str) -> dict:
-        """HeadObject (retried); a missing object raises the ClientError unchanged."""
-        result, _ = self.call("head", lambda: self.client().head_object(Bucket=bucket, Key=key))
-        return result
+        """HeadObject; a missing object raises the ClientError unchanged."""
+        return self.call(lambda: self.client().head_object(Bucket=bucket, Key=key))
 
     def download(self, bucket: str, key: str, path: str) -> None:
-        """Streams an object to a local file (retried as a whole)."""
+        """Streams an object to a local file (a failed body read restarts it, within budget)."""
 
         def attempt() -> None:
-            body = self.client().get_object(Bucket=bucket, Key=key)["Body"]
+            body = self.call(lambda: self.client().get_object(Bucket=bucket, Key=key))["Body"]
             try:
                 with open(path, "wb") as f:
-                    for chunk in body.iter_chunks(1 << 20):
+                    for chunk in body_chunks(body):
                         self.feed._check_open()  # a manifest may be gigabytes
                         f.write(chunk)
             finally:
                 body.close()
 
-        self.call("download", attempt)
+        call_with_retry(attempt, self.policy, self.feed._jitter_rng, on_retry=self._on_retry,
+                        sleep=self.feed._sleep)
 
     def close(self) -> None:
         with self._lock:

@@ -1,10 +1,9 @@
 """Reading a labelled set's files: a local folder, or an S3 bucket through boto3.
 
-The S3 client follows the feed's rules (services.feed.s3): the endpoint is resolved by
-``services.s3_endpoint`` (flag, else the environment) like every seer S3 client's, credentials come
-only from boto3's standard chain (unsigned requests when there are none, for public buckets),
-botocore's own retries are turned down so that our bounded policy with full jitter governs every
-call, and messages carry S3 error codes, never URLs with signatures or keys.
+The S3 client comes from services.s3, the one S3 layer (endpoint: flag, else the environment;
+credentials only from boto3's standard chain, unsigned requests when there are none; botocore
+retries each call, a failed body read is retried by the layer's bounded policy), and messages
+carry S3 error codes, never URLs with signatures or keys.
 """
 
 from __future__ import annotations
@@ -15,18 +14,18 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-from services.feed.retry import (
-    MISSING,
-    TRANSIENT,
+from services.feed.s3 import parse_s3_uri
+from services.labelled.base import LabelledDataError, is_hidden, logger
+from services.s3 import (
     RetryExhausted,
     RetryPolicy,
-    call_with_retry,
-    classify_s3_error,
+    attempts,
     error_code,
+    get_bytes,
+    is_missing,
+    make_client,
+    s3_endpoint,
 )
-from services.feed.s3 import make_s3_client, parse_s3_uri
-from services.labelled.base import LabelledDataError, is_hidden, logger
-from services.s3_endpoint import s3_endpoint
 
 #: Objects larger than this are skipped as "too_large" before their bytes are read: no photo in
 #: a labelled set is this big, and a mislabelled archive must not land in memory.
@@ -92,7 +91,8 @@ def parse_s3(uri: str) -> tuple[str, str]:
 
 
 class S3Store:
-    """One lazily built, thread-safe boto3 client and the retry policy around every call."""
+    """One lazily built, thread-safe boto3 client (services.s3: botocore retries each call) and
+    the retry policy for a failed body read."""
 
     def __init__(self, endpoint_url: str | None, policy: RetryPolicy | None = None) -> None:
         try:  # refuses a user:password@ URL, naming where it came from, never the value
@@ -111,24 +111,10 @@ class S3Store:
     def client(self) -> Any:
         with self._lock:
             if self._client is None:
-                self._client = self._make_client()
+                self._client = make_client(self.endpoint, max_attempts=self.policy.max_attempts,
+                                           max_pool_connections=S3_CONCURRENCY,
+                                           what="labelled set")
             return self._client
-
-    def _make_client(self) -> Any:
-        return make_s3_client(self.endpoint, read_timeout=60.0,
-                              max_pool_connections=S3_CONCURRENCY, what="labelled set")
-
-    def _call(self, fn: Any) -> Any:
-        def on_retry(exc: BaseException, attempt: int, wait: float) -> None:
-            logger.info("S3: transient %s, retry %d in %.2fs", error_code(exc), attempt, wait)
-
-        return call_with_retry(
-            fn,
-            self.policy,
-            self._rng,
-            lambda e: classify_s3_error(e) == TRANSIENT,
-            on_retry=on_retry,
-        )
 
     def _error(self, action: str, uri: str, exc: BaseException) -> LabelledDataError:
         if isinstance(exc, RetryExhausted):
@@ -139,48 +125,37 @@ class S3Store:
         code = error_code(exc)
         if code == "NoSuchBucket":
             return LabelledDataError(f"not found: {uri}: the bucket does not exist")
-        return LabelledDataError(f"cannot {action} {uri}: {code}")
+        return LabelledDataError(f"cannot {action} {uri}: {code} after {attempts(exc)} "
+                                 "attempt(s)")
 
     def list_keys(self, bucket: str, prefix: str) -> list[str]:
-        """Every key under ``prefix`` (a ListObjectsV2 paginator, retried as a whole: the
-        labelled sets are small, and a restarted listing cannot miss or repeat a key)."""
-
-        def listing() -> list[str]:
-            paginator = self.client().get_paginator("list_objects_v2")
-            keys: list[str] = []
-            for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-                keys.extend(obj["Key"] for obj in page.get("Contents", ()))
-            return keys
-
+        """Every key under ``prefix`` (a ListObjectsV2 paginator; botocore retries each page)."""
         try:
-            return self._call(listing)
+            paginator = self.client().get_paginator("list_objects_v2")
+            return [obj["Key"] for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
+                    for obj in page.get("Contents", ())]
         except Exception as exc:
             raise self._error("list", f"s3://{bucket}/{prefix}", exc) from None
 
     def get(self, bucket: str, key: str, max_bytes: int | None = MAX_OBJECT_BYTES) -> bytes:
         """The object's bytes; Skip when it vanished or is larger than ``max_bytes`` (its body
         left unread)."""
-        uri = f"s3://{bucket}/{key}"
 
-        def attempt() -> bytes:
-            response = self.client().get_object(Bucket=bucket, Key=key)
-            body = response["Body"]
-            try:
-                size = response.get("ContentLength")
-                if max_bytes is not None and size is not None and size > max_bytes:
-                    raise Skip("too_large", f"{size} bytes > {max_bytes}")
-                return body.read()  # a truncated body raises, and is retried
-            finally:
-                body.close()
+        def on_retry(exc: BaseException, attempt: int, wait: float) -> None:
+            logger.info("S3: reading a body: %s, retry %d in %.2fs", error_code(exc), attempt,
+                        wait)
 
         try:
-            return self._call(attempt)
+            return get_bytes(self.client(), bucket, key, self.policy, self._rng,
+                             max_bytes=max_bytes, on_retry=on_retry,
+                             too_large=lambda size: Skip("too_large",
+                                                         f"{size} bytes > {max_bytes}"))[0]
         except Skip:
             raise
         except Exception as exc:
-            if classify_s3_error(exc) == MISSING:
+            if is_missing(exc):
                 raise Skip("vanished", "disappeared after it was listed") from None
-            raise self._error("read", uri, exc) from None
+            raise self._error("read", f"s3://{bucket}/{key}", exc) from None
 
     def close(self) -> None:
         with self._lock:

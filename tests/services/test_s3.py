@@ -1,4 +1,5 @@
-"""Retry policy, S3 error classification, and the rate-limited logger."""
+"""The one S3 layer (services.s3): clients with botocore's retries, the body-read retry policy,
+the error helpers; and the rate-limited logger. Nothing is contacted."""
 
 from __future__ import annotations
 
@@ -8,17 +9,23 @@ import random
 import botocore.exceptions
 import pytest
 
-from services.feed.retry import (
-    MISSING,
-    PERMANENT,
-    TRANSIENT,
+from services.feed import FeedSpec
+from services.labelled.store import S3Store
+from services.ratelimit import RateLimitedLogger
+from services.s3 import (
+    BodyReadError,
     RetryExhausted,
     RetryPolicy,
+    attempts,
     call_with_retry,
-    classify_s3_error,
     error_code,
+    is_missing,
 )
-from services.ratelimit import RateLimitedLogger
+
+
+def transient(exc: BaseException) -> bool:
+    """What the generic loop tests below treat as transient (the loop takes any predicate)."""
+    return error_code(exc) in {"SlowDown", "InternalError", "EndpointConnectionError"}
 
 
 class FakeClock:
@@ -56,7 +63,7 @@ def test_transient_errors_are_retried_until_success() -> None:
     retries = []
     out = call_with_retry(
         fn, RetryPolicy(max_attempts=8, budget_s=60), random.Random(0),
-        lambda e: classify_s3_error(e) == TRANSIENT,
+        transient,
         on_retry=lambda e, a, w: retries.append(a), sleep=clock.sleep, clock=clock,
     )
     assert out == "ok" and len(calls) == 4 and retries == [1, 2, 3]
@@ -102,30 +109,70 @@ def test_non_transient_errors_propagate_at_once() -> None:
 
     with pytest.raises(botocore.exceptions.ClientError):
         call_with_retry(fn, RetryPolicy(), random.Random(0),
-                        lambda e: classify_s3_error(e) == TRANSIENT, sleep=lambda s: None)
+                        transient, sleep=lambda s: None)
     assert calls == [1]
 
 
 @pytest.mark.parametrize(
-    ("exc", "kind"),
+    ("exc", "missing"),
     [
-        (client_error("SlowDown", 503), TRANSIENT),
-        (client_error("TooManyRequests", 429), TRANSIENT),
-        (client_error("Whatever", 502), TRANSIENT),
-        (client_error("InternalError", 500), TRANSIENT),
-        (client_error("NoSuchKey", 404), MISSING),
-        (client_error("404", 404), MISSING),
-        (client_error("NoSuchBucket", 404), PERMANENT),
-        (client_error("AccessDenied", 403), PERMANENT),
-        (botocore.exceptions.EndpointConnectionError(endpoint_url="http://x"), TRANSIENT),
-        (botocore.exceptions.ReadTimeoutError(endpoint_url="http://x"), TRANSIENT),
-        (botocore.exceptions.ConnectionClosedError(endpoint_url="http://x"), TRANSIENT),
-        (ConnectionResetError(), TRANSIENT),
-        (ValueError("bug"), PERMANENT),
+        (client_error("NoSuchKey", 404), True),
+        (client_error("404", 404), True),
+        (client_error("NoSuchBucket", 404), False),
+        (client_error("AccessDenied", 403), False),
+        (client_error("SlowDown", 503), False),
+        (botocore.exceptions.EndpointConnectionError(endpoint_url="http://x"), False),
     ],
 )
-def test_classification(exc: BaseException, kind: str) -> None:
-    assert classify_s3_error(exc) == kind
+def test_missing_objects_are_told_apart(exc: BaseException, missing: bool) -> None:
+    assert is_missing(exc) is missing
+
+
+def test_attempts_counts_botocore_retries() -> None:
+    exc = client_error("InternalError", 500)
+    exc.response["ResponseMetadata"]["RetryAttempts"] = 3
+    assert attempts(exc) == 4
+    assert attempts({"ResponseMetadata": {"RetryAttempts": 0}}) == 1
+    assert attempts(botocore.exceptions.EndpointConnectionError(endpoint_url="http://x")) == 1
+
+
+@pytest.mark.parametrize("mode", [None, "standard", "adaptive", "legacy"])
+def test_every_client_has_botocore_retries_with_the_configured_attempts(
+        mode: str | None, aws_test_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls are retried by botocore (standard, or adaptive on request; never legacy, which
+    misses SlowDown), with the caller's attempt count, the first attempt included. On the old
+    code the clients had ``total_max_attempts == 1`` (seer's own loop did the retries)."""
+    if mode is None:
+        monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
+    else:
+        monkeypatch.setenv("AWS_RETRY_MODE", mode)
+    want = "adaptive" if mode == "adaptive" else "standard"
+    with FeedSpec("s3://bucket/images/", endpoint_url="http://127.0.0.1:9",
+                  max_attempts=5).open() as feed:
+        client = feed.s3.client()
+        assert client.meta.config.retries == {"mode": want, "total_max_attempts": 5}
+    store = S3Store("http://127.0.0.1:9", RetryPolicy(max_attempts=4))
+    assert store.client().meta.config.retries == {"mode": want, "total_max_attempts": 4}
+    store.close()
+
+
+def test_a_failed_body_read_is_retried_and_named_by_its_cause() -> None:
+    calls = []
+
+    def fn() -> bytes:
+        calls.append(1)
+        if len(calls) < 3:
+            try:
+                raise ConnectionResetError("reset while reading")
+            except ConnectionResetError as exc:
+                raise BodyReadError("read") from exc
+        return b"ok"
+
+    assert call_with_retry(fn, RetryPolicy(), random.Random(0), sleep=lambda s: None) == b"ok"
+    with pytest.raises(RetryExhausted) as info:
+        calls.clear()
+        call_with_retry(lambda: fn() and fn(), RetryPolicy(max_attempts=1), random.Random(0))
+    assert error_code(info.value.last) == "ConnectionResetError"
 
 
 def test_error_code_names_the_failure() -> None:

@@ -1,0 +1,248 @@
+"""seer's one S3 access layer: the endpoint, the clients, the errors and the one retry loop, for
+the feed, the labelled set, the checkpoint store and the evaluator's results.
+
+Endpoint, decided once: the configured value (a `*endpoint_url` key or a flag), then
+`SEER_S3_ENDPOINT_URL`, then `AWS_ENDPOINT_URL_S3`, then `AWS_ENDPOINT_URL`.
+- seer's own variable first: it is what the manifests set (the `seer-env` ConfigMap), and it
+  must not be overridden by an AWS variable that a base image or a shared profile happens to
+  export for other tools.
+- then the two AWS variables in botocore's own order (service-specific first), so a boto3
+  client and a pyarrow filesystem built from this value agree with what botocore alone would
+  pick. pyarrow does not read them alike, which is why the value is always passed explicitly.
+Whatever the source, an endpoint with credentials in it (`user:password@`) is refused, naming
+the key or variable and never the value (seer_core.config.endpoints).
+
+Retries: every call (GetObject, ListObjectsV2, HeadObject) is retried by botocore's own retry
+mode: `standard` (throttling, 5xx, 429, connection errors; full-jitter backoff capped at 20 s;
+a per-client retry quota that stops retry storms during an outage), or `adaptive` (standard
+plus client-side rate limiting) when `AWS_RETRY_MODE=adaptive`; `total_max_attempts` is the
+caller's attempt count (`feed.max_attempts`). botocore does not retry what happens after the
+response headers: reading the body. `call_with_retry` covers that (and local files on network
+mounts), bounded by attempts and wall time (`feed.retry_budget_s`), with full jitter because
+many ingest actors hit the same store at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import pyarrow.fs as pafs
+from botocore import UNSIGNED
+
+from seer_core.config.endpoints import credentials_message, has_credentials
+from seer_core.config.schema import ConfigError
+
+__all__ = ["ENDPOINT_ENV", "BodyReadError", "RetryExhausted", "RetryPolicy", "call_with_retry",
+           "error_code", "get_bytes", "is_missing", "make_client", "retry_mode", "s3_endpoint"]
+
+log = logging.getLogger("seer.s3")
+T = TypeVar("T")
+
+#: Environment variables read when nothing is configured, highest precedence first.
+ENDPOINT_ENV: tuple[str, ...] = ("SEER_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                                 "AWS_ENDPOINT_URL")
+
+#: S3 error codes that mean the object is not there (any more).
+MISSING_CODES: frozenset[str] = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
+def s3_endpoint(configured: str | None, *, key: str = "endpoint_url") -> str | None:
+    """The configured endpoint, else the first of `ENDPOINT_ENV` set in this process's
+    environment, else None (AWS's own endpoint). Raises ConfigError (a ValueError: `seer`
+    prints it as a config error, exit 2), naming `key` or the variable, if the value carries
+    credentials. Resolved in the process that opens the client:
+    Ray workers get the variables forwarded (services.trainer.build)."""
+    if configured:
+        value, source = configured, key
+    else:
+        source = next((name for name in ENDPOINT_ENV if os.environ.get(name)), "")
+        value = os.environ[source] if source else None
+    if value and has_credentials(value):
+        raise ConfigError(credentials_message(source))
+    return value
+
+
+def retry_mode() -> str:
+    """`adaptive` when `AWS_RETRY_MODE` asks for it, else `standard`: never `legacy`, whose
+    error list misses S3's `SlowDown` and 5xx without a known code."""
+    return "adaptive" if os.environ.get("AWS_RETRY_MODE") == "adaptive" else "standard"
+
+
+def make_client(endpoint: str | None, *, max_attempts: int, region: str | None = None,
+                connect_timeout: float = 10.0, read_timeout: float = 60.0,
+                max_pool_connections: int = 32, what: str = "s3") -> Any:
+    """A boto3 S3 client as every seer component wants one: botocore retries each call
+    (`retry_mode()`, `max_attempts` attempts in all, the first included); requests go unsigned
+    (public buckets) when the credential chain has nothing, said once in the log; a custom
+    endpoint (MinIO, Ceph) gets path-style addressing, as those rarely have wildcard DNS."""
+    session = boto3.session.Session(region_name=region)
+    extra: dict[str, Any] = {}
+    if session.get_credentials() is None:
+        log.info("%s: no AWS credentials found; using unsigned requests", what)
+        extra["signature_version"] = UNSIGNED
+    if endpoint:
+        extra["s3"] = {"addressing_style": "path"}
+    config = botocore.config.Config(
+        retries={"mode": retry_mode(), "total_max_attempts": max_attempts},
+        connect_timeout=connect_timeout, read_timeout=read_timeout,
+        max_pool_connections=max_pool_connections, **extra)
+    return session.client("s3", endpoint_url=endpoint, config=config)
+
+
+def error_code(exc: BaseException) -> str:
+    """The S3 error code of a ClientError (``"SlowDown"``, ``"404"``), else the class name (of
+    the cause, for a BodyReadError). Used in messages and metric labels: it names the failure
+    without ever carrying request headers, signed URLs or credentials."""
+    if isinstance(exc, BodyReadError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code = exc.response.get("Error", {}).get("Code")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code or status:
+            return str(code or status)
+    return type(exc).__name__
+
+
+def is_missing(exc: BaseException) -> bool:
+    """Whether a call failed because the object is not there (a missing bucket is not that)."""
+    if not isinstance(exc, botocore.exceptions.ClientError):
+        return False
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code = error_code(exc)
+    return code in MISSING_CODES or (status == 404 and code != "NoSuchBucket")
+
+
+def attempts(reply: Any) -> int:
+    """Requests botocore sent for one call (1 + its retries), from a response or a ClientError;
+    1 when it did not say (a connection error after the last attempt)."""
+    if isinstance(reply, botocore.exceptions.ClientError):
+        reply = reply.response
+    meta = reply.get("ResponseMetadata", {}) if isinstance(reply, dict) else {}
+    return 1 + int(meta.get("RetryAttempts") or 0)
+
+
+class BodyReadError(Exception):
+    """Reading a response body failed (reset, timeout, truncated): retried by `call_with_retry`,
+    as botocore does not retry once the headers have arrived. The error is its `__cause__`."""
+
+
+def body_chunks(body: Any, size: int = 1 << 20) -> Iterator[bytes]:
+    """A StreamingBody's chunks; a failure while reading raises BodyReadError."""
+    chunks = body.iter_chunks(size)
+    while True:
+        try:
+            chunk = next(chunks, None)
+        except Exception as exc:
+            raise BodyReadError(error_code(exc)) from exc
+        if chunk is None:
+            return
+        yield chunk
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long and how often to retry what botocore does not. Whichever limit is hit first
+    ends the retries; ``budget_s`` bounds time spent sleeping and starting attempts (an attempt
+    already running is bounded by the client's connect/read timeouts)."""
+
+    max_attempts: int = 8
+    budget_s: float = 120.0
+    base_s: float = 0.1
+    cap_s: float = 10.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Full-jitter delay before retry number ``attempt`` (1 = the first retry)."""
+        return rng.uniform(0.0, min(self.cap_s, self.base_s * (2 ** max(0, attempt - 1))))
+
+
+class RetryExhausted(Exception):
+    """Raised by :func:`call_with_retry` when the budget or the attempt count is spent."""
+
+    def __init__(self, last: BaseException, attempts: int, elapsed_s: float) -> None:
+        super().__init__(f"gave up after {attempts} attempts in {elapsed_s:.1f}s")
+        self.last = last
+        self.attempts = attempts
+        self.elapsed_s = elapsed_s
+
+
+def call_with_retry(
+    fn: Callable[[], T],
+    policy: RetryPolicy,
+    rng: random.Random,
+    is_transient: Callable[[BaseException], bool] = lambda e: isinstance(e, BodyReadError),
+    on_retry: Callable[[BaseException, int, float], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """Calls ``fn`` until it succeeds, a non-transient error escapes, or the policy is spent.
+
+    Non-transient exceptions propagate unchanged; exhaustion raises RetryExhausted carrying the
+    last transient error. Sleeps are clipped to the budget: the last attempt starts at the
+    latest at the deadline.
+    """
+    start = clock()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            elapsed = clock() - start
+            remaining = policy.budget_s - elapsed
+            if attempt >= policy.max_attempts or remaining <= 0:
+                raise RetryExhausted(exc, attempt, elapsed) from exc
+            wait = min(policy.delay(attempt, rng), remaining)
+            if on_retry is not None:
+                on_retry(exc, attempt, wait)
+            sleep(wait)
+
+
+def get_bytes(client: Any, bucket: str, key: str, policy: RetryPolicy, rng: random.Random, *,
+              max_bytes: int | None = None, too_large: Callable[[int], Exception] = ValueError,
+              on_retry: Callable[[BaseException, int, float], None] | None = None,
+              sleep: Callable[[float], None] = time.sleep) -> tuple[bytes, int]:
+    """An object's bytes and the requests it took. GetObject is retried by botocore, a failed
+    body read by `policy`; over ``max_bytes`` (from the headers) raises ``too_large(size)``
+    with the body left unread. Other errors propagate (RetryExhausted, ClientError...)."""
+    sent = [0]
+
+    def attempt() -> bytes:
+        response = client.get_object(Bucket=bucket, Key=key)
+        sent[0] += attempts(response)
+        body = response["Body"]
+        try:
+            size = response.get("ContentLength")
+            if max_bytes is not None and size is not None and size > max_bytes:
+                raise too_large(int(size))
+            return b"".join(body_chunks(body))
+        finally:
+            body.close()
+
+    return call_with_retry(attempt, policy, rng, on_retry=on_retry, sleep=sleep), sent[0]
+
+
+def s3_filesystem(endpoint_url: str | None) -> Any:
+    """A pyarrow S3 filesystem (checkpoints, results) on the same endpoint as every client; AWS
+    SDK's standard retry strategy (3 attempts) retries its calls, region from the environment."""
+    kwargs: dict[str, Any] = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3)}
+    endpoint = s3_endpoint(endpoint_url)
+    if endpoint:
+        ep = urlparse(endpoint)
+        kwargs["endpoint_override"] = ep.netloc or ep.path
+        kwargs["scheme"] = ep.scheme or "https"
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs)
