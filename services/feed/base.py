@@ -57,7 +57,7 @@ class ObjectVanished(FeedError):
 
 
 class FetchFailed(FeedError):
-    """The object could not be read within the retry budget, or the store refused it for good.
+    """The object could not be read after the retries (services.s3), or was refused for good.
 
     ``reason`` is a short code (``"SlowDown"``, ``"EndpointConnectionError"``, ``"AccessDenied"``)
     fit for a metric label; the message never carries credentials or signed URLs.
@@ -220,7 +220,7 @@ class Feed(Protocol):
         ...
 
     def fetch(self, key: str, max_bytes: int | None = None) -> bytes:
-        """The object's bytes; ObjectVanished if gone, FetchFailed after the retry budget,
+        """The object's bytes; ObjectVanished if gone, FetchFailed after the retries,
         ObjectTooLarge (without reading it) when it holds more than ``max_bytes``."""
         ...
 
