@@ -168,7 +168,7 @@ def empty_bucket(client: Any, bucket: str, delete: bool = False) -> None:
 
 @dataclass
 class _Fault:
-    kind: str  # "status" | "drop" | "delay" | "stall"
+    kind: str  # "status" | "drop" | "delay" | "stall" | "truncate"
     remaining: int  # -1: until cleared
     status: int = 503
     code: str = "SlowDown"
@@ -237,6 +237,11 @@ class FaultProxy:
 
     def drop_next(self, n: int, match: str | None = None) -> None:
         self._add(_Fault("drop", n), match)
+
+    def truncate_next(self, n: int, match: str | None = None) -> None:
+        """The next ``n`` matching answers send their headers and half the body, then drop the
+        connection: a body that breaks off while it is read (botocore does not retry that)."""
+        self._add(_Fault("truncate", n), match)
 
     def delay_next(self, n: int, seconds: float, match: str | None = None) -> None:
         self._add(_Fault("delay", n, delay_s=seconds), match)
@@ -371,9 +376,9 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 return
             if fault is not None and fault.kind == "delay":
                 time.sleep(fault.delay_s)
-            self._forward(body)
+            self._forward(body, truncate=fault is not None and fault.kind == "truncate")
 
-        def _forward(self, body: bytes) -> None:
+        def _forward(self, body: bytes, truncate: bool = False) -> None:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
             if body or self.command in ("PUT", "POST"):
                 headers["Content-Length"] = str(len(body))
@@ -399,7 +404,11 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             if not head:
-                self.wfile.write(data)
+                self.wfile.write(data[: len(data) // 2] if truncate else data)
+            if truncate:
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
 
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle  # noqa: N815
 

@@ -121,6 +121,16 @@ def test_throttling_and_5xx_are_retried(s3_client, s3_bucket, fault_proxy: Fault
         assert feed.stats()["retries"] == 5
 
 
+def test_a_body_that_breaks_off_is_read_again(s3_client, s3_bucket, fault_proxy: FaultProxy):
+    """botocore retries calls, not a body cut short after the headers: services.s3 does."""
+    payload = bytes(range(256)) * 64
+    put_objects(s3_client, s3_bucket, {"img/a.jpg": payload})
+    with s3_spec(s3_bucket, fault_proxy.endpoint_url, refresh_seconds=60).open() as feed:
+        fault_proxy.truncate_next(2, match=rf"^GET /{s3_bucket}/img/a\.jpg")
+        assert feed.fetch("img/a.jpg") == payload
+        assert feed.stats()["retries"] == 2 and feed.stats()["fetch_failures"] == 0
+
+
 def test_listing_throttled_then_recovers(s3_client, s3_bucket, fault_proxy: FaultProxy):
     put_objects(s3_client, s3_bucket, {"img/a.jpg": b"a"})
     fault_proxy.fail_next(4, 503, "SlowDown", match=r"list-type=2")
