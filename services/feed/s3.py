@@ -88,7 +88,6 @@ class S3Access:
         return result
 
     def _on_retry(self, exc: BaseException, attempt: int, wait: float) -> None:
-        self.feed._count("retries")
         self.feed.log.info("retry-read", "feed %s: reading a body: %s, retrying in %.2fs",
                            self.spec.uri, error_code(exc), wait)
 
@@ -106,7 +105,8 @@ class S3Access:
                 on_retry=self._on_retry, sleep=feed._sleep)
         except ObjectTooLarge:
             raise
-        except RetryExhausted as exc:
+        except RetryExhausted as exc:  # each body read that broke off: one retry
+            feed._count("retries", exc.attempts - 1)
             raise self._failed(name, error_code(exc.last), exc.attempts, start) from None
         except FeedClosed:
             raise self._failed(name, "closed", 1, start) from None
@@ -116,7 +116,7 @@ class S3Access:
                 raise ObjectVanished(name) from None
             feed._count("retries", attempts(exc) - 1)
             raise self._failed(name, error_code(exc), attempts(exc), start) from None
-        feed._count("retries", sent - 1)
+        feed._count("retries", sent - 1)  # every request after the first, botocore's or ours
         feed._count("bytes_fetched", len(data))
         return data
 
