@@ -93,6 +93,9 @@ class AugmentConfig(_Section):
                                         "trainer's device instead of ingest")
     blur_probability: float = Field(0.5, ge=0, le=1, description="share of crops blurred (SwAV: "
                                     "0.5; destructive at <= 64 px)")
+    colour_strength: float = Field(1.0, gt=0, le=1, description="size of the colour jitter and "
+                                   "grayscale as a fraction of SwAV's (SimCLR's strength s; the "
+                                   "ramp ends here)")
     photometric_ramp_steps: Count = Field(0, description="colour jitter and grayscale grow from "
                                           "none to full over these steps (0: full from the "
                                           "start; needs photometric_on_device)")

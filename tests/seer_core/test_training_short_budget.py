@@ -141,6 +141,18 @@ def test_blur_probability_reaches_both_photometric_paths() -> None:
     assert build_train_state(cfg).photometric.params.p_blur == 0.25  # type: ignore[union-attr]
 
 
+def test_colour_strength_caps_both_photometric_paths_and_the_ramp_ends_there() -> None:
+    cfg = load_config("local", [*SMALL, "augment.colour_strength=0.5",
+                                "augment.photometric_ramp_steps=10"])
+    capped = photometric_params(cfg)
+    assert (capped.brightness, capped.hue, capped.p_grayscale) == pytest.approx((0.4, 0.1, 0.1))
+    assert build_train_state(cfg).photometric.params == capped  # type: ignore[union-attr]
+    # The ramp goes from none to the cap: at its end the trainer draws the capped distortion.
+    assert photometric_strength(cfg, 10) == 1.0
+    with pytest.raises(ConfigError, match=r"augment\.colour_strength"):
+        load_config("local", ["augment.colour_strength=0"])
+
+
 def test_plateau_holds_while_the_task_gets_harder() -> None:
     rising = [4.0 + 0.001 * t for t in range(1000)]
     held = PlateauHalving(base_lr=1.0, warmup_steps=0, patience=50, min_delta=1e-3,
