@@ -45,7 +45,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 def load_images(folder: str | None, n: int, side: int) -> list[tuple[str, bytes]]:
     """``n`` encoded images from ``folder``, or freshly generated ~``side``-px photos."""
     if folder is None:
-        from services.sample_images import generate_photo_like_jpegs
+        from services.images.sample import generate_photo_like_jpegs
 
         tmp = tempfile.mkdtemp(prefix="seer-bench-ingest-")
         try:

@@ -28,7 +28,7 @@ from torchvision import transforms
 
 from seer_core.augment import IMAGENET_MEAN, IMAGENET_STD, RECIPES, build_multicrop
 from seer_core.augment.crops import REDUCING_GAP, MultiCrop
-from services.sample_images import generate_photo_like_jpegs
+from services.images.sample import generate_photo_like_jpegs
 
 
 class _PILRandomGaussianBlur:

@@ -12,7 +12,7 @@ What it does, all through the commands a user runs:
    change). `--data generated` (the fast default): `seer seed` images and `seer seed
    --labelled` (other seeds: none of its images is in the pool). `--data real`: drawings from
    `tuxpaint-stamps-default`, a quarter of them on photos from `mate-backgrounds`
-   (`services/real_images.py`; eight subject folders are the classes, every other stamp feeds
+   (`services/images/real.py`; eight subject folders are the classes, every other stamp feeds
    the pool); refuses, with the apt-get command to run, when those packages are missing;
 2. for each training seed, `seer pretrain --config PRESET --max-minutes M --set train.seed=S`
    on the pool (real local Ray, real ingest), a fresh run named per seed, checkpointing every
@@ -68,8 +68,8 @@ def _mark(folder: Path, params: dict[str, Any]) -> None:
 def ensure_data(workdir: Path, pool_count: int, train_per_class: int,
                 val_per_class: int) -> tuple[Path, Path]:
     """The generated pool and labelled set, written once (a marker says a set is complete)."""
-    from services.labelled_images import generate_labelled_images
-    from services.sample_images import generate_sample_images
+    from services.images.labelled import generate_labelled_images
+    from services.images.sample import generate_sample_images
 
     pool, labelled = workdir / "pool", workdir / "labelled"
     pool_params = {"data": "generated", "count": pool_count}
@@ -90,12 +90,12 @@ def ensure_data(workdir: Path, pool_count: int, train_per_class: int,
 
 def ensure_real_data(workdir: Path, pool_count: int,
                      stamps_per_class: int | None) -> tuple[Path, Path]:
-    """The real pool and labelled set (services/real_images.py), written once; SystemExit with
+    """The real pool and labelled set (services/images/real.py), written once; SystemExit with
     the apt-get command when the packages are not installed (nothing is installed here)."""
-    from services import real_images
+    from services.images import real as real_images
 
     pool, labelled = workdir / "pool", workdir / "labelled"
-    # "version" 2: a quarter of the drawings on photos, four val views (services/real_images.py)
+    # "version" 2: a quarter of the drawings on photos, four val views (services/images/real.py)
     params = {"data": "real", "count": pool_count, "stamps_per_class": stamps_per_class,
               "seed": REAL_SEED, "version": 2}
     if _fresh(pool, params) and _fresh(labelled, params):

@@ -72,7 +72,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
     if unused:
         print(f"seer seed: {unused[0]} needs --labelled", file=sys.stderr)
         return 2
-    from services.sample_images import generate_sample_images
+    from services.images.sample import generate_sample_images
 
     out = Path(args.out or SAMPLES_DIR)
     count = 2000 if args.count is None else args.count
@@ -91,8 +91,8 @@ def _seed_labelled(args: argparse.Namespace) -> int:
         print("seer seed: --count is for the sample pool; with --labelled give "
               "--train-per-class and --val-per-class", file=sys.stderr)
         return 2
-    from services.labelled_images import generate_labelled_images
-    from services.shapes import OBJECT_KINDS
+    from services.images.labelled import generate_labelled_images
+    from services.images.shapes import OBJECT_KINDS
 
     out = Path(args.out or LABELLED_DIR)
     train = args.train_per_class or 100

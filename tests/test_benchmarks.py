@@ -88,7 +88,7 @@ def test_quality_benchmark_evaluates_a_run(
 def test_view_agreement_benchmark_prints_every_setting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from services.sample_images import generate_sample_images
+    from services.images.sample import generate_sample_images
 
     generate_sample_images(tmp_path, 8, seed=0, min_side=48, max_side=64, progress=False)
     argv = ["view_agreement.py", "--pool", str(tmp_path), "--trunk", "tiny", "--size", "32"]
@@ -192,7 +192,7 @@ def test_quality_benchmark_real_data(
     class): the labelled set has the 8 classes and none of its stamps is in the pool."""
     import json
 
-    from services import real_images
+    from services.images import real as real_images
 
     try:
         real_images.check_sources()
@@ -217,7 +217,7 @@ def test_quality_benchmark_real_data(
 def test_quality_benchmark_real_data_refuses_without_the_packages(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from services import real_images
+    from services.images import real as real_images
 
     monkeypatch.setattr(real_images, "STAMPS_ROOT", tmp_path / "absent")
     monkeypatch.setattr(sys, "argv", ["quality.py", "--data", "real", "--workdir",

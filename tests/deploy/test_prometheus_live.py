@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
-from services.sample_images import generate_sample_images
+from services.images.sample import generate_sample_images
 from tests.deploy.panels import REPO, core_titles, fill_variables, panel_queries
 from tests.services.evaluator_helpers import make_labelled
 from tests.tools import prometheus

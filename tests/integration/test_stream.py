@@ -159,7 +159,7 @@ def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """48 photo-like images of 256-1280 px (~140 KB): cropping them is what bounds the actor,
     as with real photos; with small, quickly cropped images the soak does not show the
     run-away."""
-    from services.sample_images import generate_sample_images
+    from services.images.sample import generate_sample_images
 
     root = tmp_path_factory.mktemp("stream-photos")
     generate_sample_images(root, 48, seed=7, progress=False)

@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from seer_core.checkpoint import load_state
 from seer_core.config import SeerConfig, load_config
+from services.images.sample import generate_sample_images
 from services.pretrain import PretrainOutcome, run_pretraining
-from services.sample_images import generate_sample_images
 from services.storage import resolve_storage
 from tests.s3server import put_objects
 

@@ -32,7 +32,7 @@ from seer_core.augment.colour import (
     image_planes,
     sample_jitter,
 )
-from services.sample_images import paint_photo_like
+from services.images.sample import paint_photo_like
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ def test_seed_writes_images_and_refuses_to_mix(tmp_path: Path,
 
 def test_seed_labelled(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from services.shapes import OBJECT_KINDS
+    from services.images.shapes import OBJECT_KINDS
 
     out = tmp_path / "labelled"
     args = ["seed", "--labelled", "--out", str(out), "--train-per-class", "2",

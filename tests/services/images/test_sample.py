@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from seer_core.augment import build_multicrop, decode_image
-from services.sample_images import generate_photo_like_jpegs, generate_sample_images
+from services.images.sample import generate_photo_like_jpegs, generate_sample_images
 
 
 def test_generate_sample_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

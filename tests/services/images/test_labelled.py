@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from services.images.labelled import generate_labelled_images
+from services.images.shapes import OBJECT_KINDS
 from services.labelled import load_labelled
-from services.labelled_images import generate_labelled_images
-from services.shapes import OBJECT_KINDS
 
 TRAIN, VAL = 3, 2
 SIDES = {"min_side": 48, "max_side": 64}

@@ -1,6 +1,6 @@
 """A labelled set and an unlabelled pool made of real images that Debian packages install.
 
-The generated set (`services.labelled_images`) is drawn by the same code that draws the sample
+The generated set (`services.images.labelled`) is drawn by the same code that draws the sample
 pool, and the `local` preset was tuned on it; a recipe that only learns there is not known to
 learn anywhere. Nothing may be downloaded at run time, so the real images come from packages:
 
@@ -30,8 +30,8 @@ SHA-256, which the tests check for disjointness.
 Layout: `LABELLED/train/<class>/*.jpg`, `LABELLED/val/<class>/*.jpg` (what `seer eval --data`
 reads) and `POOL/real_*.jpg` (what `feed.uri` reads). Deterministic in `seed`.
 
-Lives in `services/` beside the generated sets rather than under `benchmarks/`: it is importable
-by the tests and by a future `seer seed --real` without importing a script.
+Lives in `services/images/` beside the generated sets rather than under `benchmarks/`: it is
+importable by the tests and by a future `seer seed --real` without importing a script.
 """
 
 from __future__ import annotations

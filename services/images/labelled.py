@@ -2,7 +2,7 @@
 
 Nothing may be downloaded, yet the service must prove that its features get better. So the set
 is generated, and made so that learning is *needed*: the class is the kind of one central object
-(`services.shapes.OBJECT_KINDS`: disc, square, triangle, star, ...), while its colour, size,
+(`services.images.shapes.OBJECT_KINDS`: disc, square, triangle, star, ...), while its colour, size,
 rotation and position, the background's colours and the grain are drawn independently of the
 class. Raw pixels then carry little class information (the README gives the raw-pixel kNN score),
 and a network scores well only with shape-selective, colour-invariant features: what SwAV's
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from services.sample_images import _Progress, add_grain, colour_cast
-from services.shapes import OBJECT_KINDS, draw_object
+from services.images.sample import Progress, add_grain, colour_cast
+from services.images.shapes import OBJECT_KINDS, draw_object
 
 # Seeds of the labelled images live in their own stream, apart from `seer seed`'s pool.
 _LABELLED_STREAM = 7_919
@@ -88,7 +88,7 @@ def generate_labelled_images(
     kinds = list(OBJECT_KINDS)
     plan = [("train", train_per_class), ("val", val_per_class)]
     total = len(kinds) * (train_per_class + val_per_class)
-    bar = _Progress(total, progress and total >= 200, "labelled images")
+    bar = Progress(total, progress and total >= 200, "labelled images")
     done = 0
     written: dict[str, int] = {}
     for split_index, (split, per_class) in enumerate(plan):

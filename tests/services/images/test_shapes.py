@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from services.shapes import OBJECT_KINDS, draw_object, random_colour
+from services.images.shapes import OBJECT_KINDS, draw_object, random_colour
 
 SIDE = 96
 CENTRE = 48.0

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services import real_images
-from services.labelled import load_labelled
-from services.real_images import (
+from services.images import real as real_images
+from services.images.real import (
     MANIFEST,
     MissingPackagesError,
     check_sources,
     write_real_sets,
 )
+from services.labelled import load_labelled
 
 CLASSES = {"bird": ("animals/birds",), "fruit": ("food/fruit",)}
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from services.shapes import OBJECT_KINDS, draw_object
+from services.images.shapes import OBJECT_KINDS, draw_object
 
 # Instagram-like aspect ratios (height / width): square, portrait 4:5, landscape 1.91:1.
 _IG_ASPECTS = (1.0, 1.25, 1 / 1.91)
@@ -127,7 +127,7 @@ def _encode(img: Image.Image, fmt: str, rng: np.random.Generator, orientation: i
     return buf.getvalue()
 
 
-class _Progress:
+class Progress:
     """A single self-overwriting stderr line, at most a few updates per second."""
 
     def __init__(self, total: int, enabled: bool, label: str = "sample images") -> None:
@@ -163,7 +163,7 @@ def generate_sample_images(
     """Write `count` varied photo-like images into `out_dir`; returns how many were written.
 
     With `objects` (the default), each image also shows one to four objects of the shared
-    vocabulary (`services.shapes`) at random scales, colours and places: the unlabelled world
+    vocabulary (`services.images.shapes`) at random scales, colours and places: the unlabelled world
     whose features `seer seed --labelled` then measures.
 
     About 85 % JPEG and 15 % PNG; sides drawn log-uniformly in [min_side, max_side] with aspect
@@ -177,7 +177,7 @@ def generate_sample_images(
         raise ValueError(f"need 1 <= min_side <= max_side, got {min_side}, {max_side}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    bar = _Progress(count, progress and count >= 200)
+    bar = Progress(count, progress and count >= 200)
     for i in range(count):
         rng = _rng_for(seed, i)
         long_side = int(np.exp(rng.uniform(np.log(min_side), np.log(max_side))))
