@@ -42,7 +42,7 @@ from seer_core.augment.recipes import MultiCropRecipe
 from seer_core.config import FeedConfig, SeerConfig
 from seer_core.training import photometric_params
 from services import metrics
-from services.feed import Feed, FeedSpec, FetchFailed, ObjectTooLarge, ObjectVanished
+from services.feed import Feed, FeedSpec, FetchFailed, ObjectTooLarge, ObjectVanished, open_feed
 from services.ratelimit import RateLimitedLogger
 
 logger = logging.getLogger("seer.ingest")
@@ -128,7 +128,7 @@ def process_feed(spec: FeedSpec) -> Feed:
         for other_spec, other in list(_FEEDS.items()):
             if other_spec != spec and (_is_closed(other) or not _is_busy(other)):
                 stale.append(_FEEDS.pop(other_spec))
-        feed = _FEEDS[spec] = spec.open()
+        feed = _FEEDS[spec] = open_feed(spec)
     # Outside the lock: closing joins a refresher thread, which may take a request's time.
     for old in stale:
         old.close()

@@ -5,7 +5,7 @@ One interface (:class:`Feed`), three sources: an S3-compatible bucket prefix, a 
 keys refreshed in the background and samples it uniformly with replacement: there are no epochs.
 
     spec = FeedSpec("s3://bucket/images/", endpoint_url="http://minio:9000")
-    feed = spec.open()            # in each process; the spec pickles, the feed does not
+    feed = open_feed(spec)        # in each process; the spec pickles, the feed does not
     for key in feed.sample(64, rng):
         try:
             data = feed.fetch(key)
@@ -26,8 +26,8 @@ from services.feed.base import (
     FetchFailed,
     ObjectTooLarge,
     ObjectVanished,
-    open_feed,
 )
+from services.feed.open import open_feed
 from services.feed.pooled import PooledFeed
 
 __all__ = [

@@ -1,5 +1,6 @@
 """The feed interface: the spec that travels, the protocol the ingest stage codes against, and the
-errors it raises (the shared pool machinery is in ``services.feed.pooled``).
+errors it raises (the shared pool machinery is in ``services.feed.pooled``, the concrete feeds
+build on both, and ``services.feed.open`` picks one for a spec: this module imports none of them).
 
 Design constraints that shape this module:
 - A :class:`FeedSpec` crosses process boundaries (Ray read tasks, actors), so it is a frozen,
@@ -18,7 +19,7 @@ import logging
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from seer_core.config.endpoints import credentials_message, has_credentials
@@ -105,7 +106,7 @@ def _require(cond: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class FeedSpec:
-    """Where images come from, and how hard to try. Picklable; ``open()`` in each process.
+    """Where images come from, and how hard to try. Picklable; ``open_feed(spec)`` in each process.
 
     ``kind="auto"`` picks: a URI whose path ends in ``.parquet``/``.txt``/``.csv`` is a manifest
     (local or ``s3://``), another ``s3://`` URI is a bucket prefix, anything else a directory.
@@ -195,21 +196,6 @@ class FeedSpec:
             return False  # "directory" marker objects
         return not self.extensions or name.lower().endswith(self.extensions)
 
-    def open(self) -> Feed:
-        """Opens the live feed in this process (no I/O until first use)."""
-        kind = self.resolved_kind()
-        if kind == "s3":
-            from services.feed.s3 import S3Feed
-
-            return S3Feed(self)
-        if kind == "manifest":
-            from services.feed.manifest import ManifestFeed
-
-            return ManifestFeed(self)
-        from services.feed.directory import DirectoryFeed
-
-        return DirectoryFeed(self)
-
 
 @runtime_checkable
 class Feed(Protocol):
@@ -236,16 +222,3 @@ class Feed(Protocol):
         """Stops the refresher, waits for its thread (at most ``timeout`` seconds; None: the
         feed's own bound), releases connections. Idempotent."""
         ...
-
-
-def open_feed(uri_or_spec: str | FeedSpec, **kwargs: Any) -> Feed:
-    """Opens a feed from a URI plus FeedSpec fields, or from a ready spec (with overrides)."""
-    if isinstance(uri_or_spec, FeedSpec):
-        spec = uri_or_spec
-        if kwargs:
-            from dataclasses import replace
-
-            spec = replace(spec, **kwargs)
-    else:
-        spec = FeedSpec(uri=uri_or_spec, **kwargs)
-    return spec.open()

@@ -17,7 +17,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from services.feed import FeedEmpty, FeedSpec, FetchFailed, ObjectTooLarge, ObjectVanished
+from services.feed import (
+    FeedEmpty,
+    FeedSpec,
+    FetchFailed,
+    ObjectTooLarge,
+    ObjectVanished,
+    open_feed,
+)
 from services.feed.s3 import S3Feed
 from tests.s3server import FaultProxy, MotoServer, make_client, put_objects
 from tests.waiting import wait_until as _wait
@@ -44,7 +51,7 @@ def test_small_bucket_fully_listed_and_uniformly_sampled(s3_server, s3_client, s
     keys = [f"img/{i:02d}.jpg" for i in range(12)]
     put_objects(s3_client, s3_bucket, {k: k.encode() for k in keys})
     put_objects(s3_client, s3_bucket, {"img/readme.txt": b"x", "other/x.jpg": b"y"})
-    with s3_spec(s3_bucket, s3_server.endpoint_url, pool_size=100).open() as feed:
+    with open_feed(s3_spec(s3_bucket, s3_server.endpoint_url, pool_size=100)) as feed:
         assert isinstance(feed, S3Feed)
         feed.sample(1, random.Random(0), timeout=10)
         assert wait_until(lambda: sorted(feed.pooled_keys()) == keys)
@@ -61,8 +68,8 @@ def test_pool_bounded_and_moves_over_the_key_space(s3_server, s3_client, s3_buck
     keys = [f"img/{i:04d}.jpg" for i in range(400)]
     put_objects(s3_client, s3_bucket, {k: b"" for k in keys})
     seen: set[str] = set()
-    with s3_spec(s3_bucket, s3_server.endpoint_url, pool_size=50, refresh_seconds=0.02).open() \
-            as feed:
+    spec = s3_spec(s3_bucket, s3_server.endpoint_url, pool_size=50, refresh_seconds=0.02)
+    with open_feed(spec) as feed:
         feed.sample(1, random.Random(0), timeout=10)
 
         def covered() -> bool:
@@ -78,7 +85,7 @@ def test_pool_bounded_and_moves_over_the_key_space(s3_server, s3_client, s3_buck
 
 def test_added_objects_get_sampled_and_deleted_ones_vanish(s3_server, s3_client, s3_bucket):
     put_objects(s3_client, s3_bucket, {f"img/{i}.jpg": b"a" for i in range(5)})
-    with s3_spec(s3_bucket, s3_server.endpoint_url, pool_size=100).open() as feed:
+    with open_feed(s3_spec(s3_bucket, s3_server.endpoint_url, pool_size=100)) as feed:
         assert wait_until(lambda: feed.pool_size() == 5)
         put_objects(s3_client, s3_bucket, {"img/new.jpg": b"new"})
         assert wait_until(lambda: "img/new.jpg" in feed.sample(200, random.Random(0)))
@@ -97,7 +104,7 @@ def test_added_objects_get_sampled_and_deleted_ones_vanish(s3_server, s3_client,
 
 def test_deleted_after_listing_raises_object_vanished(s3_server, s3_client, s3_bucket):
     put_objects(s3_client, s3_bucket, {"img/a.jpg": b"a", "img/b.jpg": b"b"})
-    with s3_spec(s3_bucket, s3_server.endpoint_url, refresh_seconds=60).open() as feed:
+    with open_feed(s3_spec(s3_bucket, s3_server.endpoint_url, refresh_seconds=60)) as feed:
         assert wait_until(lambda: feed.pool_size() == 2)
         s3_client.delete_object(Bucket=s3_bucket, Key="img/a.jpg")
         with pytest.raises(ObjectVanished):
@@ -109,7 +116,7 @@ def test_deleted_after_listing_raises_object_vanished(s3_server, s3_client, s3_b
 def test_throttling_and_5xx_are_retried(s3_client, s3_bucket, fault_proxy: FaultProxy):
     put_objects(s3_client, s3_bucket, {"img/a.jpg": b"payload"})
     spec = s3_spec(s3_bucket, fault_proxy.endpoint_url, refresh_seconds=60)
-    with spec.open() as feed:
+    with open_feed(spec) as feed:
         feed.sample(1, random.Random(0), timeout=10)
         get = rf"^GET /{s3_bucket}/img/a\.jpg"
         fault_proxy.fail_next(2, 503, "SlowDown", match=get)
@@ -125,7 +132,7 @@ def test_a_body_that_breaks_off_is_read_again(s3_client, s3_bucket, fault_proxy:
     """botocore retries calls, not a body cut short after the headers: services.s3 does."""
     payload = bytes(range(256)) * 64
     put_objects(s3_client, s3_bucket, {"img/a.jpg": payload})
-    with s3_spec(s3_bucket, fault_proxy.endpoint_url, refresh_seconds=60).open() as feed:
+    with open_feed(s3_spec(s3_bucket, fault_proxy.endpoint_url, refresh_seconds=60)) as feed:
         fault_proxy.truncate_next(2, match=rf"^GET /{s3_bucket}/img/a\.jpg")
         assert feed.fetch("img/a.jpg") == payload
         assert feed.stats()["retries"] == 2 and feed.stats()["fetch_failures"] == 0
@@ -134,7 +141,7 @@ def test_a_body_that_breaks_off_is_read_again(s3_client, s3_bucket, fault_proxy:
 def test_listing_throttled_then_recovers(s3_client, s3_bucket, fault_proxy: FaultProxy):
     put_objects(s3_client, s3_bucket, {"img/a.jpg": b"a"})
     fault_proxy.fail_next(4, 503, "SlowDown", match=r"list-type=2")
-    with s3_spec(s3_bucket, fault_proxy.endpoint_url).open() as feed:
+    with open_feed(s3_spec(s3_bucket, fault_proxy.endpoint_url)) as feed:
         assert feed.sample(2, random.Random(0), timeout=10) == ["img/a.jpg"] * 2
         assert fault_proxy.faults_served == 4
 
@@ -147,7 +154,7 @@ def test_persistent_5xx_fails_after_max_attempts(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     put_objects(s3_client, s3_bucket, {"img/a.jpg": b"a"})
     spec = s3_spec(s3_bucket, fault_proxy.endpoint_url, refresh_seconds=60, max_attempts=4)
-    with caplog.at_level(logging.DEBUG, logger="seer"), spec.open() as feed:
+    with caplog.at_level(logging.DEBUG, logger="seer"), open_feed(spec) as feed:
         feed.sample(1, random.Random(0), timeout=10)
         fault_proxy.fail_next(-1, 500, "InternalError", match=rf"^GET /{s3_bucket}/img/a\.jpg")
         t0 = time.monotonic()
@@ -171,7 +178,7 @@ def test_server_restart_mid_stream(fresh_s3_server: MotoServer):
     populate(["img/a.jpg", "img/b.jpg"])
     spec = s3_spec("restart-bucket", fresh_s3_server.endpoint_url, retry_budget_s=1.0,
                    fetch_timeout_s=2.0, max_attempts=3)
-    with spec.open() as feed:
+    with open_feed(spec) as feed:
         assert wait_until(lambda: feed.pool_size() == 2)
         fresh_s3_server.stop()
         # Store down: fetches fail after max_attempts, the pool is kept, nothing crashes.
@@ -201,7 +208,7 @@ def test_empty_prefix_raises_feed_empty(s3_server, s3_bucket):
             return "no matching objects" in str(exc)
         raise AssertionError("an empty prefix gave a key")
 
-    with s3_spec(s3_bucket, s3_server.endpoint_url).open() as feed:
+    with open_feed(s3_spec(s3_bucket, s3_server.endpoint_url)) as feed:
         assert _wait(listed_nothing, 60), messages[-3:]
 
 
@@ -217,7 +224,7 @@ def test_parquet_manifest_on_s3_reread_on_change(s3_server, s3_client, s3_bucket
                 {"lists/m.parquet": parquet_bytes("key", ["data/x.jpg", "data/y.jpg"])})
     spec = FeedSpec(f"s3://{s3_bucket}/lists/m.parquet", endpoint_url=s3_server.endpoint_url,
                     refresh_seconds=0.1, retry_budget_s=5.0)
-    with spec.open() as feed:
+    with open_feed(spec) as feed:
         want = {f"s3://{s3_bucket}/data/x.jpg", f"s3://{s3_bucket}/data/y.jpg"}
         assert wait_until(lambda: set(feed.pooled_keys()) == want)
         assert feed.fetch(f"s3://{s3_bucket}/data/y.jpg") == b"y"
@@ -235,13 +242,14 @@ def test_text_manifest_on_s3_with_s3_base_and_local_manifest_of_uris(
     put_objects(s3_client, s3_bucket, {"m.txt": b"1.jpg\n2.jpg\n"})
     spec = FeedSpec(f"s3://{s3_bucket}/m.txt", endpoint_url=s3_server.endpoint_url,
                     manifest_base=f"s3://{s3_bucket}/pre/", refresh_seconds=60)
-    with spec.open() as feed:
+    with open_feed(spec) as feed:
         got = set(feed.sample(50, random.Random(0), timeout=10))
         assert got == {f"s3://{s3_bucket}/pre/1.jpg", f"s3://{s3_bucket}/pre/2.jpg"}
         assert feed.fetch(f"s3://{s3_bucket}/pre/2.jpg") == b"2"
     local = tmp_path / "uris.txt"
     local.write_text(f"s3://{s3_bucket}/pre/1.jpg\n")
-    with FeedSpec(str(local), endpoint_url=s3_server.endpoint_url, refresh_seconds=60).open() as f:
+    spec = FeedSpec(str(local), endpoint_url=s3_server.endpoint_url, refresh_seconds=60)
+    with open_feed(spec) as f:
         (key,) = f.sample(1, random.Random(0), timeout=10)
         assert f.fetch(key) == b"1"
         s3_client.delete_object(Bucket=s3_bucket, Key="pre/1.jpg")

@@ -44,14 +44,14 @@ def test_walks_recursively_with_extension_filter(tmp_path: Path) -> None:
 
 def test_any_extension_when_empty(tmp_path: Path) -> None:
     make_tree(tmp_path, ["a.jpg", "b.bin"])
-    with FeedSpec(str(tmp_path), extensions=()).open() as feed:
+    with open_feed(FeedSpec(str(tmp_path), extensions=())) as feed:
         assert set(feed.sample(100, random.Random(0))) == {str(tmp_path / "a.jpg"),
                                                            str(tmp_path / "b.bin")}
 
 
 def test_rescan_sees_added_and_removed_files(tmp_path: Path) -> None:
     make_tree(tmp_path, ["a.jpg", "b.jpg"])
-    with FeedSpec(str(tmp_path), refresh_seconds=0.05).open() as feed:
+    with open_feed(FeedSpec(str(tmp_path), refresh_seconds=0.05)) as feed:
         assert feed.pool_size() in (0, 2)
         assert wait_until(lambda: feed.pool_size() == 2, PATIENCE_S)
         make_tree(tmp_path, ["c.jpg"])
@@ -63,7 +63,7 @@ def test_rescan_sees_added_and_removed_files(tmp_path: Path) -> None:
 
 def test_vanished_file_raises_and_leaves_the_pool(tmp_path: Path) -> None:
     make_tree(tmp_path, ["a.jpg", "b.jpg"])
-    with FeedSpec(str(tmp_path), refresh_seconds=60).open() as feed:
+    with open_feed(FeedSpec(str(tmp_path), refresh_seconds=60)) as feed:
         assert wait_until(lambda: feed.pool_size() == 2, PATIENCE_S)
         gone = str(tmp_path / "a.jpg")
         os.remove(gone)
@@ -76,7 +76,7 @@ def test_vanished_file_raises_and_leaves_the_pool(tmp_path: Path) -> None:
 
 def test_pool_bounded_and_uniform_over_large_directory(tmp_path: Path) -> None:
     make_tree(tmp_path, [f"{i:03d}.jpg" for i in range(60)])
-    with FeedSpec(str(tmp_path), pool_size=20, refresh_seconds=60).open() as feed:
+    with open_feed(FeedSpec(str(tmp_path), pool_size=20, refresh_seconds=60)) as feed:
         assert wait_until(lambda: feed.pool_size() == 20, PATIENCE_S)
         assert feed.stats()["source_objects"] == 60
         counts = Counter(feed.sample(8000, random.Random(1)))
@@ -87,7 +87,7 @@ def test_pool_bounded_and_uniform_over_large_directory(tmp_path: Path) -> None:
 
 def test_empty_directory_raises_feed_empty_with_reason(tmp_path: Path) -> None:
     make_tree(tmp_path, ["only.txt"])
-    feed = FeedSpec(str(tmp_path), refresh_seconds=60).open()
+    feed = open_feed(FeedSpec(str(tmp_path), refresh_seconds=60))
     with feed:
         # Wait for the first listing to end (however slow the machine), then ask without waiting.
         assert wait_until(lambda: feed.pool_size() == 0 and feed.stats()["refreshes"] >= 1,
@@ -98,7 +98,7 @@ def test_empty_directory_raises_feed_empty_with_reason(tmp_path: Path) -> None:
 
 def test_missing_directory_reports_the_refresh_error_and_recovers(tmp_path: Path) -> None:
     root = tmp_path / "later"
-    with FeedSpec(str(root), refresh_seconds=0.05).open() as feed:
+    with open_feed(FeedSpec(str(root), refresh_seconds=0.05)) as feed:
         assert wait_until(lambda: feed.pool_size() == 0 and feed.stats()["refresh_errors"] >= 1,
                           PATIENCE_S)
         with pytest.raises(FeedEmpty, match="does not exist"):
@@ -109,7 +109,7 @@ def test_missing_directory_reports_the_refresh_error_and_recovers(tmp_path: Path
 
 def test_close_stops_the_refresher(tmp_path: Path) -> None:
     make_tree(tmp_path, ["a.jpg"])
-    feed = FeedSpec(str(tmp_path), refresh_seconds=0.01).open()
+    feed = open_feed(FeedSpec(str(tmp_path), refresh_seconds=0.01))
     feed.sample(1, random.Random(0), timeout=PATIENCE_S)
     assert any(str(tmp_path) in t.name for t in refresher_threads())
     feed.close()

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from services.feed import FeedClosed, FeedSpec
+from services.feed import FeedClosed, FeedSpec, open_feed
 from services.feed.pooled import PooledFeed
 from services.feed.s3 import S3Feed
 from services.ingest import close_process_feeds, process_feed
@@ -80,7 +80,7 @@ def test_close_stops_a_refresher_in_the_middle_of_a_long_s3_listing() -> None:
 
 
 def test_close_stops_a_refresher_in_the_middle_of_a_long_directory_walk(tmp_path: Path) -> None:
-    feed = FeedSpec(str(tmp_path), pool_size=100, refresh_seconds=60.0).open()
+    feed = open_feed(FeedSpec(str(tmp_path), pool_size=100, refresh_seconds=60.0))
     walking = threading.Event()
 
     def endless_walk() -> Iterator[str]:
@@ -103,7 +103,7 @@ def test_close_stops_a_refresher_in_the_middle_of_a_long_directory_walk(tmp_path
 def test_idle_refresher_parks_and_the_next_use_restarts_it(tmp_path: Path) -> None:
     root = _images(tmp_path / "a")
     spec = FeedSpec(str(root), refresh_seconds=0.01, idle_stop_s=0.05)
-    with spec.open() as feed:
+    with open_feed(spec) as feed:
         assert len(feed.sample(3, random.Random(0), timeout=PATIENCE_S)) == 3
         # Nobody samples or fetches: the refresher stops by itself (the pool is kept).
         assert wait_until(lambda: not _threads_of(str(root)), PATIENCE_S)

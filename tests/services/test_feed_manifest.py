@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from services.feed import FeedEmpty, FeedSpec, ObjectVanished
+from services.feed import FeedEmpty, FeedSpec, ObjectVanished, open_feed
 from services.feed.manifest import ManifestFeed
 from tests.waiting import wait_until
 
@@ -40,7 +40,7 @@ def bump_mtime(path: Path) -> None:
 def test_text_manifest_relative_to_its_directory(tmp_path: Path, images: Path) -> None:
     m = tmp_path / "list.txt"
     m.write_text("# comment\nimgs/0.jpg\n\n  imgs/1.jpg  \n" + f"{images}/2.jpg\n")
-    with FeedSpec(str(m), refresh_seconds=60).open() as feed:
+    with open_feed(FeedSpec(str(m), refresh_seconds=60)) as feed:
         assert isinstance(feed, ManifestFeed)
         keys = set(feed.sample(100, random.Random(0)))
         assert keys == {str(images / f"{i}.jpg") for i in range(3)}
@@ -51,11 +51,11 @@ def test_parquet_manifest_with_base_and_uri_column_fallback(tmp_path: Path, imag
     m = tmp_path / "list.parquet"
     pq.write_table(pa.table({"uri": ["0.jpg", "3.jpg", None], "size": [1, 2, 3]}), m)
     spec = FeedSpec(str(m), manifest_base=str(images), refresh_seconds=60)
-    with spec.open() as feed:
+    with open_feed(spec) as feed:
         assert set(feed.sample(50, random.Random(0))) == {str(images / "0.jpg"),
                                                           str(images / "3.jpg")}
     bad = FeedSpec(str(m), manifest_column="path", refresh_seconds=60)
-    with bad.open() as feed:
+    with open_feed(bad) as feed:
         # Wait for the failed first read (however slow the machine), then ask without waiting.
         assert wait_until(lambda: feed.pool_size() == 0 and feed.stats()["refresh_errors"] >= 1,
                           PATIENCE_S)
@@ -66,7 +66,7 @@ def test_parquet_manifest_with_base_and_uri_column_fallback(tmp_path: Path, imag
 def test_large_parquet_manifest_is_sampled_into_the_pool(tmp_path: Path) -> None:
     m = tmp_path / "big.parquet"
     pq.write_table(pa.table({"key": [f"/d/{i}.jpg" for i in range(5000)]}), m, row_group_size=700)
-    with FeedSpec(str(m), pool_size=300, refresh_seconds=0.05).open() as feed:
+    with open_feed(FeedSpec(str(m), pool_size=300, refresh_seconds=0.05)) as feed:
         assert wait_until(lambda: feed.pool_size() == 300, PATIENCE_S)
         first = set(feed.pooled_keys())
         assert len(first) == 300 and all(k.startswith("/d/") for k in first)
@@ -80,7 +80,7 @@ def test_large_parquet_manifest_is_sampled_into_the_pool(tmp_path: Path) -> None
 def test_csv_manifest(tmp_path: Path, images: Path) -> None:
     m = tmp_path / "list.csv"
     m.write_text("id,key\n1,imgs/4.jpg\n2,imgs/0.jpg\n")
-    with FeedSpec(str(m), refresh_seconds=60).open() as feed:
+    with open_feed(FeedSpec(str(m), refresh_seconds=60)) as feed:
         assert set(feed.sample(40, random.Random(0))) == {str(images / "4.jpg"),
                                                           str(images / "0.jpg")}
 
@@ -88,7 +88,7 @@ def test_csv_manifest(tmp_path: Path, images: Path) -> None:
 def test_manifest_re_read_when_changed(tmp_path: Path, images: Path) -> None:
     m = tmp_path / "list.txt"
     m.write_text("imgs/0.jpg\n")
-    with FeedSpec(str(m), refresh_seconds=0.05).open() as feed:
+    with open_feed(FeedSpec(str(m), refresh_seconds=0.05)) as feed:
         want_first = [str(images / "0.jpg")] * 3
         assert feed.sample(3, random.Random(0), timeout=PATIENCE_S) == want_first
         reads = feed.stats()["manifest_reads"]
@@ -106,7 +106,7 @@ def test_manifest_re_read_when_changed(tmp_path: Path, images: Path) -> None:
 def test_vanished_entry(tmp_path: Path, images: Path) -> None:
     m = tmp_path / "list.txt"
     m.write_text("imgs/0.jpg\nimgs/1.jpg\n")
-    with FeedSpec(str(m), refresh_seconds=60).open() as feed:
+    with open_feed(FeedSpec(str(m), refresh_seconds=60)) as feed:
         assert wait_until(lambda: feed.pool_size() == 2, PATIENCE_S)
         os.remove(images / "0.jpg")
         with pytest.raises(ObjectVanished):

@@ -9,7 +9,7 @@ import random
 import botocore.exceptions
 import pytest
 
-from services.feed import FeedSpec
+from services.feed import FeedSpec, open_feed
 from services.labelled.store import S3Store
 from services.ratelimit import RateLimitedLogger
 from services.s3 import (
@@ -147,8 +147,8 @@ def test_every_client_has_botocore_retries_with_the_configured_attempts(
     else:
         monkeypatch.setenv("AWS_RETRY_MODE", mode)
     want = "adaptive" if mode == "adaptive" else "standard"
-    with FeedSpec("s3://bucket/images/", endpoint_url="http://127.0.0.1:9",
-                  max_attempts=5).open() as feed:
+    with open_feed(FeedSpec("s3://bucket/images/", endpoint_url="http://127.0.0.1:9",
+                            max_attempts=5)) as feed:
         client = feed.s3.client()
         assert client.meta.config.retries == {"mode": want, "total_max_attempts": 5}
     store = S3Store("http://127.0.0.1:9", RetryPolicy(max_attempts=4))

@@ -1,0 +1,35 @@
+"""Opening a feed: the one place that knows every concrete feed, and picks one for a spec.
+
+It sits above them (``base`` ← ``pooled`` ← ``s3`` / ``manifest`` / ``directory`` ← here), so
+the interface module imports none of them and no two feed modules import each other. Each
+concrete module is imported only when a spec asks for it: a process that reads a directory
+never loads pyarrow's Parquet reader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from services.feed.base import Feed, FeedSpec
+
+
+def open_feed(uri_or_spec: str | FeedSpec, **kwargs: Any) -> Feed:
+    """Opens the live feed in this process (no I/O until first use), from a URI plus FeedSpec
+    fields or from a ready spec (with overrides). The spec pickles; the feed does not."""
+    if isinstance(uri_or_spec, FeedSpec):
+        spec = replace(uri_or_spec, **kwargs) if kwargs else uri_or_spec
+    else:
+        spec = FeedSpec(uri=uri_or_spec, **kwargs)
+    kind = spec.resolved_kind()
+    if kind == "s3":
+        from services.feed.s3 import S3Feed
+
+        return S3Feed(spec)
+    if kind == "manifest":
+        from services.feed.manifest import ManifestFeed
+
+        return ManifestFeed(spec)
+    from services.feed.directory import DirectoryFeed
+
+    return DirectoryFeed(spec)
