@@ -78,7 +78,7 @@ def primitives_floor(mc: MultiCrop, stages: int) -> Callable[[bytes], None]:
     """
 
     def run(data: bytes) -> None:
-        decoded, plan = mc._decode_and_plan(data)
+        decoded, plan = mc.decode_and_plan(data)
         if stages < 2:
             return
         for group, box, _flip, draw in plan:
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
           f"PIL {Image.__version__}, 1 thread, {args.seconds:.0f} s each in {args.rounds} rounds")
 
     probe = build_multicrop(args.recipe, seed=1)
-    reductions = [probe._decode_and_plan(b)[0].reduction for b in images for _ in range(4)]
+    reductions = [probe.decode_and_plan(b)[0].reduction for b in images for _ in range(4)]
     shares = ", ".join(f"1/{k}: {reductions.count(k) / len(reductions):.0%}"
                        for k in sorted(set(reductions)))
     print(f"JPEG decode scale chosen from each image's crop boxes: {shares}")

@@ -148,8 +148,10 @@ class MultiCrop:
                 plan.append((group, box, flip, draw))
         return plan
 
-    def _decode_and_plan(self, data: bytes) -> tuple[DecodedImage, list[CropPlan]]:
+    def decode_and_plan(self, data: bytes) -> tuple[DecodedImage, list[CropPlan]]:
         """Draw every random choice from the header's size, then decode as reduced as they allow.
+        Public because the multicrop benchmark and the draft tests time and inspect this stage
+        alone (its ``reduction``), apart from the crops ``__call__`` then cuts.
 
         The boxes are drawn in the upright frame before any pixel is decoded (same distribution
         and draw order as sampling after a full decode), so the draft reduction can depend on
@@ -170,7 +172,7 @@ class MultiCrop:
         return decoded, plan
 
     def __call__(self, data: bytes) -> list[torch.Tensor]:
-        decoded, plan = self._decode_and_plan(data)
+        decoded, plan = self.decode_and_plan(data)
         img = decoded.image
         out: list[torch.Tensor] = []
         for group, box, flip, draw in plan:

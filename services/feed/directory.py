@@ -80,7 +80,7 @@ def read_local(
     OS errors (EIO, ESTALE, timeouts on a network mount) -> retried within the budget.
     """
     name = name or path
-    feed._count("fetches")
+    feed.count("fetches")
     policy = RetryPolicy(max_attempts=feed.spec.max_attempts, budget_s=feed.spec.retry_budget_s)
     start = time.monotonic()
 
@@ -95,26 +95,26 @@ def read_local(
         return isinstance(exc, OSError) and exc.errno not in _MISSING_ERRNOS | _PERMANENT_ERRNOS
 
     def on_retry(exc: BaseException, attempt_no: int, wait: float) -> None:
-        feed._count("retries")
+        feed.count("retries")
 
     def failed(reason: str, attempts: int) -> FetchFailed:
-        feed._count("fetch_failures")
+        feed.count("fetch_failures")
         err = FetchFailed(name, reason, attempts, time.monotonic() - start)
         feed.log.warning("fetch-failed", "feed %s: %s", feed.describe(), err)
         return err
 
     try:
-        data = call_with_retry(attempt, policy, feed._jitter_rng, transient, on_retry, feed._sleep)
+        data = call_with_retry(attempt, policy, feed.jitter_rng, transient, on_retry, feed.sleep)
     except RetryExhausted as exc:
         raise failed(type(exc.last).__name__, exc.attempts) from None
     except FeedClosed:
         raise failed("closed", 1) from None
     except OSError as exc:
         if exc.errno in _MISSING_ERRNOS:
-            feed._count("vanished")
+            feed.count("vanished")
             raise ObjectVanished(name) from None
         raise failed(errno.errorcode.get(exc.errno or 0, type(exc).__name__), 1) from None
-    feed._count("bytes_fetched", len(data))
+    feed.count("bytes_fetched", len(data))
     return data
 
 
@@ -131,7 +131,7 @@ class DirectoryFeed(PooledFeed):
             self.log.warning("walk-error", "feed %s: cannot read %s", self.root, exc.filename)
 
         for dirpath, dirnames, filenames in os.walk(self.root, onerror=on_error):
-            self._check_open()  # directories with no image in them yield nothing to reservoir()
+            self.check_open()  # directories with no image in them yield nothing to reservoir()
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for fn in filenames:
                 if not fn.startswith(".") and self.spec.accepts(fn):
@@ -140,9 +140,9 @@ class DirectoryFeed(PooledFeed):
     def _refresh(self) -> None:
         if not os.path.isdir(self.root):
             raise FeedError(f"directory {self.root} does not exist")
-        self._count("listings")
+        self.count("listings")
         sample, total = reservoir(
-            self._walk(), self.spec.pool_size, self._rng, check=self._check_open
+            self._walk(), self.spec.pool_size, self._rng, check=self.check_open
         )
         self._set("source_objects", total)
         self._replace_keys(sample)

@@ -105,7 +105,7 @@ class ManifestFeed(PooledFeed):
         out: list[str] = []
         offset = i = 0
         for batch in pf.iter_batches(columns=[col], batch_size=65536):
-            self._check_open()
+            self.check_open()
             end = offset + batch.num_rows
             j = i
             while j < len(wanted) and wanted[j] < end:
@@ -128,7 +128,7 @@ class ManifestFeed(PooledFeed):
                     if s and not s.startswith("#"):
                         yield s
 
-        return reservoir(lines(), self.spec.pool_size, self._rng, check=self._check_open)
+        return reservoir(lines(), self.spec.pool_size, self._rng, check=self.check_open)
 
     def _read_csv(self, path: str) -> tuple[list[str], int]:
         with open(path, encoding="utf-8", newline="") as f:
@@ -138,7 +138,7 @@ class ManifestFeed(PooledFeed):
                 return [], 0
             idx = header.index(self._column([h.strip() for h in header]))
             rows = (r[idx].strip() for r in reader if len(r) > idx and r[idx].strip())
-            return reservoir(rows, self.spec.pool_size, self._rng, check=self._check_open)
+            return reservoir(rows, self.spec.pool_size, self._rng, check=self.check_open)
 
     def _resolve(self, entry: str) -> str:
         """An entry as a fetchable name: an ``s3://`` URI or an absolute local path."""
@@ -157,7 +157,7 @@ class ManifestFeed(PooledFeed):
         if version == self._version and not self._oversized:
             return
         with self._local_copy() as path:
-            self._count("listings")
+            self.count("listings")
             if self.format == ".parquet":
                 entries, total = self._read_parquet(path)
             elif self.format == ".csv":
@@ -167,7 +167,7 @@ class ManifestFeed(PooledFeed):
         self._replace_keys(self._resolve(e) for e in entries)
         self._version = version
         self._oversized = total > self.spec.pool_size
-        self._count("manifest_reads")
+        self.count("manifest_reads")
         self._set("source_objects", total)
 
     # -- fetching -----------------------------------------------------------------------------

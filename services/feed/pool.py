@@ -117,6 +117,15 @@ class KeyPool:
                 return []
             return rng.choices(self._keys, k=n)
 
+    def wait_sample(self, n: int, rng: random.Random, wait_s: float) -> list[str] | None:
+        """Like ``sample``, but waits at most ``wait_s`` for a first key, and returns None (not
+        ``[]``, which ``n == 0`` also gives) while the pool is empty: the caller decides whether
+        to wait more."""
+        with self.nonempty:
+            if not self._keys and wait_s > 0:
+                self.nonempty.wait_for(lambda: bool(self._keys), timeout=wait_s)
+            return rng.choices(self._keys, k=n) if self._keys else None
+
     def random_key(self, rng: random.Random) -> str | None:
         """One uniformly drawn key, or None when the pool is empty."""
         with self._lock:

@@ -8,7 +8,7 @@ its last good contents meanwhile.
 Lifecycle rules (issue 9), because a refresher lists up to ``pool_size`` keys (a million in the
 paper preset) every cycle, in every process that ever sampled:
 - ``close()`` ends the refresher within one page/batch of the listing, not at the end of a
-  cycle: every refresh checks :meth:`PooledFeed._check_open` between pages.
+  cycle: every refresh checks :meth:`PooledFeed.check_open` between pages.
 - A feed nobody has used for ``spec.idle_stop_s`` *parks* its refresher (the thread ends, the
   pool is kept); the next ``sample`` starts it again. A Ray worker process that ran read tasks
   once therefore stops listing when the stream no longer schedules reads on it.
@@ -34,10 +34,10 @@ class PooledFeed:
     """Shared body of the three feeds: the pool, the refresher thread, counters and waits.
 
     Subclasses implement ``_refresh()`` (one refresh cycle; raise on failure; call
-    ``_check_open()`` between pages so ``close()`` is prompt) and ``_fetch()``.
+    ``check_open()`` between pages so ``close()`` is prompt) and ``_fetch()``.
     """
 
-    #: Counters reported by ``stats()``; subclasses may add more through ``_count``.
+    #: Counters reported by ``stats()``; subclasses may add more through ``count``.
     COUNTERS: tuple[str, ...] = (
         "listings",
         "refreshes",
@@ -60,7 +60,7 @@ class PooledFeed:
         self.spec = spec
         self._pool = KeyPool(spec.pool_size)
         self._rng = random.Random()  # refresh cycles only (one at a time: _refresh_lock)
-        self._jitter_rng = random.Random()
+        self.jitter_rng = random.Random()
         self._stop = threading.Event()
         # Refresher threads started and not yet known to have ended; close() joins them all
         # (after a park and a restart, the parked one may still be returning).
@@ -81,7 +81,10 @@ class PooledFeed:
         self.log = RateLimitedLogger(logger, log_interval_s)
 
     # -- bookkeeping --------------------------------------------------------------------------
-    def _count(self, name: str, n: float = 1) -> None:
+    # count, sleep, check_open and jitter_rng are public: the fetch helpers of the concrete
+    # feeds (feed.s3.S3Access, feed.directory.read_local) count, wait and stop through them.
+    def count(self, name: str, n: float = 1) -> None:
+        """Adds ``n`` to one of the counters ``stats()`` reports."""
         with self._counts_lock:
             self._counts[name] = self._counts.get(name, 0) + n
 
@@ -103,25 +106,25 @@ class PooledFeed:
 
     def _add_keys(self, keys: Iterable[str]) -> None:
         added, evicted = self._pool.add(keys)
-        self._count("keys_added", added)
-        self._count("keys_evicted", evicted)
+        self.count("keys_added", added)
+        self.count("keys_evicted", evicted)
 
     def _replace_keys(self, keys: Iterable[str]) -> None:
         added, removed = self._pool.replace(keys)
-        self._count("keys_added", added)
-        self._count("keys_evicted", removed)
+        self.count("keys_added", added)
+        self.count("keys_evicted", removed)
 
     def _forget(self, key: str) -> None:
         """Drops a key found missing so it is not sampled again before the next refresh."""
         if self._pool.discard(key):
-            self._count("keys_evicted")
+            self.count("keys_evicted")
 
-    def _sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float) -> None:
         """A sleep that ``close()`` interrupts (raises FeedClosed)."""
         if self._stop.wait(seconds):
             raise FeedClosed(f"feed {self.describe()} closed")
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
         """Raises FeedClosed once ``close()`` was called: refresh cycles call it between pages,
         so that a cycle over a million keys does not keep a closed feed's thread listing."""
         if self._stop.is_set():
@@ -180,7 +183,7 @@ class PooledFeed:
             if idle < self.spec.idle_stop_s:
                 return False
             self._active = None
-        self._count("refresher_parks")
+        self.count("refresher_parks")
         self.log.info(
             "parked",
             "feed %s: unused for %.0fs; refresher paused until the next sample",
@@ -209,9 +212,9 @@ class PooledFeed:
         """Runs one refresh cycle in the calling thread (tests, and a CLI 'check' command),
         after any cycle the background refresher is running. FeedClosed on a closed feed."""
         with self._refresh_lock:
-            self._check_open()
+            self.check_open()
             self._refresh()
-        self._count("refreshes")
+        self.count("refreshes")
 
     def _run(self) -> None:
         try:
@@ -236,7 +239,7 @@ class PooledFeed:
                 failures += 1
                 # The error first: whoever sees the count must find the reason (FeedEmpty's text).
                 self._last_error = _short_error(exc)
-                self._count("refresh_errors")
+                self.count("refresh_errors")
                 self.log.warning(
                     "refresh-error",
                     "feed %s: refresh failed (%s); keeping %d pooled keys, retrying",
@@ -246,11 +249,11 @@ class PooledFeed:
                 )
                 self._refreshed_once.set()
                 cap = min(self.spec.refresh_seconds, 30.0)
-                wait = self._jitter_rng.uniform(0.5, 1.0) * min(cap, 0.25 * 2 ** min(failures, 16))
+                wait = self.jitter_rng.uniform(0.5, 1.0) * min(cap, 0.25 * 2 ** min(failures, 16))
             else:
                 failures = 0
                 self._last_error = None
-                self._count("refreshes")
+                self.count("refreshes")
                 self._refreshed_once.set()
                 wait = self.spec.refresh_seconds
             finally:
@@ -271,16 +274,15 @@ class PooledFeed:
             self._ensure_started()
             wait = max(1.0, self.spec.retry_budget_s) if timeout is None else timeout
             deadline = time.monotonic() + wait
-            pool = self._pool
-            with pool.nonempty:
-                while not pool._keys:
-                    if self._stop.is_set():
-                        raise FeedClosed(f"feed {self.describe()} closed")
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise FeedEmpty(self._empty_message(wait))
-                    pool.nonempty.wait(min(left, 0.25))
-                return rng.choices(pool._keys, k=n)
+            poll = 0.0
+            while (keys := self._pool.wait_sample(n, rng, poll)) is None:
+                if self._stop.is_set():
+                    raise FeedClosed(f"feed {self.describe()} closed")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise FeedEmpty(self._empty_message(wait))
+                poll = min(left, 0.25)
+            return keys
 
     def _empty_message(self, waited: float) -> str:
         if self._last_error:

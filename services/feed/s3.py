@@ -54,8 +54,9 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 class S3Access:
     """One lazily built boto3 client (services.s3: botocore retries each call, up to the feed's
-    ``max_attempts``) bound to a feed's counters and log; a failed body read is retried within
-    ``retry_budget_s``. Errors are mapped to the feed's (vanished, failed), never with secrets.
+    ``max_attempts`` requests) bound to a feed's counters and log; an object read is called again
+    after botocore gave up on a transient error or its body broke off, until ``retry_budget_s``
+    is spent. Errors are mapped to the feed's (vanished, failed), never with secrets.
     """
 
     def __init__(self, spec: FeedSpec, feed: PooledFeed) -> None:
@@ -82,13 +83,13 @@ class S3Access:
         try:
             result = fn()
         except botocore.exceptions.ClientError as exc:
-            self.feed._count("retries", attempts(exc) - 1)
+            self.feed.count("retries", attempts(exc) - 1)
             raise
-        self.feed._count("retries", attempts(result) - 1)
+        self.feed.count("retries", attempts(result) - 1)
         return result
 
     def _on_retry(self, exc: BaseException, attempt: int, wait: float) -> None:
-        self.feed.log.info("retry-read", "feed %s: reading a body: %s, retrying in %.2fs",
+        self.feed.log.info("retry-read", "feed %s: read failed: %s, retrying in %.2fs",
                            self.spec.uri, error_code(exc), wait)
 
     def get(self, bucket: str, key: str, name: str, max_bytes: int | None = None) -> bytes:
@@ -96,32 +97,32 @@ class S3Access:
         answer or refused for good, ObjectTooLarge (body left unread) over ``max_bytes``.
         ``name`` is what the caller knows the object as."""
         feed = self.feed
-        feed._count("fetches")
+        feed.count("fetches")
         start = time.monotonic()
         try:
             data, sent = get_bytes(
-                self.client(), bucket, key, self.policy, feed._jitter_rng, max_bytes=max_bytes,
+                self.client(), bucket, key, self.policy, feed.jitter_rng, max_bytes=max_bytes,
                 too_large=lambda size: ObjectTooLarge(name, size, max_bytes or 0),
-                on_retry=self._on_retry, sleep=feed._sleep)
+                on_retry=self._on_retry, sleep=feed.sleep)
         except ObjectTooLarge:
             raise
-        except RetryExhausted as exc:  # each body read that broke off: one retry
-            feed._count("retries", exc.attempts - 1)
+        except RetryExhausted as exc:  # attempts: every request sent, botocore's or ours
+            feed.count("retries", exc.attempts - 1)
             raise self._failed(name, error_code(exc.last), exc.attempts, start) from None
         except FeedClosed:
             raise self._failed(name, "closed", 1, start) from None
         except Exception as exc:
             if is_missing(exc):
-                feed._count("vanished")
+                feed.count("vanished")
                 raise ObjectVanished(name) from None
-            feed._count("retries", attempts(exc) - 1)
+            feed.count("retries", attempts(exc) - 1)
             raise self._failed(name, error_code(exc), attempts(exc), start) from None
-        feed._count("retries", sent - 1)  # every request after the first, botocore's or ours
-        feed._count("bytes_fetched", len(data))
+        feed.count("retries", sent - 1)  # every request after the first, botocore's or ours
+        feed.count("bytes_fetched", len(data))
         return data
 
     def _failed(self, name: str, reason: str, attempts: int, start: float) -> FetchFailed:
-        self.feed._count("fetch_failures")
+        self.feed.count("fetch_failures")
         err = FetchFailed(name, reason, attempts, time.monotonic() - start)
         self.feed.log.warning("fetch-failed", "feed %s: %s", self.spec.uri, err)
         return err
@@ -131,7 +132,7 @@ class S3Access:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
         if start_after is not None:
             kwargs["StartAfter"] = start_after
-        self.feed._count("listings")
+        self.feed.count("listings")
         return self.call(lambda: self.client().list_objects_v2(**kwargs))
 
     def head(self, bucket: str, key: str) -> dict:
@@ -146,13 +147,13 @@ class S3Access:
             try:
                 with open(path, "wb") as f:
                     for chunk in body_chunks(body):
-                        self.feed._check_open()  # a manifest may be gigabytes
+                        self.feed.check_open()  # a manifest may be gigabytes
                         f.write(chunk)
             finally:
                 body.close()
 
-        call_with_retry(attempt, self.policy, self.feed._jitter_rng, on_retry=self._on_retry,
-                        sleep=self.feed._sleep)
+        call_with_retry(attempt, self.policy, self.feed.jitter_rng, on_retry=self._on_retry,
+                        sleep=self.feed.sleep)
 
     def close(self) -> None:
         with self._lock:
@@ -221,7 +222,7 @@ class S3Feed(PooledFeed):
             )
         gone = [k for k in self._pool.snapshot() if k not in listed and k in coverage]
         n = self._pool.discard_many(gone)
-        self._count("keys_evicted", n)
+        self.count("keys_evicted", n)
 
     def _start_point(self) -> str:
         return random_start(
@@ -244,7 +245,7 @@ class S3Feed(PooledFeed):
         wrapped = False
         n = 0
         while True:
-            self._check_open()  # a cycle may be a thousand pages: close() must not wait for it
+            self.check_open()  # a cycle may be a thousand pages: close() must not wait for it
             page_size = MAX_PAGE if quota is None else max(1, min(MAX_PAGE, quota - n))
             page = self.s3.list_page(self.bucket, self.prefix, cursor, page_size)
             keys = [obj["Key"] for obj in page.get("Contents", ())]

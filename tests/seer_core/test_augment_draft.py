@@ -57,7 +57,7 @@ def test_no_crop_upsampled_more_than_at_full_decode(size: tuple[int, int],
     mc = build_multicrop("seer", seed=0)
     reductions = set()
     for _ in range(12):
-        decoded, plan = mc._decode_and_plan(data)
+        decoded, plan = mc.decode_and_plan(data)
         reductions.add(decoded.reduction)
         upright = size[::-1] if orientation in (5, 6, 7, 8) else size
         assert (decoded.width, decoded.height) == upright
@@ -83,7 +83,7 @@ def test_reduced_decode_used_on_1080_photo_for_most_seeds() -> None:
     ks = []
     for seed in range(40):
         mc.reseed(seed)
-        ks.append(mc._decode_and_plan(data)[0].reduction)
+        ks.append(mc.decode_and_plan(data)[0].reduction)
     # Both global boxes need >= 448 px per side for half-size decoding: ~84% of draws.
     assert 0.65 <= ks.count(2) / len(ks) <= 0.97
     assert set(ks) <= {1, 2}
@@ -96,9 +96,9 @@ def test_seer_recipe_never_reduces_png_or_small_images() -> None:
     buf = io.BytesIO()
     _smooth(1080, 1080, seed=4).save(buf, "PNG")
     mc = build_multicrop("seer", seed=0)
-    assert all(mc._decode_and_plan(buf.getvalue())[0].reduction == 1 for _ in range(5))
+    assert all(mc.decode_and_plan(buf.getvalue())[0].reduction == 1 for _ in range(5))
     small = _jpeg(_smooth(400, 300, seed=4))
-    assert all(mc._decode_and_plan(small)[0].reduction == 1 for _ in range(5))
+    assert all(mc.decode_and_plan(small)[0].reduction == 1 for _ in range(5))
 
 
 def test_draft_scale_matches_what_pil_does() -> None:
