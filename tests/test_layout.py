@@ -144,3 +144,18 @@ def test_no_module_reaches_into_another_modules_private_members() -> None:
             if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
                 offenders.append(f"{name}:{node.lineno} {ast.unparse(node)}")
     assert offenders == []
+
+
+def test_readme_layout_table_names_every_package() -> None:
+    """The README's Layout table (folder -> what lives there) matches the tree: every top-level
+    folder and every subpackage of services/ and seer_core/ has its row, and no row names a
+    folder that is gone."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip().strip("`") for line in section.splitlines()
+            if line.startswith("| `")}
+    folders = {f"{top}/" for top in ("seer_core", "services", "deploy", "docker", "k8s",
+                                     "benchmarks", "tests")}
+    folders |= {f"{init.parent.relative_to(ROOT)}/" for package in ("services", "seer_core")
+                for init in (ROOT / package).glob("*/__init__.py")}
+    assert rows == folders
