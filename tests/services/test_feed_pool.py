@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import threading
+import time
 from collections import Counter
 
 import pytest
@@ -50,6 +52,20 @@ def test_pool_sampling_is_uniform() -> None:
     chi2 = sum((counts[k] - expected) ** 2 / expected for k in keys)
     assert chi2 < 43.8  # chi-square, 19 d.o.f., p = 0.001
     assert pool.sample(5, random.Random(0)) != [] and KeyPool(1).sample(3, random.Random(0)) == []
+
+
+def test_wait_sample_waits_for_the_first_key_and_tells_empty_from_n_zero() -> None:
+    """What ``PooledFeed.sample`` polls: None while empty (``[]`` is the answer for n = 0), and
+    a key added by another thread (the refresher) ends the wait early."""
+    pool = KeyPool(4)
+    t0 = time.monotonic()
+    assert pool.wait_sample(3, random.Random(0), 0.05) is None
+    assert time.monotonic() - t0 >= 0.04
+    threading.Timer(0.05, pool.add, args=(["a"],)).start()
+    t0 = time.monotonic()
+    assert pool.wait_sample(2, random.Random(0), 5.0) == ["a", "a"]
+    assert time.monotonic() - t0 < 2.0
+    assert pool.wait_sample(0, random.Random(0), 0.0) == []
 
 
 def test_merge_and_coverage() -> None:
