@@ -12,14 +12,24 @@ Endpoint, decided once: the configured value (a `*endpoint_url` key or a flag), 
 Whatever the source, an endpoint with credentials in it (`user:password@`) is refused, naming
 the key or variable and never the value (seer_core.config.endpoints).
 
-Retries: every call (GetObject, ListObjectsV2, HeadObject) is retried by botocore's own retry
-mode: `standard` (throttling, 5xx, 429, connection errors; full-jitter backoff capped at 20 s;
-a per-client retry quota that stops retry storms during an outage), or `adaptive` (standard
-plus client-side rate limiting) when `AWS_RETRY_MODE=adaptive`; `total_max_attempts` is the
-caller's attempt count (`feed.max_attempts`). botocore does not retry what happens after the
-response headers: reading the body. `call_with_retry` covers that (and local files on network
-mounts), bounded by attempts and wall time (`feed.retry_budget_s`), with full jitter because
-many ingest actors hit the same store at once.
+Retries, one policy (`RetryPolicy`: `feed.max_attempts`, `feed.retry_budget_s`) in two layers:
+- inside each call (GetObject, ListObjectsV2, HeadObject) botocore's own retry mode rides out
+  short blips: `standard` (throttling, 5xx, 429, connection errors and timeouts; full-jitter
+  backoff capped at 20 s), or `adaptive` (standard plus client-side rate limiting) when
+  `AWS_RETRY_MODE=adaptive`; at most `max_attempts` requests per call (the first included).
+  Its per-client retry quota (500 tokens; a retry costs 14, 5 when throttled; only successes
+  pay back) is spent within seconds of an outage, after which botocore sends each call once.
+- around each object read (`get_bytes`) seer re-issues the call when botocore has given up on
+  a transient error (`is_transient`: 5xx, throttling, connection errors and timeouts; never a
+  missing object or a refusal) or when the body broke off after the headers (which botocore
+  never retries), with its own backoff, until `retry_budget_s` is spent: the budget bounds
+  the whole read (its last call starts by the deadline and is bounded by botocore's attempts
+  and the client's timeouts), and the backoff's floor bounds how many calls fit in it
+  (`RetryPolicy.max_calls`). A store outage shorter than the budget thus costs no object.
+botocore's quota is left on (botocore offers no supported switch for it): with seer's loop
+around it, an outage costs each reader one request per backoff step instead of `max_attempts`
+requests at botocore's sub-second spacing, so 64 ranks' readers do not hammer a store that is
+coming back. `call_with_retry` is the loop (also for local files on network mounts).
 """
 
 from __future__ import annotations
@@ -43,7 +53,8 @@ from seer_core.config.endpoints import credentials_message, has_credentials
 from seer_core.config.schema import ConfigError
 
 __all__ = ["ENDPOINT_ENV", "BodyReadError", "RetryExhausted", "RetryPolicy", "call_with_retry",
-           "error_code", "get_bytes", "is_missing", "make_client", "retry_mode", "s3_endpoint"]
+           "error_code", "get_bytes", "is_missing", "is_transient", "make_client", "retry_mode",
+           "s3_endpoint"]
 
 log = logging.getLogger("seer.s3")
 T = TypeVar("T")
@@ -54,6 +65,15 @@ ENDPOINT_ENV: tuple[str, ...] = ("SEER_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
 
 #: S3 error codes that mean the object is not there (any more).
 MISSING_CODES: frozenset[str] = frozenset({"NoSuchKey", "404", "NotFound"})
+
+#: Error codes worth another call once botocore has given up, whatever their HTTP status
+#: (throttling, and timeouts S3 reports as a 400), besides any 5xx and 429.
+TRANSIENT_CODES: frozenset[str] = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled",
+    "RequestThrottledException", "RequestLimitExceeded", "TooManyRequests",
+    "TooManyRequestsException", "BandwidthLimitExceeded", "RequestTimeout",
+    "RequestTimeoutException", "PriorRequestNotComplete", "InternalError", "ServiceUnavailable",
+})
 
 
 def s3_endpoint(configured: str | None, *, key: str = "endpoint_url") -> str | None:
@@ -122,6 +142,21 @@ def is_missing(exc: BaseException) -> bool:
     return code in MISSING_CODES or (status == 404 and code != "NoSuchBucket")
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Whether a read is worth another call after botocore gave up: a body that broke off,
+    a connection error or timeout (refused, reset, DNS, connect/read timeout), a 5xx, 429 or
+    throttling answer. A missing object, a missing bucket, 403 and other 4xx are not: they will
+    not change by asking again."""
+    if isinstance(exc, BodyReadError | botocore.exceptions.HTTPClientError
+                  | botocore.exceptions.ConnectionError):
+        return True
+    if not isinstance(exc, botocore.exceptions.ClientError):
+        return False
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return ((isinstance(status, int) and (status >= 500 or status == 429))
+            or error_code(exc) in TRANSIENT_CODES)
+
+
 def attempts(reply: Any) -> int:
     """Requests botocore sent for one call (1 + its retries), from a response or a ClientError;
     1 when it did not say (a connection error after the last attempt)."""
@@ -151,18 +186,37 @@ def body_chunks(body: Any, size: int = 1 << 20) -> Iterator[bytes]:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How long and how often to retry what botocore does not. Whichever limit is hit first
-    ends the retries; ``budget_s`` bounds time spent sleeping and starting attempts (an attempt
-    already running is bounded by the client's connect/read timeouts)."""
+    """seer's one retry policy. ``max_attempts``: requests botocore may send per call (its
+    ``total_max_attempts``), and calls `call_with_retry` may make when it is capped (local
+    files, manifest downloads). ``budget_s``: wall time one read may spend; an S3 object read
+    (`get_bytes`) is ended by it alone. The budget bounds time spent sleeping and starting
+    calls (a call already running is bounded by botocore's attempts and the client's
+    connect/read timeouts)."""
 
     max_attempts: int = 8
     budget_s: float = 120.0
     base_s: float = 0.1
     cap_s: float = 10.0
 
+    def step(self, attempt: int) -> float:
+        """The exponential step before retry number ``attempt`` (1 = the first retry)."""
+        return min(self.cap_s, self.base_s * (2 ** max(0, attempt - 1)))
+
     def delay(self, attempt: int, rng: random.Random) -> float:
-        """Full-jitter delay before retry number ``attempt`` (1 = the first retry)."""
-        return rng.uniform(0.0, min(self.cap_s, self.base_s * (2 ** max(0, attempt - 1))))
+        """Jittered delay before retry number ``attempt``: uniform in the upper half of the
+        step. Jitter spreads many readers hitting one store; the floor (half the step) bounds
+        how many calls a read makes within its budget, however the draws fall."""
+        step = self.step(attempt)
+        return rng.uniform(step / 2, step)
+
+    def max_calls(self) -> int:
+        """The most calls a budget-bounded read makes: retries stop once the floors of the
+        sleeps so far reach the budget, and the last call starts by the deadline."""
+        calls, slept = 1, 0.0
+        while slept < self.budget_s:
+            slept += self.step(calls) / 2
+            calls += 1
+        return calls
 
 
 class RetryExhausted(Exception):
@@ -183,8 +237,12 @@ def call_with_retry(
     on_retry: Callable[[BaseException, int, float], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    *,
+    capped: bool = True,
 ) -> T:
-    """Calls ``fn`` until it succeeds, a non-transient error escapes, or the policy is spent.
+    """Calls ``fn`` until it succeeds, a non-transient error escapes, or the policy is spent:
+    its budget, and its ``max_attempts`` calls when ``capped`` (not for S3 calls, on which
+    botocore already spent up to ``max_attempts`` requests each).
 
     Non-transient exceptions propagate unchanged; exhaustion raises RetryExhausted carrying the
     last transient error. Sleeps are clipped to the budget: the last attempt starts at the
@@ -201,7 +259,7 @@ def call_with_retry(
                 raise
             elapsed = clock() - start
             remaining = policy.budget_s - elapsed
-            if attempt >= policy.max_attempts or remaining <= 0:
+            if (capped and attempt >= policy.max_attempts) or remaining <= 0:
                 raise RetryExhausted(exc, attempt, elapsed) from exc
             wait = min(policy.delay(attempt, rng), remaining)
             if on_retry is not None:
@@ -212,14 +270,22 @@ def call_with_retry(
 def get_bytes(client: Any, bucket: str, key: str, policy: RetryPolicy, rng: random.Random, *,
               max_bytes: int | None = None, too_large: Callable[[int], Exception] = ValueError,
               on_retry: Callable[[BaseException, int, float], None] | None = None,
-              sleep: Callable[[float], None] = time.sleep) -> tuple[bytes, int]:
-    """An object's bytes and the requests it took. GetObject is retried by botocore, a failed
-    body read by `policy`; over ``max_bytes`` (from the headers) raises ``too_large(size)``
-    with the body left unread. Other errors propagate (RetryExhausted, ClientError...)."""
+              sleep: Callable[[float], None] = time.sleep,
+              clock: Callable[[], float] = time.monotonic) -> tuple[bytes, int]:
+    """An object's bytes and the requests it took (botocore's retries included, as botocore
+    reports them: a connection error counts one). botocore retries each GetObject; when it
+    gives up on a transient error (`is_transient`), or the body breaks off, the call is made
+    again within ``policy.budget_s`` (the budget alone ends it). Spent: RetryExhausted whose
+    ``attempts`` are the requests sent. Over ``max_bytes`` (from the headers):
+    ``too_large(size)``, body left unread. Other errors propagate (NoSuchKey, 403...)."""
     sent = [0]
 
     def attempt() -> bytes:
-        response = client.get_object(Bucket=bucket, Key=key)
+        try:
+            response = client.get_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            sent[0] += attempts(exc)
+            raise
         sent[0] += attempts(response)
         body = response["Body"]
         try:
@@ -230,7 +296,12 @@ def get_bytes(client: Any, bucket: str, key: str, policy: RetryPolicy, rng: rand
         finally:
             body.close()
 
-    return call_with_retry(attempt, policy, rng, on_retry=on_retry, sleep=sleep), sent[0]
+    try:
+        data = call_with_retry(attempt, policy, rng, is_transient, on_retry, sleep, clock,
+                               capped=False)
+    except RetryExhausted as exc:
+        raise RetryExhausted(exc.last, sent[0], exc.elapsed_s) from exc.last
+    return data, sent[0]
 
 
 def s3_filesystem(endpoint_url: str | None) -> Any:

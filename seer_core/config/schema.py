@@ -243,10 +243,15 @@ class FeedConfig(_Section):
         [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"],
         description="object name endings sampled from folders and buckets ([] = any)")
     fetch_timeout_s: float = Field(30.0, gt=0)
-    retry_budget_s: float = Field(120.0, gt=0, description="total time a fetch may spend "
-                                  "re-reading a body that broke off (botocore retries calls)")
-    max_attempts: int = Field(8, ge=1, description="attempts per S3 call (botocore's "
-                              "total_max_attempts) and per body read")
+    retry_budget_s: float = Field(120.0, gt=0, description="wall time one object read may "
+                                  "spend, retries included: seer calls again, with backoff, "
+                                  "when botocore gives up on a transient error or a body breaks "
+                                  "off, until this is spent (the last call starts by then); also "
+                                  "bounds a local file read and a manifest download")
+    max_attempts: int = Field(8, ge=1, description="requests botocore may send per S3 call (its "
+                              "total_max_attempts, the first included; fewer once its retry "
+                              "quota is spent); also the most reads of a local file or manifest "
+                              "download within the budget")
 
 
 class IngestConfig(_Section):

@@ -92,7 +92,7 @@ def parse_s3(uri: str) -> tuple[str, str]:
 
 class S3Store:
     """One lazily built, thread-safe boto3 client (services.s3: botocore retries each call) and
-    the retry policy for a failed body read."""
+    the retry policy: an object read is retried within ``policy.budget_s``."""
 
     def __init__(self, endpoint_url: str | None, policy: RetryPolicy | None = None) -> None:
         try:  # refuses a user:password@ URL, naming where it came from, never the value
@@ -142,8 +142,8 @@ class S3Store:
         left unread)."""
 
         def on_retry(exc: BaseException, attempt: int, wait: float) -> None:
-            logger.info("S3: reading a body: %s, retry %d in %.2fs", error_code(exc), attempt,
-                        wait)
+            logger.info("S3: reading s3://%s/%s: %s, retry %d in %.2fs", bucket, key,
+                        error_code(exc), attempt, wait)
 
         try:
             return get_bytes(self.client(), bucket, key, self.policy, self._rng,

@@ -26,6 +26,7 @@ from services.feed import (
     open_feed,
 )
 from services.feed.s3 import S3Feed
+from services.s3 import RetryPolicy
 from tests.s3server import FaultProxy, MotoServer, make_client, put_objects
 from tests.waiting import wait_until as _wait
 
@@ -146,24 +147,35 @@ def test_listing_throttled_then_recovers(s3_client, s3_bucket, fault_proxy: Faul
         assert fault_proxy.faults_served == 4
 
 
-def test_persistent_5xx_fails_after_max_attempts(
+def test_persistent_5xx_fails_after_the_budget(
     s3_client, s3_bucket, fault_proxy: FaultProxy, monkeypatch, caplog
 ):
-    """botocore retries the call, ``max_attempts`` requests in all (services.s3)."""
+    """botocore sends each GetObject ``max_attempts`` times; seer calls it again until
+    ``retry_budget_s`` is spent (services.s3), so the fetch fails after the budget, never
+    before, with a bounded number of requests: at most ``RetryPolicy.max_calls()`` calls (6
+    for 1.5 s: the backoff floors 0.05+0.1+0.2+0.4+0.8 s reach the budget after 5 sleeps),
+    each of 4 requests (botocore's quota, 500 tokens at 14 a retry, lasts the 18 retries).
+    On the code before this contract it failed after 4 requests in well under a second."""
     secret = "s3cr3t-VALUE-never-logged"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     put_objects(s3_client, s3_bucket, {"img/a.jpg": b"a"})
-    spec = s3_spec(s3_bucket, fault_proxy.endpoint_url, refresh_seconds=60, max_attempts=4)
+    budget, per_call = 1.5, 4
+    spec = s3_spec(s3_bucket, fault_proxy.endpoint_url, refresh_seconds=60,
+                   max_attempts=per_call, retry_budget_s=budget)
+    assert RetryPolicy(max_attempts=per_call, budget_s=budget).max_calls() == 6
     with caplog.at_level(logging.DEBUG, logger="seer"), open_feed(spec) as feed:
         feed.sample(1, random.Random(0), timeout=10)
         fault_proxy.fail_next(-1, 500, "InternalError", match=rf"^GET /{s3_bucket}/img/a\.jpg")
         t0 = time.monotonic()
         with pytest.raises(FetchFailed) as info:
             feed.fetch("img/a.jpg")
-        assert time.monotonic() - t0 < 3.0  # 3 backoffs of at most 0.05, 0.1, 0.2 s
-        assert info.value.reason == "InternalError" and info.value.attempts == 4
-        assert fault_proxy.faults_served == 4
-        assert feed.stats()["fetch_failures"] == 1 and feed.stats()["retries"] == 3
+        elapsed = time.monotonic() - t0
+        assert budget <= elapsed < budget + 3.0  # the last call starts by the deadline
+        requests = fault_proxy.faults_served
+        assert requests % per_call == 0 and per_call <= requests <= 6 * per_call
+        assert info.value.reason == "InternalError" and info.value.attempts == requests
+        assert feed.stats()["fetch_failures"] == 1
+        assert feed.stats()["retries"] == requests - 1
     assert secret not in str(info.value)
     assert secret not in caplog.text
 
@@ -181,7 +193,7 @@ def test_server_restart_mid_stream(fresh_s3_server: MotoServer):
     with open_feed(spec) as feed:
         assert wait_until(lambda: feed.pool_size() == 2)
         fresh_s3_server.stop()
-        # Store down: fetches fail after max_attempts, the pool is kept, nothing crashes.
+        # Store down: fetches fail after the budget, the pool is kept, nothing crashes.
         t0 = time.monotonic()
         with pytest.raises(FetchFailed):
             feed.fetch("img/a.jpg")

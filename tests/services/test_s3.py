@@ -20,6 +20,7 @@ from services.s3 import (
     call_with_retry,
     error_code,
     is_missing,
+    is_transient,
 )
 
 
@@ -67,9 +68,9 @@ def test_transient_errors_are_retried_until_success() -> None:
         on_retry=lambda e, a, w: retries.append(a), sleep=clock.sleep, clock=clock,
     )
     assert out == "ok" and len(calls) == 4 and retries == [1, 2, 3]
-    # full jitter: each sleep within [0, base * 2**(attempt-1)]
+    # jitter in the upper half of each step: within [step / 2, step], step = base * 2**(n-1)
     for i, s in enumerate(clock.sleeps, start=1):
-        assert 0 <= s <= 0.1 * 2 ** (i - 1)
+        assert 0.1 * 2 ** (i - 1) / 2 <= s <= 0.1 * 2 ** (i - 1)
 
 
 def test_attempts_are_bounded() -> None:
@@ -98,6 +99,49 @@ def test_budget_is_bounded_in_wall_time() -> None:
     # the last attempt starts by the deadline, so the total is budget + one attempt at most
     assert clock.now <= 5.0 + 0.5
     assert info.value.attempts > 2
+
+
+def test_an_s3_read_is_ended_by_the_budget_alone_in_a_bounded_number_of_calls() -> None:
+    """``capped=False`` (get_bytes: botocore already spent max_attempts requests on each call):
+    an outage is ridden out for the whole budget, not for max_attempts calls, and the backoff's
+    floor bounds the calls (RetryPolicy.max_calls), however the jitter falls."""
+    for seed in range(20):
+        clock = FakeClock()
+
+        def fn() -> None:
+            raise botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+
+        policy = RetryPolicy(max_attempts=2, budget_s=30.0)
+        with pytest.raises(RetryExhausted) as info:
+            call_with_retry(fn, policy, random.Random(seed), is_transient, sleep=clock.sleep,
+                            clock=clock, capped=False)
+        assert clock.now == pytest.approx(30.0)  # slept to the deadline, then one last call
+        assert 2 < info.value.attempts <= policy.max_calls() == 13
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (client_error("SlowDown", 503), True),
+        (client_error("InternalError", 500), True),
+        (client_error("", 502), True),
+        (client_error("TooManyRequests", 429), True),
+        (client_error("RequestTimeout", 400), True),
+        (botocore.exceptions.EndpointConnectionError(endpoint_url="http://x"), True),
+        (botocore.exceptions.ConnectTimeoutError(endpoint_url="http://x"), True),
+        (botocore.exceptions.ReadTimeoutError(endpoint_url="http://x"), True),
+        (botocore.exceptions.ConnectionClosedError(endpoint_url="http://x"), True),
+        (BodyReadError("read"), True),
+        (client_error("NoSuchKey", 404), False),
+        (client_error("NoSuchBucket", 404), False),
+        (client_error("AccessDenied", 403), False),
+        (client_error("InvalidRange", 416), False),
+        (ValueError("not S3"), False),
+    ],
+)
+def test_transient_errors_are_told_apart(exc: BaseException, transient: bool) -> None:
+    """What get_bytes calls again once botocore gave up: never a missing object or a refusal."""
+    assert is_transient(exc) is transient
 
 
 def test_non_transient_errors_propagate_at_once() -> None:
