@@ -90,40 +90,12 @@ class PhotometricParams:
 _EYE = np.eye(3)
 _GREY_PROJ = np.outer(np.ones(3), LUMA)  # every output channel = luma
 _ZERO = np.zeros(3)
-
-
-def brightness_map(factor: float) -> tuple[np.ndarray, np.ndarray]:
-    return _EYE * factor, _ZERO
-
-
-def contrast_map(factor: float, grey_mean: float) -> tuple[np.ndarray, np.ndarray]:
-    """Blend with the image's mean grey level (in the same units as the pixels)."""
-    return _EYE * factor, np.full(3, (1.0 - factor) * grey_mean)
-
-
-def saturation_map(factor: float) -> tuple[np.ndarray, np.ndarray]:
-    """Blend with the pixel's own luma."""
-    return factor * _EYE + (1.0 - factor) * _GREY_PROJ, _ZERO
-
-
+# Hue: a rotation about the grey axis (Rodrigues' formula about (1, 1, 1)), red -> green for a
+# positive shift. HSV's hue is the angle around that axis measured on a hexagon; the rotation is
+# the linear map closest to it: same direction and turn, exact for 120-degree steps, mean
+# intensity kept where HSV keeps the maximum.
 _GREY_AXIS = np.full((3, 3), 1.0 / 3.0)  # projection onto (1, 1, 1)/sqrt(3)
 _GREY_CROSS = np.array([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3.0)
-
-
-def hue_map(shift: float) -> tuple[np.ndarray, np.ndarray]:
-    """Rotate colours about the grey axis by `shift` turns (red -> green for shift > 0).
-
-    HSV's hue is the angle around the grey axis measured on a hexagon; a rotation (Rodrigues'
-    formula about (1, 1, 1)) is the linear map closest to it: same direction and turn, exact
-    for 120-degree steps, mean intensity kept where HSV keeps the maximum.
-    """
-    theta = 2.0 * math.pi * shift
-    c, s = math.cos(theta), math.sin(theta)
-    return c * _EYE + (1.0 - c) * _GREY_AXIS + s * _GREY_CROSS, _ZERO
-
-
-def grayscale_map() -> tuple[np.ndarray, np.ndarray]:
-    return _GREY_PROJ, _ZERO
 
 
 def compose_jitter(
@@ -135,21 +107,25 @@ def compose_jitter(
     """The affine map x -> M x + t of the jitter (ops in `order`) followed by grayscale.
 
     `factors` is (brightness, contrast, saturation, hue), or None when the jitter is not
-    applied; `mean_rgb` is the crop's mean colour before any op, in pixel units (needed by
-    contrast, which blends with the mean grey level of the image as it is at that point).
+    applied; `mean_rgb` is the crop's mean colour before any op, in pixel units (contrast blends
+    with the mean grey level of the image as it is at that point; saturation with each pixel's
+    own luma).
     """
     m, t = _EYE, _ZERO
     if factors is not None:
         for op in order:
+            b = _ZERO
             if op == BRIGHTNESS:
-                a, b = brightness_map(factors[0])
+                a = _EYE * factors[0]
             elif op == CONTRAST:
                 grey = float(LUMA @ (m @ mean_rgb + t))
-                a, b = contrast_map(factors[1], grey)
+                a, b = _EYE * factors[1], np.full(3, (1.0 - factors[1]) * grey)
             elif op == SATURATION:
-                a, b = saturation_map(factors[2])
+                a = factors[2] * _EYE + (1.0 - factors[2]) * _GREY_PROJ
             else:
-                a, b = hue_map(factors[3])
+                theta = 2.0 * math.pi * factors[3]
+                c, s = math.cos(theta), math.sin(theta)
+                a = c * _EYE + (1.0 - c) * _GREY_AXIS + s * _GREY_CROSS
             m, t = a @ m, a @ t + b
     if grayscale:
         m, t = _GREY_PROJ @ m, _GREY_PROJ @ t

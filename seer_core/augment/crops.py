@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from .recipes import CropGroup, MultiCropRecipe, resolve_recipe
 # times faster for the large downscales of global crops, visually indistinguishable.
 REDUCING_GAP = 2.0
 DRAFT_REDUCTIONS = (8, 4, 2)
+_MULTICROP_OPTIONS = ("photometric", "max_pixels", "min_side", "params")
 
 # One crop's random choices: (group, full-resolution (top, left, h, w) box, mirror?, colour draw
 # or None when the colour stage is left to the trainer's device).
@@ -195,31 +197,14 @@ class MultiCrop:
 
 
 def build_multicrop(
-    recipe: str | MultiCropRecipe = "seer",
-    *,
-    seed: int | None = None,
-    photometric: bool = True,
-    max_pixels: int = 64_000_000,
-    min_side: int = 32,
-    params: PhotometricParams | None = None,
-    **overrides: object,
+    recipe: str | MultiCropRecipe = "seer", *, seed: int | None = None, **kwargs: Any
 ) -> MultiCrop:
     """The multi-crop transform of a named recipe (or a given one) with config overrides.
 
     Overrides: global_size, local_size, n_global, n_local, global_scale, local_scale,
-    interpolation. With `photometric=False` crops are only geometrically augmented (crop,
-    resize, flip) and `BatchPhotometric` does the colour part on the trainer's device.
+    interpolation; photometric, max_pixels, min_side and params go to `MultiCrop`. With
+    `photometric=False` crops are only geometrically augmented (crop, resize, flip) and
+    `BatchPhotometric` does the colour part on the trainer's device.
     """
-    return MultiCrop(
-        resolve_recipe(recipe, overrides),
-        seed=seed,
-        photometric=photometric,
-        max_pixels=max_pixels,
-        min_side=min_side,
-        params=params,
-    )
-
-
-def crop_sizes(recipe: MultiCropRecipe) -> Sequence[int]:
-    """Output side of every crop, in recipe order (what `MultiCrop.__call__` returns)."""
-    return [g.size for g in recipe.groups for _ in range(g.count)]
+    options = {k: kwargs.pop(k) for k in _MULTICROP_OPTIONS if k in kwargs}
+    return MultiCrop(resolve_recipe(recipe, kwargs), seed=seed, **options)

@@ -54,19 +54,11 @@ class ImageRejected(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
-# Oriented axes that run backwards through the stored pixels, per EXIF orientation: (x, y).
+# EXIF orientations whose upright x (resp. y) axis runs backwards through the stored pixels.
 # A reduced decode has ceil(side / k) pixels per side, so where an axis is reversed the partial
 # last DCT block lands at the start and every mapped coordinate shifts by the rounding excess.
-_REVERSED_AXES: dict[int, tuple[bool, bool]] = {
-    1: (False, False),
-    2: (True, False),
-    3: (True, True),
-    4: (False, True),
-    5: (False, False),
-    6: (True, False),
-    7: (True, True),
-    8: (False, True),
-}
+_REVERSED_X = (2, 3, 6, 7)
+_REVERSED_Y = (3, 4, 7, 8)
 
 
 class DecodedImage(NamedTuple):
@@ -269,9 +261,8 @@ def decode_image(
     offset_x = offset_y = 0.0
     if reduction > 1:
         # Where an oriented axis runs backwards, the partial last block comes first.
-        rev_x, rev_y = _REVERSED_AXES[orientation]
-        if rev_x:
+        if orientation in _REVERSED_X:
             offset_x = rgb.size[0] - width / reduction
-        if rev_y:
+        if orientation in _REVERSED_Y:
             offset_y = rgb.size[1] - height / reduction
     return DecodedImage(rgb, width, height, reduction, offset_x, offset_y)

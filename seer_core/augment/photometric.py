@@ -43,12 +43,8 @@ def normalize(
     return batch.to(torch.float32).mul(scale).sub_(mean_t / std_t)
 
 
-def _eye(n: int, device: torch.device) -> torch.Tensor:
-    return torch.eye(3, device=device).expand(n, 3, 3)
-
-
 def hue_matrices(shift: torch.Tensor) -> torch.Tensor:
-    """[N] hue shifts (turns) -> [N, 3, 3] rotations about the grey axis, as `colour.hue_map`."""
+    """[N] hue shifts (turns) -> [N, 3, 3] rotations about the grey axis (`colour.py`)."""
     theta = 2.0 * math.pi * shift.float()
     c, s = torch.cos(theta)[:, None, None], torch.sin(theta)[:, None, None]
     eye = torch.eye(3, device=shift.device)
@@ -123,7 +119,7 @@ class BatchPhotometric(nn.Module):
         """[N, 3, 3] matrices and [N, 3] offsets of jitter-in-order then grayscale."""
         n, device = mean_rgb.shape[0], mean_rgb.device
         luma = torch.as_tensor(LUMA, dtype=torch.float32, device=device)
-        eye = _eye(n, device)
+        eye = torch.eye(3, device=device).expand(n, 3, 3)
         grey_proj = torch.ones(3, 1, device=device) * luma[None, :]  # rows = luma
         b = draws["brightness"][:, None, None]
         c = draws["contrast"]

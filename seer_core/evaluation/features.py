@@ -21,8 +21,7 @@ What "res4" is per architecture (stride 16, global-average-pooled):
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,26 +30,11 @@ from torch import nn
 
 from seer_core.augment import normalize
 from seer_core.evaluation.checks import EvalError
+from seer_core.models import eval_mode
 
 EVAL_STAGES: tuple[str, ...] = ("res4", "res5")
 # First MobileNetV2 feature block of the last stride-2 group (160 channels); res4 ends before it.
 MOBILENET_RES5_START = 14
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every sub-module in eval mode, then restore each one's own flag on exit.
-
-    Per-module restore (not ``model.train(prev)``) because a model may be in a mixed state, e.g.
-    a trunk with frozen BatchNorms in a train-mode network.
-    """
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, flag in flags:
-            module.training = flag
 
 
 def trunk_of(model: nn.Module) -> nn.Module:

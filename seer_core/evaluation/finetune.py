@@ -19,7 +19,13 @@ from torch import nn
 
 from seer_core.augment import normalize
 from seer_core.evaluation.checks import EvalError, check_labels, topk_correct
-from seer_core.evaluation.features import check_images, default_device, eval_mode, trunk_of
+from seer_core.evaluation.features import (
+    check_images,
+    default_device,
+    extract_features,
+    trunk_of,
+)
+from seer_core.models import eval_mode
 
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
@@ -110,14 +116,7 @@ def finetune(
         if progress is not None:
             progress(step + 1, steps)
 
-    net.eval()
-    top1 = top5 = 0
-    with torch.inference_mode():
-        for start in range(0, test_images.shape[0], batch_size):
-            logits = net(_batch(test_images[start : start + batch_size], dev)).float()
-            targets = test_labels[start : start + batch_size].to(dev)
-            hit1, hit5 = topk_correct(logits, targets, 5)
-            top1 += hit1
-            top5 += hit5
+    logits = extract_features(net, test_images, batch_size=batch_size, device=dev)
+    top1, top5 = topk_correct(logits, test_labels, 5)
     n_test = test_images.shape[0]
     return {"top1": 100.0 * top1 / n_test, "top5": 100.0 * top5 / n_test}

@@ -16,7 +16,7 @@ that one default lr grid suits a 64-wide ``tiny`` trunk and a 10444-wide RegNetY
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -46,30 +46,36 @@ class ProbeResult:
     holdout_top1: float
 
 
+def per_class_draw(labels: torch.Tensor, seed: int, count: Callable[[int], int]) -> torch.Tensor:
+    """Sorted indices of ``count(n_c)`` members of each class c (n_c members), drawn without
+    replacement from a CPU generator seeded with `seed`, classes in sorted order (a class with
+    a count of 0 draws nothing): the same labels and seed give the same subset anywhere."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = labels.cpu()
+    picked = [torch.zeros(0, dtype=torch.long)]
+    for c in torch.unique(labels).tolist():
+        members = (labels == c).nonzero().flatten()
+        take = count(members.numel())
+        if take > 0:
+            picked.append(members[torch.randperm(members.numel(), generator=generator)[:take]])
+    return torch.sort(torch.cat(picked)).values
+
+
 def stratified_holdout(
     labels: torch.Tensor, fraction: float, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept, held-out) sorted indices: per class with n_c >= 2, ``max(1, round(fraction * n_c))``
     images held out but at least one kept; classes with one image are all kept.
 
-    Stratified so the held-out accuracy weighs classes as the test split does, and seeded (on
-    the CPU) so the same train split always gives the same choice of hyper-parameters.
+    Stratified so the held-out accuracy weighs classes as the test split does, and seeded so the
+    same train split always gives the same choice of hyper-parameters.
     """
-    generator = torch.Generator().manual_seed(seed)
-    labels = labels.cpu()
-    held: list[torch.Tensor] = []
-    if fraction > 0:
-        for c in torch.unique(labels).tolist():
-            members = (labels == c).nonzero().flatten()
-            n_c = members.numel()
-            if n_c < 2:
-                continue
-            n_hold = min(n_c - 1, max(1, round(fraction * n_c)))
-            held.append(members[torch.randperm(n_c, generator=generator)[:n_hold]])
-    mask = torch.zeros(labels.numel(), dtype=torch.bool)
-    if held:
-        mask[torch.cat(held)] = True
-    return (~mask).nonzero().flatten(), mask.nonzero().flatten()
+    held = per_class_draw(
+        labels, seed, lambda n: min(n - 1, max(1, round(fraction * n))) if fraction > 0 else 0
+    )
+    mask = torch.ones(labels.numel(), dtype=torch.bool)
+    mask[held] = False
+    return mask.nonzero().flatten(), held
 
 
 def _standardiser(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

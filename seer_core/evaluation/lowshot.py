@@ -15,7 +15,12 @@ from typing import Any
 import torch
 
 from seer_core.evaluation.checks import EvalError, check_pair
-from seer_core.evaluation.linear import DEFAULT_LRS, DEFAULT_WEIGHT_DECAYS, linear_probe
+from seer_core.evaluation.linear import (
+    DEFAULT_LRS,
+    DEFAULT_WEIGHT_DECAYS,
+    linear_probe,
+    per_class_draw,
+)
 
 
 @dataclass
@@ -44,15 +49,7 @@ def lowshot_indices(labels: torch.Tensor, fraction: float, seed: int) -> torch.T
         raise EvalError(f"lowshot: labels must be integers, got {labels.dtype}")
     if not 0 < fraction <= 1:
         raise EvalError(f"lowshot: fraction must be in (0, 1], got {fraction}")
-    labels = labels.cpu()
-    generator = torch.Generator().manual_seed(seed)
-    picked = []
-    for c in torch.unique(labels).tolist():  # sorted: the draw order is fixed
-        members = (labels == c).nonzero().flatten()
-        n_c = members.numel()
-        take = max(1, round(fraction * n_c))
-        picked.append(members[torch.randperm(n_c, generator=generator)[:take]])
-    return torch.sort(torch.cat(picked)).values
+    return per_class_draw(labels, seed, lambda n: max(1, round(fraction * n)))
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -109,16 +106,5 @@ def lowshot(
             )
             top1s.append(probe.top1)
             top5s.append(probe.top5)
-        top1_mean, top1_std = _mean_std(top1s)
-        top5_mean, top5_std = _mean_std(top5s)
-        results.append(
-            LowShotResult(
-                fraction=float(fraction),
-                top1_mean=top1_mean,
-                top1_std=top1_std,
-                top5_mean=top5_mean,
-                top5_std=top5_std,
-                per_seed_top1=top1s,
-            )
-        )
+        results.append(LowShotResult(float(fraction), *_mean_std(top1s), *_mean_std(top5s), top1s))
     return results

@@ -24,11 +24,6 @@ from seer_core.training import config_of
 _SHOWN_KEYS = 5
 
 
-def _strip_wrappers(state: Mapping[str, Any]) -> dict[str, Any]:
-    """Keys as the bare model has them: DDP and torch.compile leave prefixes on every key."""
-    return {strip_wrapper_prefixes(key): value for key, value in state.items()}
-
-
 def _mismatches(model: nn.Module, state: Mapping[str, Any]) -> list[str]:
     """Human-readable differences between `model`'s state dict and `state` (first few of each)."""
     expected = model.state_dict()
@@ -66,7 +61,8 @@ def trunk_from_checkpoint(saved: Mapping[str, Any]) -> tuple[nn.Module, SeerConf
         raise EvalError(f"checkpoint config is invalid: {exc}") from exc
     m = cfg.model
     check_trunk_name(m.trunk)
-    state = _strip_wrappers(saved["model"])
+    # Keys as the bare model has them: DDP and torch.compile leave prefixes on every key.
+    state = {strip_wrapper_prefixes(key): value for key, value in saved["model"].items()}
     with torch.device("meta"):
         model = build_swav_model(
             m.trunk, m.head_hidden, m.head_out, m.head_batchnorm, m.prototypes

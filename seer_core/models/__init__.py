@@ -19,7 +19,7 @@ from seer_core.models.head import (
     SwAVModel,
     build_swav_model,
 )
-from seer_core.models.summary import count_parameters, estimate_gflops, model_table
+from seer_core.models.summary import count_parameters, estimate_gflops, eval_mode, model_table
 from seer_core.models.sync_bn import convert_sync_batchnorm, sync_groups
 from seer_core.models.trunks import (
     SEER_REGNETS,
@@ -49,6 +49,7 @@ __all__ = [
     "count_parameters",
     "enable_activation_checkpointing",
     "estimate_gflops",
+    "eval_mode",
     "export_trunk_state_dict",
     "model_table",
     "regnet_block_params",

@@ -6,7 +6,8 @@ float32) costs no memory and well under a second.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -20,6 +21,22 @@ from seer_core.models.head import (
     SwAVModel,
 )
 from seer_core.models.trunks import SEER_REGNETS, TRUNK_NAMES, build_trunk
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every sub-module in eval mode, then restore each one's own flag on exit.
+
+    Per-module restore (not ``model.train(prev)``) because a model may be in a mixed state, e.g.
+    a trunk with frozen BatchNorms in a train-mode network.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -38,14 +55,8 @@ def estimate_gflops(module: nn.Module, resolution: int = 224) -> float:
     param = next(module.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     x = torch.empty(1, 3, resolution, resolution, device=device)
-    modes = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            module([x] if isinstance(module, SwAVModel) else x)
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
+    with torch.no_grad(), eval_mode(module), FlopCounterMode(display=False) as counter:
+        module([x] if isinstance(module, SwAVModel) else x)
     return counter.get_total_flops() / 2e9
 
 
