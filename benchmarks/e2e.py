@@ -24,7 +24,7 @@ import tempfile
 import uuid
 
 from seer_core.config import load_config
-from services.pretrain import run_pretraining
+from services.driver.pretrain import run_pretraining
 
 
 def main() -> None:

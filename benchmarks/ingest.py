@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 from seer_core.augment import build_multicrop  # noqa: E402
 from seer_core.config import SeerConfig, config_from_dict  # noqa: E402
-from services.ingest import Cropper  # noqa: E402
+from services.ingest.crop import Cropper  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -170,8 +170,8 @@ def end_to_end(uri: str, endpoint: str | None, actors: list[int], recipe: str, s
     """
     import ray
 
-    from services.local_ray import start_local_ray
-    from services.stream import build_stream
+    from services.driver.local_ray import start_local_ray
+    from services.ingest.stream import build_stream
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")

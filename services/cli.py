@@ -37,7 +37,7 @@ def _config(args: argparse.Namespace, extra: Sequence[str] = ()) -> SeerConfig:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from services.pretrain import RunFailed, run_pretraining
+    from services.driver.pretrain import RunFailed, run_pretraining
 
     extra = []
     if args.max_steps is not None:

@@ -7,6 +7,7 @@ back-edge as one at the top, and importing would hide it behind whatever loaded 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,16 +147,38 @@ def test_no_module_reaches_into_another_modules_private_members() -> None:
     assert offenders == []
 
 
+def _layout_section() -> str:
+    return (ROOT / "README.md").read_text().split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _layout_rows() -> dict[str, str]:
+    """The README's Layout table: folder -> what lives there."""
+    return {line.split("|")[1].strip().strip("`"): line.split("|")[2]
+            for line in _layout_section().splitlines() if line.startswith("| `")}
+
+
 def test_readme_layout_table_names_every_package() -> None:
     """The README's Layout table (folder -> what lives there) matches the tree: every top-level
     folder and every subpackage of services/ and seer_core/ has its row, and no row names a
     folder that is gone."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
-    rows = {line.split("|")[1].strip().strip("`") for line in section.splitlines()
-            if line.startswith("| `")}
     folders = {f"{top}/" for top in ("seer_core", "services", "deploy", "docker", "k8s",
                                      "benchmarks", "tests")}
     folders |= {f"{init.parent.relative_to(ROOT)}/" for package in ("services", "seer_core")
                 for init in (ROOT / package).glob("*/__init__.py")}
-    assert rows == folders
+    assert set(_layout_rows()) == folders
+
+
+def test_readme_layout_names_only_modules_that_exist() -> None:
+    """Every module the Layout section names (``name.py`` in a folder's row, or a path in the
+    journey) exists, and the rows of services/ and seer_core/ name each top-level module: a
+    module moved or added shows up in the table."""
+    rows = _layout_rows()
+    named = {(ROOT / name if "/" in name else ROOT / folder / name)
+             for folder, text in rows.items() for name in re.findall(r"`([\w/.]+\.py)`", text)}
+    journey = _layout_section().split("\n| ", 1)[0]
+    paths = {ROOT / path for path in re.findall(r"`((?:services|seer_core)/[\w/.]*)`", journey)}
+    assert sorted(str(p.relative_to(ROOT)) for p in named | paths if not p.exists()) == []
+    for package in ("services", "seer_core"):
+        listed = set(re.findall(r"`(\w+\.py)`", rows[f"{package}/"]))
+        modules = {p.name for p in (ROOT / package).glob("*.py") if p.name != "__init__.py"}
+        assert listed == modules, package

@@ -20,10 +20,13 @@ from typing import Any, TextIO, TypeVar
 from urllib.parse import urlparse
 
 from seer_core.config import SeerConfig, config_from_dict
+from seer_core.training.preflight import preflight
 from services import metrics
-from services.local_ray import ray_log_dir, start_local_ray
+from services.driver.local_ray import ray_log_dir, start_local_ray
+from services.ingest.stream import pool_size, reserved_cpus
 from services.storage import RunStorage
 from services.trainer import build_trainer, storage_for
+from services.trainer.control import create_control
 from services.trainer.store_wait import StoreWait, wait_for_store
 
 T = TypeVar("T")
@@ -40,12 +43,7 @@ class PretrainOutcome:
 
 def required_cpus(cfg: SeerConfig) -> float:
     """CPUs the run asks Ray for: Train workers, ingest actors, read tasks, the controller."""
-    return (
-        cfg.train.max_workers * cfg.train.cpus_per_worker
-        + max(1, cfg.ingest.actors) * cfg.ingest.cpus_per_actor
-        + cfg.ingest.read_tasks * cfg.ingest.read_task_cpus
-        + 0.5
-    )
+    return reserved_cpus(cfg) + max(1, cfg.ingest.actors) * cfg.ingest.cpus_per_actor
 
 
 @dataclass(frozen=True)
@@ -61,7 +59,7 @@ def init_ray(cfg: SeerConfig, address: str | None = None) -> RayPlaces:
     """Joins a cluster when an address is given (or RAY_ADDRESS is set), else starts local Ray.
 
     A joined cluster keeps Ray's defaults (its logs are the job's logs). A local instance lives
-    on loopback (`services.local_ray`) and keeps Ray's own output (actor banners, Ray Train and
+    on loopback (`local_ray`) and keeps Ray's own output (actor banners, Ray Train and
     Ray Data INFO lines) in its log folder, so that the terminal shows seer's progress lines and
     the warnings that workers relay through the control actor.
     """
@@ -77,14 +75,11 @@ def init_ray(cfg: SeerConfig, address: str | None = None) -> RayPlaces:
     cpus = max(os.cpu_count() or 1, int(required_cpus(cfg) + 0.999))
     kwargs: dict[str, Any] = {"num_cpus": cpus, "log_to_driver": False,
                               "logging_level": logging.WARNING}
+    metrics_url = "(metrics export disabled)"
     if cfg.metrics.enabled and cfg.metrics.export_port:
         kwargs["_metrics_export_port"] = cfg.metrics.export_port
+        metrics_url = f"http://127.0.0.1:{cfg.metrics.export_port}/metrics"
     info = start_local_ray(dashboard=True, **kwargs)
-    metrics_url = (
-        f"http://127.0.0.1:{cfg.metrics.export_port}/metrics"
-        if cfg.metrics.enabled and cfg.metrics.export_port
-        else "(metrics export disabled)"
-    )
     webui = str(info.get("webui_url") or "")
     return RayPlaces(metrics_url, ray_log_dir(info),
                      f"http://{webui}" if webui and "://" not in webui else webui or None)
@@ -136,48 +131,42 @@ def format_progress(p: dict[str, Any]) -> str:
 class ProgressPrinter(threading.Thread):
     """Polls the control actor and prints a line whenever rank 0 reported a new step."""
 
-    def __init__(self, control: Any, out: TextIO, page: StatusPage, every: float = 2.0) -> None:
+    def __init__(self, control: Any, out: TextIO, page: StatusPage) -> None:
         super().__init__(daemon=True, name="seer-progress")
-        self.control, self.out, self.page, self.every = control, out, page, every
+        self.control, self.out, self.page = control, out, page
         self.done = threading.Event()
         self.last_step = -1
-        self.last: dict[str, Any] = {}
         self.next_note = 0
 
     def run(self) -> None:
-        while not self.done.wait(self.every):
+        while not self.done.wait(2.0):
             self.poll()
         self.poll()  # the run's last report, which may have come after the last tick
 
     def poll(self) -> None:
-        import ray
-
-        try:
-            p = ray.get(self.control.progress.remote(), timeout=10)
-        except Exception:  # the actor is busy or gone: the next tick will tell
-            return
+        """Rank 0's newest progress, then the workers' relayed warnings and errors, once each."""
+        p = ask(self.control.progress, timeout=10) or {}
         if "step" in p and p["step"] != self.last_step:
-            self.last_step, self.last = p["step"], p
+            self.last_step = p["step"]
             self.page.update(p)
             print(format_progress(p), file=self.out, flush=True)
-        self.print_notes()
-
-    def print_notes(self) -> None:
-        """Workers' relayed warnings and errors (services.control.WarningRelay), once each."""
-        import ray
-
-        try:
-            notes = ray.get(self.control.notes.remote(self.next_note), timeout=10)
-        except Exception:  # the actor is busy or gone: the next tick will tell
-            return
-        for number, text in notes:
+        for number, text in ask(self.control.notes, self.next_note, timeout=10) or []:
             print(text, file=self.out, flush=True)
             self.next_note = number + 1
 
 
-def banner(cfg: SeerConfig, storage: RunStorage, ray_places: RayPlaces | str,
-           status_port: int, actors: int | None = None) -> str:
-    places = ray_places if isinstance(ray_places, RayPlaces) else RayPlaces(ray_places)
+def ask(method: Any, *args: Any, timeout: float) -> Any:
+    """A control actor's answer, or None when it is busy or gone (the next tick will tell)."""
+    import ray
+
+    try:
+        return ray.get(method.remote(*args), timeout=timeout)
+    except Exception:
+        return None
+
+
+def banner(cfg: SeerConfig, storage: RunStorage, places: RayPlaces, status_port: int,
+           actors: int | None = None) -> str:
     lines = [
         f"seer pretrain — run {cfg.checkpoint.run_name!r}: {cfg.model.trunk}, recipe "
         f"{cfg.augment.recipe}, {_workers(cfg)} worker(s) x batch {cfg.train.batch_size}"
@@ -281,16 +270,7 @@ def fit_beside_signals(fit: Callable[[], T]) -> T:
 
 
 class RunFailed(RuntimeError):
-    """The run failed the same way again and again (services.failures): restarting is futile."""
-
-
-def _fatal(control: Any) -> str | None:
-    import ray
-
-    try:
-        return ray.get(control.fatal.remote(), timeout=30)
-    except Exception:  # the actor is gone: nothing was declared fatal through it
-        return None
+    """The run failed the same way again and again (trainer.control): restarting is futile."""
 
 
 def run_pretraining(
@@ -304,18 +284,14 @@ def run_pretraining(
     """Runs until a configured limit or a stop request; returns where it ended."""
     import ray
 
-    from seer_core.training.preflight import preflight
-    from services.control import create_control
-    from services.stream import pool_size
-
     preflight(cfg)  # a config the workers cannot build fails here, once, not in every restart
     cfg = anchor_local_paths(cfg)
     if not synthetic:
         check_feed(cfg)
     ray_places = init_ray(cfg, address)
     storage = storage_for(cfg)
-    existing = wait_for_store(storage.list_checkpoints, StoreWait(
-        "list the checkpoints", cfg.checkpoint.store_grace_minutes * 60))
+    grace = cfg.checkpoint.store_grace_minutes * 60
+    existing = wait_for_store(storage.list_checkpoints, StoreWait("list the checkpoints", grace))
     page = StatusPage(cfg.metrics.status_port if cfg.metrics.enabled else 0)
     actors = None if synthetic else pool_size(cfg)
     print(banner(cfg, storage, ray_places, cfg.metrics.status_port, actors), file=out,
@@ -353,12 +329,11 @@ def run_pretraining(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         page.close()
-        fatal = _fatal(control)
+        fatal = ask(control.fatal, timeout=30)  # None: the actor is gone, nothing was fatal
         with contextlib.suppress(Exception):
             ray.kill(control)
     if fatal is not None:
         raise RunFailed(fatal)
-    grace = cfg.checkpoint.store_grace_minutes * 60
     final = wait_for_store(storage.list_checkpoints, StoreWait("list the checkpoints", grace))
     summary = storage.read_meta(final[-1][1]) if final else {}
     outcome = PretrainOutcome(int(summary.get("step", 0)), int(summary.get("images_seen", 0)),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 
 import torch
 
 from seer_core.augment import MultiCropRecipe
 from seer_core.config import SeerConfig
+from services.ingest.stream import watch_spilling
 
 log = logging.getLogger("seer.trainer")
 
@@ -28,7 +30,7 @@ def synthetic_batches(
 
 
 def stream_batches(cfg: SeerConfig, recipe: MultiCropRecipe) -> Iterator[dict[str, torch.Tensor]]:
-    """This worker's shard of the never-ending stream, iterated once (services.stream).
+    """This worker's shard of the never-ending stream, iterated once (services.ingest.stream).
 
     The iterator is one Ray Data execution for the whole run: the ingest actors live as long as
     it does. It is never rebuilt in place: an error raises at once, and Ray Train restarts the
@@ -44,11 +46,12 @@ def stream_batches(cfg: SeerConfig, recipe: MultiCropRecipe) -> Iterator[dict[st
     """
     import ray.train
 
-    from services.stream import SpillWatch
-
     shard = ray.train.get_dataset_shard("train")
     keys = set(recipe.keys)
-    watch = SpillWatch().start() if ray.train.get_context().get_world_rank() == 0 else None
+    stop = threading.Event()
+    if ray.train.get_context().get_world_rank() == 0:
+        threading.Thread(target=watch_spilling, args=(stop,), name="seer-spill-watch",
+                         daemon=True).start()
     try:
         for batch in shard.iter_torch_batches(
             batch_size=cfg.train.batch_size,
@@ -60,8 +63,7 @@ def stream_batches(cfg: SeerConfig, recipe: MultiCropRecipe) -> Iterator[dict[st
         log.error("the ingest stream failed (%r): the worker group restarts", exc)
         raise
     finally:
-        if watch is not None:
-            watch.stop()
+        stop.set()
     raise StreamEnded("the ingest stream ended, which it never should: the worker group "
                       "restarts")
 

@@ -24,7 +24,7 @@ def build_trainer(cfg: SeerConfig, *, synthetic: bool = False,
     datasets = None
     dataset_config = None
     if not synthetic:
-        from services.stream import dataset_factory, execution_options
+        from services.ingest.stream import dataset_factory, execution_options
 
         datasets = {"train": dataset_factory(cfg, actors=actors)}
         dataset_config = DataConfig(execution_options=execution_options(cfg))

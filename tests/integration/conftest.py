@@ -79,7 +79,7 @@ def ray_cluster(aws_test_env: dict[str, str]) -> Iterator[RayCluster]:
     import psutil
     import ray
 
-    from services.local_ray import start_local_ray
+    from services.driver.local_ray import start_local_ray
 
     mp = pytest.MonkeyPatch()
     for name, value in RAY_ENV.items():

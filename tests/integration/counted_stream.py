@@ -1,6 +1,6 @@
 """A bounded, counted ingest stream, for tests that check every sampled key's outcome exactly.
 
-The production stream (``services.stream.build_stream``) never ends and reports only to its
+The production stream (``services.ingest.stream.build_stream``) never ends and reports only to its
 metrics. :class:`CountedStream` builds that same stream with two substitutions, made with
 ``monkeypatch`` in the driver and carried to Ray's processes by pickling, by value (Ray's
 workers are not meant to import ``tests``: see tests/integration/test_stream_fault.py):
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray import cloudpickle
 
-from services import stream
+from services.ingest import stream
 
 if TYPE_CHECKING:
     import pytest

@@ -37,8 +37,8 @@ def soak(image_dir: str, duration: float, budget_mb: int, slack_mb: int,
     import ray
 
     from seer_core.config import config_from_dict
-    from services.local_ray import start_local_ray
-    from services.stream import build_stream, store_stats
+    from services.driver.local_ray import start_local_ray
+    from services.ingest.stream import build_stream, store_stats
 
     # Spilling stays on, as in a real run: with it off, Ray Data never ran away here even
     # without the fix (0 of 3 tries; 3 of 3 with it on). The check stops the stream at the

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from services.pretrain import PretrainOutcome, run_pretraining
+from services.driver.pretrain import PretrainOutcome, run_pretraining
 from services.storage import RunStorage, resolve_storage
 from tests.integration.test_trainer import (  # noqa: F401
     _the_two_workers,

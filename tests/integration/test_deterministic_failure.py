@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from seer_core.config import load_config
-from services.pretrain import RunFailed, run_pretraining
+from services.driver.pretrain import RunFailed, run_pretraining
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -1,7 +1,7 @@
-"""services.local_ray: a local Ray (what `make run` starts) lives on loopback only.
+"""services.driver.local_ray: a local Ray (what `make run` starts) lives on loopback only.
 
-The session's ``ray_cluster`` is started by :func:`services.local_ray.start_local_ray`, the same
-function `seer pretrain` uses on a laptop, so these tests check what a local run exposes:
+The session's ``ray_cluster`` is started by :func:`services.driver.local_ray.start_local_ray`,
+the same function `seer pretrain` uses on a laptop, so these tests check what a local run exposes:
 Ray's own processes, and the Ray Train workers of a 2-worker run while it trains (their
 process group's rendezvous store listened on every interface).
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 
 from seer_core.config import load_config
-from services.pretrain import PretrainOutcome, run_pretraining
+from services.driver.pretrain import PretrainOutcome, run_pretraining
 from tests.integration.conftest import ray_pids
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from seer_core.checkpoint import COMMIT_FILE
-from services.pretrain import run_pretraining
+from services.driver.pretrain import run_pretraining
 from services.storage import resolve_storage
 from tests.integration.test_trainer import ckpt_bucket, service_config  # noqa: F401
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from seer_core.checkpoint import COMMIT_FILE, STATE_FILE
-from services.pretrain import run_pretraining
+from services.driver.pretrain import run_pretraining
 from services.storage import resolve_storage
 from tests.integration.test_trainer import (  # noqa: F401
     _train_workers,

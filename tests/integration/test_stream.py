@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import pickle
@@ -14,12 +15,8 @@ from typing import Any
 import pytest
 
 from seer_core.config import ConfigError, SeerConfig, config_from_dict
-from services.ingest import feed_spec
-from services.stream import (
-    EndlessDatasource,
-    dataset_factory,
-    execution_options,
-)
+from services.ingest.read import EndlessDatasource, EndlessRead, feed_spec
+from services.ingest.stream import dataset_factory, execution_options
 from tests.data.bad_inputs import good_jpeg
 
 pytestmark = pytest.mark.integration
@@ -60,8 +57,9 @@ def test_read_tasks_draw_fresh_chunks(image_dir: Path) -> None:
     """Each read task draws new chunks for ever, and so does every execution, even of the same
     pickled read tasks (Ray ships them where they run, again after an error)."""
     cfg = stream_cfg(str(image_dir))
-    kwargs = dict(read_tasks=3, chunk_images=8, max_object_bytes=10**6, block_bytes=10**6)
-    blob = pickle.dumps(EndlessDatasource(feed_spec(cfg), **kwargs))
+    read = EndlessRead(feed_spec(cfg), chunk_images=8, max_object_bytes=10**6,
+                       block_bytes=10**6, fetch_threads=2)
+    blob = pickle.dumps(EndlessDatasource(read, read_tasks=3))
     first = pickle.loads(blob).reads()
     second = pickle.loads(blob).reads()
     assert len(first) == 3
@@ -72,8 +70,7 @@ def test_read_tasks_draw_fresh_chunks(image_dir: Path) -> None:
     assert all(len(d) == 8 for d in draws)
     assert len(set(draws)) == len(draws)  # 12^8 possibilities each: no repeats
     # Blocks: split at block_bytes, with the read schema, chunk after chunk.
-    small = EndlessDatasource(feed_spec(cfg), read_tasks=1, chunk_images=8,
-                              max_object_bytes=10**6, block_bytes=1)
+    small = EndlessDatasource(dataclasses.replace(read, block_bytes=1), read_tasks=1)
     blocks = small.reads()[0]()
     tables = list(itertools.islice(blocks, 24))  # three chunks of the endless read
     blocks.close()
@@ -121,7 +118,7 @@ def test_ingest_actor_maps_read_rows_to_crop_rows() -> None:
     so the process's own registry) and dropped, shapes kept."""
     import numpy as np
 
-    from services.stream import IngestActor
+    from services.ingest.crop import IngestActor
 
     actor = IngestActor(stream_cfg("unused"))
     batch = {
@@ -144,7 +141,7 @@ def test_ingest_actor_maps_read_rows_to_crop_rows() -> None:
 
 def _counted() -> Counter[str]:
     """The metrics of this process so far: ``images``, and one entry per failure reason."""
-    from services.ingest import REASONS
+    from services.ingest.read import REASONS
     from services.metrics import REGISTRY
 
     def value(name: str, **labels: str) -> float:

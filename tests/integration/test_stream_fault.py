@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from services.pretrain import PretrainOutcome, run_pretraining
+from services.driver.pretrain import PretrainOutcome, run_pretraining
 from services.trainer import build as trainer_build
 from tests.integration.test_trainer import (  # noqa: F401 (fixtures)
     _train_workers,
@@ -76,7 +76,7 @@ def test_one_rank_stream_failure_restarts_the_group_within_2_minutes(
     import ray
     from ray import cloudpickle
 
-    from services.control import find_control
+    from services.trainer.control import find_control
 
     run = "stream-fault"
     cfg = service_config(s3_server.endpoint_url, image_bucket, ckpt_bucket, run,

@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from seer_core.checkpoint import load_state
 from seer_core.config import SeerConfig, load_config
+from services.driver.pretrain import PretrainOutcome, run_pretraining
 from services.images.sample import generate_sample_images
-from services.pretrain import PretrainOutcome, run_pretraining
 from services.storage import resolve_storage
 from tests.s3server import put_objects
 
@@ -214,7 +214,7 @@ def test_killed_worker_resumes_and_metrics_are_scraped(ray_cluster, s3_server, i
                                                        ckpt_bucket) -> None:
     import ray
 
-    from services.control import find_control
+    from services.trainer.control import find_control
 
     endpoint = s3_server.endpoint_url
     # No step limit: the run lasts until this test asks it to stop, whatever the timing.

@@ -1,10 +1,11 @@
-"""services.failures: a failure repeating at the same step is deterministic; others are not."""
+"""services.trainer.control's failure tracking: a failure repeating at the same step is
+deterministic; others are not."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.failures import MAX_MESSAGE, FailureTracker, failure_signature
+from services.trainer.control import MAX_MESSAGE, FailureTracker, failure_signature
 
 
 def test_same_error_same_step_three_times_is_fatal() -> None:

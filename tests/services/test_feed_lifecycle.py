@@ -24,7 +24,7 @@ import pytest
 from services.feed import FeedClosed, FeedSpec, open_feed
 from services.feed.pooled import PooledFeed
 from services.feed.s3 import S3Feed
-from services.ingest import close_process_feeds, process_feed
+from services.ingest.read import close_process_feeds, process_feed
 from tests.waiting import refresher_threads, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -166,7 +166,7 @@ def test_process_feeds_are_closed_at_interpreter_exit(tmp_path: Path) -> None:
         import random, sys, threading
         from services.feed import FeedSpec
         from services.feed.pooled import PooledFeed
-        from services.ingest import process_feed
+        from services.ingest.read import process_feed
 
         original = PooledFeed.close
 

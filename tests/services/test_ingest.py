@@ -13,12 +13,11 @@ import torch
 from seer_core.config import SeerConfig, config_from_dict
 from services import metrics
 from services.feed import FeedSpec, FetchFailed, open_feed
-from services.ingest import (
+from services.ingest.crop import Cropper, empty_batch
+from services.ingest.read import (
     REASONS,
-    Cropper,
     Fetched,
     close_process_feeds,
-    empty_batch,
     feed_spec,
     fetch_object,
     process_feed,

@@ -10,7 +10,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from seer_core.config import load_config
-from services.pretrain import (
+from services.driver.pretrain import (
+    RayPlaces,
     StatusPage,
     anchor_local_paths,
     banner,
@@ -58,7 +59,8 @@ def test_progress_line_and_banner(tmp_path: Path) -> None:
     assert "step      120" in line and "41.5 img/s" in line and "loss 6.2500" in line
     assert "data wait  2.0%" in line and "last ckpt 100" in line
     cfg = load_config("local", [f"checkpoint.storage={tmp_path}", "train.max_steps=50"])
-    text = banner(cfg, resolve_storage(str(tmp_path), "seer-local"), "http://x/metrics", 9100)
+    storage = resolve_storage(str(tmp_path), "seer-local")
+    text = banner(cfg, storage, RayPlaces("http://x/metrics"), 9100)
     assert "run 'seer-local'" in text and str(tmp_path / "seer-local") in text
     assert "stops at:    step 50" in text and "status page: http://127.0.0.1:9100" in text
 

@@ -1,4 +1,4 @@
-"""The stream's guard rails hold by construction (services.stream; no Ray started here).
+"""The stream's guard rails hold by construction (services.ingest.stream; no Ray started here).
 
 - Ray Data settings are checked, not assumed: a field a Ray upgrade renamed must stop the
   run at start, not become a new attribute nobody reads (the 52 GB spill of issue 10 came back
@@ -19,7 +19,7 @@ import pytest
 from ray.data import DataContext
 
 from seer_core.config import load_config
-from services import stream
+from services.ingest import stream
 
 
 def _cfg() -> Any:
