@@ -1,9 +1,9 @@
 """Rate-limited logging, shared by the feed and the ingest stage.
 
 A never-ending job meets the same failure (a store outage, a stream of corrupt images) thousands
-of times an hour. Logging each one drowns the log and costs CPU in the hot path, but logging none
-hides the problem. The compromise: at most one line per *reason* per interval, and the next line
-that gets through says how many were swallowed, so the rate stays visible.
+of times an hour: logging each one drowns the log and costs CPU in the hot path, logging none
+hides the problem. So: at most one line per *reason* per interval, and the next line that gets
+through says how many were swallowed, so the rate stays visible.
 """
 
 from __future__ import annotations
@@ -17,16 +17,12 @@ from collections.abc import Callable
 class RateLimitedLogger:
     """Logs at most one line per reason per ``interval_s``, counting the ones it suppresses.
 
-    Reasons should be a small, bounded set of strings (``"list-error"``, ``"vanished"``): the
-    bookkeeping keeps one entry per reason for the life of the process.
+    Reasons should be a small, bounded set of strings (``"list-error"``, ``"vanished"``): one
+    entry per reason is kept for the life of the process.
     """
 
-    def __init__(
-        self,
-        logger: logging.Logger,
-        interval_s: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, logger: logging.Logger, interval_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if interval_s < 0:
             raise ValueError(f"interval_s must be >= 0, got {interval_s!r}")
         self.logger = logger
@@ -49,25 +45,22 @@ class RateLimitedLogger:
                 self._state[reason] = (last, suppressed + 1)
                 return False
             self._state[reason] = (now, 0)
-        if suppressed:
+        if suppressed and last is not None:
             msg = f"{msg} (%d similar suppressed in the last %.0fs)"
-            args = (*args, suppressed, now - last if last is not None else 0.0)
+            args = (*args, suppressed, now - last)
         self.logger.log(level, msg, *args)
         return True
 
     def warning(self, reason: str, msg: str, *args: object) -> bool:
-        """Shorthand for :meth:`log` at WARNING, the usual level for skipped work."""
         return self.log(logging.WARNING, reason, msg, *args)
 
     def error(self, reason: str, msg: str, *args: object) -> bool:
-        """Shorthand for :meth:`log` at ERROR."""
         return self.log(logging.ERROR, reason, msg, *args)
 
     def info(self, reason: str, msg: str, *args: object) -> bool:
-        """Shorthand for :meth:`log` at INFO."""
         return self.log(logging.INFO, reason, msg, *args)
 
     def suppressed(self, reason: str) -> int:
-        """Lines swallowed for ``reason`` since its last emitted line (for tests and metrics)."""
+        """Lines swallowed for ``reason`` since its last emitted line."""
         with self._lock:
             return self._state.get(reason, (0.0, 0))[1]

@@ -1,20 +1,16 @@
-"""The machinery the three feeds share: a bounded pool filled by a background refresher.
+"""The machinery the three feeds share: a bounded key pool filled by a background refresher.
 
-The refresher thread starts on first use, not in the constructor, so opening a feed is cheap and
-a process that only fetches never lists. It must survive anything the store does: it logs at a
-rate limit, backs off and tries again, for as long as the feed is open and used; the pool keeps
-its last good contents meanwhile.
-
-Lifecycle rules (issue 9), because a refresher lists up to ``pool_size`` keys (a million in the
-paper preset) every cycle, in every process that ever sampled:
-- ``close()`` ends the refresher within one page/batch of the listing, not at the end of a
-  cycle: every refresh checks :meth:`PooledFeed.check_open` between pages.
-- A feed nobody has used for ``spec.idle_stop_s`` *parks* its refresher (the thread ends, the
-  pool is kept); the next ``sample`` starts it again. A Ray worker process that ran read tasks
-  once therefore stops listing when the stream no longer schedules reads on it.
-- One refresh cycle at a time: ``refresh_now`` and the background refresher take the same lock,
-  as the cycle's state (the S3 key-space model and sweep flag, the manifest version, the
-  refresher's random generator) is not safe to share between two cycles.
+The refresher starts on first use, not in the constructor, so opening a feed is cheap and a
+process that only fetches never lists. It survives anything the store does: it logs at a rate
+limit, backs off and tries again for as long as the feed is open and used; the pool keeps its
+last good contents meanwhile. Because a refresher lists up to ``pool_size`` keys (a million in
+the paper preset) every cycle, in every process that ever sampled (issue 9):
+- ``close()`` ends it within one page of a listing: every refresh calls ``check_open()``
+  between pages;
+- a feed nobody used for ``spec.idle_stop_s`` *parks* it (the thread ends, the pool stays); the
+  next ``sample`` starts it again, so a Ray worker the stream no longer uses stops listing;
+- one refresh cycle runs at a time (``refresh_now`` and the refresher share a lock): a cycle's
+  state (the S3 key-space model, the manifest version, ``_rng``) is not safe to share.
 """
 
 from __future__ import annotations
@@ -28,49 +24,38 @@ from collections.abc import Iterable, Iterator
 from services.feed.base import FeedClosed, FeedEmpty, FeedError, FeedSpec, logger
 from services.feed.pool import KeyPool
 from services.ratelimit import RateLimitedLogger
+from services.s3 import error_code
 
 
 class PooledFeed:
     """Shared body of the three feeds: the pool, the refresher thread, counters and waits.
 
-    Subclasses implement ``_refresh()`` (one refresh cycle; raise on failure; call
-    ``check_open()`` between pages so ``close()`` is prompt) and ``_fetch()``.
+    Subclasses implement ``_refresh()`` (one cycle; raise on failure; call ``check_open()``
+    between pages) and ``_fetch()``. ``count``, ``sleep``, ``check_open`` and ``jitter_rng`` are
+    public: the fetch helpers of the concrete feeds (``feed.s3``, ``feed.directory``) use them.
     """
 
-    #: Counters reported by ``stats()``; subclasses may add more through ``count``.
-    COUNTERS: tuple[str, ...] = (
-        "listings",
-        "refreshes",
-        "refresh_errors",
-        "retries",
-        "fetches",
-        "fetch_failures",
-        "vanished",
-        "bytes_fetched",
-        "keys_added",
-        "keys_evicted",
-        "refresher_parks",
-    )
-
-    #: How long close() waits for the refresher beyond the spec's fetch timeout: the refresher
-    #: notices close between pages, so the wait is one in-flight request at most.
+    #: Counters ``stats()`` reports from 0; ``count`` may add more.
+    COUNTERS = ("listings", "refreshes", "refresh_errors", "retries", "fetches", "fetch_failures",
+                "vanished", "bytes_fetched", "keys_added", "keys_evicted", "refresher_parks")
+    #: How long close() waits for the refresher beyond the spec's fetch timeout (it notices the
+    #: close between pages, so the wait is one request in flight at most).
     CLOSE_GRACE_S = 10.0
 
-    def __init__(self, spec: FeedSpec, log_interval_s: float = 30.0) -> None:
+    def __init__(self, spec: FeedSpec) -> None:
         self.spec = spec
         self._pool = KeyPool(spec.pool_size)
         self._rng = random.Random()  # refresh cycles only (one at a time: _refresh_lock)
         self.jitter_rng = random.Random()
         self._stop = threading.Event()
-        # Refresher threads started and not yet known to have ended; close() joins them all
-        # (after a park and a restart, the parked one may still be returning).
+        # Refresher threads started and maybe still running (close() joins them all: after a
+        # park and a restart the parked one may still be returning), and the one in charge
+        # (None: not started, parked or ended); both under _start_lock.
         self._threads: list[threading.Thread] = []
-        # The refresher thread in charge (None: not started, parked or ended); under _start_lock.
         self._active: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        # One refresh cycle at a time (refresh_now vs the background refresher).
         self._refresh_lock = threading.Lock()
-        # Use tracking, for parking an idle refresher and for process_feed's eviction rules.
+        # Use tracking: for parking an idle refresher and for ingest's process_feed eviction.
         self._use_lock = threading.Lock()
         self._calls = 0
         self._last_used = time.monotonic()
@@ -78,11 +63,9 @@ class PooledFeed:
         self._counts: dict[str, float] = dict.fromkeys(self.COUNTERS, 0)
         self._last_error: str | None = None
         self._refreshed_once = threading.Event()
-        self.log = RateLimitedLogger(logger, log_interval_s)
+        self.log = RateLimitedLogger(logger, 30.0)
 
     # -- bookkeeping --------------------------------------------------------------------------
-    # count, sleep, check_open and jitter_rng are public: the fetch helpers of the concrete
-    # feeds (feed.s3.S3Access, feed.directory.read_local) count, wait and stop through them.
     def count(self, name: str, n: float = 1) -> None:
         """Adds ``n`` to one of the counters ``stats()`` reports."""
         with self._counts_lock:
@@ -96,23 +79,22 @@ class PooledFeed:
     def stats(self) -> dict[str, float]:
         """Counters since open, plus ``pool_size`` (a gauge)."""
         with self._counts_lock:
-            out = dict(self._counts)
-        out["pool_size"] = len(self._pool)
-        return out
+            counts = dict(self._counts)
+        return {**counts, "pool_size": len(self._pool)}
 
     def describe(self) -> str:
         """Where this feed reads from, for messages (URIs never hold credentials)."""
         return self.spec.uri
 
     def _add_keys(self, keys: Iterable[str]) -> None:
-        added, evicted = self._pool.add(keys)
-        self.count("keys_added", added)
-        self.count("keys_evicted", evicted)
+        self._count_keys(*self._pool.add(keys))
 
     def _replace_keys(self, keys: Iterable[str]) -> None:
-        added, removed = self._pool.replace(keys)
+        self._count_keys(*self._pool.replace(keys))
+
+    def _count_keys(self, added: int, evicted: int) -> None:
         self.count("keys_added", added)
-        self.count("keys_evicted", removed)
+        self.count("keys_evicted", evicted)
 
     def _forget(self, key: str) -> None:
         """Drops a key found missing so it is not sampled again before the next refresh."""
@@ -122,11 +104,10 @@ class PooledFeed:
     def sleep(self, seconds: float) -> None:
         """A sleep that ``close()`` interrupts (raises FeedClosed)."""
         if self._stop.wait(seconds):
-            raise FeedClosed(f"feed {self.describe()} closed")
+            self.check_open()
 
     def check_open(self) -> None:
-        """Raises FeedClosed once ``close()`` was called: refresh cycles call it between pages,
-        so that a cycle over a million keys does not keep a closed feed's thread listing."""
+        """Raises FeedClosed once ``close()`` was called."""
         if self._stop.is_set():
             raise FeedClosed(f"feed {self.describe()} closed")
 
@@ -149,11 +130,6 @@ class PooledFeed:
         with self._use_lock:
             return self._calls
 
-    def idle_seconds(self) -> float:
-        """Seconds since the last sample or fetch ended; 0 while one is running."""
-        with self._use_lock:
-            return 0.0 if self._calls else max(0.0, time.monotonic() - self._last_used)
-
     @property
     def closed(self) -> bool:
         """Whether ``close()`` was called (a closed feed is not reopened: open a new one)."""
@@ -161,35 +137,29 @@ class PooledFeed:
 
     # -- the refresher ------------------------------------------------------------------------
     def _ensure_started(self) -> None:
-        # Always under the lock (it is cheap next to a sample): a refresher deciding to park
-        # and a caller needing it must not both think the other one will run.
+        # Always under the lock (cheap next to a sample): a refresher deciding to park and a
+        # caller needing it must not both think the other one will run.
         with self._start_lock:
             with self._use_lock:
                 self._last_used = time.monotonic()
             if self._active is not None or self._stop.is_set():
                 return
             self._threads = [t for t in self._threads if t.is_alive()]
-            t = threading.Thread(
-                target=self._run, name=f"seer-feed-refresh[{self.describe()}]", daemon=True
-            )
-            self._active = t
-            self._threads.append(t)
-            t.start()
+            self._active = threading.Thread(
+                target=self._run, name=f"seer-feed-refresh[{self.describe()}]", daemon=True)
+            self._threads.append(self._active)
+            self._active.start()
 
     def _park_if_idle(self) -> bool:
         """Ends the refresher when nobody used the feed for ``idle_stop_s``; True if it did."""
-        with self._start_lock:
-            idle = self.idle_seconds()
+        with self._start_lock, self._use_lock:
+            idle = 0.0 if self._calls else time.monotonic() - self._last_used
             if idle < self.spec.idle_stop_s:
                 return False
             self._active = None
         self.count("refresher_parks")
-        self.log.info(
-            "parked",
-            "feed %s: unused for %.0fs; refresher paused until the next sample",
-            self.describe(),
-            idle,
-        )
+        self.log.info("parked", "feed %s: unused for %.0fs; refresher paused until the next "
+                      "sample", self.describe(), idle)
         return True
 
     def _refresh(self) -> None:
@@ -197,9 +167,7 @@ class PooledFeed:
 
     def _lock_refresh(self) -> bool:
         """Takes the refresh lock for the background refresher; False once the feed closed.
-
-        Polls so that a refresher queued behind a long ``refresh_now`` still ends on close().
-        """
+        Polls, so that a refresher queued behind a long ``refresh_now`` still ends on close()."""
         while not self._refresh_lock.acquire(timeout=0.1):
             if self._stop.is_set():
                 return False
@@ -217,49 +185,38 @@ class PooledFeed:
         self.count("refreshes")
 
     def _run(self) -> None:
+        failures = 0
         try:
-            self._refresh_loop()
+            while self._lock_refresh():
+                try:
+                    self._refresh()
+                except FeedClosed:
+                    return
+                except Exception as exc:  # an outage only means the pool is not refreshed
+                    failures += 1
+                    # The error first: whoever sees the count must find the reason.
+                    self._last_error = _short_error(exc)
+                    self.count("refresh_errors")
+                    self.log.warning("refresh-error", "feed %s: refresh failed (%s); keeping %d "
+                                     "pooled keys, retrying", self.describe(), self._last_error,
+                                     len(self._pool))
+                    cap = min(self.spec.refresh_seconds, 30.0, 0.25 * 2 ** min(failures, 16))
+                    wait = self.jitter_rng.uniform(0.5, 1.0) * cap
+                else:
+                    failures = 0
+                    self._last_error = None
+                    self.count("refreshes")
+                    wait = self.spec.refresh_seconds
+                finally:
+                    self._refresh_lock.release()
+                self._refreshed_once.set()
+                if self._stop.wait(wait) or self._park_if_idle():
+                    return
         finally:
             # Whatever ended this thread, the next use may start another one.
             with self._start_lock:
                 if self._active is threading.current_thread():
                     self._active = None
-
-    def _refresh_loop(self) -> None:
-        failures = 0
-        while True:
-            if not self._lock_refresh():
-                return
-            try:
-                self._refresh()
-            except FeedClosed:
-                return
-            except Exception as exc:
-                # Never let the thread die: an outage only means the pool is not refreshed.
-                failures += 1
-                # The error first: whoever sees the count must find the reason (FeedEmpty's text).
-                self._last_error = _short_error(exc)
-                self.count("refresh_errors")
-                self.log.warning(
-                    "refresh-error",
-                    "feed %s: refresh failed (%s); keeping %d pooled keys, retrying",
-                    self.describe(),
-                    self._last_error,
-                    len(self._pool),
-                )
-                self._refreshed_once.set()
-                cap = min(self.spec.refresh_seconds, 30.0)
-                wait = self.jitter_rng.uniform(0.5, 1.0) * min(cap, 0.25 * 2 ** min(failures, 16))
-            else:
-                failures = 0
-                self._last_error = None
-                self.count("refreshes")
-                self._refreshed_once.set()
-                wait = self.spec.refresh_seconds
-            finally:
-                self._refresh_lock.release()
-            if self._stop.wait(wait) or self._park_if_idle():
-                return
 
     # -- the Feed interface -------------------------------------------------------------------
     def sample(self, n: int, rng: random.Random, timeout: float | None = None) -> list[str]:
@@ -276,8 +233,7 @@ class PooledFeed:
             deadline = time.monotonic() + wait
             poll = 0.0
             while (keys := self._pool.wait_sample(n, rng, poll)) is None:
-                if self._stop.is_set():
-                    raise FeedClosed(f"feed {self.describe()} closed")
+                self.check_open()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise FeedEmpty(self._empty_message(wait))
@@ -316,9 +272,8 @@ class PooledFeed:
     def close(self, timeout: float | None = None) -> None:
         """Stops the refresher, waits for its thread to end, releases resources. Idempotent.
 
-        The refresher notices the close between two pages, so the wait is at most one request
-        in flight: ``timeout`` defaults to the spec's fetch timeout plus ``CLOSE_GRACE_S``. A
-        thread still alive after that (a store that never answers) is a daemon and is logged.
+        ``timeout`` defaults to the spec's fetch timeout plus ``CLOSE_GRACE_S``; a thread still
+        alive after that (a store that never answers) is a daemon, and is logged.
         """
         self._stop.set()
         with self._pool.nonempty:
@@ -326,18 +281,12 @@ class PooledFeed:
         wait = self.spec.fetch_timeout_s + self.CLOSE_GRACE_S if timeout is None else timeout
         deadline = time.monotonic() + wait
         with self._start_lock:
-            threads = list(self._threads)
-        me = threading.current_thread()
+            threads = [t for t in self._threads if t is not threading.current_thread()]
         for t in threads:
-            if t is not me:
-                t.join(timeout=max(0.0, deadline - time.monotonic()))
-        alive = [t for t in threads if t.is_alive() and t is not me]
-        if alive:
-            logger.warning(
-                "feed %s: refresher still running %.0fs after close (a request in flight)",
-                self.describe(),
-                wait,
-            )
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in threads):
+            logger.warning("feed %s: refresher still running %.0fs after close (a request in "
+                           "flight)", self.describe(), wait)
         self._close_resources()
 
     def _close_resources(self) -> None:
@@ -351,13 +300,8 @@ class PooledFeed:
 
 
 def _short_error(exc: BaseException) -> str:
-    """A one-line description of an error that cannot leak secrets.
-
-    botocore messages can contain endpoint URLs (fine: they may not hold credentials) but never
-    keys; still, keep to the error code and a bounded message.
-    """
-    from services.s3 import error_code
-
+    """A one-line description of an error that cannot leak secrets: the error code and, for
+    seer's own and OS errors, a bounded message (botocore's may name endpoints, never keys)."""
     code = error_code(exc)
     if isinstance(exc, FeedError | OSError | ValueError | KeyError):
         return f"{code}: {str(exc)[:300]}"

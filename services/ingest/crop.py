@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,10 +39,6 @@ class IngestResult:
     batch: dict[str, torch.Tensor]
     keys: list[str] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def failures(self) -> Counter[str]:
-        return Counter(reason for _, reason in self.rejected)
 
     def numpy(self) -> dict[str, np.ndarray]:
         """The batch as numpy arrays (zero-copy), the form Ray Data blocks take."""

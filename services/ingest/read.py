@@ -1,23 +1,16 @@
-"""The read tasks: random keys from the feed → bytes, as rows ``{key, data, reason}``. No crops.
+"""The read tasks: random keys from the feed → bytes, as rows ``{key, data, reason}``.
 
-Each of ``ingest.read_tasks`` endless read tasks (:class:`EndlessRead`) draws
-``ingest.chunk_images`` fresh random keys at a time from the feed (uniform, with replacement;
-the pool refreshes underneath), fetches them (:func:`fetch_object`) and yields small blocks,
-chunk after chunk, for ever: there is no pass boundary, hence no barrier or restart.
+Each endless read task (:class:`EndlessRead`) draws ``ingest.chunk_images`` fresh random keys at
+a time (uniform, with replacement; the pool refreshes underneath), fetches them and yields small
+blocks, chunk after chunk, for ever: no pass boundary, hence no barrier or restart.
 
-Every way an object can fail ends as one *reason* from :data:`REASONS`, counted once in
-``seer_ingest_failures_total{reason=...}`` by the ingest actor (``services.ingest.crop``) and
-logged at a rate limit, never as an exception that stops the stream (DESIGN §3):
-
-- ``vanished``: deleted between listing and fetch (ObjectVanished);
-- ``fetch_error``: the store did not answer within the feed's retries (FetchFailed), or any
-  other error while fetching;
-- ``too_large``: more bytes than ``ingest.max_object_bytes`` (checked here, so an oversized
-  object never travels further than the process that fetched it), or a header declaring more
-  pixels than ``augment.max_pixels`` (decompression bombs, checked before any pixel is decoded);
-- ``too_small``: a side below ``augment.min_side`` (from the header);
-- ``not_image``: zero bytes, text, an HTML error page saved as .jpg...;
-- ``corrupt``: truncated or broken image data (and any unexpected decoder error).
+Every way an object can fail ends as one *reason* (:data:`REASONS`), counted once in
+``seer_ingest_failures_total{reason=...}`` by the ingest actor and logged at a rate limit, never
+an exception that stops the stream (DESIGN §3): ``vanished`` (deleted since it was listed),
+``fetch_error`` (the store did not answer within the feed's retries, or any other fetch error),
+``too_large`` (over ``ingest.max_object_bytes``, checked here so that an oversized object goes no
+further than the process that fetched it; or a header declaring over ``augment.max_pixels``),
+``too_small`` (a side under ``augment.min_side``), ``not_image``, ``corrupt``.
 """
 
 from __future__ import annotations
@@ -94,15 +87,12 @@ def feed_spec(cfg: FeedConfig | SeerConfig) -> FeedSpec:
     )
 
 
-# One open feed per spec per process, on purpose: Ray reuses worker processes across read tasks,
-# so the key pool (a million keys in the paper preset) and its listing are paid once per process.
-# Its lifetime is bounded instead (issue 9):
-# - a feed nobody samples from parks its refresher after ``spec.idle_stop_s`` (feed.pooled);
-# - asking for another spec closes the cached feeds of other specs with no call in flight: a Ray
-#   worker runs one task at a time, so a read task with a new spec means the old stream is over;
-# - a cached feed found closed (by a test, by hand) is replaced by a fresh one;
-# - at interpreter exit the cached feeds are closed, so refresher threads and boto3 clients stop
-#   before teardown rather than dying mid-request (waiting at most 5 s for each).
+# One open feed per spec per process: Ray reuses worker processes across read tasks, so the key
+# pool (a million keys in the paper preset) and its listing are paid once per process. Its
+# lifetime is bounded instead: an unused feed parks its refresher (feed.pooled); asking for
+# another spec closes the feeds of other specs with no call in flight (a Ray worker runs one
+# task at a time, so a new spec means the old stream is over); a feed found closed is replaced;
+# at exit every feed is closed, so refreshers and boto3 clients stop before teardown.
 _FEEDS: dict[FeedSpec, PooledFeed] = {}
 _FEEDS_LOCK = threading.Lock()
 

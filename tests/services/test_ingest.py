@@ -109,7 +109,7 @@ def test_every_bad_input_ends_as_crops_or_its_reason(
     assert all(t.dtype == torch.uint8 and t.is_contiguous() for t in result.batch.values())
     # Every failure counted exactly once, by reason, in the result and in the metric.
     want = Counter(o for o in expected.values() if o != CROPS)
-    assert result.failures == want and want["corrupt"] >= 1
+    assert Counter(reason for _, reason in result.rejected) == want and want["corrupt"] >= 1
     assert _counts() - before == Counter({"images": n_ok, **want})
     # The numpy view is the same memory: no copy on the way into a Ray block.
     arrays = result.numpy()
