@@ -49,16 +49,8 @@ class LARS(torch.optim.Optimizer):
         check("weight_decay", weight_decay, NonNegative)
         check("eta", eta, Positive)
         check("eps", eps, NonNegative)
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            eta=eta,
-            eps=eps,
-            clip=clip,
-            lars_exclude=lars_exclude,
-        )
-        super().__init__(params, defaults)
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
+                                      eps=eps, clip=clip, lars_exclude=lars_exclude))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -114,25 +106,14 @@ def param_groups(
     ones whose trust ratio is meaningless, so with ``exclude_bias_and_norm`` they get plain
     momentum SGD without weight decay. Empty groups are left out.
     """
-    adapted: list[nn.Parameter] = []
-    excluded: list[nn.Parameter] = []
-    for param in model.parameters():
-        if not param.requires_grad:
-            continue
-        if exclude_bias_and_norm and param.ndim <= 1:
-            excluded.append(param)
-        else:
-            adapted.append(param)
-    groups: list[dict[str, Any]] = []
-    if adapted:
-        groups.append(
-            {"params": adapted, "weight_decay": weight_decay, "lars_exclude": False, "name": "lars"}
-        )
-    if excluded:
-        groups.append(
-            {"params": excluded, "weight_decay": 0.0, "lars_exclude": True, "name": "excluded"}
-        )
-    return groups
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    excluded = [p for p in trainable if exclude_bias_and_norm and p.ndim <= 1]
+    adapted = [p for p in trainable if not (exclude_bias_and_norm and p.ndim <= 1)]
+    groups = [
+        {"params": adapted, "weight_decay": weight_decay, "lars_exclude": False, "name": "lars"},
+        {"params": excluded, "weight_decay": 0.0, "lars_exclude": True, "name": "excluded"},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

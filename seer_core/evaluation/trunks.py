@@ -17,9 +17,9 @@ from torch import nn
 
 from seer_core.config import SeerConfig
 from seer_core.evaluation.checks import EvalError, check_trunk_name
-from seer_core.models import build_swav_model, build_trunk
+from seer_core.models import build_trunk
 from seer_core.models.export import strip_wrapper_prefixes
-from seer_core.training import config_of
+from seer_core.training import config_of, swav_model
 
 _SHOWN_KEYS = 5
 
@@ -64,9 +64,7 @@ def trunk_from_checkpoint(saved: Mapping[str, Any]) -> tuple[nn.Module, SeerConf
     # Keys as the bare model has them: DDP and torch.compile leave prefixes on every key.
     state = {strip_wrapper_prefixes(key): value for key, value in saved["model"].items()}
     with torch.device("meta"):
-        model = build_swav_model(
-            m.trunk, m.head_hidden, m.head_out, m.head_batchnorm, m.prototypes
-        )
+        model = swav_model(cfg)
     problems = _mismatches(model, state)
     if problems:
         raise EvalError(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -37,7 +36,7 @@ class RunningStats:
     side effect, and two callers must take such an update back: the training step, when the
     loss turns out non-finite (a NaN would stay in them for ever, 0.9 * NaN + 0.1 * x being
     NaN, and every eval-mode feature would be NaN), and a checkpointed stage's recomputation
-    (`_running_stats_kept`). `save` and `restore` are one multi-tensor copy each, queued on the
+    (used as a context manager). `save` and `restore` are one multi-tensor copy each, queued on the
     device without a host sync; the spare copy costs as much memory as the statistics (a few
     MB even for RegNetY-256GF).
     """
@@ -66,20 +65,17 @@ class RunningStats:
         if self.live:
             torch._foreach_copy_(self.live, self.spare)
 
+    # As a context manager: undo, on exit, whatever the enclosed code did to the statistics
+    # (snapshot on entry: the recompute context is built at forward time, entered later).
+    # A checkpointed stage's recomputation must save exactly the tensors the first forward
+    # saved (non-reentrant checkpointing matches them by position), so BN has to run as it
+    # did, updates included; restoring the snapshot afterwards makes it count once.
+    def __enter__(self) -> RunningStats:
+        self.save()
+        return self
 
-@contextlib.contextmanager
-def _running_stats_kept(module: nn.Module) -> Iterator[None]:
-    """Undo, on exit, whatever the enclosed code does to the running statistics of `module`.
-
-    The recomputation must save exactly the tensors the first forward saved (non-reentrant
-    checkpointing matches them by position), so BN has to run as it did, updates included;
-    restoring a snapshot afterwards is the exact way to make it count once.
-    """
-    kept = RunningStats(module)
-    try:
-        yield
-    finally:
-        kept.restore()
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
 
 
 def _hide_wrapper_in_state_dict(
@@ -137,7 +133,7 @@ class CheckpointedStage(nn.Module):
         return self._modules[WRAPPED]  # type: ignore[return-value]
 
     def _contexts(self) -> tuple[contextlib.AbstractContextManager[None], ...]:
-        return contextlib.nullcontext(), _running_stats_kept(self.stage)
+        return contextlib.nullcontext(), RunningStats(self.stage)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training and torch.is_grad_enabled():

@@ -8,13 +8,14 @@ during training: DDP (``module.``), ``torch.compile`` (``_orig_mod.``), activati
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from torch import Tensor, nn
 
 from seer_core.models.checkpointing import WRAPPED
 
-_LEADING_WRAPPERS = ("module.", "_orig_mod.")
+_LEADING_WRAPPERS = re.compile(r"^(?:module\.|_orig_mod\.)+")
 # torch.distributed's own checkpoint_wrapper child name, in case a caller used it.
 _INNER_WRAPPERS = frozenset({WRAPPED, "_checkpoint_wrapped_module"})
 _CLASSIFIERS = ("fc.", "classifier.")
@@ -22,13 +23,7 @@ _CLASSIFIERS = ("fc.", "classifier.")
 
 def strip_wrapper_prefixes(key: str) -> str:
     """A state-dict key without DDP's `module.` and torch.compile's `_orig_mod.` prefixes."""
-    changed = True
-    while changed:
-        changed = False
-        for p in _LEADING_WRAPPERS:
-            if key.startswith(p):
-                key, changed = key[len(p) :], True
-    return key
+    return _LEADING_WRAPPERS.sub("", key)
 
 
 def export_trunk_state_dict(model: nn.Module | Mapping[str, Tensor]) -> dict[str, Tensor]:

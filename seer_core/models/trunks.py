@@ -88,18 +88,6 @@ HAND_SIZED: dict[str, HandSizedSpec] = {
 }
 
 
-def _hand_sized_block_params(spec: HandSizedSpec) -> BlockParams:
-    n = len(spec.widths)
-    return BlockParams(
-        depths=list(spec.depths),
-        widths=list(spec.widths),
-        group_widths=[spec.group_width] * n,
-        bottleneck_multipliers=[1.0] * n,
-        strides=[2] * n,
-        se_ratio=0.25,
-    )
-
-
 TRUNK_NAMES: tuple[str, ...] = (
     *SEER_REGNETS,
     *SMALL_REGNETS,
@@ -118,7 +106,10 @@ def regnet_block_params(name: str) -> BlockParams:
     ``.tolist()``, impossible on meta tensors, and these are a handful of scalars anyway.
     """
     if name in HAND_SIZED:
-        return _hand_sized_block_params(HAND_SIZED[name])
+        hand, n = HAND_SIZED[name], len(HAND_SIZED[name].widths)
+        return BlockParams(depths=list(hand.depths), widths=list(hand.widths),
+                           group_widths=[hand.group_width] * n, bottleneck_multipliers=[1.0] * n,
+                           strides=[2] * n, se_ratio=0.25)
     spec = SEER_REGNETS.get(name) or SMALL_REGNETS.get(name)
     if spec is None:
         raise ValueError(f"{name!r} is not a RegNet trunk")
@@ -164,19 +155,6 @@ def torchvision_architecture(name: str) -> nn.Module:
     return builder()
 
 
-def classifier_name(model: nn.Module) -> str:
-    """Attribute holding the classifier of a torchvision network (dropped to make a trunk)."""
-    return "classifier" if isinstance(model, torchvision.models.MobileNetV2) else "fc"
-
-
-def _feature_width(model: nn.Module) -> int:
-    if isinstance(model, torchvision.models.MobileNetV2):
-        return int(model.last_channel)
-    fc = model.fc
-    assert isinstance(fc, nn.Linear)
-    return int(fc.in_features)
-
-
 def build_trunk(name: str) -> nn.Module:
     """Build trunk `name` on the current default device; ``.out_features`` is its width D.
 
@@ -185,8 +163,11 @@ def build_trunk(name: str) -> nn.Module:
     ``with torch.device("meta")`` for sizing the 1.3B-parameter models without memory.
     """
     model = torchvision_architecture(name)
-    width = _feature_width(model)
-    setattr(model, classifier_name(model), nn.Identity())
+    if isinstance(model, torchvision.models.MobileNetV2):
+        width, classifier = int(model.last_channel), "classifier"
+    else:
+        width, classifier = int(model.fc.in_features), "fc"
+    setattr(model, classifier, nn.Identity())
     model.out_features = width
     model.trunk_name = name
     return model

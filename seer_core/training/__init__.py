@@ -13,11 +13,13 @@ from seer_core.training.state import (
     TrainState,
     build_optimizer,
     build_train_state,
+    make_queue,
     make_schedule,
     photometric_params,
     photometric_strength,
     recipe_for,
     resolve_amp,
+    swav_model,
     unwrap,
 )
 from seer_core.training.step import batch_size_of, prepare_inputs, train_step
@@ -30,6 +32,7 @@ __all__ = [
     "build_train_state",
     "config_of",
     "load_state_dict",
+    "make_queue",
     "make_schedule",
     "photometric_params",
     "photometric_strength",
@@ -37,6 +40,7 @@ __all__ = [
     "recipe_for",
     "resolve_amp",
     "state_dict",
+    "swav_model",
     "train_step",
     "unwrap",
 ]

@@ -16,13 +16,14 @@ import torch
 
 from seer_core.augment import BatchPhotometric
 from seer_core.config import ConfigError, SeerConfig
-from seer_core.models import build_swav_model, convert_sync_batchnorm
-from seer_core.swav import SwAVQueue
+from seer_core.models import convert_sync_batchnorm
 from seer_core.training.state import (
     build_optimizer,
+    make_queue,
     make_schedule,
     photometric_params,
     recipe_for,
+    swav_model,
 )
 
 
@@ -41,8 +42,7 @@ def preflight(cfg: SeerConfig) -> None:
         raise _section("augment", exc) from exc
     try:
         with torch.device("meta"):
-            model = build_swav_model(cfg.model.trunk, cfg.model.head_hidden, cfg.model.head_out,
-                                     cfg.model.head_batchnorm, cfg.model.prototypes)
+            model = swav_model(cfg)
             if cfg.model.sync_bn_group_size:
                 model = convert_sync_batchnorm(model, cfg.model.sync_bn_group_size)
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
@@ -55,11 +55,7 @@ def preflight(cfg: SeerConfig) -> None:
         make_schedule(cfg)
     except (ValueError, TypeError) as exc:
         raise _section("schedule", exc) from exc
-    if cfg.swav.queue_length:
-        try:
-            SwAVQueue(length=cfg.swav.queue_length, dim=cfg.model.head_out,
-                      crops_for_assign=tuple(cfg.swav.crops_for_assign),
-                      start_step=cfg.swav.queue_start_step,
-                      world_size=cfg.train.max_workers, device="meta")
-        except (ValueError, TypeError) as exc:
-            raise _section("swav", exc) from exc
+    try:
+        make_queue(cfg, cfg.train.max_workers, "meta")
+    except (ValueError, TypeError) as exc:
+        raise _section("swav", exc) from exc

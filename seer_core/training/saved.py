@@ -15,26 +15,19 @@ from seer_core.training.state import TrainState, load_optimizer_and_schedule, un
 
 
 def _rng_state() -> dict[str, Any]:
+    """This process's global random streams as tensors and numbers (for weights_only)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "python": _python_rng_to_tensor(random.getstate()),
-        "numpy": _numpy_rng_to_tensor(),
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss": gauss},
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
-
-
-def _python_rng_to_tensor(state: tuple) -> dict[str, Any]:
-    version, internal, gauss = state
-    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
-            "gauss": gauss}
-
-
-def _numpy_rng_to_tensor() -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached": float(cached)}
 
 
 def _restore_rng(state: Mapping[str, Any]) -> None:
@@ -50,16 +43,13 @@ def _restore_rng(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-#: What each rank owns in a state dict (its SwAV queue, photometric generator, RNG streams).
-RANK_KEYS = ("queue", "generator", "rng")
-
-
 def state_dict(state: TrainState, *, per_rank: bool = True) -> dict[str, Any]:
     """Everything needed to continue as if nothing happened; plain data for weights_only.
 
-    ``per_rank=False`` leaves out `RANK_KEYS`: under Ray Train rank 0's state.pt holds only
-    what the ranks share, and each rank saves its own queue and streams beside it (one rank's
-    streams restored on every rank would make them all draw the same augmentations).
+    ``per_rank=False`` leaves out what each rank owns (its SwAV queue and `rank_state_dict`):
+    under Ray Train rank 0's state.pt holds only what the ranks share, and each rank saves its
+    own queue and streams beside it (one rank's streams restored on every rank would make them
+    all draw the same augmentations).
     """
     saved = {
         "format": 1,
@@ -68,15 +58,12 @@ def state_dict(state: TrainState, *, per_rank: bool = True) -> dict[str, Any]:
         "model": unwrap(state.model).state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "schedule": state.schedule.state_dict(),
-        "queue": state.queue.state_dict() if state.queue is not None else None,
         "scaler": state.scaler.state_dict() if state.scaler is not None else None,
-        "generator": state.generator.get_state() if state.generator is not None else None,
-        "rng": _rng_state(),
         "config": state.cfg.to_dict(),
     }
-    if not per_rank:
-        for key in RANK_KEYS:
-            del saved[key]
+    if per_rank:
+        saved["queue"] = state.queue.state_dict() if state.queue is not None else None
+        saved.update(rank_state_dict(state))
     return saved
 
 

@@ -30,9 +30,7 @@ from seer_core.models import (
 )
 from seer_core.optim import LARS, load_state_keeping_hyperparameters, param_groups, set_lr
 from seer_core.schedules import Schedule, build_schedule
-from seer_core.swav import (
-    SwAVQueue,
-)
+from seer_core.swav import SwAVQueue
 
 log = logging.getLogger("seer.training")
 
@@ -120,13 +118,7 @@ def build_train_state(
     """
     device = torch.device(device)
     torch.manual_seed(cfg.train.seed)
-    model = build_swav_model(
-        cfg.model.trunk,
-        cfg.model.head_hidden,
-        cfg.model.head_out,
-        cfg.model.head_batchnorm,
-        cfg.model.prototypes,
-    )
+    model = swav_model(cfg)
     if cfg.model.activation_checkpointing:
         enable_activation_checkpointing(model.trunk)
     if cfg.model.sync_bn_group_size:
@@ -138,17 +130,8 @@ def build_train_state(
     schedule = make_schedule(cfg)
     set_lr(optimizer, schedule.lr)
     wrapped = wrap(model) if wrap is not None else model
-    _, world = rank_and_world()
-    queue = None
-    if cfg.swav.queue_length:
-        queue = SwAVQueue(
-            length=cfg.swav.queue_length,
-            dim=cfg.model.head_out,
-            crops_for_assign=tuple(cfg.swav.crops_for_assign),
-            start_step=cfg.swav.queue_start_step,
-            world_size=world,
-            device=device,
-        )
+    rank, world = rank_and_world()
+    queue = make_queue(cfg, world, device)
     amp_dtype = resolve_amp(cfg.train.amp, device)
     scaler = None
     if amp_dtype == torch.float16:
@@ -156,7 +139,7 @@ def build_train_state(
     photometric = (BatchPhotometric(photometric_params(cfg)).to(device)
                    if cfg.augment.photometric_on_device else None)
     generator = torch.Generator(device=device)
-    generator.manual_seed(cfg.train.seed * 1000 + rank_and_world()[0])
+    generator.manual_seed(cfg.train.seed * 1000 + rank)
     return TrainState(
         cfg=cfg,
         model=wrapped,
@@ -210,34 +193,32 @@ def make_schedule(cfg: SeerConfig) -> Schedule:
     """The LR schedule of a config; fractions in the config are of the scaled base LR."""
     base = cfg.scaled_lr()
     s = cfg.schedule
+    kwargs: dict[str, Any] = {"base_lr": base, "warmup_steps": s.warmup_steps,
+                              "start_lr": base * s.start_lr}
     if s.name == "plateau_halving":
-        return build_schedule(
-            s.name,
-            base_lr=base,
-            warmup_steps=s.warmup_steps,
-            patience=s.patience,
-            min_delta=s.min_delta,
-            smoothing=s.smoothing,
-            cooldown=s.cooldown,
-            min_lr=base * s.min_lr,
-            factor=s.factor,
-            start_lr=base * s.start_lr,
-            # The loss rises while the colour distortion ramps up (the task gets harder): no
-            # plateau decision until the ramp is over.
-            hold_steps=cfg.augment.photometric_ramp_steps,
-        )
-    if s.name == "warmup_cosine":
-        return build_schedule(
-            s.name,
-            base_lr=base,
-            final_lr=base * s.final_lr,
-            warmup_steps=s.warmup_steps,
-            cosine_steps=s.cosine_steps,
-            start_lr=base * s.start_lr,
-        )
-    return build_schedule(
-        s.name, base_lr=base, warmup_steps=s.warmup_steps, start_lr=base * s.start_lr
-    )
+        # The loss rises while the colour distortion ramps up (the task gets harder): no
+        # plateau decision until the ramp is over (`hold_steps`).
+        kwargs.update(patience=s.patience, min_delta=s.min_delta, smoothing=s.smoothing,
+                      cooldown=s.cooldown, min_lr=base * s.min_lr, factor=s.factor,
+                      hold_steps=cfg.augment.photometric_ramp_steps)
+    elif s.name == "warmup_cosine":
+        kwargs.update(final_lr=base * s.final_lr, cosine_steps=s.cosine_steps)
+    return build_schedule(s.name, **kwargs)
+
+
+def swav_model(cfg: SeerConfig) -> SwAVModel:
+    """The bare SwAV model (trunk + head) of a config, on the current default device."""
+    m = cfg.model
+    return build_swav_model(m.trunk, m.head_hidden, m.head_out, m.head_batchnorm, m.prototypes)
+
+
+def make_queue(cfg: SeerConfig, world: int, device: torch.device | str) -> SwAVQueue | None:
+    """This rank's SwAV queue (its share of `swav.queue_length`), or None without a queue."""
+    if not cfg.swav.queue_length:
+        return None
+    return SwAVQueue(length=cfg.swav.queue_length, dim=cfg.model.head_out,
+                     crops_for_assign=tuple(cfg.swav.crops_for_assign),
+                     start_step=cfg.swav.queue_start_step, world_size=world, device=device)
 
 
 def load_optimizer_and_schedule(state: TrainState, saved: Mapping[str, Any]) -> None:

@@ -1,30 +1,21 @@
-"""One SwAV training step, the same for Ray Train workers, benchmarks and tests.
+"""One SwAV training step, the same for Ray Train workers, benchmarks and tests (numerics: see
+the package docstring).
 
-It owns the numerics that are easy to get subtly wrong: prototype normalisation before the
-forward, scores and Sinkhorn in float32 under AMP, prototype gradients dropped during the freeze,
-a non-finite loss skipping the update on every rank at once, and the LR decision taken from the
-loss averaged over all ranks.
+A skipped step leaves no trace: one sample that overflows turns the whole loss NaN, and whatever
+that step computed must not outlive it. So the SwAV queue is pushed only once every rank has
+been found finite, the BatchNorm running statistics the forward already updated are put back,
+and the optimizer, the grad scaler and the LR schedule (which counts optimizer updates) are not
+touched. Only `step` and `images_seen` advance: they count batches consumed from the stream. The
+prototypes' L2 normalisation survives, but it is idempotent and every step starts with it.
 
-A skipped step leaves no trace (issue 9): one sample that overflows turns the whole loss NaN, and
-whatever that step computed must not outlive it. So the SwAV queue is pushed only once every rank
-has been found finite, the BatchNorm running statistics the forward already updated are put back,
-and the optimizer, the grad scaler and the LR schedule are not touched at all (the schedule counts
-optimizer updates, and a skip is none). Only `step` and `images_seen` advance: they count batches
-consumed from the stream. The prototypes' L2 normalisation before the forward does survive, but
-it is idempotent and every step starts with it, so the next step computes the same thing.
-
-Under fp16 the grad scaler skips updates of its own (issue 17): a finite loss whose scaled
-gradients overflow. `scaler.step` then leaves the parameters and the momentum alone and
-`update` halves the scale, and nothing else may treat the step as an update either: the LR
-schedule and its plateau observer do not advance (they count updates), the bad-step count is
-not reset (no good step happened) and the step is reported `skipped` (with `overflow`), so its
-images are not counted as trained. It is not a bad step either: halving the scale until the
-gradients fit is the scaler's normal work (the first steps of an fp16 run, then one now and
-then once the scale has grown back), and feeding it to `train.max_bad_steps` would roll healthy
-runs back. Only a skip that leaves the scale below `MIN_LOSS_SCALE`, where no scale makes the
-gradients fit, counts as a bad step, so a run whose gradients are inf/NaN in themselves still
-rolls back instead of stalling for ever while the scale slides to zero. The queue push and the
-BatchNorm statistics of such a step stay: the loss was finite, so they are sound."""
+Under fp16 the grad scaler skips updates of its own (a finite loss whose scaled gradients
+overflow): the step is then reported `skipped` (with `overflow`), the schedule does not advance
+and the bad-step count is not reset. It is not a bad step either: halving the scale until the
+gradients fit is the scaler's normal work, and counting it against `train.max_bad_steps` would
+roll healthy runs back. Only a skip that leaves the scale below `MIN_LOSS_SCALE`, where no scale
+makes the gradients fit, counts as bad, so a run whose gradients are inf/NaN in themselves rolls
+back instead of stalling while the scale slides to zero. The queue push and the BatchNorm
+statistics of such a step stay: the loss was finite, so they are sound."""
 
 from __future__ import annotations
 
@@ -35,24 +26,12 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 
-from seer_core.augment import (
-    crops_to_groups,
-    normalize,
-)
+from seer_core.augment import crops_to_groups, normalize
 from seer_core.distributed import rank_and_world
 from seer_core.models import RunningStats
 from seer_core.optim import set_lr
-from seer_core.swav import (
-    cancel_prototype_gradients,
-    prototype_usage_entropy,
-    swav_loss,
-)
-from seer_core.training.state import (
-    StepResult,
-    TrainState,
-    photometric_strength,
-    unwrap,
-)
+from seer_core.swav import cancel_prototype_gradients, prototype_usage_entropy, swav_loss
+from seer_core.training.state import StepResult, TrainState, photometric_strength, unwrap
 
 #: A grad-scaler skip that leaves the loss scale below this counts as a bad step. At 2**-24
 #: (float16's smallest subnormal) every float16 gradient under 1 underflows to zero: gradients
