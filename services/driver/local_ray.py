@@ -1,22 +1,18 @@
-"""Start a single-machine Ray instance on the loopback interface, whose processes know its address.
+"""A single-machine Ray on the loopback interface, whose processes know its address.
 
-Two things Ray does by default are wrong for a laptop run (and for tests):
+Two Ray defaults are wrong for a laptop run (and for tests); joining a cluster (``ray job
+submit``, KubeRay) never comes here:
 
 - **The node address.** Ray (>= 2.5x) replaces ``_node_ip_address="127.0.0.1"`` with the
-  machine's routable address (``services.resolve_ip_for_localhost``), so a "local" instance
-  registers its GCS, raylet, workers and metrics port on the LAN address. Nothing but this machine
-  is ever part of such a cluster, so that exposes the node for nothing. Ray keeps loopback only
-  when it believes clusters are disabled (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read by
-  ``services.get_node_ip_address``).
+  machine's routable address, so a "local" instance registers its GCS, raylet, workers and
+  metrics port on the LAN for nothing. Ray keeps loopback only when it believes clusters are
+  disabled (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read by ``services.get_node_ip_address``).
 - **Which instance a Ray process talks to.** Code inside Ray's own actors (Ray Train's
-  placement-group cleaner, the state API) finds "its" cluster from ``RAY_ADDRESS`` or, failing
-  that, from the newest instance started on the machine: with two instances (a test session and
-  a `make run`, two users) it addresses the wrong one or fails ("Found multiple active Ray
-  instances"). So the GCS port is chosen here, and ``RAY_ADDRESS`` names it in the environment
-  that the new instance's processes inherit; the caller's own environment is restored right
-  after, so later subprocesses (another `seer pretrain`) still start their own instance.
-
-Joining an existing cluster (``ray job submit``, KubeRay) never goes through here.
+  placement-group cleaner, the state API) finds "its" cluster from ``RAY_ADDRESS``, else from
+  the newest instance on the machine: with two (a test session and a `make run`) it addresses
+  the wrong one or fails. So the GCS port is chosen here and ``RAY_ADDRESS`` names it in the
+  environment the new instance's processes inherit; the caller's environment is restored right
+  after, so a later `seer pretrain` subprocess still starts its own instance.
 """
 
 from __future__ import annotations

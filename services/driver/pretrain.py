@@ -59,9 +59,8 @@ def init_ray(cfg: SeerConfig, address: str | None = None) -> RayPlaces:
     """Joins a cluster when an address is given (or RAY_ADDRESS is set), else starts local Ray.
 
     A joined cluster keeps Ray's defaults (its logs are the job's logs). A local instance lives
-    on loopback (`local_ray`) and keeps Ray's own output (actor banners, Ray Train and
-    Ray Data INFO lines) in its log folder, so that the terminal shows seer's progress lines and
-    the warnings that workers relay through the control actor.
+    on loopback (`local_ray`) and keeps Ray's own output in its log folder, so that the
+    terminal shows seer's progress lines and the warnings workers relay (trainer.control).
     """
     import ray
 
@@ -167,10 +166,12 @@ def ask(method: Any, *args: Any, timeout: float) -> Any:
 
 def banner(cfg: SeerConfig, storage: RunStorage, places: RayPlaces, status_port: int,
            actors: int | None = None) -> str:
+    t = cfg.train
+    workers = f"{t.min_workers}-{t.max_workers} (elastic)" if t.elastic else str(t.max_workers)
     lines = [
         f"seer pretrain — run {cfg.checkpoint.run_name!r}: {cfg.model.trunk}, recipe "
-        f"{cfg.augment.recipe}, {_workers(cfg)} worker(s) x batch {cfg.train.batch_size}"
-        f" ({'GPU' if cfg.train.use_gpu else 'CPU'})",
+        f"{cfg.augment.recipe}, {workers} worker(s) x batch {t.batch_size}"
+        f" ({'GPU' if t.use_gpu else 'CPU'})",
         f"  feed:        {cfg.feed.uri}",
     ]
     if actors is not None:
@@ -192,19 +193,11 @@ def banner(cfg: SeerConfig, storage: RunStorage, places: RayPlaces, status_port:
         lines.append(f"  ray:         {places.dashboard} (Ray's dashboard)")
     if places.logs:
         lines.append(f"  ray logs:    {places.logs} (Ray's own output)")
-    stop = []
-    if cfg.train.max_steps:
-        stop.append(f"step {cfg.train.max_steps}")
-    if cfg.train.max_minutes:
-        stop.append(f"{cfg.train.max_minutes:g} min")
-    lines.append("  stops at:    " + (" or ".join(stop) if stop else "never: Ctrl-C or SIGTERM "
-                                      "checkpoints and stops"))
+    stop = [f"step {t.max_steps}" if t.max_steps else "",
+            f"{t.max_minutes:g} min" if t.max_minutes else ""]
+    lines.append("  stops at:    " + (" or ".join(filter(None, stop))
+                                      or "never: Ctrl-C or SIGTERM checkpoints and stops"))
     return "\n".join(lines)
-
-
-def _workers(cfg: SeerConfig) -> str:
-    t = cfg.train
-    return f"{t.min_workers}-{t.max_workers} (elastic)" if t.elastic else str(t.max_workers)
 
 
 def check_feed(cfg: SeerConfig) -> None:
@@ -222,13 +215,9 @@ def check_feed(cfg: SeerConfig) -> None:
 
 
 def anchor_local_paths(cfg: SeerConfig, base: str | None = None) -> SeerConfig:
-    """A copy of `cfg` whose relative local paths are made absolute against `base` (the cwd).
-
-    Relative paths mean "from where the command was run", but only the driver runs there: Ray
-    Train starts its workers in a per-run folder of the Ray session, where `runs/checkpoints`
-    would name another, empty place (the workers then found no checkpoint and started over).
-    URIs with a scheme (s3://, file://) and absolute paths are left alone.
-    """
+    """A copy of `cfg` whose relative local paths are made absolute against `base` (the cwd):
+    Ray Train starts its workers in a folder of the Ray session, where `runs/checkpoints` would
+    name another, empty place. URIs with a scheme and absolute paths are left alone."""
     root = base or os.getcwd()
 
     def anchor(value: str | None) -> str | None:
@@ -245,13 +234,9 @@ def anchor_local_paths(cfg: SeerConfig, base: str | None = None) -> SeerConfig:
 
 
 def fit_beside_signals(fit: Callable[[], T]) -> T:
-    """Runs `fit` in a thread while the main thread waits, keeping seer's signal handlers.
-
-    Ray Train's `fit()` on the main thread replaces the SIGINT handler with its own, which
-    aborts the run without a final checkpoint: Ctrl-C would lose up to a checkpoint interval
-    of work. Off the main thread it leaves signals alone; the main thread, joining in short
-    waits, runs our handlers (stop request, final checkpoint; a second signal aborts).
-    """
+    """Runs `fit` in a thread while the main thread waits, keeping seer's signal handlers:
+    Ray Train's `fit()` on the main thread replaces the SIGINT handler with one that aborts
+    without a final checkpoint. The main thread, joining in short waits, runs our handlers."""
     box: dict[str, Any] = {}
 
     def target() -> None:

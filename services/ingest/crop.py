@@ -1,9 +1,8 @@
 """The ingest actor: a read block's rows (bytes) → guards, decode, multi-crop → uint8 batches.
 
-:class:`Cropper` holds the work and no Ray, so the benchmark and the unit tests measure and check
-exactly the code the actors run; :class:`IngestActor` is the ``map_batches`` callable the
-stream (``services.ingest.stream``) runs on a fixed-size actor pool. The pixel and side guards
-are applied by ``seer_core.augment``'s decoder from the header, before decoding.
+:class:`Cropper` holds the work and no Ray, so the benchmark and unit tests check exactly what
+the actors run (:class:`IngestActor`, the stream's ``map_batches`` callable). The pixel and side
+guards are applied by ``seer_core.augment``'s decoder from the header, before decoding.
 """
 
 from __future__ import annotations

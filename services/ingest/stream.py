@@ -1,19 +1,15 @@
 """The ingest stream on Ray: one never-ending Ray Data execution (DESIGN §5). Wiring only.
 
-``read_datasource`` runs the endless read tasks (``services.ingest.read``); ``map_batches``
-runs the ingest actor (``services.ingest.crop``) on a *fixed-size* pool (``min_size ==
-max_size``: an autoscaling pool churns its actors, 6 processes in 71 s). Each Train worker
-iterates its ``streaming_split`` shard once (``services.trainer.batches``): the actors live as
-long as the run.
+The endless read tasks (``read``) feed the ingest actor (``crop``) on a *fixed-size* pool (an
+autoscaling one churns its actors); each Train worker iterates its shard once
+(``services.trainer.batches``), so the actors live as long as the run.
 
-Why the guard rails: Ray Data relaxes backpressure for an operator whose task "will complete
-soon", and an endless read task never completes; with 128 MiB blocks the producer out-ran the
-consumer x70 and spilled 52 GB in ten minutes. Small blocks (``ingest.target_max_block_mb``, at
-most 1/32 of the budget: the config's validation) against an explicit object-store budget
-(``ingest.object_store_mb``) keep it bounded while the trainers keep up, and
-:func:`data_context_settings` closes the path by which a paused consumer (a checkpoint, an
-evaluation) let the producer run away. :func:`watch_spilling` exports spilled bytes, the sign
-that a guard rail gave way.
+Why the guard rails: Ray Data relaxes backpressure for a task that "will complete soon", and an
+endless read task never completes; with 128 MiB blocks the producer out-ran the consumer x70 and
+spilled 52 GB in ten minutes. Small blocks (``ingest.target_max_block_mb``, at most 1/32 of the
+budget) against an explicit object-store budget (``ingest.object_store_mb``) bound it, and
+:func:`data_context_settings` closes the path by which a paused consumer let the producer run
+away. :func:`watch_spilling` exports spilled bytes, the sign that a guard rail gave way.
 """
 
 from __future__ import annotations
@@ -106,12 +102,9 @@ def data_context_settings(cfg: SeerConfig) -> dict[str, Any]:
 
 
 def configure_data_context(cfg: SeerConfig, ctx: DataContext | None = None) -> DataContext:
-    """Tunes Ray Data for a stream of crops; returns the context it changed.
-
-    Must run in the process that *builds* the dataset: Ray Train calls the dataset factory in
-    its controller, where the driver's DataContext changes do not apply. Raises
-    :class:`RayDataSettingError`, before setting anything, if a field does not exist.
-    """
+    """Tunes Ray Data for a stream of crops, in the process that *builds* the dataset (Ray
+    Train's controller: the driver's changes do not apply there). Raises
+    :class:`RayDataSettingError`, before setting anything, if a field does not exist."""
     ctx = ctx if ctx is not None else DataContext.get_current()
     settings = data_context_settings(cfg)
     _require_fields(ctx, settings)
@@ -197,10 +190,8 @@ def store_stats() -> dict[str, int]:
 
 def watch_spilling(stop: threading.Event, interval_s: float = 30.0) -> None:
     """Sets ``seer_ingest_spilled_bytes`` and warns when it grows, every ``interval_s``, until
-    ``stop``. Run it on a thread of its own, never on a step path: the query walks every node's
-    store through the GCS (10 s timeout), and a step that waited for it would hold every other
-    rank in the next collective. The alert reads Ray's own spilled bytes; this adds the log line
-    a user sees and the dashboard's "seen by the stream" series."""
+    ``stop``. On a thread of its own, never a step path: the query walks every node's store
+    (10 s timeout), and a step waiting for it would hold every rank in the next collective."""
     last = 0
     while not stop.is_set():
         try:

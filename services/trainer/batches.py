@@ -32,17 +32,12 @@ def synthetic_batches(
 def stream_batches(cfg: SeerConfig, recipe: MultiCropRecipe) -> Iterator[dict[str, torch.Tensor]]:
     """This worker's shard of the never-ending stream, iterated once (services.ingest.stream).
 
-    The iterator is one Ray Data execution for the whole run: the ingest actors live as long as
-    it does. It is never rebuilt in place: an error raises at once, and Ray Train restarts the
-    whole worker group from the newest checkpoint, with a new stream (DESIGN §5, a failure on
-    one rank is decided for all ranks). A ``streaming_split`` shard rebuilt on one rank waits at
-    the split coordinator's barrier for every shard while the other ranks wait for this one in
-    the next all-reduce, until ``train.collective_timeout_s`` (30 min by default). Raising
-    costs the steps since the last checkpoint and a restart (about a minute); a bad object never
-    gets here (the ingest side skips and counts it), so what does is not transient.
-
-    Rank 0 also watches spilling (``seer_ingest_spilled_bytes``), on a thread of its own that
-    ends with this iterator: never on the step path.
+    One Ray Data execution for the whole run, never rebuilt in place: an error raises at once
+    and Ray Train restarts the whole group from the newest checkpoint with a new stream (DESIGN
+    §5). A shard rebuilt on one rank would wait at the split coordinator's barrier for every
+    shard while the others wait for it in the next all-reduce, for ``train.collective_timeout_s``.
+    A bad object never gets here (the ingest side skips it), so what does is not transient.
+    Rank 0 also watches spilling, on a thread of its own that ends with this iterator.
     """
     import ray.train
 

@@ -1,20 +1,15 @@
 """The run's control actor, between the `seer pretrain` driver and the training workers.
 
-Ray Train runs the training function in a thread of each worker actor, where no signal handler
-can be installed, and the SIGTERM of `ray job stop` (or of a Kubernetes pod) reaches the driver.
-So the driver turns it into a stop request here; rank 0 polls it and broadcasts the decision,
-every rank writes a final checkpoint and returns. Rank 0 also leaves its latest progress here,
-for the driver to print and serve without a barrier, and workers leave their warnings
-(:class:`WarningRelay`): a local run keeps Ray's own chatter out of the terminal, yet what seer
-warns about inside a worker (a non-finite step, a suspected collapse) must reach the person
-watching.
+The SIGTERM of `ray job stop` (or of a pod) reaches the driver, not the workers' training
+threads (where no handler can be installed): the driver leaves a stop request here, rank 0 polls
+it and broadcasts it, every rank checkpoints and returns. Rank 0 leaves its progress here for the
+driver to print without a barrier; workers leave their warnings (:class:`WarningRelay`), since a
+local run keeps Ray's own chatter out of the terminal.
 
-It also tells a deterministic failure (end the run) from a transient one (restart the workers),
-because it outlives the worker groups Ray Train restarts. Ray Train restarts a failed group for
-ever (`FailureConfig(max_failures=-1)`): right for a killed worker or a lost node, wrong for a
-bug or a bad input that fails the same way every time. The rule (:class:`FailureTracker`): the
-*same* error (type and message) at the *same* step, `limit` times in a row, with no progress
-past that step in between, is deterministic; anything else starts the count again.
+Outliving the worker groups Ray Train restarts (for ever: right for a lost node, wrong for a bug
+that fails the same way every time), it also tells a deterministic failure from a transient one
+(:class:`FailureTracker`): the *same* error at the *same* step, `limit` times in a row with no
+progress past that step in between, ends the run; anything else starts the count again.
 """
 
 from __future__ import annotations
@@ -22,8 +17,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import ray
 
@@ -33,17 +27,16 @@ MAX_MESSAGE = 500
 MAX_NOTES = 200
 
 
+class Failure(NamedTuple):
+    rank: int
+    step: int
+    signature: str
+
+
 def failure_signature(exc: BaseException) -> str:
     """`Type: message`, the identity of a failure across restarts."""
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
-
-
-@dataclass
-class Failure:
-    rank: int
-    step: int
-    signature: str
 
 
 class FailureTracker:
@@ -97,10 +90,9 @@ class RunControl:
         self._next_note = 0
 
     def run_seconds(self) -> float:
-        """Seconds since the driver created this actor, i.e. since this `seer pretrain` began (a
-        resumed run's budget starts again). `train.max_minutes` is measured from here, so
-        restarted worker groups share one budget, computed from the driver's wall clock so that
-        no worker compares its own clock with the driver's."""
+        """Seconds since this `seer pretrain` began (a resumed run's budget starts again), for
+        `train.max_minutes`: restarted worker groups share one budget, and no worker compares
+        its own clock with the driver's."""
         return max(0.0, time.time() - self._started_at)
 
     def request_stop(self, reason: str) -> None:
