@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -29,11 +28,7 @@ from typing import Any
 
 import torch
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from services.driver.local_ray import free_loopback_port
 
 
 def _config(trunk: str, storage: str, world: int) -> Any:
@@ -110,7 +105,7 @@ def main() -> None:
         out = Path(root, "out")
         out.mkdir()
         torch.multiprocessing.spawn(
-            _rank, args=(args.world, _free_port(), args.trunk, str(Path(root, "store")),
+            _rank, args=(args.world, free_loopback_port(), args.trunk, str(Path(root, "store")),
                          str(out), args.repeats), nprocs=args.world, join=True)
         reports = [json.loads(Path(out, f"rank{r}.json").read_text())
                    for r in range(args.world)]

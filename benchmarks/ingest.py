@@ -18,45 +18,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from helpers import load_images
 
-import torch  # noqa: E402
-
-from seer_core.augment import build_multicrop  # noqa: E402
-from seer_core.config import SeerConfig, config_from_dict  # noqa: E402
-from services.ingest.crop import Cropper  # noqa: E402
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
-def load_images(folder: str | None, n: int, side: int) -> list[tuple[str, bytes]]:
-    """``n`` encoded images from ``folder``, or freshly generated ~``side``-px photos."""
-    if folder is None:
-        from services.images.sample import generate_photo_like_jpegs
-
-        tmp = tempfile.mkdtemp(prefix="seer-bench-ingest-")
-        try:
-            paths = generate_photo_like_jpegs(tmp, n, side=side, seed=0)
-            return [(p.name, p.read_bytes()) for p in paths]
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise SystemExit(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
-    return [(p.name, p.read_bytes()) for p in paths[:n]]
+from seer_core.augment import build_multicrop
+from seer_core.config import SeerConfig, config_from_dict
+from services.driver.local_ray import free_loopback_port
+from services.ingest.crop import Cropper
 
 
 def bench_cfg(recipe: str, **ingest: Any) -> SeerConfig:
@@ -108,17 +86,11 @@ def per_core(images: list[tuple[str, bytes]], recipe: str, seconds: float, round
 # -- S3 server -----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class LocalMoto:
     """A throwaway moto_server on 127.0.0.1 (dummy credentials, set for this process only)."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_loopback_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         exe = Path(sys.executable).with_name("moto_server")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]

@@ -17,7 +17,6 @@ import io
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,9 +25,11 @@ import torch
 from PIL import Image, ImageFilter
 from torchvision import transforms
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import load_images
+
 from seer_core.augment import IMAGENET_MEAN, IMAGENET_STD, RECIPES, build_multicrop
 from seer_core.augment.crops import REDUCING_GAP, MultiCrop
-from services.images.sample import generate_photo_like_jpegs
 
 
 class _PILRandomGaussianBlur:
@@ -125,15 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     random.seed(0)
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory(prefix="seer-bench-") as tmp:
-        if args.images is None:
-            paths = generate_photo_like_jpegs(tmp, args.n, side=1080, seed=0)
-        else:
-            paths = sorted(p for p in args.images.iterdir() if p.is_file())[: args.n]
-        images = [p.read_bytes() for p in paths]
-    if not images:
-        print("no images", file=sys.stderr)
-        return 1
+    images = [data for _, data in load_images(args.images, args.n)]
     sizes = {Image.open(io.BytesIO(b)).size for b in images[:8]}
     print(f"{len(images)} images (e.g. {sorted(sizes)[:3]}), recipe {args.recipe}, "
           f"PIL {Image.__version__}, 1 thread, {args.seconds:.0f} s each in {args.rounds} rounds")

@@ -19,14 +19,12 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+import torch.nn.functional as F
+from helpers import load_images
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from seer_core.augment import (  # noqa: E402
+from seer_core.augment import (
     MultiCrop,
     PhotometricParams,
     collate_crops,
@@ -34,8 +32,7 @@ from seer_core.augment import (  # noqa: E402
     normalize,
     resolve_recipe,
 )
-from seer_core.models import build_trunk  # noqa: E402
-from services.feed import DEFAULT_IMAGE_EXTENSIONS  # noqa: E402
+from seer_core.models import build_trunk
 
 SETTINGS: dict[str, PhotometricParams | None] = {
     "none (crops and flips only)": None,
@@ -74,11 +71,9 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=256, help="images")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    files = sorted(p for p in Path(args.pool).iterdir()
-                   if p.is_file() and p.suffix.lower() in DEFAULT_IMAGE_EXTENSIONS)[: args.n]
-    if len(files) < 8:
+    images = [data for _, data in load_images(args.pool, args.n)]
+    if len(images) < 8:
         parser.error(f"{args.pool}: need at least 8 images (try `seer seed`)")
-    images = [p.read_bytes() for p in files]
     recipe = resolve_recipe("seer", {"global_size": args.size, "n_local": 0,
                                      "global_scale": tuple(args.scale)})
     print(f"{len(images)} images from {args.pool}, {args.trunk} at random init, 2 global views "

@@ -59,7 +59,6 @@ class Panel:
     description: str = ""
     kind: str = "timeseries"
     core: bool = True
-    width: int = 12
     log2: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -226,9 +225,6 @@ def evaluation() -> Dashboard:
     ])
 
 
-DASHBOARDS = (training, ingest, evaluation)
-
-
 def render_panel(panel: Panel, index: int, panel_id: int) -> dict[str, Any]:
     """Grafana panel JSON (schema 39) laid out two per row."""
     custom: dict[str, Any] = {}
@@ -240,7 +236,7 @@ def render_panel(panel: Panel, index: int, panel_id: int) -> dict[str, Any]:
         "title": panel.title,
         "description": panel.description,
         "datasource": DATASOURCE,
-        "gridPos": {"h": 8, "w": panel.width, "x": (index % 2) * 12, "y": (index // 2) * 8},
+        "gridPos": {"h": 8, "w": 12, "x": (index % 2) * 12, "y": (index // 2) * 8},
         "fieldConfig": {"defaults": {"unit": panel.unit, "custom": custom}, "overrides": []},
         "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
                     "tooltip": {"mode": "multi", "sort": "none"}},
@@ -278,11 +274,7 @@ def render_dashboard(dash: Dashboard) -> dict[str, Any]:
 
 
 def dashboards() -> list[Dashboard]:
-    return [make() for make in DASHBOARDS]
-
-
-def dashboard_text(dash: Dashboard) -> str:
-    return json.dumps(render_dashboard(dash), indent=2, ensure_ascii=False) + "\n"
+    return [training(), ingest(), evaluation()]
 
 
 def prometheus_rule_text(rules_text: str) -> str:
@@ -304,7 +296,7 @@ def outputs() -> dict[Path, str]:
     """Every generated file and its content."""
     files: dict[Path, str] = {}
     for dash in dashboards():
-        text = dashboard_text(dash)
+        text = json.dumps(render_dashboard(dash), indent=2, ensure_ascii=False) + "\n"
         files[GRAFANA_DIR / f"{dash.uid}.json"] = text
         files[K8S_DASHBOARDS_DIR / f"{dash.uid}.json"] = text
     files[K8S_RULE_FILE] = prometheus_rule_text(RULES_FILE.read_text())

@@ -19,6 +19,7 @@ one by one, in no fixed order, so a crash can leave any subset of them, `state.p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -58,16 +59,12 @@ def parse_json(data: bytes) -> dict[str, Any] | None:
 
 
 def _fsync_dir(directory: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):  # platforms without directory fds
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:

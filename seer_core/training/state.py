@@ -111,11 +111,8 @@ def build_train_state(
     *,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
 ) -> TrainState:
-    """Builds model, optimizer, schedule and queue from a validated config.
-
-    `wrap` is applied last (Ray Train's `prepare_model`, or DDP) so SyncBatchNorm conversion and
-    activation checkpointing happen on the bare model first, as DDP requires.
-    """
+    """Builds model, optimizer, schedule and queue from a validated config (`wrap`: see the
+    module docstring)."""
     device = torch.device(device)
     torch.manual_seed(cfg.train.seed)
     model = swav_model(cfg)
@@ -227,8 +224,7 @@ def load_optimizer_and_schedule(state: TrainState, saved: Mapping[str, Any]) -> 
     The state was built from the config the run resumes with, and that config wins: momentum
     buffers, the schedule's step count, LR level, best loss and counters come from the
     checkpoint; weight decay, momentum, eta, eps, clip and every schedule knob stay the
-    config's (issue 9: they used to come back from the checkpoint while `seer status` showed
-    the new ones). Each value that changed is logged once, on rank 0, as
+    config's (what `seer status` shows). Each value that changed is logged once, on rank 0, as
     ``resume: optim.weight_decay 1e-06 -> 1e-05``. A changed parameter grouping
     (`optim.exclude_bias_and_norm`) keeps each parameter's momentum; a changed schedule kind
     keeps only the step count. The caller sets the optimizer's LR from the schedule afterwards.
