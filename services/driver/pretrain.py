@@ -22,11 +22,11 @@ from urllib.parse import urlparse
 from seer_core.config import SeerConfig, config_from_dict
 from seer_core.training.preflight import preflight
 from services import metrics
+from services.driver.control import create_control
 from services.driver.local_ray import ray_log_dir, start_local_ray
 from services.ingest.stream import pool_size, reserved_cpus
 from services.storage import RunStorage
 from services.trainer import build_trainer, storage_for
-from services.trainer.control import create_control
 from services.trainer.store_wait import StoreWait, wait_for_store
 
 T = TypeVar("T")
@@ -60,7 +60,7 @@ def init_ray(cfg: SeerConfig, address: str | None = None) -> RayPlaces:
 
     A joined cluster keeps Ray's defaults (its logs are the job's logs). A local instance lives
     on loopback (`local_ray`) and keeps Ray's own output in its log folder, so that the
-    terminal shows seer's progress lines and the warnings workers relay (trainer.control).
+    terminal shows seer's progress lines and the warnings workers relay (driver.control).
     """
     import ray
 
@@ -255,7 +255,7 @@ def fit_beside_signals(fit: Callable[[], T]) -> T:
 
 
 class RunFailed(RuntimeError):
-    """The run failed the same way again and again (trainer.control): restarting is futile."""
+    """The run failed the same way again and again (driver.control): restarting is futile."""
 
 
 def run_pretraining(

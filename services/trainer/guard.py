@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from seer_core.config import config_from_dict
+from services.driver.control import failure_signature
 from services.trainer.checkpoints import NoUsableCheckpoint
-from services.trainer.control import failure_signature
 from services.trainer.loop import train_loop_per_worker
 from services.trainer.store_wait import StoreUnavailable
 
@@ -41,7 +41,7 @@ def fatal_reason(loop_config: Mapping[str, Any]) -> str | None:
     """The control actor's verdict that this run cannot succeed, if it gave one."""
     import ray
 
-    from services.trainer.control import find_control
+    from services.driver.control import find_control
 
     control = find_control(config_from_dict(loop_config["config"]).checkpoint.run_name)
     if control is None:
@@ -54,7 +54,7 @@ def report_failure(loop_config: Mapping[str, Any], exc: BaseException) -> None:
     import ray
     import ray.train
 
-    from services.trainer.control import find_control
+    from services.driver.control import find_control
 
     try:
         run_name = config_from_dict(loop_config["config"]).checkpoint.run_name

@@ -47,7 +47,7 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from services.trainer.control import relay_warnings
+    from services.driver.control import relay_warnings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = config_from_dict(loop_config["config"])
@@ -94,7 +94,7 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
 def _train(cfg: SeerConfig, state: TrainState, rank: int, world: int, device: torch.device,
            source: str | None, resumed: dict[str, float], metrics: TrainMetrics,
            writer: CheckpointWriter, synthetic: bool) -> None:
-    from services.trainer.control import find_control
+    from services.driver.control import find_control
 
     control = find_control(cfg.checkpoint.run_name) if rank == 0 else None
     decider = Decider(cfg, rank, world, device, control)

@@ -51,7 +51,7 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         import ray
 
-        from services.trainer.control import find_control
+        from services.driver.control import find_control
 
         while not self.done.wait(0.2):
             control = find_control(self.run_name)
@@ -122,7 +122,7 @@ def main(workdir: Path) -> dict[str, Any]:
         nodes.append(cluster.add_node(**node, num_cpus=1))  # the node comes back
         report["two_workers_again_step"] = sampler.wait_for(2, before_back + 3,
                                                             "after the node came back")
-        from services.trainer.control import find_control
+        from services.driver.control import find_control
 
         ray.get(find_control(cfg.checkpoint.run_name).request_stop.remote("test"))
         thread.join(timeout=STEP_TIMEOUT_S)

@@ -65,7 +65,7 @@ def test_local_run_prints_only_seer_lines(ray_cluster, tmp_path: Path) -> None:
 def test_worker_warnings_reach_the_driver(ray_cluster) -> None:
     import ray
 
-    from services.trainer.control import create_control, relay_warnings
+    from services.driver.control import create_control, relay_warnings
 
     run = f"relay-{uuid.uuid4().hex[:6]}"
     control = create_control(run)

@@ -30,7 +30,7 @@ def _restarted(control) -> bool:
 def test_a_group_started_late_in_the_run_stops_at_the_runs_budget(ray_cluster) -> None:
     import ray
 
-    from services.trainer.control import create_control
+    from services.driver.control import create_control
     from services.trainer.decisions import Decider
 
     budget_s = 1.5

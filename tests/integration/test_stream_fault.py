@@ -76,7 +76,7 @@ def test_one_rank_stream_failure_restarts_the_group_within_2_minutes(
     import ray
     from ray import cloudpickle
 
-    from services.trainer.control import find_control
+    from services.driver.control import find_control
 
     run = "stream-fault"
     cfg = service_config(s3_server.endpoint_url, image_bucket, ckpt_bucket, run,

@@ -214,7 +214,7 @@ def test_killed_worker_resumes_and_metrics_are_scraped(ray_cluster, s3_server, i
                                                        ckpt_bucket) -> None:
     import ray
 
-    from services.trainer.control import find_control
+    from services.driver.control import find_control
 
     endpoint = s3_server.endpoint_url
     # No step limit: the run lasts until this test asks it to stop, whatever the timing.

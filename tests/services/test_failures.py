@@ -1,11 +1,11 @@
-"""services.trainer.control's failure tracking: a failure repeating at the same step is
+"""services.driver.control's failure tracking: a failure repeating at the same step is
 deterministic; others are not."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.trainer.control import MAX_MESSAGE, FailureTracker, failure_signature
+from services.driver.control import MAX_MESSAGE, FailureTracker, failure_signature
 
 
 def test_same_error_same_step_three_times_is_fatal() -> None:
