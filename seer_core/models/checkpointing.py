@@ -17,7 +17,6 @@ wrapped in :class:`CheckpointedStage`, which
 from __future__ import annotations
 
 import contextlib
-from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -84,19 +83,17 @@ def _hide_wrapper_in_state_dict(
     inner = f"{prefix}{WRAPPED}."
     if not any(k.startswith(inner) for k in state_dict):
         return
-    renamed = [
-        (prefix + k[len(inner) :] if k.startswith(inner) else k, v) for k, v in state_dict.items()
-    ]
-    state_dict.clear()  # rebuilt rather than popped, to keep the key order of the plain model
+
+    def outer(key: str) -> str:
+        return prefix + key[len(inner) :] if key.startswith(inner) else key
+
+    # Rebuilt rather than popped, to keep the key order of the plain model.
+    renamed = [(outer(k), v) for k, v in state_dict.items()]
+    state_dict.clear()
     state_dict.update(renamed)
     metadata = getattr(state_dict, "_metadata", None)
     if metadata is not None:
-        inner_meta = inner[:-1]
-        fixed = OrderedDict()
-        for k, v in metadata.items():
-            if k == inner_meta:
-                continue
-            fixed[prefix + k[len(inner) :] if k.startswith(inner) else k] = v
+        fixed = [(outer(k), v) for k, v in metadata.items() if k != inner[:-1]]
         metadata.clear()
         metadata.update(fixed)
 
