@@ -27,8 +27,8 @@ from seer_core.config.schema import (
     SeerConfig,
     SwAVConfig,
     TrainConfig,
+    config_from_dict,
 )
-from seer_core.config.validate import config_from_dict
 
 __all__ = [
     "PRESETS_DIR_ENV",

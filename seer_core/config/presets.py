@@ -9,8 +9,7 @@ from typing import Any
 
 import yaml
 
-from seer_core.config.schema import ConfigError, SeerConfig
-from seer_core.config.validate import config_from_dict
+from seer_core.config.schema import ConfigError, SeerConfig, config_from_dict
 
 PRESETS_DIR_ENV = "SEER_PRESETS_DIR"
 """Environment variable pointing at a directory of preset YAML files (overrides the default)."""
