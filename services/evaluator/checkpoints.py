@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 from seer_core.checkpoint import STATE_FILE, CheckpointLoadError, load_state, parse_step_dir
-from services.evaluator.errors import (
+from services.evaluator import (
     BadCheckpointError,
     BadInputError,
     CheckpointVanishedError,

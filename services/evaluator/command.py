@@ -20,7 +20,7 @@ from typing import Any
 
 from seer_core.config import SeerConfig, load_config
 from seer_core.config.schema import EVAL_PROTOCOLS
-from services.evaluator.errors import BadInputError, EvaluatorError
+from services.evaluator import BadInputError, EvaluatorError
 
 log = logging.getLogger("seer.eval")
 
@@ -229,8 +229,7 @@ def _run(args: argparse.Namespace) -> int:
 def _watch(args: argparse.Namespace, cfg: SeerConfig, evaluator: Any, results: Any,
            storage: Any) -> int:
     from services.evaluator.gauges import EvalGauges
-    from services.evaluator.run import EvalSession
-    from services.evaluator.watch import watch
+    from services.evaluator.run import EvalSession, watch
 
     s = cfg.eval
     gauges = EvalGauges()

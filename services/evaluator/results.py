@@ -1,4 +1,4 @@
-"""The results file: one JSON object per line, appended, never rewritten.
+"""The results file (one JSON object per line, appended, never rewritten) and the key of its rows.
 
 JSON lines because an evaluator that is killed mid-write must cost at most its last line: each
 append is flushed and fsynced, a reader skips (and counts) lines it cannot parse, and the next
@@ -12,15 +12,24 @@ append starts on a fresh line, so one torn write never poisons the file. Every r
      "settings_id": "3f9c0a1b2c4d"}
 
 `trunk` is "checkpoint" or "random" (the baseline, with step 0 and images_seen 0). `settings`
-are what the number depends on besides the checkpoint, `settings_id` their digest: rows are
-matched by run and settings_id (services.evaluator.settings). Rows written before rows carried
-settings still load, but match no settings: they are kept apart, never counted as done. The file may
-live in S3 (`s3://bucket/key`): S3 cannot append, so a local copy is kept and the whole object
-is uploaded after each append (one writer per results file).
+are what the number depends on besides the checkpoint, `settings_id` their digest. Done steps,
+the stored baseline, the PNG and the gauges only ever look at rows of the current settings, so
+changing `--image-size`, k or the protocols starts new rows and a new baseline beside the old
+ones, and a row without a key (what it was computed with is unknown) matches none.
+
+Left out of the settings on purpose, since they do not change a number: the poll interval, the
+metrics port, the results path, the device and thread count (floating-point noise only), whether
+a baseline is wanted, the endpoint; and the feature-extraction batch size (the frozen trunk runs
+in eval mode, so its BatchNorm uses stored statistics), except for fine-tuning, which trains
+with it.
+
+The file may live in S3 (`s3://bucket/key`): S3 cannot append, so a local copy is kept and the
+whole object is uploaded after each append (one writer per results file).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -30,7 +39,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
-from services.evaluator.settings import rows_for
+from seer_core.config.schema import EvalConfig
 from services.storage import resolve_storage
 
 log = logging.getLogger("seer.eval")
@@ -38,6 +47,39 @@ log = logging.getLogger("seer.eval")
 ROW_KEYS: tuple[str, ...] = ("run", "step", "images_seen", "trunk", "stage", "protocol",
                              "metric", "value", "wall_time", "checkpoint", "data", "settings",
                              "settings_id")
+
+#: Settings every protocol depends on: which features, of which images, split how; `seed`
+#: seeds the random baseline trunk (and the probes).
+COMMON: tuple[str, ...] = ("stage", "data", "image_size", "val_fraction", "split_seed", "seed")
+#: What each protocol adds (k values and low-shot fractions are also in the protocol names).
+BY_PROTOCOL: dict[str, tuple[str, ...]] = {
+    "knn": ("knn_k", "temperature"),
+    "linear": ("probe_epochs",),
+    "lowshot": ("lowshot_fractions", "lowshot_seeds", "probe_epochs"),
+    "finetune": ("finetune_steps", "finetune_lr", "batch_size"),
+}
+
+
+def eval_settings(s: EvalConfig) -> dict[str, Any]:
+    """The settings that change the numbers of an evaluation with `s` (a plain, JSON-able
+    dict). The protocol set is part of it: its rows are one evaluation, drawn together. Lists
+    are sorted: their order changes no number."""
+    names = ["protocols", *COMMON]
+    for protocol in sorted(s.protocols):
+        names += BY_PROTOCOL[protocol]
+    values = {name: getattr(s, name) for name in names}
+    return {name: sorted(v) if isinstance(v, list) else v for name, v in values.items()}
+
+
+def settings_id(settings: dict[str, Any]) -> str:
+    """A short, stable digest of `eval_settings(...)`: equal settings, equal id."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def rows_for(rows: Iterable[dict[str, Any]], run: str, key: str) -> list[dict[str, Any]]:
+    """The rows of `run` computed with the settings `key`."""
+    return [r for r in rows if r.get("run") == run and r.get("settings_id") == key]
 
 
 def default_results_uri(storage: str, run_name: str) -> str:

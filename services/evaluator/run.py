@@ -1,16 +1,25 @@
-"""Evaluating one checkpoint (and the random-init baseline) on the labelled set, once.
+"""Evaluating checkpoints (and the random-init baseline) on the labelled set: once, or --watch.
 
 `Evaluator` holds what is worth keeping between checkpoints in a long-lived process: the decoded
 labelled set (loaded once) and the random baseline's results (computed once per architecture).
 `EvalSession` adds the results file, the PNG and the gauges around it; `seer eval` uses it for
-one checkpoint, the watch loop for each new one.
+one checkpoint, `watch` for each new one.
+
+`watch` polls the store and evaluates the newest checkpoint not evaluated yet (so a busy
+evaluator keeps up with the newest weights, and an idle one back-fills older checkpoints that are
+still there). A step counts as done only once its rows are in the results file, so a restarted
+evaluator skips what it already did, and a checkpoint that vanished, could not be read, or failed
+to evaluate is retried at the next poll, unless a newer one came along. Nothing that goes wrong
+in a poll stops the loop: it is logged, counted in `seer_eval_errors_total{reason}`, and the loop
+sleeps until the next poll. SIGTERM/SIGINT (set `stop`) end it after the current evaluation.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,14 +38,25 @@ from seer_core.evaluation import (
     random_trunk,
     trunk_from_checkpoint,
 )
-from services.evaluator.checkpoints import CheckpointRef, LoadedCheckpoint, load_checkpoint
-from services.evaluator.errors import BadCheckpointError, BadInputError
+from services.evaluator import BadCheckpointError, BadInputError, EvaluatorError
+from services.evaluator.checkpoints import (
+    CheckpointRef,
+    LoadedCheckpoint,
+    list_refs,
+    load_checkpoint,
+)
 from services.evaluator.gauges import EvalGauges
 from services.evaluator.plot import plot_accuracy
 from services.evaluator.progress import Progress
-from services.evaluator.results import ResultsFile
-from services.evaluator.settings import eval_settings, rows_for, settings_id
+from services.evaluator.results import (
+    ResultsFile,
+    done_steps,
+    eval_settings,
+    rows_for,
+    settings_id,
+)
 from services.labelled import LabelledDataError, LabelledSet, load_labelled
+from services.storage import RunStorage
 
 log = logging.getLogger("seer.eval")
 
@@ -52,14 +72,12 @@ def lowshot_name(fraction: float) -> str:
 class Evaluator:
     """Runs the configured protocols on a trunk; loads the labelled set once per process."""
 
-    def __init__(self, settings: EvalConfig, *, endpoint_url: str | None = None,
-                 progress: Callable[[str], Callable[[int, int], None]] | None = None) -> None:
+    def __init__(self, settings: EvalConfig, *, endpoint_url: str | None = None) -> None:
         self.settings = settings
         self.endpoint_url = endpoint_url
         self.device = None if settings.device == "auto" else torch.device(settings.device)
         if settings.torch_threads:  # spinning OpenMP threads vs other work on the node: a
             torch.set_num_threads(settings.torch_threads)  # tiny fine-tune took 5 s, not 0.05
-        self.progress = progress if progress is not None else Progress
         self._data: LabelledSet | None = None
         #: eval.knn_k values the loaded training split is large enough for (set by data()).
         self.knn_ks: list[int] = list(settings.knn_k)
@@ -69,45 +87,38 @@ class Evaluator:
         self.key = settings_id(self.key_settings)
 
     def data(self) -> LabelledSet:
-        """The labelled set, loaded on first use (a failed load is retried on the next call)."""
+        """The labelled set, loaded on first use (a failed load is retried on the next call).
+
+        A k larger than the training split is left out with a warning (a small set still gets
+        the ks that fit: SEER's k=200 on a 160-image set should not cost the k=20 figure); only
+        when no k fits is the set refused."""
         if self._data is None:
             s = self.settings
             try:
                 data = load_labelled(s.data, image_size=s.image_size,
                                      val_fraction=s.val_fraction, split_seed=s.split_seed,
                                      endpoint_url=self.endpoint_url,
-                                     progress=self.progress(f"loading {s.data}"))
+                                     progress=Progress(f"loading {s.data}"))
             except LabelledDataError as exc:
                 where = "" if s.data in str(exc) else f"labelled set {s.data}: "
                 raise BadInputError(f"{where}{exc}") from exc
-            self._check(data)
+            n_train = len(data.train)
+            fit = [k for k in s.knn_k if k <= n_train]
+            too_big = [k for k in s.knn_k if k > n_train]
+            if "knn" in s.protocols and not fit:
+                raise BadInputError(
+                    f"labelled set {s.data}: {n_train} training images, fewer than "
+                    f"k={min(too_big)} (eval.knn_k {s.knn_k}); add images or lower "
+                    "eval.knn_k / --knn-k")
+            if "knn" in s.protocols and too_big:
+                log.warning("labelled set %s: %d training images, fewer than k=%s: kNN with %s "
+                            "skipped (eval.knn_k %s); evaluating k=%s", s.data, n_train,
+                            ",".join(map(str, too_big)),
+                            "those k" if len(too_big) > 1 else "that k", s.knn_k,
+                            ",".join(map(str, fit)))
+            self.knn_ks = fit
             self._data = data
-            log.debug("labelled set %s: %d classes, %d train / %d val images at %d px%s",
-                     s.data, len(data.classes), len(data.train.labels), len(data.val.labels),
-                     s.image_size, f", skipped {data.skipped}" if data.skipped else "")
         return self._data
-
-    def _check(self, data: LabelledSet) -> None:
-        """A k larger than the training split is left out with a warning (a small set still
-        gets the ks that fit, as SEER's k=200 on a 160-image set should not cost the k=20
-        figure); only when no k fits is the set refused."""
-        n_train = len(data.train.labels)
-        if "knn" not in self.settings.protocols:
-            return
-        fit = [k for k in self.settings.knn_k if k <= n_train]
-        too_big = [k for k in self.settings.knn_k if k > n_train]
-        if not fit:
-            raise BadInputError(
-                f"labelled set {self.settings.data}: {n_train} training images, fewer than "
-                f"k={min(too_big)} (eval.knn_k {self.settings.knn_k}); add images or lower "
-                "eval.knn_k / --knn-k")
-        if too_big:
-            log.warning("labelled set %s: %d training images, fewer than k=%s: kNN with %s "
-                        "skipped (eval.knn_k %s); evaluating k=%s", self.settings.data,
-                        n_train, ",".join(map(str, too_big)),
-                        "those k" if len(too_big) > 1 else "that k", self.settings.knn_k,
-                        ",".join(map(str, fit)))
-        self.knn_ks = fit
 
     def figures(self, trunk: nn.Module, label: str) -> Figures:
         """Every configured protocol on `trunk`: [(protocol, metric, value %)]."""
@@ -119,10 +130,10 @@ class Evaluator:
                 frozen = frozen_trunk(trunk, s.stage)
                 train_x = extract_features(
                     frozen, data.train.images, batch_size=s.batch_size, device=self.device,
-                    progress=self.progress(f"{label}: {s.stage} features, train"))
+                    progress=Progress(f"{label}: {s.stage} features, train"))
                 val_x = extract_features(
                     frozen, data.val.images, batch_size=s.batch_size, device=self.device,
-                    progress=self.progress(f"{label}: {s.stage} features, val"))
+                    progress=Progress(f"{label}: {s.stage} features, val"))
                 train_y, val_y = data.train.labels, data.val.labels
             if "knn" in s.protocols:
                 for k in self.knn_ks:
@@ -144,7 +155,7 @@ class Evaluator:
                 r = finetune(trunk, data.train.images, data.train.labels, data.val.images,
                              data.val.labels, num_classes=classes, steps=s.finetune_steps,
                              lr=s.finetune_lr, batch_size=s.batch_size, seed=s.seed,
-                             device=self.device, progress=self.progress(f"{label}: finetune"))
+                             device=self.device, progress=Progress(f"{label}: finetune"))
                 out += [("finetune", "top1", r["top1"]), ("finetune", "top5", r["top5"])]
                 if "lowshot" in s.protocols:
                     out += self._lowshot_finetune(trunk, label)
@@ -166,7 +177,7 @@ class Evaluator:
                              data.val.images, data.val.labels, num_classes=len(data.classes),
                              steps=s.finetune_steps, lr=s.finetune_lr,
                              batch_size=s.batch_size, seed=seed, device=self.device,
-                             progress=self.progress(f"{label}: {name} seed {seed}"))
+                             progress=Progress(f"{label}: {name} seed {seed}"))
                 top1s.append(r["top1"])
                 top5s.append(r["top5"])
             spread = torch.tensor(top1s, dtype=torch.float64).std(unbiased=False)
@@ -183,24 +194,22 @@ class Evaluator:
             raise BadCheckpointError(f"{loaded.ref.describe()}: {exc}") from exc
         return trunk, cfg.model.trunk
 
+    def make_rows(self, figures: Figures, *, run: str, step: int, images_seen: int, trunk: str,
+                  checkpoint: str) -> list[dict[str, Any]]:
+        """Result rows, keyed by the settings they were computed with (see results)."""
+        now = round(time.time(), 3)
+        return [{"run": run, "step": step, "images_seen": images_seen, "trunk": trunk,
+                 "stage": self.settings.stage, "protocol": p, "metric": m, "value": v,
+                 "wall_time": now, "checkpoint": checkpoint, "data": self.settings.data,
+                 "settings": self.key_settings, "settings_id": self.key}
+                for p, m, v in figures]
+
     def baseline_figures(self, trunk_name: str) -> Figures:
         """A random-initialised trunk of the same architecture: computed once, then cached."""
         if trunk_name not in self._baselines:
             trunk = random_trunk(trunk_name, seed=self.settings.seed)
             self._baselines[trunk_name] = self.figures(trunk, f"random {trunk_name}")
         return self._baselines[trunk_name]
-
-
-def make_rows(figures: Figures, *, run: str, step: int, images_seen: int, trunk: str,
-              stage: str, checkpoint: str, data: str, settings: dict[str, Any],
-              key: str) -> list[dict[str, Any]]:
-    """Result rows; `settings` and their digest `key` say what the numbers were computed with
-    (services.evaluator.settings)."""
-    now = round(time.time(), 3)
-    return [{"run": run, "step": step, "images_seen": images_seen, "trunk": trunk,
-             "stage": stage, "protocol": p, "metric": m, "value": v, "wall_time": now,
-             "checkpoint": checkpoint, "data": data, "settings": settings, "settings_id": key}
-            for p, m, v in figures]
 
 
 def summary_line(rows: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> str:
@@ -237,42 +246,31 @@ class EvalSession:
         start = time.perf_counter()
         loaded = load_checkpoint(ref)
         run = run or loaded.run
-        s = self.settings
-        trunk, trunk_name = self.evaluator.checkpoint_trunk(loaded)  # a foreign one: at once
-        self.evaluator.data()  # data errors before the (slow) feature extraction
-        figures = self.evaluator.figures(trunk, f"step {loaded.step}")
         ev = self.evaluator
-        rows = make_rows(figures, run=run, step=loaded.step,
-                         images_seen=loaded.images_seen, trunk="checkpoint", stage=s.stage,
-                         checkpoint=ref.display, data=s.data, settings=ev.key_settings,
-                         key=ev.key)
+        trunk, trunk_name = ev.checkpoint_trunk(loaded)  # a foreign one: at once
+        data = ev.data()  # data errors before the (slow) feature extraction
+        rows = ev.make_rows(ev.figures(trunk, f"step {loaded.step}"), run=run, step=loaded.step,
+                            images_seen=loaded.images_seen, trunk="checkpoint",
+                            checkpoint=ref.display)
         base_rows: list[dict[str, Any]] = []
-        if s.baseline == "random":
-            stored = [r for r in rows_for(self.rows, run, ev.key) if r.get("trunk") == "random"
-                      and r.get("checkpoint") == f"random:{trunk_name}"]
-            if stored:
-                base_rows = stored
-            else:
-                base_rows = make_rows(ev.baseline_figures(trunk_name),
-                                      run=run, step=0, images_seen=0, trunk="random",
-                                      stage=s.stage, checkpoint=f"random:{trunk_name}",
-                                      data=s.data, settings=ev.key_settings, key=ev.key)
-            new = rows if stored else [*base_rows, *rows]  # the baseline once per file
-        else:
-            new = rows
-        self._record(new, run, time.perf_counter() - start)
-        if self.gauges is not None:
-            self.gauges.skipped_images(self.evaluator.data().skipped)
-        return rows, base_rows, loaded
-
-    def _record(self, new: list[dict[str, Any]], run: str, seconds: float) -> None:
+        new = rows
+        if self.settings.baseline == "random":
+            name = f"random:{trunk_name}"
+            base_rows = [r for r in rows_for(self.rows, run, ev.key)
+                         if r.get("trunk") == "random" and r.get("checkpoint") == name]
+            if not base_rows:  # the baseline once per results file
+                base_rows = ev.make_rows(ev.baseline_figures(trunk_name), run=run, step=0,
+                                         images_seen=0, trunk="random", checkpoint=name)
+                new = [*base_rows, *rows]
         if self.results is not None:
             self.results.append(new)
         self.rows.extend(new)
         if self.gauges is not None:
             self.gauges.show_rows(new)
-            self.gauges.success(seconds)
+            self.gauges.success(time.perf_counter() - start)
+            self.gauges.skipped_images(data.skipped)
         self.redraw(run)
+        return rows, base_rows, loaded
 
     def redraw(self, run: str) -> None:
         """Redraws the PNG from the rows of the current settings only (one curve never mixes
@@ -286,3 +284,61 @@ class EvalSession:
                 self.results.publish_plot()
         except Exception as exc:  # matplotlib, a full disk, an S3 hiccup: the rows are safe
             log.error("could not draw %s: %s", self.results.plot_uri, exc)
+
+
+@dataclass
+class WatchStats:
+    polls: int = 0
+    evaluated: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # reasons, in order
+
+
+def poll(session: EvalSession, storage: RunStorage, done: set[int], stats: WatchStats) -> bool:
+    """One poll; True when a checkpoint was evaluated. Never raises."""
+    stats.polls += 1
+    ref: CheckpointRef | None = None
+    try:
+        ref = next((r for r in reversed(list_refs(storage))
+                    if r.step is not None and r.step not in done), None)
+        if ref is None:
+            log.debug("poll %d: nothing new in %s", stats.polls, storage.display)
+            return False
+        start = time.perf_counter()
+        rows, baseline, loaded = session.process(ref, run=storage.run_name)
+    except Exception as exc:  # the evaluator must outlive anything one poll meets
+        reason = exc.reason if isinstance(exc, EvaluatorError) else "error"
+        if isinstance(exc, EvaluatorError):
+            log.error("eval: %s; retrying at the next poll", exc)
+        else:
+            log.exception("eval: %s failed (%s: %s); retrying at the next poll",
+                          ref.describe() if ref is not None else storage.display,
+                          type(exc).__name__, exc)
+        stats.errors.append(reason)
+        if session.gauges is not None:
+            session.gauges.error(reason)
+        return False
+    done.add(loaded.step)
+    stats.evaluated.append(loaded.step)
+    log.info("eval step %d (%d images seen, %s): %s in %.1f s", loaded.step, loaded.images_seen,
+             session.settings.stage, summary_line(rows, baseline), time.perf_counter() - start)
+    return True
+
+
+def watch(session: EvalSession, storage: RunStorage, *, interval_s: float,
+          stop: threading.Event | None = None, max_polls: int | None = None) -> WatchStats:
+    """Polls until `stop` is set (or `max_polls` polls: a scheduled job's single pass)."""
+    stop = stop if stop is not None else threading.Event()
+    key = session.evaluator.key
+    done = done_steps(session.rows, storage.run_name, key)  # of the current settings only
+    if session.gauges is not None:
+        session.gauges.show_rows(rows_for(session.rows, storage.run_name, key))
+    stats = WatchStats()
+    log.info("eval: watching %s every %.0f s (%d step(s) already in the results)",
+             storage.display, interval_s, len(done))
+    while not stop.is_set():
+        evaluated = poll(session, storage, done, stats)
+        if max_polls is not None and stats.polls >= max_polls:
+            break
+        if not evaluated:  # after an evaluation, look again at once: a newer one may be there
+            stop.wait(interval_s)
+    return stats

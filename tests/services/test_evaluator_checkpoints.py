@@ -6,19 +6,19 @@ from pathlib import Path
 
 import pytest
 
+from services.evaluator import (
+    BadCheckpointError,
+    BadInputError,
+    CheckpointVanishedError,
+    NoCheckpointError,
+    StoreError,
+)
 from services.evaluator.checkpoints import (
     CheckpointRef,
     copy_checkpoint,
     list_refs,
     load_checkpoint,
     resolve_checkpoint,
-)
-from services.evaluator.errors import (
-    BadCheckpointError,
-    BadInputError,
-    CheckpointVanishedError,
-    NoCheckpointError,
-    StoreError,
 )
 from services.storage import RunStorage, resolve_storage
 from tests.services.evaluator_helpers import (

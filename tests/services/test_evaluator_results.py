@@ -18,10 +18,11 @@ from services.evaluator.results import (
     ResultsFile,
     default_results_uri,
     done_steps,
+    eval_settings,
     has_baseline,
     parse_rows,
+    settings_id,
 )
-from services.evaluator.settings import eval_settings, settings_id
 
 _SETTINGS = eval_settings(EvalConfig(data="labelled"))
 

@@ -10,8 +10,8 @@ import pytest
 
 from seer_core.checkpoint import step_dir_name
 from services.cli import main
+from services.evaluator import CheckpointVanishedError
 from services.evaluator.checkpoints import list_refs, load_checkpoint
-from services.evaluator.errors import CheckpointVanishedError
 from services.storage import RunStorage, resolve_storage
 from tests.s3server import MotoServer
 from tests.services.evaluator_helpers import (

@@ -12,14 +12,13 @@ from typing import Any
 import pytest
 
 from seer_core.config import SeerConfig
+from services.evaluator import BadCheckpointError, BadInputError
 from services.evaluator.checkpoints import resolve_checkpoint
 from services.evaluator.command import stop_on_signals
-from services.evaluator.errors import BadCheckpointError, BadInputError
 from services.evaluator.gauges import EvalGauges
 from services.evaluator.plot import plot_accuracy
 from services.evaluator.results import ResultsFile
-from services.evaluator.run import EvalSession, Evaluator
-from services.evaluator.watch import watch
+from services.evaluator.run import EvalSession, Evaluator, watch
 from services.storage import RunStorage, resolve_storage
 from tests.services.evaluator_helpers import (
     TrappedFS,
