@@ -11,7 +11,6 @@ where ROOT is a local folder or ``s3://bucket/prefix``, and the Parquet file loc
 """
 
 from services.labelled.base import (
-    IMAGE_EXTENSIONS,
     LabelledDataError,
     LabelledImages,
     LabelledSet,
@@ -19,7 +18,6 @@ from services.labelled.base import (
 from services.labelled.load import load_labelled
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "LabelledDataError",
     "LabelledImages",
     "LabelledSet",

@@ -1,8 +1,4 @@
-"""What a labelled set is, and the one error a bad one raises.
-
-Kept apart from the loaders so that the evaluator can import the types (and catch the error)
-without pulling in boto3 or pyarrow.
-"""
+"""What a labelled set is, and the one error a bad one raises: what every loader module shares."""
 
 from __future__ import annotations
 
@@ -64,11 +60,6 @@ class Entry:
     label: str
     split: str | None
     read: Callable[[], bytes]
-
-
-def is_image_name(name: str) -> bool:
-    """Whether a file or key name has an image extension (case-insensitive)."""
-    return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def is_hidden(part: str) -> bool:

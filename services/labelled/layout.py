@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
 from services.labelled.base import IMAGE_EXTENSIONS, SPLITS, LabelledDataError, is_hidden
@@ -43,7 +42,7 @@ def folder_layout(files: Iterable[str], dirs: Iterable[str], where: str) -> Layo
     top = {d.split("/")[0] for d in folders}
     if all(s in top for s in SPLITS):
         layout: Layout = {s: _classes(f"{s}/", visible_files, folders, where) for s in SPLITS}
-        _check_same_classes(layout["train"], layout["val"], where, "class folders")
+        check_same_classes(layout["train"], layout["val"], where, "class folders")
         return layout
     for s in SPLITS:
         other = next(o for o in SPLITS if o != s)
@@ -88,24 +87,16 @@ def _classes(prefix: str, files: list[str], folders: set[str], where: str) -> di
     return {name: sorted(found[name]) for name in sorted(names)}
 
 
-def _check_same_classes(train: Iterable[str], val: Iterable[str], where: str, what: str) -> None:
-    only_train = sorted(set(train) - set(val))
-    only_val = sorted(set(val) - set(train))
-    if only_train or only_val:
-        parts = []
-        if only_train:
-            parts.append(f"only in train: {', '.join(only_train)}")
-        if only_val:
-            parts.append(f"only in val: {', '.join(only_val)}")
+def check_same_classes(train: Iterable[str], val: Iterable[str], where: str, what: str) -> None:
+    """LabelledDataError naming the classes (``what``: folders, labels) found in one split only."""
+    train, val = set(train), set(val)
+    only = {"train": sorted(train - val), "val": sorted(val - train)}
+    if only["train"] or only["val"]:
+        parts = [f"only in {s}: {', '.join(names)}" for s, names in only.items() if names]
         raise LabelledDataError(
             f"train and val {what} differ in {where}: {'; '.join(parts)} (both splits need the "
             "same classes)"
         )
-
-
-def check_same_labels(train: Iterable[str], val: Iterable[str], where: str) -> None:
-    """LabelledDataError naming the labels found in only one split."""
-    _check_same_classes(train, val, where, "labels")
 
 
 def val_count(n: int, val_fraction: float) -> int:
@@ -134,10 +125,3 @@ def stratified_split(
         train.update(names[k:])
     return train, val
 
-
-def group_by_class(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
-    """(class, name) pairs -> {class: [names]}."""
-    out: dict[str, list[str]] = defaultdict(list)
-    for cls, name in pairs:
-        out[cls].append(name)
-    return dict(out)

@@ -1,21 +1,34 @@
 """``load_labelled``: a spec (folder, S3 prefix or Parquet file) -> a decoded LabelledSet.
 
 Order of work: list and check the layout first (cheap, and every structural error surfaces
-before minutes of decoding), then fetch and decode everything once with a bounded thread pool,
-then draw the seeded split over the images that decoded (so each class keeps at least one
-training image even when some of its files are broken).
+before minutes of decoding), then fetch and decode everything once with a thread pool, then draw
+the seeded split over the images that decoded (so each class keeps at least one training image
+even when some of its files are broken).
+
+Decoding goes through ``seer_core.augment.decode_image``, the project's guarded decoder, rather
+than a bare ``Image.open``: whitelisted formats only (EPS and friends would run external
+programs), the pixel count checked from the header (decompression bombs), truncated files refused
+rather than grey-filled, EXIF orientation applied, any mode converted to RGB as in training, and
+JPEGs decoded at a reduced size when that is enough. Then the standard evaluation transform,
+``seer_core.evaluation.preprocess``.
 """
 
 from __future__ import annotations
 
 import os
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import pyarrow as pa
 import torch
+from PIL import Image
 
+from seer_core.augment.decode import ImageRejected, decode_image
+from seer_core.evaluation import preprocess
+from seer_core.evaluation.transforms import CROP_RATIO
+from services.feed.s3 import parse_s3_uri
 from services.labelled.base import (
     SPLITS,
     Entry,
@@ -24,49 +37,99 @@ from services.labelled.base import (
     LabelledSet,
     logger,
 )
-from services.labelled.decode import decode_entries, default_workers
-from services.labelled.layout import (
-    check_same_labels,
-    folder_layout,
-    group_by_class,
-    stratified_split,
-)
+from services.labelled.layout import check_same_classes, folder_layout, stratified_split
 from services.labelled.parquet import read_parquet
-from services.labelled.store import S3Store, Skip, parse_s3, read_local, walk_local
+from services.labelled.store import S3Store, Skip, read_local, walk_local
 
 PARQUET_SUFFIX = ".parquet"
 
+#: Decompression-bomb guard (header pixels), the same default as the ingest stage.
+MAX_PIXELS = 64_000_000
+
+
+def eval_resize(image_size: int) -> int:
+    """The shorter side before the center crop (256 for 224): preprocess's own default, made
+    explicit here because the JPEG draft reduction must be chosen against it."""
+    return round(image_size / CROP_RATIO)
+
+
+def reduction_for(width: int, height: int, resize: int) -> int:
+    """The largest JPEG draft reduction (PIL offers 8, 4, 2) whose output keeps the shorter side
+    at or above ``resize``: a 4000x3000 photo for 256 decodes at 1/8 (500x375), several times
+    faster than a full decode, and the resize that follows still only shrinks."""
+    return next((r for r in (8, 4, 2) if min(width, height) // r >= resize), 1)
+
+
+def decode_entries(
+    entries: Sequence[Entry], image_size: int, *, workers: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[torch.Tensor | None], Counter[str], list[str]]:
+    """Fetches and decodes every entry with a pool of ``workers`` threads (PIL's decoders and
+    resize release the GIL, and S3 reads wait on the network).
+
+    Returns (tensor or None per entry, in entry order; skip counts by reason; a few examples of
+    skips as "name: reason: detail"). ``progress(done, total)`` is called from the calling
+    thread, with 0 first, then after each image. A LabelledDataError from reading (a store
+    refusing access) cancels the rest and propagates.
+    """
+    resize = eval_resize(image_size)
+
+    def work(entry: Entry) -> torch.Tensor | ImageRejected | Skip:
+        try:
+            decoded = decode_image(entry.read(), max_pixels=MAX_PIXELS, min_side=1,
+                                   reduction_for=lambda w, h: reduction_for(w, h, resize))
+            return preprocess(decoded.image, image_size, resize)
+        except (ImageRejected, Skip) as exc:
+            return exc
+
+    out: list[torch.Tensor | None] = []
+    skipped: Counter[str] = Counter()
+    examples: list[str] = []
+    if progress is not None:
+        progress(0, len(entries))
+    Image.init()  # load every format plugin once, before threads race to do it
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="labelled") as pool:
+        for entry, result in zip(entries, pool.map(work, entries), strict=True):
+            if isinstance(result, ImageRejected | Skip):
+                skipped[result.reason] += 1
+                if len(examples) < 5:
+                    examples.append(f"{entry.name}: {result}")
+                result = None
+            out.append(result)
+            if progress is not None:
+                progress(len(out), len(entries))
+    return out, skipped, examples
+
 
 def _check_args(image_size: int, val_fraction: float, split_seed: int) -> None:
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise LabelledDataError(f"image_size: must be an int >= 1, got {image_size!r}")
-    if (
-        isinstance(val_fraction, bool)
-        or not isinstance(val_fraction, int | float)
-        or not 0.0 < val_fraction < 1.0
+    def number(x: object) -> bool:
+        return isinstance(x, int | float) and not isinstance(x, bool)
+
+    for name, value, want, ok in (
+        ("image_size", image_size, "an int >= 1", isinstance(image_size, int) and number(image_size)
+         and image_size >= 1),
+        ("val_fraction", val_fraction, "a number in (0, 1)", number(val_fraction)
+         and 0.0 < val_fraction < 1.0),
+        ("split_seed", split_seed, "an int", isinstance(split_seed, int) and number(split_seed)),
     ):
-        raise LabelledDataError(f"val_fraction: must be a number in (0, 1), got {val_fraction!r}")
-    if isinstance(split_seed, bool) or not isinstance(split_seed, int):
-        raise LabelledDataError(f"split_seed: must be an int, got {split_seed!r}")
+        if not ok:
+            raise LabelledDataError(f"{name}: must be {want}, got {value!r}")
 
 
-def _folder_entries(
-    files: list[str], dirs: list[str], where: str, name_of: Callable[[str], str],
-    reader: Callable[[str], Callable[[], bytes]],
-) -> tuple[list[Entry], list[str]]:
+def _folder_entries(files: list[str], dirs: list[str], where: str, name_of: Callable[[str], str],
+                    reader: Callable[[str], Callable[[], bytes]]) -> tuple[list[Entry], list[str]]:
     layout = folder_layout(files, dirs, where)
-    entries = [
-        Entry(name_of(rel), cls, split, reader(rel))
-        for split, by_class in layout.items()
-        for cls, rels in by_class.items()
-        for rel in rels
-    ]
-    classes = sorted(next(iter(layout.values())))
-    return entries, classes
+    entries = [Entry(name_of(rel), cls, split, reader(rel))
+               for split, by_class in layout.items() for cls, rels in by_class.items()
+               for rel in rels]
+    return entries, sorted(next(iter(layout.values())))
 
 
 def _catalogue_s3(spec: str, store: S3Store) -> tuple[list[Entry], list[str]]:
-    bucket, key = parse_s3(spec)
+    try:
+        bucket, key = parse_s3_uri(spec)
+    except ValueError as exc:
+        raise LabelledDataError(str(exc)) from None
     if key.lower().endswith(PARQUET_SUFFIX):
         try:
             data = store.get(bucket, key, max_bytes=None)
@@ -78,16 +141,11 @@ def _catalogue_s3(spec: str, store: S3Store) -> tuple[list[Entry], list[str]]:
     if not keys:
         raise LabelledDataError(f"not found: no objects under s3://{bucket}/{prefix}")
     rels = [k[len(prefix):] for k in keys]
-    files = [r for r in rels if r and not r.endswith("/")]
-    dirs = [r for r in rels if r.endswith("/")]  # "folder" marker objects
-    where = f"s3://{bucket}/{prefix}".rstrip("/")
-    return _folder_entries(
-        files,
-        dirs,
-        where,
-        lambda rel: f"s3://{bucket}/{prefix}{rel}",
-        lambda rel: partial(store.get, bucket, prefix + rel),
-    )
+    return _folder_entries([r for r in rels if r and not r.endswith("/")],
+                           [r for r in rels if r.endswith("/")],  # "folder" marker objects
+                           f"s3://{bucket}/{prefix}".rstrip("/"),
+                           lambda rel: f"s3://{bucket}/{prefix}{rel}",
+                           lambda rel: partial(store.get, bucket, prefix + rel))
 
 
 def _catalogue_local(spec: str) -> tuple[list[Entry], list[str]]:
@@ -101,14 +159,9 @@ def _catalogue_local(spec: str) -> tuple[list[Entry], list[str]]:
                 f"(<class>/<image> or train|val/<class>/<image>) or a Parquet file"
             )
         return read_parquet(path, spec)
-    files, dirs = walk_local(path)
-    return _folder_entries(
-        files,
-        dirs,
-        path.rstrip("/") or "/",
-        lambda rel: os.path.join(path, rel),
-        lambda rel: partial(read_local, os.path.join(path, rel)),
-    )
+    return _folder_entries(*walk_local(path), path.rstrip("/") or "/",
+                           lambda rel: os.path.join(path, rel),
+                           lambda rel: partial(read_local, os.path.join(path, rel)))
 
 
 def _stack(
@@ -125,24 +178,18 @@ def _stack(
     return LabelledImages(images, labels, [entries[i].name for i in indices])
 
 
-def _split(
-    entries: Sequence[Entry], usable: list[int], val_fraction: float, split_seed: int
-) -> dict[str, list[int]]:
+def _split(entries: Sequence[Entry], usable: list[int], val_fraction: float,
+           split_seed: int) -> dict[str, list[int]]:
     """Indices of usable entries per split, in entry order: the source's split where it gives
     one, else the seeded stratified split over the usable images."""
-    to_draw = [i for i in usable if entries[i].split is None]
-    train_names, val_names = stratified_split(
-        group_by_class((entries[i].label, entries[i].name) for i in to_draw),
-        val_fraction,
-        split_seed,
-    )
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for i in usable:
+        if entries[i].split is None:
+            by_class[entries[i].label].append(entries[i].name)
+    _, val_names = stratified_split(by_class, val_fraction, split_seed)
     out: dict[str, list[int]] = {s: [] for s in SPLITS}
     for i in usable:
-        split = entries[i].split
-        if split is None:
-            split = "val" if entries[i].name in val_names else "train"
-            assert split == "val" or entries[i].name in train_names
-        out[split].append(i)
+        out[entries[i].split or ("val" if entries[i].name in val_names else "train")].append(i)
     return out
 
 
@@ -151,7 +198,7 @@ def _reasons(counts: Counter[str]) -> str:
 
 
 def load_labelled(
-    spec: str,
+    spec: str | os.PathLike[str],
     *,
     image_size: int = 224,
     val_fraction: float = 0.2,
@@ -176,30 +223,20 @@ def load_labelled(
     ``progress(done, total)`` is called as images are decoded.
     """
     _check_args(image_size, val_fraction, split_seed)
-    if isinstance(spec, os.PathLike):
-        spec = os.fspath(spec)
-    if not isinstance(spec, str) or not spec.strip():
-        raise LabelledDataError(f"labelled set: need a folder, s3:// URI or Parquet file, got "
-                                f"{spec!r}")
-    spec = spec.strip()
+    spec = os.fspath(spec).strip()
     remote = spec.startswith("s3://")
     store = S3Store(endpoint_url) if remote else None
     try:
-        entries, classes = (
-            _catalogue_s3(spec, store) if store is not None else _catalogue_local(spec)
-        )
+        entries, classes = _catalogue_s3(spec, store) if store else _catalogue_local(spec)
         given = [e for e in entries if e.split is not None]
         if given:
-            check_same_labels(
-                {e.label for e in given if e.split == "train"},
-                {e.label for e in given if e.split == "val"},
-                spec,
-            )
+            check_same_classes({e.label for e in given if e.split == "train"},
+                               {e.label for e in given if e.split == "val"}, spec, "labels")
         if not entries:
             raise LabelledDataError(f"no images in {spec}")
-        tensors, skipped, examples = decode_entries(
-            entries, image_size, workers=default_workers(remote), progress=progress
-        )
+        workers = 16 if remote else max(1, min(8, os.cpu_count() or 1))
+        tensors, skipped, examples = decode_entries(entries, image_size, workers=workers,
+                                                    progress=progress)
     finally:
         if store is not None:
             store.close()

@@ -6,6 +6,7 @@ inventories), and one object on S3 instead of thousands. Read with pyarrow, only
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -95,14 +96,8 @@ def read_parquet(source: Any, display: str) -> tuple[list[Entry], list[str]]:
     images = table.column(IMAGE_COLUMN).to_pylist()
     del table
     entries = [
-        Entry(f"{display}#{row}", str(label), split, _constant(data or b""))
+        Entry(f"{display}#{row}", str(label), split, partial(bytes, data or b""))
         for row, (data, label, split) in enumerate(zip(images, labels, splits, strict=True))
     ]
     return entries, classes
 
-
-def _constant(data: bytes) -> Any:
-    def read() -> bytes:
-        return data
-
-    return read

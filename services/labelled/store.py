@@ -14,7 +14,6 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-from services.feed.s3 import parse_s3_uri
 from services.labelled.base import LabelledDataError, is_hidden, logger
 from services.s3 import (
     RetryExhausted,
@@ -42,7 +41,6 @@ class Skip(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
-        self.detail = detail
 
 
 # -- local -----------------------------------------------------------------------------------
@@ -80,14 +78,6 @@ def read_local(path: str) -> bytes:
 
 
 # -- S3 --------------------------------------------------------------------------------------
-
-
-def parse_s3(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key`` -> (bucket, key); LabelledDataError without a bucket."""
-    try:
-        return parse_s3_uri(uri)
-    except ValueError as exc:
-        raise LabelledDataError(str(exc)) from None
 
 
 class S3Store:

@@ -14,11 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-import services.labelled.decode as labelled_decode
+import services.labelled.load as labelled_load
 import services.labelled.store as labelled_store
 from services.labelled import LabelledDataError, LabelledSet, load_labelled
-from services.labelled.decode import eval_resize, reduction_for
 from services.labelled.layout import stratified_split, val_count
+from services.labelled.load import eval_resize, reduction_for
 from tests.data.bad_inputs import CROPS, bad_inputs, exif_rotated_jpeg
 
 SIZE = 16  # image_size used throughout: tiny tensors, fast tests
@@ -262,7 +262,7 @@ def test_class_with_no_usable_training_image_is_an_error(tmp_path: Path) -> None
 def test_decompression_bomb_guard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write(tmp_path, flat_files({"apple": 3}))
     write(tmp_path, {"apple/big.png": encode(COLOURS["apple"], "PNG", size=(40, 30))})
-    monkeypatch.setattr(labelled_decode, "MAX_PIXELS", 1000)  # 40x30 = 1200 pixels
+    monkeypatch.setattr(labelled_load, "MAX_PIXELS", 1000)  # 40x30 = 1200 pixels
     ls = load_labelled(str(tmp_path), image_size=SIZE, val_fraction=0.3)
     assert ls.skipped == {"too_large": 1} and len(ls.train) + len(ls.val) == 3
 
@@ -307,13 +307,13 @@ def test_large_jpeg_decoded_reduced_matches_full_decode(
     data = buf.getvalue()
     write(tmp_path, {"a/big.jpg": data, "a/big2.jpg": data})
     seen: list[int] = []
-    real = labelled_decode.reduction_for
+    real = labelled_load.reduction_for
 
     def spy(w: int, h: int, resize: int) -> int:
         seen.append(real(w, h, resize))
         return seen[-1]
 
-    monkeypatch.setattr(labelled_decode, "reduction_for", spy)
+    monkeypatch.setattr(labelled_load, "reduction_for", spy)
     ls = load_labelled(str(tmp_path), image_size=SIZE, val_fraction=0.5)
     assert seen == [8, 8]  # 480 // 8 = 60 >= 18
     from seer_core.evaluation import preprocess
