@@ -21,18 +21,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from services.images.sample import Progress, add_grain, colour_cast
+from services.evaluator.progress import Progress
+from services.images.sample import add_grain, colour_cast, colour_field
 from services.images.shapes import OBJECT_KINDS, draw_object
 
 # Seeds of the labelled images live in their own stream, apart from `seer seed`'s pool.
 _LABELLED_STREAM = 7_919
-
-
-def _background(width: int, height: int, rng: np.random.Generator) -> Image.Image:
-    """A smooth random colour field: the same kind of backdrop the sample pool has."""
-    grid = int(rng.integers(2, 5))
-    field = rng.integers(0, 256, size=(grid, grid, 3), dtype=np.uint8)
-    return Image.fromarray(field, "RGB").resize((width, height), Image.Resampling.BICUBIC)
 
 
 def _contrasting_colour(img: Image.Image, rng: np.random.Generator) -> tuple[int, int, int]:
@@ -48,7 +42,7 @@ def _contrasting_colour(img: Image.Image, rng: np.random.Generator) -> tuple[int
 
 def paint_labelled(kind: str, side: int, rng: np.random.Generator) -> Image.Image:
     """One image of class `kind`: the object near the centre, everything else random."""
-    img = _background(side, side, rng)
+    img = colour_field(side, side, rng, max_grid=4)  # the sample pool's kind of backdrop
     draw = ImageDraw.Draw(img)
     # A few small distractors of random kinds, kept small so that the class object dominates.
     kinds = list(OBJECT_KINDS)
@@ -88,7 +82,7 @@ def generate_labelled_images(
     kinds = list(OBJECT_KINDS)
     plan = [("train", train_per_class), ("val", val_per_class)]
     total = len(kinds) * (train_per_class + val_per_class)
-    bar = Progress(total, progress and total >= 200, "labelled images")
+    bar = Progress("labelled images", tty=True) if progress and total >= 200 else None
     done = 0
     written: dict[str, int] = {}
     for split_index, (split, per_class) in enumerate(plan):
@@ -104,5 +98,6 @@ def generate_labelled_images(
                 (folder / f"{kind}_{i:05d}.jpg").write_bytes(buf.getvalue())
                 written[split] += 1
                 done += 1
-                bar.update(done)
+                if bar is not None:
+                    bar(done, total)
     return written

@@ -13,11 +13,9 @@ learn anywhere. Nothing may be downloaded at run time, so the real images come f
   (`gnome-backgrounds` ships WebP and SVG only, which the project's Pillow build does not
   decode; its readable files, if any, are used too.)
 
-Why not every drawing on a photo (the first version): with ~30 photos behind every image, the
-backdrop dominated the pixels and no method could separate the classes: on 200 val images,
-raw pixels scored 22.5% kNN20, a random trunk 19.5%, and the `local` preset's checkpoints
-19.5-24.5% over a 20-minute run (linear probe 23.5-27.5%, chance 12.5%), all within the
-evaluation's own noise (about 3 points). A benchmark on which nothing moves cannot show a gain.
+Why only a share on photos: with a photo behind every drawing the backdrop dominated the pixels
+and nothing separated the classes (raw pixels, a random trunk and trained checkpoints all within
+the evaluation's noise of each other): a benchmark on which nothing moves cannot show a gain.
 
 Why the set cannot leak into the pool: the labelled images and the pool images are rendered
 from disjoint sets of stamp files (different folders, and any pool stamp whose bytes equal a
@@ -29,9 +27,6 @@ SHA-256, which the tests check for disjointness.
 
 Layout: `LABELLED/train/<class>/*.jpg`, `LABELLED/val/<class>/*.jpg` (what `seer eval --data`
 reads) and `POOL/real_*.jpg` (what `feed.uri` reads). Deterministic in `seed`.
-
-Lives in `services/images/` beside the generated sets rather than under `benchmarks/`: it is
-importable by the tests and by a future `seer seed --real` without importing a script.
 """
 
 from __future__ import annotations

@@ -11,13 +11,12 @@ would make `seer seed` take minutes instead of seconds.
 from __future__ import annotations
 
 import io
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from services.evaluator.progress import Progress
 from services.images.shapes import OBJECT_KINDS, draw_object
 
 # Instagram-like aspect ratios (height / width): square, portrait 4:5, landscape 1.91:1.
@@ -42,6 +41,13 @@ def _rng_for(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
+def colour_field(width: int, height: int, rng: np.random.Generator, max_grid: int) -> Image.Image:
+    """A smooth random colour field: a 2..max_grid square grid of colours, upscaled bicubically."""
+    grid = int(rng.integers(2, max_grid + 1))
+    field = rng.integers(0, 256, size=(grid, grid, 3), dtype=np.uint8)
+    return Image.fromarray(field, "RGB").resize((width, height), Image.Resampling.BICUBIC)
+
+
 def paint_photo_like(width: int, height: int, rng: np.random.Generator) -> Image.Image:
     """An RGB image with photo-like statistics: smooth illumination, objects, edges, texture.
 
@@ -50,10 +56,7 @@ def paint_photo_like(width: int, height: int, rng: np.random.Generator) -> Image
     grey noise texture blended in (sensor noise / foliage), and a random colour cast (white
     balance). Every layer is one C call in PIL, so a 1080-px image takes a few milliseconds.
     """
-    grid = int(rng.integers(2, 7))
-    field = rng.integers(0, 256, size=(grid, grid, 3), dtype=np.uint8)
-    img = Image.fromarray(field, "RGB").resize((width, height), Image.Resampling.BICUBIC)
-
+    img = colour_field(width, height, rng, max_grid=6)
     draw = ImageDraw.Draw(img)
     side = min(width, height)
     for _ in range(int(rng.integers(3, 14))):
@@ -127,29 +130,6 @@ def _encode(img: Image.Image, fmt: str, rng: np.random.Generator, orientation: i
     return buf.getvalue()
 
 
-class Progress:
-    """A single self-overwriting stderr line, at most a few updates per second."""
-
-    def __init__(self, total: int, enabled: bool, label: str = "sample images") -> None:
-        self.label = label
-        self.total = total
-        self.enabled = enabled
-        self.start = time.monotonic()
-        self.last = 0.0
-
-    def update(self, done: int) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if done < self.total and now - self.last < 0.25:
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        end = "\n" if done >= self.total else ""
-        sys.stderr.write(f"\r{self.label}: {done}/{self.total} ({rate:.0f}/s){end}")
-        sys.stderr.flush()
-
-
 def generate_sample_images(
     out_dir: str | Path,
     count: int = 2000,
@@ -177,7 +157,7 @@ def generate_sample_images(
         raise ValueError(f"need 1 <= min_side <= max_side, got {min_side}, {max_side}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    bar = Progress(count, progress and count >= 200)
+    bar = Progress("sample images", tty=True) if progress and count >= 200 else None
     for i in range(count):
         rng = _rng_for(seed, i)
         long_side = int(np.exp(rng.uniform(np.log(min_side), np.log(max_side))))
@@ -198,7 +178,8 @@ def generate_sample_images(
         data = _encode(img, fmt, rng, orientation)
         suffix = ".png" if fmt == "PNG" else ".jpg"
         (out / f"sample_{i:06d}{suffix}").write_bytes(data)
-        bar.update(i + 1)
+        if bar is not None:
+            bar(i + 1, count)
     return count
 
 
