@@ -121,49 +121,36 @@ def cmd_status(args: argparse.Namespace) -> int:
     from services.storage import resolve_storage
 
     cfg = _config(args)
-    storage = resolve_storage(cfg.checkpoint.storage, cfg.checkpoint.run_name,
-                              cfg.checkpoint.endpoint_url)
+    run = cfg.checkpoint.run_name
+    storage = resolve_storage(cfg.checkpoint.storage, run, cfg.checkpoint.endpoint_url)
     checkpoints = storage.list_checkpoints()
     if not checkpoints:
-        msg = f"no checkpoint yet for run {cfg.checkpoint.run_name!r} in {storage.display}"
-        if args.json:
-            print(json.dumps({"run": cfg.checkpoint.run_name, "checkpoints": 0}))
-        else:
-            print(msg)
+        print(json.dumps({"run": run, "checkpoints": 0}) if args.json else
+              f"no checkpoint yet for run {run!r} in {storage.display}")
         return 1
     step, path = checkpoints[-1]
     meta = storage.read_meta(path)
-    summary = {
-        "run": cfg.checkpoint.run_name,
-        "storage": storage.display,
-        "checkpoints": len(checkpoints),
-        "steps": [s for s, _ in checkpoints],
-        "newest": path,
-        "step": meta.get("step", step),
-        "images_seen": meta.get("images_seen"),
-        "loss": meta.get("loss"),
-        "lr": meta.get("lr"),
-        "world_size": meta.get("world_size"),
-        "written": meta.get("time"),
-        "age_seconds": round(time.time() - meta["time"], 1) if "time" in meta else None,
-    }
+    steps = [s for s, _ in checkpoints]
+    summary = {"run": run, "storage": storage.display, "checkpoints": len(checkpoints),
+               "steps": steps, "newest": path, "step": meta.get("step", step),
+               **{key: meta.get(key) for key in ("images_seen", "loss", "lr", "world_size")},
+               "written": meta.get("time"),
+               "age_seconds": round(time.time() - meta["time"], 1) if "time" in meta else None}
     if args.json:
         print(json.dumps(summary))
         return 0
-    print(f"run {summary['run']} in {summary['storage']}")
-    steps = ', '.join(map(str, summary['steps']))
-    print(f"  checkpoints:  {summary['checkpoints']} (steps {steps})")
-    print(f"  newest:       {path}")
-    print(f"  step:         {summary['step']}")
-    print(f"  images seen:  {summary['images_seen']}")
-    if summary["loss"] is not None:
-        print(f"  loss:         {summary['loss']:.4f}")
-    if summary["lr"] is not None:
-        print(f"  lr:           {summary['lr']:.6g}")
-    if summary["world_size"] is not None:
-        print(f"  workers:      {summary['world_size']}")
-    if summary["age_seconds"] is not None:
-        print(f"  written:      {summary['age_seconds']:.0f} s ago")
+    print(f"run {run} in {storage.display}")
+
+    def fmt(key: str, spec: str, suffix: str = "") -> str | None:
+        return None if summary[key] is None else f"{summary[key]:{spec}}{suffix}"
+
+    for label, text in [("checkpoints", f"{len(steps)} (steps {', '.join(map(str, steps))})"),
+                        ("newest", path), ("step", summary["step"]),
+                        ("images seen", summary["images_seen"]), ("loss", fmt("loss", ".4f")),
+                        ("lr", fmt("lr", ".6g")), ("workers", fmt("world_size", "")),
+                        ("written", fmt("age_seconds", ".0f", " s ago"))]:
+        if text is not None:
+            print(f"  {label + ':':<14}{text}")
     return 0
 
 
@@ -239,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         "labelled set for seer eval)")
     p.add_argument("--out", help=f"folder (default: {SAMPLES_DIR}, or {LABELLED_DIR} with "
                    "--labelled)")
-    p.add_argument("--count", type=int, help="sample images (default: 2000)")
+    p.add_argument("--count", type=_at_least_one, help="sample images (default: 2000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="write into a non-empty folder")
     p.add_argument("--labelled", action="store_true",
@@ -278,8 +265,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "count", 1) is not None and getattr(args, "count", 1) < 1:
-        parser.error("--count must be >= 1")
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

@@ -31,23 +31,8 @@ from seer_core.config.schema import (
 )
 
 __all__ = [
-    "PRESETS_DIR_ENV",
-    "AugmentConfig",
-    "CheckpointConfig",
-    "ConfigError",
-    "FeedConfig",
-    "IngestConfig",
-    "MetricsConfig",
-    "ModelConfig",
-    "OptimConfig",
-    "ScheduleConfig",
-    "SeerConfig",
-    "SwAVConfig",
-    "TrainConfig",
-    "config_from_dict",
-    "load_config",
-    "merge_override",
-    "parse_override",
-    "preset_names",
-    "presets_dir",
+    "PRESETS_DIR_ENV", "AugmentConfig", "CheckpointConfig", "ConfigError", "FeedConfig",
+    "IngestConfig", "MetricsConfig", "ModelConfig", "OptimConfig", "ScheduleConfig", "SeerConfig",
+    "SwAVConfig", "TrainConfig", "config_from_dict", "load_config", "merge_override",
+    "parse_override", "preset_names", "presets_dir",
 ]

@@ -18,8 +18,5 @@ from services.labelled.base import (
 from services.labelled.load import load_labelled
 
 __all__ = [
-    "LabelledDataError",
-    "LabelledImages",
-    "LabelledSet",
-    "load_labelled",
+    "LabelledDataError", "LabelledImages", "LabelledSet", "load_labelled",
 ]
