@@ -1,8 +1,8 @@
 """Finding a checkpoint (latest, a step, a path) and reading it safely while retention runs.
 
 The trainer keeps only the newest K checkpoints, so the one the evaluator picked may be deleted
-while it is being read. The evaluator therefore first copies `state.pt` (and `meta.json`) into a
-private temporary folder through the store's pyarrow filesystem, and only then loads that copy:
+while it is being read. The evaluator therefore first copies `state.pt` into a private
+temporary folder through the store's pyarrow filesystem, and only then loads that copy:
 once the copy is complete, retention can do what it likes. A checkpoint that disappears before
 or during the copy is a `CheckpointVanishedError` (the watch loop retries at the next poll), not
 a corrupt one. The copy lands in `$TMPDIR` (tempfile's rule) and is removed after loading.
@@ -10,7 +10,6 @@ a corrupt one. The copy lands in `$TMPDIR` (tempfile's rule) and is removed afte
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -20,7 +19,13 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from seer_core.checkpoint import STATE_FILE, CheckpointLoadError, load_state, parse_step_dir
+from seer_core.checkpoint import (
+    STATE_FILE,
+    CheckpointLoadError,
+    load_state,
+    parse_json,
+    parse_step_dir,
+)
 from services.evaluator import (
     BadCheckpointError,
     BadInputError,
@@ -71,12 +76,8 @@ class LoadedCheckpoint:
             "run_name", "unknown"))
 
 
-def _is_s3(filesystem: Any) -> bool:
-    return getattr(filesystem, "type_name", "") == "s3"
-
-
 def display_path(filesystem: Any, path: str) -> str:
-    return f"s3://{path}" if _is_s3(filesystem) else path
+    return f"s3://{path}" if getattr(filesystem, "type_name", "") == "s3" else path
 
 
 def list_refs(storage: RunStorage) -> list[CheckpointRef]:
@@ -146,7 +147,7 @@ def _exists(filesystem: Any, path: str) -> bool:
 
 
 def copy_checkpoint(ref: CheckpointRef, destination: Path) -> Path:
-    """Copies state.pt (then meta.json, best effort) into `destination`; returns the copy.
+    """Copies state.pt into `destination`; returns the copy.
 
     Raises CheckpointVanishedError when the checkpoint is gone before or during the copy,
     StoreError when the store fails while the checkpoint is still there.
@@ -173,11 +174,6 @@ def copy_checkpoint(ref: CheckpointRef, destination: Path) -> Path:
             raise vanished
         raise StoreError(f"{ref.describe()}: copied {copied} of {info.size} bytes; it changed "
                          "while being read")
-    try:
-        with ref.filesystem.open_input_stream(f"{ref.path}/{META_FILE}") as stream:
-            (destination / META_FILE).write_bytes(stream.read())
-    except OSError:
-        pass  # meta.json is a summary; state.pt holds the truth
     return target
 
 
@@ -185,21 +181,19 @@ def load_checkpoint(ref: CheckpointRef) -> LoadedCheckpoint:
     """Copies the checkpoint to a private folder, then loads it (weights_only)."""
     with tempfile.TemporaryDirectory(prefix="seer-eval-") as tmp:
         local = copy_checkpoint(ref, Path(tmp))
+        try:  # meta.json is a summary, best effort; state.pt holds the truth
+            with ref.filesystem.open_input_stream(f"{ref.path}/{META_FILE}") as stream:
+                meta = parse_json(stream.read()) or {}
+        except OSError:
+            meta = {}
         try:
             saved = load_state(local)
         except CheckpointLoadError as exc:
             message = str(exc).replace(str(local), f"{ref.display}/{STATE_FILE}")
             raise BadCheckpointError(f"{ref.describe()} is corrupt or truncated: {message}") from (
                 exc)
-        meta: dict[str, Any] = {}
-        meta_file = Path(tmp) / META_FILE
-        if meta_file.is_file():
-            try:
-                meta = json.loads(meta_file.read_text())
-            except ValueError:
-                meta = {}
     for key in ("model", "config"):
         if key not in saved:
             raise BadCheckpointError(f"{ref.describe()} is not a seer checkpoint: no {key!r} "
                                      f"entry (keys: {', '.join(sorted(map(str, saved)))})")
-    return LoadedCheckpoint(ref, saved, meta if isinstance(meta, dict) else {})
+    return LoadedCheckpoint(ref, saved, meta)

@@ -182,8 +182,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from services.evaluator.checkpoints import resolve_checkpoint
+    from services.evaluator.gauges import EvalGauges
     from services.evaluator.results import ResultsFile, default_results_uri
-    from services.evaluator.run import EvalSession, Evaluator
+    from services.evaluator.run import EvalSession, Evaluator, watch
     from services.storage import resolve_storage
 
     if args.max_polls is not None and (args.max_polls < 1 or not args.watch):
@@ -214,7 +215,22 @@ def _run(args: argparse.Namespace) -> int:
             raise BadInputError(str(exc)) from exc
     evaluator = Evaluator(s, endpoint_url=s.endpoint_url or cfg.feed.endpoint_url)
     if args.watch:
-        return _watch(args, cfg, evaluator, results, storage)
+        gauges = EvalGauges()
+        if s.metrics_port:
+            port = gauges.serve(s.metrics_port, s.metrics_addr)
+            print(f"seer_eval_* gauges on http://{s.metrics_addr}:{port}/metrics", file=sys.stderr)
+        if results is not None:
+            print(f"results: {results.uri} (plot: {results.plot_uri})", file=sys.stderr)
+        stop = threading.Event()
+        try:
+            with stop_on_signals(stop):
+                stats = watch(EvalSession(evaluator, results, gauges), storage,
+                              interval_s=s.interval_s, stop=stop, max_polls=args.max_polls)
+        finally:
+            gauges.close()
+        log.info("eval: stopped after %d poll(s); evaluated steps %s", stats.polls,
+                 stats.evaluated or "none")
+        return 1 if args.max_polls is not None and stats.errors else 0
     session = EvalSession(evaluator, results)
     ref = resolve_checkpoint(spec, storage, cfg.checkpoint.endpoint_url)
     rows, baseline, loaded = session.process(ref, run=storage.run_name if storage else None)
@@ -225,27 +241,3 @@ def _run(args: argparse.Namespace) -> int:
         _print_report(rows, baseline, loaded, evaluator.data(), results)
     return 0
 
-
-def _watch(args: argparse.Namespace, cfg: SeerConfig, evaluator: Any, results: Any,
-           storage: Any) -> int:
-    from services.evaluator.gauges import EvalGauges
-    from services.evaluator.run import EvalSession, watch
-
-    s = cfg.eval
-    gauges = EvalGauges()
-    if s.metrics_port:
-        port = gauges.serve(s.metrics_port, s.metrics_addr)
-        print(f"seer_eval_* gauges on http://{s.metrics_addr}:{port}/metrics", file=sys.stderr)
-    if results is not None:
-        print(f"results: {results.uri} (plot: {results.plot_uri})", file=sys.stderr)
-    stop = threading.Event()
-    try:
-        with stop_on_signals(stop):
-            session = EvalSession(evaluator, results, gauges)
-            stats = watch(session, storage, interval_s=s.interval_s, stop=stop,
-                          max_polls=args.max_polls)
-    finally:
-        gauges.close()
-    log.info("eval: stopped after %d poll(s); evaluated steps %s", stats.polls,
-             stats.evaluated or "none")
-    return 1 if args.max_polls is not None and stats.errors else 0
