@@ -3,18 +3,18 @@
 One line per protocol (top-1 of the checkpoints, x = images seen), and the random-initialised
 baseline of the same protocol as a dashed horizontal line of the same colour, so the gain that
 pretraining bought is read off the picture. Drawn with matplotlib's Agg backend (no display on
-a cluster) into a temporary file that is renamed over the old one: a dashboard or a browser
-never shows half a PNG.
+a cluster) and written atomically: a dashboard or a browser never shows half a PNG.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from seer_core.checkpoint import atomic_write_bytes
 
 PROTOCOL_ORDER = ("knn", "linear", "lowshot", "finetune")
 
@@ -81,16 +81,9 @@ def plot_accuracy(rows: Iterable[dict[str, Any]], out: str | Path, *, run: str, 
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 4))
         ax.legend(fontsize=8, loc="best")
         fig.tight_layout()
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                fig.savefig(handle, format="png")
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        atomic_write_bytes(out, buf.getvalue())
     finally:
         plt.close(fig)
-    return out
+    return Path(out)
