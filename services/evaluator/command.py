@@ -72,32 +72,25 @@ def _split(text: str) -> list[str]:
 
 def eval_overrides(args: argparse.Namespace) -> list[str]:
     """The flags as `eval.key=value` overrides (JSON values are YAML values)."""
-    out: list[str] = []
-
-    def put(key: str, value: Any) -> None:
-        if value is not None:
-            out.append(f"eval.{key}={json.dumps(value)}")
-
-    protocols = None
+    values = {key: getattr(args, flag) for flag, key in (
+        ("data", "data"), ("stage", "stage"), ("baseline", "baseline"),
+        ("image_size", "image_size"), ("batch_size", "batch_size"), ("device", "device"),
+        ("results", "results"), ("interval", "interval_s"), ("metrics_port", "metrics_port"),
+        ("metrics_addr", "metrics_addr"))}
     if args.protocol is not None:
         protocols = _split(args.protocol)
         unknown = [p for p in protocols if p not in EVAL_PROTOCOLS]
         if unknown or not protocols:
             raise BadInputError(f"--protocol: {unknown[0] if unknown else args.protocol!r} is "
                                 f"not allowed; allowed: {', '.join(EVAL_PROTOCOLS)}")
-    put("protocols", list(dict.fromkeys(protocols)) if protocols is not None else None)
+        values["protocols"] = list(dict.fromkeys(protocols))
     if args.knn_k is not None:
         try:
-            put("knn_k", [int(k) for k in _split(args.knn_k)])
+            values["knn_k"] = [int(k) for k in _split(args.knn_k)]
         except ValueError as exc:
             raise BadInputError(f"--knn-k: {args.knn_k!r} must be integers, e.g. 20,200") from (
                 exc)
-    for flag, key in (("data", "data"), ("stage", "stage"), ("baseline", "baseline"),
-                      ("image_size", "image_size"), ("batch_size", "batch_size"),
-                      ("device", "device"), ("results", "results"), ("interval", "interval_s"),
-                      ("metrics_port", "metrics_port"), ("metrics_addr", "metrics_addr")):
-        put(key, getattr(args, flag))
-    return out
+    return [f"eval.{key}={json.dumps(v)}" for key, v in values.items() if v is not None]
 
 
 def resolve_config(args: argparse.Namespace) -> SeerConfig:
