@@ -27,7 +27,7 @@ from services.driver.local_ray import ray_log_dir, start_local_ray
 from services.ingest.stream import pool_size, reserved_cpus
 from services.storage import RunStorage
 from services.trainer import build_trainer, storage_for
-from services.trainer.store_wait import StoreWait, wait_for_store
+from services.trainer.collective import StoreWait, wait_for_store
 
 T = TypeVar("T")
 

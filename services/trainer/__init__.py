@@ -9,7 +9,7 @@ seer's alone (`checkpoint_writer`, `checkpoints`): Ray Train restarts the group,
 
 from services.trainer.build import build_trainer
 from services.trainer.checkpoints import restore, storage_for
-from services.trainer.health import NonFiniteLossError
+from services.trainer.decisions import NonFiniteLossError
 from services.trainer.loop import train_loop_per_worker
 
 __all__ = [

@@ -8,7 +8,7 @@ from ray.train.torch import TorchTrainer
 
 from seer_core.config import SeerConfig
 from services.trainer.checkpoints import storage_for
-from services.trainer.guard import guarded_train_loop
+from services.trainer.loop import guarded_train_loop
 from services.trainer.process_group import LoopbackTorchConfig
 
 

@@ -2,25 +2,22 @@
 
 One checkpoint, `<run>/step_<N>/`, goes through three stages:
 
-1. **snapshot** (the training thread, every rank at the same step): this rank's part of the
-   state is copied into host memory (`host_copy`). That copy is the loop's only pause.
+1. **snapshot** (training thread, every rank at the same step): this rank's part of the state
+   is copied into host memory (`host_copy`), the loop's only pause.
 2. **upload** (a background thread per rank): the copy is serialised to a local temporary
-   folder and each file is stored (`RunStorage.store_file`: all or nothing), waiting out store
-   errors (`StoreWait`) instead of failing.
-3. **commit** (rank 0, after *every* rank's upload, background): the marker `commit.json`, then
-   `latest`, then retention. Until the marker is there the folder is not a checkpoint, so a
-   crash at any point leaves the newest committed checkpoint intact.
+   folder and each file stored all or nothing (`RunStorage.store_file`), waiting out store
+   errors (`StoreWait`).
+3. **commit** (rank 0, background, after *every* rank's upload): `commit.json`, then `latest`,
+   then retention. Until the marker is there the folder is not a checkpoint, so a crash at any
+   point leaves the newest committed checkpoint intact.
 
-Ranks learn that every upload is done through a tiny all-reduce per step, only while a
-checkpoint is in flight (`poll`): every rank started the same checkpoint at the same step, so
-every rank calls it equally often. One checkpoint is in flight at a time: a new one waits for
-the previous to commit, which bounds host memory to one copy of the state.
+While a checkpoint is in flight, ranks learn that every upload is done through a tiny
+all-reduce per step (`poll`; every rank started it at the same step, so all call it equally
+often). One checkpoint is in flight at a time, which bounds host memory to one copy.
 
-Deletion has one owner: rank 0 here, after a commit, deletes only committed checkpoints older
-than the newest `checkpoint.keep` (>= 2) committed ones and incomplete folders older than the
-newest committed one (`RunStorage.prune`). Ray Train never sees these checkpoints (no
-`checkpoint=` in `ray.train.report`): its retention orders checkpoints by registration, so a
-rewound run would have deleted the newest ones, and it deleted before seer committed.
+Deletion has one owner: rank 0, after a commit (`RunStorage.prune`). Ray Train never sees these
+checkpoints (no `checkpoint=` in `ray.train.report`): its retention orders checkpoints by
+registration, so a rewound run would delete the newest ones, and it deleted before seer committed.
 """
 
 from __future__ import annotations
@@ -41,12 +38,12 @@ from seer_core.checkpoint import COMMIT_FORMAT, STATE_FILE, save_state, step_dir
 from seer_core.training import TrainState, state_dict
 from seer_core.training.saved import rank_state_dict
 from services.storage import META_FILE, RunStorage
-from services.trainer.collective import map_leaves, worst
-from services.trainer.store_wait import StoreWait, wait_for_store
+from services.trainer.collective import StoreWait, map_leaves, wait_for_store, worst
 
 log = logging.getLogger("seer.trainer")
 
-PENDING, DONE, FAILED = 0, 1, 2
+#: An upload's state on one rank; the group's is the worst (MAX) of them.
+DONE, PENDING, FAILED = 0, 1, 2
 
 
 def rank_file(rank: int) -> str:
@@ -153,15 +150,14 @@ class CheckpointWriter:
         mine = PENDING
         if flight.upload.done():
             mine = FAILED if flight.upload.exception() is not None else DONE
-        # The group's view: FAILED if any rank failed, else PENDING if any is still uploading.
-        group = worst({DONE: 0, PENDING: 1, FAILED: 2}[mine], self.device)
-        if group == 2:
+        group = worst(mine, self.device)
+        if group == FAILED:
             self.in_flight = None
             error = flight.upload.exception()
             if error is not None:
                 raise error
             raise RuntimeError(f"checkpoint {flight.path}: the upload failed on another rank")
-        if group == 1:
+        if group == PENDING:
             if block:  # unreachable: every rank waited for its own upload
                 raise RuntimeError("checkpoint upload still pending after waiting for it")
             return
@@ -192,19 +188,3 @@ class CheckpointWriter:
         for gone in removed:
             log.info("pruned %s", gone)
 
-
-def save_checkpoint(state: TrainState, storage: RunStorage, rank: int = 0, world: int = 1,
-                    metrics: Mapping[str, Any] | None = None) -> str:
-    """Writes, uploads and commits a checkpoint of the current step and waits for all of it:
-    for tools, benchmarks and tests (the training loop keeps one writer and does not wait).
-    Every rank of a process group calls it together. Returns the step folder's path."""
-    cfg = state.cfg.checkpoint
-    writer = CheckpointWriter(storage, rank, world, state.device, keep=cfg.keep,
-                              grace_s=cfg.store_grace_minutes * 60)
-    try:
-        writer.start(state, {"step": state.step, "images_seen": state.images_seen,
-                             **(metrics or {})})
-        writer.finish()
-    finally:
-        writer.close()
-    return f"{storage.run_path}/{step_dir_name(state.step)}"

@@ -1,26 +1,19 @@
 """Restoring the newest committed checkpoint on all ranks, through store outages.
 
-A checkpoint is the folder `<storage>/<run>/step_<N>/` (written by
-`services.trainer.checkpoint_writer`):
+A checkpoint is the folder `<storage>/<run>/step_<N>/` (`services.trainer.checkpoint_writer`):
+`state.pt` (rank 0: what the ranks share), `meta.json` (rank 0: a summary for `seer status`),
+`rank_<r>.pt` (rank r: its SwAV queue and random streams) and, last, `commit.json` (rank 0, after
+every rank's upload: world size and queue geometry). Without the marker it is no checkpoint.
 
-- `state.pt` (rank 0): what the ranks share: model, optimizer, schedule, scaler, step, config;
-- `meta.json` (rank 0): a summary for `seer status` (step, loss, LR, world size, format 2);
-- `rank_<r>.pt` (every rank): what rank r owns: its SwAV queue and its random streams (torch,
-  CUDA, python, numpy, and the photometric generator);
-- `commit.json` (rank 0, last, after every rank's upload): the commit marker, with the world
-  size and queue geometry. Without it the folder is not a checkpoint.
-
-Resume (`restore`) never rewinds: rank 0 lists the committed checkpoints and broadcasts the
-list; the newest is read and, only if it is *proven* unusable (it does not unpickle, a file or
-key is missing, a shape does not fit) on any rank, every rank moves to the next older one
-together, and the skipped ones are un-committed so that the run writes those steps again. A
-store that cannot be reached or throttles is waited for by every rank together
-(`collective.agree_with_retry`), never taken for corruption. If the run has committed
-checkpoints and none is usable, it ends with `NoUsableCheckpoint` instead of starting over.
-
-Reads: rank 0 alone reads `state.pt` and broadcasts it (`collective.broadcast_state`); each rank
-reads its own `rank_<r>.pt` (with another world size, the old ranks' queues it is dealt by
-`queue_picks`, and a rank without saved streams gets fresh ones: `seed_rank_streams`).
+`restore` never rewinds: rank 0 lists the committed checkpoints and broadcasts the list; the
+newest is read and, only if it is *proven* unusable (it does not unpickle, a file or key is
+missing, a shape does not fit) on any rank, every rank moves to the next older one together,
+and the skipped ones are un-committed so that the run writes those steps again. An unreachable
+or throttling store is waited for by every rank together, never taken for corruption. A run
+whose committed checkpoints are all unusable ends (`NoUsableCheckpoint`) instead of starting
+over. Rank 0 alone reads `state.pt` and broadcasts it; each rank reads its own `rank_<r>.pt`
+(with another world size, the old ranks' queues `queue_picks` deals it; a rank without saved
+streams gets fresh ones).
 """
 
 from __future__ import annotations
@@ -33,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from seer_core.checkpoint import (
     COMMIT_FILE,
@@ -43,23 +35,24 @@ from seer_core.checkpoint import (
     parse_json,
 )
 from seer_core.config import SeerConfig
-from seer_core.distributed import rank_and_world
 from seer_core.swav.queue import gather_queue_rows, queue_picks
 from seer_core.training import TrainState, load_state_dict
 from seer_core.training.saved import load_rank_state_dict, seed_rank_streams
 from services.storage import RunStorage, resolve_storage
 from services.trainer.checkpoint_writer import rank_file
 from services.trainer.collective import (
+    StoreUnavailable,
+    StoreWait,
     Unusable,
     agree_with_retry,
     broadcast_state,
+    wait_for_store,
 )
-from services.trainer.store_wait import StoreUnavailable, StoreWait, wait_for_store
 
 log = logging.getLogger("seer.trainer")
 #: What proves a checkpoint unusable on one rank (and so, after the vote, on all of them): it
 #: does not unpickle, a file or key is missing, a shape or type does not fit. Not `OSError`: a
-#: store that cannot be reached is waited for (`store_wait`).
+#: store that cannot be reached is waited for (`collective`).
 _CORRUPT = (CheckpointLoadError, FileNotFoundError, ValueError, KeyError, TypeError,
             RuntimeError)
 
@@ -71,19 +64,12 @@ def storage_for(cfg: SeerConfig) -> RunStorage:
 
 def checkpoints_newest_first(storage: RunStorage, rank: int, wait: StoreWait,
                              device: torch.device | str = "cpu") -> list[str]:
-    """Committed checkpoints in the run's storage, newest first, as rank 0 sees them.
-
-    Not `ray.train.get_checkpoint()`: Ray Train never sees seer's checkpoints (see
-    `checkpoint_writer`). Rank 0 lists (every rank waits with it while the store is down) and
-    broadcasts, so that every rank tries the same candidates in the same order.
-    """
+    """Committed checkpoints, newest first, as rank 0 lists them (every rank waits with it while
+    the store is down) and broadcasts them: every rank tries the same ones in the same order."""
     def listing() -> list[str]:
         return [path for _, path in reversed(storage.list_checkpoints())] if rank == 0 else []
 
-    choice = [agree_with_retry(listing, wait, device)]
-    if rank_and_world()[1] > 1:
-        dist.broadcast_object_list(choice, src=0)
-    return choice[0]
+    return broadcast_state(agree_with_retry(listing, wait, device), 0, device)
 
 
 @dataclass

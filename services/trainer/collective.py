@@ -1,30 +1,53 @@
-"""Decisions every rank takes together, and state sent from one rank to all.
+"""Waiting out an unreachable checkpoint store, and what every rank does together.
 
-The cluster rule (DESIGN §5): what one rank finds is decided for all ranks, because a rank that
-goes its own way leaves the others waiting in a collective until `train.collective_timeout_s`.
-So a store error on one rank makes *every* rank wait and retry (`agree_with_retry`), a corrupt
-file on one rank makes every rank skip that checkpoint, and nobody waits for the store while
-the others sit in an all-reduce.
+A bucket that throttles (`503 SlowDown` when every rank reads a large state at once) or a store
+down for minutes is a transient condition of a weeks-long run: the run waits for it, says so
+(log lines, the `seer_train_store_wait_seconds` gauge) and goes on. Only past
+`checkpoint.store_grace_minutes` does it give up with `StoreUnavailable`, which ends the run (a
+restart would only wait again). A store error is an `OSError` (pyarrow raises its S3 and network
+errors so) other than `FileNotFoundError`, which is an answer; anything else (a file that does
+not unpickle, a missing key, a wrong shape) is about the checkpoint itself.
 
-`broadcast_state` sends a nested state (dicts, lists, tensors, plain values) from one rank to
-all: the shared part of a checkpoint is read from the store once and broadcast, instead of
-every rank downloading the same gigabytes (SEER's RegNetY-256GF with LARS momentum is ~12 GB:
-64 ranks reading it would be ~750 GB per restart).
+The cluster rule (DESIGN §5): what one rank finds is decided for all ranks, since a rank that goes
+its own way leaves the others in a collective until `train.collective_timeout_s`. So a store
+error on one rank makes every rank wait and retry (`agree_with_retry`), and a corrupt file on
+one rank makes every rank skip that checkpoint. The backoff draws come from a generator seeded
+alike on every rank, so ranks that retry together sleep alike without a message.
+
+`broadcast_state` sends a nested state from one rank to all: the shared part of a checkpoint is
+read once and broadcast, instead of every rank downloading the same gigabytes (RegNetY-256GF
+with LARS momentum is ~12 GB: 64 ranks would read ~750 GB per restart).
 """
 
 from __future__ import annotations
 
 import enum
+import logging
+import random
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from seer_core.distributed import rank_and_world
-from services.trainer.store_wait import StoreWait, is_store_error
+from services.s3 import RetryExhausted, RetryPolicy, call_with_retry
 
+log = logging.getLogger("seer.trainer")
 T = TypeVar("T")
+
+FIRST_DELAY_S = 2.0
+MAX_DELAY_S = 60.0
+
+
+class StoreUnavailable(RuntimeError):
+    """The checkpoint store stayed unreachable for longer than the configured grace."""
+
+
+class Unusable(RuntimeError):
+    """The data an attempt read is unusable on this rank or another: raised on every rank."""
 
 
 class Outcome(enum.IntEnum):
@@ -35,11 +58,54 @@ class Outcome(enum.IntEnum):
     BAD = 2  # the data itself is unusable (corrupt, missing, wrong shapes): every rank skips it
 
 
-class Unusable(RuntimeError):
-    """The data an attempt read is unusable on this rank or another: raised on every rank."""
+def is_store_error(exc: BaseException) -> bool:
+    """An outage or throttling of the store (wait), as opposed to an answer about the data."""
+    return isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError)
 
 
-def _on(device: torch.device | str) -> torch.device:
+@dataclass
+class StoreWait:
+    """One wait for the store: what for, the grace, and who to tell. ``on_wait(seconds)`` gets
+    the time waited so far (0 once the store answers again): the trainer's gauge."""
+
+    what: str
+    grace_s: float
+    on_wait: Callable[[float], None] = lambda _seconds: None
+    sleep: Callable[[float], None] = time.sleep
+    started: float = field(default_factory=time.monotonic)
+    attempt: int = 0
+
+    def retrying(self, exc: BaseException, attempt: int, delay: float) -> None:
+        self.attempt, waited = attempt, time.monotonic() - self.started
+        self.on_wait(waited)
+        if attempt == 1 or attempt % 10 == 0:
+            log.warning("checkpoint store unreachable (%s), waiting to %s: attempt %d, %.0f s so "
+                        "far, next try in %.1f s (gives up after %.0f min)", exc, self.what,
+                        attempt, waited, delay, self.grace_s / 60)
+
+
+def wait_for_store(action: Callable[[], T], wait: StoreWait) -> T:
+    """`action()`, retried through store errors until it succeeds or the grace runs out; any
+    other exception propagates at once. For one process (a writer thread, the driver); ranks
+    that must stay in step use `agree_with_retry`."""
+    policy = RetryPolicy(budget_s=wait.grace_s, base_s=FIRST_DELAY_S, cap_s=MAX_DELAY_S)
+    try:
+        result = call_with_retry(action, policy, random.Random(0), is_store_error,
+                                 wait.retrying, wait.sleep, capped=False)
+    except RetryExhausted as exc:
+        wait.on_wait(0.0)
+        raise StoreUnavailable(
+            f"the checkpoint store could not be reached to {wait.what} for "
+            f"{(time.monotonic() - wait.started) / 60:.1f} min (checkpoint.store_grace_minutes="
+            f"{wait.grace_s / 60:g}); last error: {exc.last}") from exc.last
+    if wait.attempt:
+        log.warning("checkpoint store reachable again: %s after %d attempt(s), %.0f s",
+                    wait.what, wait.attempt, time.monotonic() - wait.started)
+        wait.on_wait(0.0)
+    return result
+
+
+def _device(device: torch.device | str) -> torch.device:
     return torch.device(device) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
@@ -47,7 +113,7 @@ def worst(code: int, device: torch.device | str = "cpu") -> int:
     """The MAX of `code` over all ranks (a collective: every rank calls it equally often)."""
     if rank_and_world()[1] <= 1:
         return code
-    flag = torch.tensor([code], dtype=torch.int64, device=_on(device))
+    flag = torch.tensor([code], dtype=torch.int64, device=_device(device))
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return int(flag.item())
 
@@ -55,7 +121,7 @@ def worst(code: int, device: torch.device | str = "cpu") -> int:
 def agree_with_retry(attempt: Callable[[], T], wait: StoreWait,
                      device: torch.device | str = "cpu",
                      is_bad: Callable[[BaseException], bool] = lambda _exc: True) -> T:
-    """Runs `attempt` on every rank until every rank succeeds; a collective.
+    """Runs `attempt` on every rank until every rank succeeds; a collective (one vote per try).
 
     - a store error on any rank: every rank waits the same backoff, then all try again (past
       the grace, `StoreUnavailable` on every rank);
@@ -63,7 +129,7 @@ def agree_with_retry(attempt: Callable[[], T], wait: StoreWait,
       (chained to its own error, if it had one), so that all move on together;
     - any other exception propagates on its rank (a bug: the group restarts).
     """
-    while True:
+    def voted() -> T:
         error: BaseException | None = None
         result: T | None = None
         code = Outcome.OK
@@ -77,14 +143,15 @@ def agree_with_retry(attempt: Callable[[], T], wait: StoreWait,
             else:
                 raise
         group = worst(int(code), device)
-        if group == Outcome.OK:
-            wait.succeeded()
-            return result  # type: ignore[return-value]
         if group == Outcome.BAD:
-            if error is not None and code == Outcome.BAD:
+            if code == Outcome.BAD:
                 raise Unusable(f"{wait.what}: {error}") from error
             raise Unusable(f"{wait.what}: unusable on another rank")
-        wait.failed(error if error is not None else OSError("store error on another rank"))
+        if group == Outcome.STORE:
+            raise error or OSError("store error on another rank")
+        return result  # type: ignore[return-value]
+
+    return wait_for_store(voted, wait)
 
 
 def map_leaves(value: Any, kind: type, fn: Callable[[Any], Any]) -> Any:
@@ -94,11 +161,19 @@ def map_leaves(value: Any, kind: type, fn: Callable[[Any], Any]) -> Any:
         return fn(value)
     if isinstance(value, dict):
         return {key: map_leaves(item, kind, fn) for key, item in value.items()}
-    if isinstance(value, list):
-        return [map_leaves(item, kind, fn) for item in value]
-    if isinstance(value, tuple):
-        return tuple(map_leaves(item, kind, fn) for item in value)
+    if isinstance(value, list | tuple):
+        items = [map_leaves(item, kind, fn) for item in value]
+        return items if isinstance(value, list) else tuple(items)
     return value
+
+
+@dataclass(frozen=True)
+class _TensorSlot:
+    """Where a tensor goes in a broadcast skeleton: its index, shape and dtype."""
+
+    index: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
 
 
 def broadcast_state(state: Any, src: int = 0, device: torch.device | str = "cpu") -> Any:
@@ -119,7 +194,7 @@ def broadcast_state(state: Any, src: int = 0, device: torch.device | str = "cpu"
 
     box = [map_leaves(state, torch.Tensor, slot) if rank == src else None]
     dist.broadcast_object_list(box, src=src)
-    on = _on(device)
+    on = _device(device)
 
     def receive(where: _TensorSlot) -> torch.Tensor | None:
         if rank == src:
@@ -131,10 +206,3 @@ def broadcast_state(state: Any, src: int = 0, device: torch.device | str = "cpu"
 
     received = map_leaves(box[0], _TensorSlot, receive)
     return state if rank == src else received
-
-
-class _TensorSlot:
-    """Where a tensor goes in a broadcast skeleton: its index, shape and dtype."""
-
-    def __init__(self, index: int, shape: tuple[int, ...], dtype: torch.dtype) -> None:
-        self.index, self.shape, self.dtype = index, shape, dtype

@@ -1,4 +1,14 @@
-"""The training function every Ray Train worker runs, for ever or until told to stop."""
+"""The training function every Ray Train worker runs, for ever or until told to stop, and the
+guard around it that records how it failed.
+
+Ray Train restarts a failed worker group for ever; whether that is right depends on the failure
+(`services.driver.control`). Each worker tells the run's control actor about an exception before
+re-raising it. Once the same failure has repeated `train.max_repeated_failures` times the actor
+calls it fatal; the next group returns at once, so `fit()` ends without aborting anything, and the
+driver turns the reason into a clear error and a non-zero exit. Two failures are fatal at once,
+as a restart could only meet them again: the checkpoint store unreachable for longer than
+`checkpoint.store_grace_minutes`, and a run whose committed checkpoints are all unusable.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +21,16 @@ from typing import Any
 import torch
 
 from seer_core.config import SeerConfig, config_from_dict
-from seer_core.training import (
-    StepResult,
-    TrainState,
-    build_train_state,
-    train_step,
-)
+from seer_core.training import StepResult, TrainState, build_train_state, train_step
+from services.driver.control import failure_signature, find_control, relay_warnings
 from services.train_metrics import TrainMetrics
 from services.trainer.batches import stream_batches, synthetic_batches
 from services.trainer.checkpoint_writer import CheckpointWriter
-from services.trainer.checkpoints import restore, storage_for
-from services.trainer.decisions import Decider, RunMeter
-from services.trainer.health import (
+from services.trainer.checkpoints import NoUsableCheckpoint, restore, storage_for
+from services.trainer.collective import StoreUnavailable
+from services.trainer.decisions import (
+    Decider,
+    RunMeter,
     WarningThrottle,
     check_non_finite,
     collapse_verdict,
@@ -46,8 +54,6 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
     """
     import ray.train
     import ray.train.torch
-
-    from services.driver.control import relay_warnings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = config_from_dict(loop_config["config"])
@@ -94,8 +100,6 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
 def _train(cfg: SeerConfig, state: TrainState, rank: int, world: int, device: torch.device,
            source: str | None, resumed: dict[str, float], metrics: TrainMetrics,
            writer: CheckpointWriter, synthetic: bool) -> None:
-    from services.driver.control import find_control
-
     control = find_control(cfg.checkpoint.run_name) if rank == 0 else None
     decider = Decider(cfg, rank, world, device, control)
     n_prototypes = cfg.model.prototypes[0]
@@ -195,3 +199,40 @@ def train_step_with_metrics(state: TrainState, batch: Mapping[str, torch.Tensor]
     result = train_step(state, batch)
     metrics.observe(state, result, data_wait, local_images=len_batch(batch))
     return result
+
+
+def guarded_train_loop(loop_config: Mapping[str, Any]) -> None:
+    """`train_loop_per_worker`, unless the control actor called the run fatal; a failure is
+    reported to the control actor before it is re-raised."""
+    import ray
+
+    control = find_control(config_from_dict(loop_config["config"]).checkpoint.run_name)
+    reason = None if control is None else ray.get(control.fatal.remote(), timeout=60)
+    if reason is not None:
+        log.error("not training: %s", reason)
+        return
+    try:
+        train_loop_per_worker(loop_config)
+    except Exception as exc:
+        report_failure(loop_config, exc)
+        raise
+
+
+def report_failure(loop_config: Mapping[str, Any], exc: BaseException) -> None:
+    """Best effort: a failure to report must not hide the failure being reported."""
+    import ray
+    import ray.train
+
+    try:
+        control = find_control(config_from_dict(loop_config["config"]).checkpoint.run_name)
+        if control is None:
+            return
+        rank, signature = ray.train.get_context().get_world_rank(), failure_signature(exc)
+        if isinstance(exc, StoreUnavailable | NoUsableCheckpoint):
+            ray.get(control.give_up.remote(signature), timeout=30)
+            log.error("rank %d: the run cannot go on: %s", rank, signature)
+            return
+        count = ray.get(control.failed.remote(rank, signature), timeout=30)
+        log.error("rank %d failed (%d time(s) in a row): %s", rank, count, signature)
+    except Exception:  # the original exception is what matters; this one is only logged
+        log.exception("could not report a worker failure to the control actor")

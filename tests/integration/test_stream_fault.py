@@ -44,7 +44,7 @@ def _faulty_loop(loop_config: Mapping[str, Any], *, marker: str, rank: int) -> N
     """The service's train function, with rank ``rank``'s stream raising once (``marker``)."""
     import ray.train
 
-    from services.trainer.guard import guarded_train_loop
+    from services.trainer.loop import guarded_train_loop
 
     if ray.train.get_context().get_world_rank() == rank and not os.path.exists(marker):
         _break_the_stream_once(marker)

@@ -71,7 +71,7 @@ def test_the_commit_follows_every_upload_then_latest_moves(tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch
                                                            ) -> None:
     from seer_core.training import build_train_state
-    from services.trainer.checkpoint_writer import save_checkpoint
+    from tests.services.checkpoint_helpers import save_checkpoint
 
     cfg = tiny_config(str(tmp_path))
     storage = resolve_storage(str(tmp_path), "k")
@@ -101,10 +101,10 @@ def test_a_failed_commit_is_retried_not_dropped(tmp_path: Path,
     """Issue 17.2: a commit that meets a store error waits and tries again (it used to be
     logged and dropped: `keep` such failures in a row left no committed checkpoint)."""
     from seer_core.training import build_train_state
-    from services.trainer import store_wait
-    from services.trainer.checkpoint_writer import save_checkpoint
+    from services.trainer import collective
+    from tests.services.checkpoint_helpers import save_checkpoint
 
-    monkeypatch.setattr(store_wait, "FIRST_DELAY_S", 0.01)
+    monkeypatch.setattr(collective, "FIRST_DELAY_S", 0.01)
     storage = resolve_storage(str(tmp_path), "k")
     commit = RunStorage.commit
     failures = [0]
@@ -184,8 +184,8 @@ def writer_main(storage_uri: str, endpoint: str, block_step: int, block_after: i
     blocks at `block_step` (and is killed); the first parameter holds the step, to check which
     checkpoint a resume loaded."""
     from seer_core.training import build_train_state, unwrap
-    from services.trainer.checkpoint_writer import save_checkpoint
     from services.trainer.checkpoints import storage_for
+    from tests.services.checkpoint_helpers import save_checkpoint
 
     torch.set_num_threads(1)
     cfg = tiny_config(storage_uri, endpoint or None)
@@ -239,8 +239,8 @@ def test_sigkill_mid_checkpoint_resumes_at_the_newest_intact_step(
     steps 1 and 2 are the checkpoints, the next run resumes at 2, and its next checkpoint
     prunes the orphan."""
     from seer_core.training import build_train_state, unwrap
-    from services.trainer.checkpoint_writer import save_checkpoint
     from services.trainer.checkpoints import restore, storage_for
+    from tests.services.checkpoint_helpers import save_checkpoint
 
     if where == "s3":
         s3_server = request.getfixturevalue("s3_server")

@@ -63,8 +63,8 @@ def _queue_copy(state: Any) -> dict[str, Any]:
 def _write_two_rank_run(rank: int, world: int, port: int, storage: str, out: str) -> None:
     """A 2-rank run with distinct streams and queues per rank, checkpointed at steps 2 and 4."""
     from seer_core.training import build_train_state, train_step
-    from services.trainer.checkpoint_writer import save_checkpoint
     from services.trainer.checkpoints import storage_for
+    from tests.services.checkpoint_helpers import save_checkpoint
 
     _init_group(rank, world, port)
     cfg = tiny_config(Path(storage), world)
@@ -303,8 +303,8 @@ def test_a_saved_queue_with_non_finite_rows_starts_empty(tmp_path: Path, own_rng
     import logging
 
     from seer_core.training import build_train_state
-    from services.trainer.checkpoint_writer import save_checkpoint
     from services.trainer.checkpoints import restore, storage_for
+    from tests.services.checkpoint_helpers import save_checkpoint
 
     old = build_train_state(tiny_config(tmp_path, 1))
     old.step, old.images_seen = 6, 24

@@ -10,9 +10,10 @@ import torch
 
 from seer_core.config import load_config
 from seer_core.training import StepResult
-from services.trainer.decisions import Decider, RunMeter
-from services.trainer.health import (
+from services.trainer.decisions import (
+    Decider,
     NonFiniteLossError,
+    RunMeter,
     check_non_finite,
     collapse_verdict,
     skip_note,
@@ -86,17 +87,22 @@ def test_decider_checkpoints_on_time() -> None:
     assert decider.decide(8) == (False, False)  # the clock restarted at the checkpoint
 
 
-def test_decider_counts_max_minutes_from_the_runs_start() -> None:
+def test_decider_counts_max_minutes_from_the_runs_start(monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 17 point 13: a worker group started 50 s into a run with a 1-minute budget has
     10 s left, not a minute (the real control actor: tests/integration/test_run_clock.py)."""
+    from services.trainer import decisions
+
     c = cfg("train.max_minutes=1", "checkpoint.every_steps=1000")
     cpu = torch.device("cpu")
-    late = Decider(c, rank=0, world=1, device=cpu, control=None, run_seconds=50.0)
+    control = object()  # polled for a stop request: no answer, no stop
+    monkeypatch.setattr(decisions, "read_run_seconds", lambda _control: 50.0)
+    late = Decider(c, rank=0, world=1, device=cpu, control=control)
     assert late.decide(1) == (False, False)
     late.started -= 10.0  # ten seconds later
     assert late.decide(2) == (False, True)
     assert late.stop_reason == "reached train.max_minutes=1.0"
-    fresh = Decider(c, rank=0, world=1, device=cpu, control=None, run_seconds=0.0)
+    monkeypatch.setattr(decisions, "read_run_seconds", lambda _control: 0.0)
+    fresh = Decider(c, rank=0, world=1, device=cpu, control=control)
     fresh.started -= 10.0
     assert fresh.decide(1) == (False, False)
 
@@ -133,7 +139,7 @@ def test_run_meter_step_time_p99_shows_a_periodic_stall(monkeypatch: pytest.Monk
 
 
 def test_collapse_warning_on_onset_then_at_most_every_repeat() -> None:
-    from services.trainer.health import WarningThrottle
+    from services.trainer.decisions import WarningThrottle
 
     now = [0.0]
     throttle = WarningThrottle(repeat_s=600.0, clock=lambda: now[0])
