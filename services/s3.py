@@ -1,35 +1,23 @@
 """seer's one S3 access layer: the endpoint, the clients, the errors and the one retry loop, for
 the feed, the labelled set, the checkpoint store and the evaluator's results.
 
-Endpoint, decided once: the configured value (a `*endpoint_url` key or a flag), then
-`SEER_S3_ENDPOINT_URL`, then `AWS_ENDPOINT_URL_S3`, then `AWS_ENDPOINT_URL`.
-- seer's own variable first: it is what the manifests set (the `seer-env` ConfigMap), and it
-  must not be overridden by an AWS variable that a base image or a shared profile happens to
-  export for other tools.
-- then the two AWS variables in botocore's own order (service-specific first), so a boto3
-  client and a pyarrow filesystem built from this value agree with what botocore alone would
-  pick. pyarrow does not read them alike, which is why the value is always passed explicitly.
-Whatever the source, an endpoint with credentials in it (`user:password@`) is refused, naming
-the key or variable and never the value (seer_core.config.endpoints).
+Endpoint, decided once: the configured value, then `SEER_S3_ENDPOINT_URL` (what the manifests
+set; an AWS variable a base image exports for other tools must not override it), then
+`AWS_ENDPOINT_URL_S3` and `AWS_ENDPOINT_URL` in botocore's own order, so that a boto3 client and
+a pyarrow filesystem (which reads them differently, hence always passed explicitly) agree. An
+endpoint with credentials in it is refused, naming the key or variable, never the value.
 
 Retries, one policy (`RetryPolicy`: `feed.max_attempts`, `feed.retry_budget_s`) in two layers:
-- inside each call (GetObject, ListObjectsV2, HeadObject) botocore's own retry mode rides out
-  short blips: `standard` (throttling, 5xx, 429, connection errors and timeouts; full-jitter
-  backoff capped at 20 s), or `adaptive` (standard plus client-side rate limiting) when
-  `AWS_RETRY_MODE=adaptive`; at most `max_attempts` requests per call (the first included).
-  Its per-client retry quota (500 tokens; a retry costs 14, 5 when throttled; only successes
-  pay back) is spent within seconds of an outage, after which botocore sends each call once.
-- around each object read (`get_bytes`) seer re-issues the call when botocore has given up on
-  a transient error (`is_transient`: 5xx, throttling, connection errors and timeouts; never a
-  missing object or a refusal) or when the body broke off after the headers (which botocore
-  never retries), with its own backoff, until `retry_budget_s` is spent: the budget bounds
-  the whole read (its last call starts by the deadline and is bounded by botocore's attempts
-  and the client's timeouts), and the backoff's floor bounds how many calls fit in it
-  (`RetryPolicy.max_calls`). A store outage shorter than the budget thus costs no object.
-botocore's quota is left on (botocore offers no supported switch for it): with seer's loop
-around it, an outage costs each reader one request per backoff step instead of `max_attempts`
-requests at botocore's sub-second spacing, so 64 ranks' readers do not hammer a store that is
-coming back. `call_with_retry` is the loop (also for local files on network mounts).
+- inside each call, botocore's `standard` mode (`adaptive` when `AWS_RETRY_MODE=adaptive`) rides
+  out short blips, at most `max_attempts` requests per call. Its per-client retry quota is spent
+  within seconds of an outage; botocore then sends each call once.
+- around each object read (`get_bytes`), seer calls again when botocore gave up on a transient
+  error (`is_transient`) or the body broke off after the headers (which botocore never retries),
+  with its own backoff, until `retry_budget_s` is spent. A store outage shorter than the budget
+  thus costs no object, and with the quota left on (botocore has no supported switch) an outage
+  costs each reader one request per backoff step: 64 ranks' readers do not hammer a store that
+  is coming back. `call_with_retry` is the loop (also for local files on network mounts and the
+  trainer's checkpoint store waits).
 """
 
 from __future__ import annotations
@@ -173,25 +161,18 @@ class BodyReadError(Exception):
 
 def body_chunks(body: Any, size: int = 1 << 20) -> Iterator[bytes]:
     """A StreamingBody's chunks; a failure while reading raises BodyReadError."""
-    chunks = body.iter_chunks(size)
-    while True:
-        try:
-            chunk = next(chunks, None)
-        except Exception as exc:
-            raise BodyReadError(error_code(exc)) from exc
-        if chunk is None:
-            return
-        yield chunk
+    try:
+        yield from body.iter_chunks(size)
+    except Exception as exc:  # the consumer's own errors are raised outside this generator
+        raise BodyReadError(error_code(exc)) from exc
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """seer's one retry policy. ``max_attempts``: requests botocore may send per call (its
-    ``total_max_attempts``), and calls `call_with_retry` may make when it is capped (local
-    files, manifest downloads). ``budget_s``: wall time one read may spend; an S3 object read
-    (`get_bytes`) is ended by it alone. The budget bounds time spent sleeping and starting
-    calls (a call already running is bounded by botocore's attempts and the client's
-    connect/read timeouts)."""
+    """seer's one retry policy. ``max_attempts``: requests botocore may send per call, and calls
+    `call_with_retry` makes when capped (local files, manifest downloads). ``budget_s``: the wall
+    time of sleeping and starting calls (a running call is bounded by botocore's attempts and the
+    client's timeouts); an S3 object read (`get_bytes`) is ended by it alone."""
 
     max_attempts: int = 8
     budget_s: float = 120.0
@@ -199,15 +180,13 @@ class RetryPolicy:
     cap_s: float = 10.0
 
     def step(self, attempt: int) -> float:
-        """The exponential step before retry number ``attempt`` (1 = the first retry)."""
+        """The exponential step before retry ``attempt`` (1 = the first retry)."""
         return min(self.cap_s, self.base_s * (2 ** max(0, attempt - 1)))
 
     def delay(self, attempt: int, rng: random.Random) -> float:
-        """Jittered delay before retry number ``attempt``: uniform in the upper half of the
-        step. Jitter spreads many readers hitting one store; the floor (half the step) bounds
-        how many calls a read makes within its budget, however the draws fall."""
-        step = self.step(attempt)
-        return rng.uniform(step / 2, step)
+        """Uniform in the upper half of the step: jitter spreads many readers of one store; the
+        floor bounds how many calls fit in the budget, however the draws fall."""
+        return rng.uniform(self.step(attempt) / 2, self.step(attempt))
 
     def max_calls(self) -> int:
         """The most calls a budget-bounded read makes: retries stop once the floors of the
@@ -240,14 +219,10 @@ def call_with_retry(
     *,
     capped: bool = True,
 ) -> T:
-    """Calls ``fn`` until it succeeds, a non-transient error escapes, or the policy is spent:
-    its budget, and its ``max_attempts`` calls when ``capped`` (not for S3 calls, on which
-    botocore already spent up to ``max_attempts`` requests each).
-
-    Non-transient exceptions propagate unchanged; exhaustion raises RetryExhausted carrying the
-    last transient error. Sleeps are clipped to the budget: the last attempt starts at the
-    latest at the deadline.
-    """
+    """Calls ``fn`` until it succeeds, a non-transient error escapes (unchanged), or the policy
+    is spent (RetryExhausted with the last error): its budget, and its ``max_attempts`` calls
+    when ``capped`` (not for S3 calls, on which botocore already spent that many requests).
+    Sleeps are clipped to the budget: the last call starts by the deadline."""
     start = clock()
     attempt = 0
     while True:
@@ -270,14 +245,12 @@ def call_with_retry(
 def get_bytes(client: Any, bucket: str, key: str, policy: RetryPolicy, rng: random.Random, *,
               max_bytes: int | None = None, too_large: Callable[[int], Exception] = ValueError,
               on_retry: Callable[[BaseException, int, float], None] | None = None,
-              sleep: Callable[[float], None] = time.sleep,
-              clock: Callable[[], float] = time.monotonic) -> tuple[bytes, int]:
-    """An object's bytes and the requests it took (botocore's retries included, as botocore
-    reports them: a connection error counts one). botocore retries each GetObject; when it
-    gives up on a transient error (`is_transient`), or the body breaks off, the call is made
-    again within ``policy.budget_s`` (the budget alone ends it). Spent: RetryExhausted whose
+              sleep: Callable[[float], None] = time.sleep) -> tuple[bytes, int]:
+    """An object's bytes and the requests it took (botocore's retries included; a connection
+    error counts one). When botocore gives up on a transient error or the body breaks off, the
+    call is made again until ``policy.budget_s`` is spent: then RetryExhausted, whose
     ``attempts`` are the requests sent. Over ``max_bytes`` (from the headers):
-    ``too_large(size)``, body left unread. Other errors propagate (NoSuchKey, 403...)."""
+    ``too_large(size)``, body unread. Other errors propagate (NoSuchKey, 403...)."""
     sent = [0]
 
     def attempt() -> bytes:
@@ -297,8 +270,7 @@ def get_bytes(client: Any, bucket: str, key: str, policy: RetryPolicy, rng: rand
             body.close()
 
     try:
-        data = call_with_retry(attempt, policy, rng, is_transient, on_retry, sleep, clock,
-                               capped=False)
+        data = call_with_retry(attempt, policy, rng, is_transient, on_retry, sleep, capped=False)
     except RetryExhausted as exc:
         raise RetryExhausted(exc.last, sent[0], exc.elapsed_s) from exc.last
     return data, sent[0]

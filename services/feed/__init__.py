@@ -30,17 +30,5 @@ from services.feed.base import (
 from services.feed.open import open_feed
 from services.feed.pooled import PooledFeed
 
-__all__ = [
-    "DEFAULT_IMAGE_EXTENSIONS",
-    "KINDS",
-    "Feed",
-    "FeedClosed",
-    "FeedEmpty",
-    "FeedError",
-    "FeedSpec",
-    "FetchFailed",
-    "ObjectTooLarge",
-    "ObjectVanished",
-    "PooledFeed",
-    "open_feed",
-]
+__all__ = ["DEFAULT_IMAGE_EXTENSIONS", "KINDS", "Feed", "FeedClosed", "FeedEmpty", "FeedError",
+           "FeedSpec", "FetchFailed", "ObjectTooLarge", "ObjectVanished", "PooledFeed", "open_feed"]

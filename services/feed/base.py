@@ -1,25 +1,21 @@
 """The feed interface: the spec that travels, the protocol the ingest stage codes against, and the
-errors it raises (the shared pool machinery is in ``services.feed.pooled``, the concrete feeds
-build on both, and ``services.feed.open`` picks one for a spec: this module imports none of them).
+errors it raises. The pool machinery is in ``services.feed.pooled``; ``services.feed.open`` picks
+the concrete feed for a spec, so this module imports none of them.
 
-Design constraints that shape this module:
-- A :class:`FeedSpec` crosses process boundaries (Ray read tasks, actors), so it is a frozen,
-  picklable value; the live :class:`Feed` (threads, sockets) is opened in each process.
-- The refresher thread starts on first use, not in the constructor, so opening a feed is cheap
-  and a process that only fetches never lists.
-- The refresher must survive anything the store does: it logs at a rate limit, backs off and
-  tries again for as long as the feed is used; the pool keeps its last good contents meanwhile.
-  It is a daemon thread that ``close()`` stops and joins, and it parks itself when the feed has
-  not been used for ``idle_stop_s`` (see ``services.feed.pooled``).
+A :class:`FeedSpec` crosses process boundaries (Ray read tasks, actors), so it is a frozen,
+picklable value; the live :class:`Feed` (threads, sockets) is opened in each process, and its
+background refresher starts on first use, so opening a feed is cheap and a process that only
+fetches never lists.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from seer_core.config.endpoints import credentials_message, has_credentials
@@ -29,16 +25,8 @@ logger = logging.getLogger("seer.feed")
 
 KINDS: tuple[str, ...] = ("auto", "directory", "s3", "manifest")
 MANIFEST_SUFFIXES: tuple[str, ...] = (".parquet", ".txt", ".csv")
-DEFAULT_IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".jpg",
-    ".jpeg",
-    ".png",
-    ".webp",
-    ".bmp",
-    ".gif",
-    ".tif",
-    ".tiff",
-)
+DEFAULT_IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif",
+                                             ".tif", ".tiff")
 
 
 class FeedError(Exception):
@@ -89,6 +77,14 @@ class FeedClosed(FeedError):
     """Raised inside a feed's own waits once ``close()`` was called."""
 
 
+def fetch_failed(feed: Any, name: str, reason: str, attempts: int, start: float) -> FetchFailed:
+    """A failed fetch of ``feed`` (a PooledFeed), counted and logged: the error to raise."""
+    feed.count("fetch_failures")
+    err = FetchFailed(name, reason, attempts, time.monotonic() - start)
+    feed.log.warning("fetch-failed", "feed %s: %s", feed.describe(), err)
+    return err
+
+
 def _normalise_extensions(exts: Iterable[str]) -> tuple[str, ...]:
     out: list[str] = []
     for ext in exts:
@@ -108,15 +104,13 @@ def _require(cond: bool, message: str) -> None:
 class FeedSpec:
     """Where images come from, and how hard to try. Picklable; ``open_feed(spec)`` in each process.
 
-    ``kind="auto"`` picks: a URI whose path ends in ``.parquet``/``.txt``/``.csv`` is a manifest
-    (local or ``s3://``), another ``s3://`` URI is a bucket prefix, anything else a directory.
-    ``endpoint_url`` falls back to the environment at open time (in the process that opens), in the
-    order every seer S3 client uses (``services.s3``). Credentials are never part of a
-    spec: boto3's standard chain supplies them. ``idle_stop_s``: a feed not sampled or fetched
-    from for that long stops its background listing until its next sample (keeping its pool), so
-    a process that no longer reads does not list the store for ever; long enough by default
-    (15 min) that a stream between two passes, or waiting on a checkpoint, never pays for a
-    stale pool.
+    ``kind="auto"``: a URI whose path ends in ``.parquet``/``.txt``/``.csv`` is a manifest (local
+    or ``s3://``), another ``s3://`` URI a bucket prefix, anything else a directory.
+    ``endpoint_url`` falls back to the environment in the process that opens (``services.s3``);
+    credentials are never part of a spec. ``idle_stop_s``: a feed not used for that long stops
+    listing until its next sample (keeping its pool), so a process that no longer reads does not
+    list the store for ever; 15 min, so that a stream between passes or waiting on a checkpoint
+    never pays for a stale pool.
     """
 
     uri: str
@@ -134,14 +128,9 @@ class FeedSpec:
     idle_stop_s: float = 900.0
 
     def __post_init__(self) -> None:
-        _require(
-            isinstance(self.uri, str) and bool(self.uri.strip()),
-            f"uri: must be a non-empty string, got {self.uri!r}",
-        )
-        _require(
-            self.kind in KINDS,
-            f"kind: must be one of {', '.join(KINDS)}; got {self.kind!r}",
-        )
+        _require(isinstance(self.uri, str) and bool(self.uri.strip()),
+                 f"uri: must be a non-empty string, got {self.uri!r}")
+        _require(self.kind in KINDS, f"kind: must be one of {', '.join(KINDS)}; got {self.kind!r}")
         if self.kind == "s3":
             _require(self.uri.startswith("s3://"), f"uri: kind 's3' needs s3://bucket[/prefix], "
                      f"got {self.uri!r}")
@@ -155,17 +144,15 @@ class FeedSpec:
                 ("http://", "https://")), "endpoint_url: must be an http:// or https:// URL")
             # Never echo the value: a URL with user:password@ is exactly what must not leak.
             _require(not has_credentials(self.endpoint_url), credentials_message("endpoint_url"))
-        _require(isinstance(self.pool_size, int) and not isinstance(self.pool_size, bool)
-                 and self.pool_size >= 1, f"pool_size: must be an int >= 1, got {self.pool_size!r}")
-        for name in ("refresh_seconds", "fetch_timeout_s", "idle_stop_s"):
+        # (name, an int >= 1 (else a number), zero allowed (else > 0))
+        for name, integer, zero in (("pool_size", 1, 0), ("max_attempts", 1, 0),
+                                    ("refresh_seconds", 0, 0), ("idle_stop_s", 0, 0),
+                                    ("fetch_timeout_s", 0, 0), ("retry_budget_s", 0, 1)):
             value = getattr(self, name)
-            _require(isinstance(value, int | float) and not isinstance(value, bool) and value > 0,
-                     f"{name}: must be a number > 0, got {value!r}")
-        _require(isinstance(self.retry_budget_s, int | float) and self.retry_budget_s >= 0,
-                 f"retry_budget_s: must be a number >= 0, got {self.retry_budget_s!r}")
-        _require(isinstance(self.max_attempts, int) and not isinstance(self.max_attempts, bool)
-                 and self.max_attempts >= 1,
-                 f"max_attempts: must be an int >= 1, got {self.max_attempts!r}")
+            ok = isinstance(value, int if integer else int | float) and not isinstance(value, bool)
+            ok = ok and (value >= 1 if integer else value >= 0 if zero else value > 0)
+            what = "an int >= 1" if integer else f"a number {'>=' if zero else '>'} 0"
+            _require(ok, f"{name}: must be {what}, got {value!r}")
         _require(isinstance(self.manifest_column, str) and bool(self.manifest_column),
                  f"manifest_column: must be a non-empty string, got {self.manifest_column!r}")
         if isinstance(self.extensions, str):

@@ -1,8 +1,8 @@
 """A local directory as a feed: the embedded default (``seer pretrain`` with no flags).
 
-The directory is walked in full each refresh; that is fine for the sample sets and mounted
-volumes this is meant for. When it holds more files than the pool, the pool is a uniform random
-subset (reservoir sample), drawn afresh each refresh so every file gets its turn.
+Walked in full each refresh, which suits the sample sets and mounted volumes this is meant for;
+when it holds more files than the pool, the pool is a uniform random subset drawn afresh each
+refresh, so every file gets its turn.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from services.feed.base import (
     FeedClosed,
     FeedError,
     FeedSpec,
-    FetchFailed,
     ObjectTooLarge,
     ObjectVanished,
+    fetch_failed,
 )
 from services.feed.pooled import PooledFeed
 from services.s3 import RetryExhausted, RetryPolicy, call_with_retry
@@ -43,24 +43,16 @@ def local_path(uri: str) -> str:
     return os.path.abspath(os.path.expanduser(uri))
 
 
-def reservoir(
-    items: Iterable[T],
-    k: int,
-    rng: random.Random,
-    check: Callable[[], None] | None = None,
-    check_every: int = 4096,
-) -> tuple[list[T], int]:
-    """A uniform random sample of at most ``k`` items from a stream, and the stream's length.
-
-    One pass and O(k) memory: the source (a directory walk, a text manifest) may be far larger
-    than the pool. ``check`` runs every ``check_every`` items, so a feed's ``close()`` can end
-    a pass over millions of entries (it raises FeedClosed) instead of waiting for its end.
-    """
+def reservoir(items: Iterable[T], k: int, rng: random.Random,
+              check: Callable[[], None] | None = None) -> tuple[list[T], int]:
+    """A uniform random sample of at most ``k`` items from a stream, and the stream's length, in
+    one pass and O(k) memory (a walk or a text manifest may be far larger than the pool).
+    ``check`` runs every 4096 items, so ``close()`` can end a pass over millions of entries."""
     sample: list[T] = []
     n = 0
     for item in items:
         n += 1
-        if check is not None and n % check_every == 0:
+        if check is not None and n % 4096 == 0:
             check()
         if len(sample) < k:
             sample.append(item)
@@ -71,15 +63,10 @@ def reservoir(
     return sample, n
 
 
-def read_local(
-    feed: PooledFeed, path: str, name: str | None = None, max_bytes: int | None = None
-) -> bytes:
+def read_local(feed: PooledFeed, path: str, max_bytes: int | None = None) -> bytes:
     """Reads a local file with the feed's retry policy (network file systems hiccup too).
-
-    Missing -> ObjectVanished; permission or is-a-directory -> FetchFailed at once; other
-    OS errors (EIO, ESTALE, timeouts on a network mount) -> retried within the budget.
-    """
-    name = name or path
+    Missing: ObjectVanished; permission or is-a-directory: FetchFailed at once; other OS errors
+    (EIO, ESTALE, timeouts on a network mount): retried within the budget."""
     feed.count("fetches")
     policy = RetryPolicy(max_attempts=feed.spec.max_attempts, budget_s=feed.spec.retry_budget_s)
     start = time.monotonic()
@@ -88,7 +75,7 @@ def read_local(
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if max_bytes is not None and size > max_bytes:
-                raise ObjectTooLarge(name, size, max_bytes)
+                raise ObjectTooLarge(path, size, max_bytes)
             return f.read()
 
     def transient(exc: BaseException) -> bool:
@@ -97,23 +84,18 @@ def read_local(
     def on_retry(exc: BaseException, attempt_no: int, wait: float) -> None:
         feed.count("retries")
 
-    def failed(reason: str, attempts: int) -> FetchFailed:
-        feed.count("fetch_failures")
-        err = FetchFailed(name, reason, attempts, time.monotonic() - start)
-        feed.log.warning("fetch-failed", "feed %s: %s", feed.describe(), err)
-        return err
-
     try:
         data = call_with_retry(attempt, policy, feed.jitter_rng, transient, on_retry, feed.sleep)
     except RetryExhausted as exc:
-        raise failed(type(exc.last).__name__, exc.attempts) from None
+        raise fetch_failed(feed, path, type(exc.last).__name__, exc.attempts, start) from None
     except FeedClosed:
-        raise failed("closed", 1) from None
+        raise fetch_failed(feed, path, "closed", 1, start) from None
     except OSError as exc:
         if exc.errno in _MISSING_ERRNOS:
             feed.count("vanished")
-            raise ObjectVanished(name) from None
-        raise failed(errno.errorcode.get(exc.errno or 0, type(exc).__name__), 1) from None
+            raise ObjectVanished(path) from None
+        reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        raise fetch_failed(feed, path, reason, 1, start) from None
     feed.count("bytes_fetched", len(data))
     return data
 

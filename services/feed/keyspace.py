@@ -1,14 +1,9 @@
-"""Reasoning about a bucket's key space without listing all of it.
-
-Two jobs:
-1. Pick random *start points* for listing pages (``StartAfter``), so that a pool of 100k keys
-   drawn from a bucket of a billion spreads over the whole key space and keeps moving.
-2. Track which key *ranges* a refresh cycle listed. A listing page is authoritative for the range
-   it covers: a pooled key inside a listed range that the listing did not return has been deleted.
-   When the ranges of one cycle cover the whole ring, the bucket was listed in full.
-
-Keys compare as Python strings, i.e. by code point, which is the same order as S3's UTF-8
-binary order (UTF-8 preserves code-point order).
+"""Reasoning about a bucket's key space without listing all of it: random *start points* for
+listing pages (``StartAfter``), so that a pool of 100k keys drawn from a bucket of a billion
+spreads over the whole key space and keeps moving; and the key *ranges* a refresh cycle listed,
+since a page is authoritative for its range (a pooled key inside it that the listing did not
+return was deleted) and ranges that cover the whole ring mean the bucket was listed in full.
+Keys compare as Python strings (by code point), which is S3's UTF-8 binary order.
 """
 
 from __future__ import annotations
@@ -28,12 +23,8 @@ def merge_intervals(intervals: Iterable[Interval]) -> list[Interval]:
     for lo, hi in items:
         if merged:
             mlo, mhi = merged[-1]
-            # (mlo, mhi] and (lo, hi] are contiguous when lo <= mhi (keys in (lo, mhi] overlap).
-            if mhi is None or lo is None or lo <= mhi:
-                if mhi is None or hi is None:
-                    merged[-1] = (mlo, None)
-                else:
-                    merged[-1] = (mlo, max(mhi, hi))
+            if mhi is None or lo is None or lo <= mhi:  # (mlo, mhi] and (lo, hi] touch
+                merged[-1] = (mlo, None if mhi is None or hi is None else max(mhi, hi))
                 continue
         merged.append((lo, hi))
     return merged
@@ -70,12 +61,10 @@ class Coverage:
 class KeyAlphabet:
     """Which characters occur at each position of observed keys (after the feed's prefix).
 
-    Sets rather than frequencies on purpose: the first listing of a cycle starts at the very
-    beginning of the key space, so early observations over-represent small characters; a
-    frequency model would keep drawing them and the pool would never leave the start of the key
-    space. A set only records that a character is possible there; each new range listed adds
-    what it finds. ``explore`` is the chance of drawing from the characters seen anywhere,
-    which is how a position learns characters it has not met yet.
+    Sets, not frequencies: the first listing of a cycle starts at the beginning of the key space,
+    so a frequency model would keep drawing its small characters and the pool would never leave
+    the start. ``explore`` is the chance of drawing from the characters seen anywhere, which is
+    how a position learns characters it has not met yet.
     """
 
     def __init__(self, positions: int = 32, explore: float = 0.1) -> None:
@@ -125,24 +114,18 @@ class KeyAlphabet:
 def random_start(
     prefix: str, known: str | None, alphabet: KeyAlphabet, rng: random.Random, max_len: int = 1000
 ) -> str:
-    """A random ``StartAfter`` point in the key space under ``prefix``.
+    """A random ``StartAfter`` point in the key space under ``prefix``: half of the time a random
+    string over the observed alphabet, otherwise a random-length head of a pooled key completed
+    the same way. Why this mixture:
 
-    Method: half of the time, a random string over the observed key alphabet (each position
-    uniform over the characters seen at that position); otherwise, a random-length head of a
-    known key (drawn uniformly from the pool) completed the same way. Why this mixture:
-
-    - the pure random string is exploration. For the common naming schemes (hashes, UUIDs,
-      zero-padded numbers, dates) each position takes its possible characters about equally
-      often and independently, so such points land in proportion to key density, and they reach
-      ranges the pool has never seen.
+    - the random string explores: for the common naming schemes (hashes, UUIDs, padded numbers,
+      dates) positions are about uniform and independent, so such points land in proportion to
+      key density and reach ranges the pool has never seen;
     - the head of a known key follows the pool's own distribution, which handles skewed layouts
-      (``2019/`` holding ten times ``2024/``) that the per-position model flattens.
-    - Each cycle's pool is made of runs from these points; half of them independent of the last
-      pool, so whatever bias the first listing (which starts at the beginning of the key space)
-      left decays geometrically, by half per cycle.
-    - What remains is a mild over-sampling of keys that follow empty gaps of the key space; each
-      start yields a short run and a cycle uses many starts, which keeps it small.
-
+      (``2019/`` holding ten times ``2024/``) that the per-position model flattens;
+    - half of each cycle's starts are independent of the last pool, so the bias of the first
+      listing (from the start of the key space) halves every cycle. What remains, a mild
+      over-sampling of keys after empty gaps, stays small as each start yields a short run.
     No method short of a full listing is exactly uniform over a bucket it has not seen.
     """
     head = ""

@@ -1,16 +1,12 @@
-"""A manifest as a feed: a Parquet, CSV or text file listing the objects, the way large image
-collections are handed over. The manifest itself may be local or on S3.
+"""A manifest as a feed: a Parquet, CSV or text file listing the objects (local or on S3), the way
+large image collections are handed over. The manifest is the authority on what exists, so the
+``extensions`` filter does not apply. Entries are ``s3://`` or ``file://`` URIs, absolute paths,
+or names relative to ``manifest_base``, else to the manifest's bucket root (S3 inventories list
+bucket keys) or its own directory.
 
-The manifest is the authority on what exists, so the ``extensions`` filter does not apply to it.
-Entries may be ``s3://`` URIs, ``file://`` URIs, absolute paths, or names relative to a base:
-``manifest_base`` when given (``s3://bucket/prefix`` or a directory), else the manifest's bucket
-root for a manifest on S3 (S3 inventories list bucket keys) and the manifest's own directory for
-a local one.
-
-The pool is a uniform random subset of the entries (all of them when they fit). The manifest is
-re-read when it changes (local mtime/size/inode, S3 ETag, checked every ``refresh_seconds``) and,
-when it holds more entries than the pool, also re-drawn every refresh so the pool moves through
-it: that costs one read of the manifest per refresh per process, so give large manifests a long
+The pool is a uniform random subset of the entries, re-read when the manifest changes (mtime,
+size and inode; S3 ETag) and, when it holds more entries than the pool, re-drawn every refresh
+so the pool moves through it: one read per refresh per process, so give large manifests a long
 ``refresh_seconds``.
 """
 

@@ -1,9 +1,6 @@
-"""Opening a feed: the one place that knows every concrete feed, and picks one for a spec.
-
-It sits above them (``base`` ← ``pooled`` ← ``s3`` / ``manifest`` / ``directory`` ← here), so
-the interface module imports none of them and no two feed modules import each other. Each
-concrete module is imported only when a spec asks for it: a process that reads a directory
-never loads pyarrow's Parquet reader.
+"""Opening a feed: the one place that knows every concrete feed (``base`` ← ``pooled`` ← ``s3`` /
+``manifest`` / ``directory`` ← here). Each is imported only when a spec asks for it: a process
+that reads a directory never loads pyarrow's Parquet reader.
 """
 
 from __future__ import annotations

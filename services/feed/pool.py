@@ -1,10 +1,7 @@
-"""The bounded key pool every feed samples from.
-
-Sampling must be O(1) per key (the ingest stage draws thousands per second) and eviction must
-be O(1) too (a refresh inserts up to ``pool_size`` keys). A plain list gives O(1) uniform
-sampling; a dict of positions lets a key leave by swapping with the last slot; an ordered dict
-of last-seen order tells which key has gone longest without being confirmed by a listing, which
-is the one to evict when a newly listed key needs room.
+"""The bounded key pool every feed samples from: O(1) uniform sampling (a list; the ingest stage
+draws thousands of keys a second), O(1) removal (a dict of positions: swap with the last slot),
+and oldest-first eviction (an ordered dict of last-confirmed order: the key a listing has not
+confirmed for longest makes room for a newly listed one).
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ class KeyPool:
         self._pos: dict[str, int] = {}
         self._age: OrderedDict[str, None] = OrderedDict()  # oldest confirmation first
         self._lock = threading.Lock()
-        # Waiters in Feed.sample block on this until the first key arrives.
         self.nonempty = threading.Condition(self._lock)
 
     def __len__(self) -> int:
@@ -46,10 +42,7 @@ class KeyPool:
         del self._age[key]
 
     def add(self, keys: Iterable[str]) -> tuple[int, int]:
-        """Adds or re-confirms keys; returns (added, evicted).
-
-        A key already present moves to the young end: a listing just confirmed it exists.
-        """
+        """Adds or re-confirms keys (a listing just confirmed them); returns (added, evicted)."""
         added = evicted = 0
         with self._lock:
             for key in keys:
@@ -69,11 +62,8 @@ class KeyPool:
         return added, evicted
 
     def replace(self, keys: Iterable[str]) -> tuple[int, int]:
-        """Makes the pool exactly ``keys`` (the first ``capacity`` distinct ones).
-
-        Used when a source was read in full (a directory walk, a manifest, a small bucket):
-        the listing is then the truth, and anything not in it is gone.
-        """
+        """Makes the pool exactly ``keys`` (the first ``capacity`` distinct ones): a source read
+        in full (a directory walk, a manifest) is the truth, and anything not in it is gone."""
         fresh: list[str] = []
         pos: dict[str, int] = {}
         for key in keys:
@@ -102,13 +92,11 @@ class KeyPool:
 
     def discard_many(self, keys: Iterable[str]) -> int:
         """Removes every present key of ``keys``; returns how many left."""
-        n = 0
         with self._lock:
-            for key in keys:
-                if key in self._pos:
-                    self._remove_locked(key)
-                    n += 1
-        return n
+            present = [key for key in keys if key in self._pos]
+            for key in present:
+                self._remove_locked(key)
+        return len(present)
 
     def sample(self, n: int, rng: random.Random) -> list[str]:
         """``n`` keys drawn uniformly with replacement (SEER has no epochs: repeats are fine)."""
@@ -118,9 +106,8 @@ class KeyPool:
             return rng.choices(self._keys, k=n)
 
     def wait_sample(self, n: int, rng: random.Random, wait_s: float) -> list[str] | None:
-        """Like ``sample``, but waits at most ``wait_s`` for a first key, and returns None (not
-        ``[]``, which ``n == 0`` also gives) while the pool is empty: the caller decides whether
-        to wait more."""
+        """Like ``sample``, but waits at most ``wait_s`` for a first key; None (not the ``[]`` of
+        ``n == 0``) while the pool is empty: the caller decides whether to wait more."""
         with self.nonempty:
             if not self._keys and wait_s > 0:
                 self.nonempty.wait_for(lambda: bool(self._keys), timeout=wait_s)

@@ -1,8 +1,6 @@
-"""S3-compatible object stores (AWS, MinIO, Ceph, GCS interop) through boto3.
-
-:class:`S3Access` is a feed's secret-free way to talk to a store through services.s3 (shared
-with the manifest feed); :class:`S3Feed` keeps a bounded, moving pool of keys from a bucket
-prefix that may hold a billion objects, without ever listing all of it.
+"""S3-compatible object stores (AWS, MinIO, Ceph, GCS interop) through boto3: :class:`S3Access`,
+a feed's way to a store (shared with the manifest feed), and :class:`S3Feed`, a bounded, moving
+pool of keys from a bucket prefix that may hold a billion objects, never listed in full.
 """
 
 from __future__ import annotations
@@ -19,9 +17,9 @@ import botocore.exceptions
 from services.feed.base import (
     FeedClosed,
     FeedSpec,
-    FetchFailed,
     ObjectTooLarge,
     ObjectVanished,
+    fetch_failed,
 )
 from services.feed.keyspace import Coverage, Interval, KeyAlphabet, random_start
 from services.feed.pooled import PooledFeed
@@ -53,11 +51,8 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 
 class S3Access:
-    """One lazily built boto3 client (services.s3: botocore retries each call, up to the feed's
-    ``max_attempts`` requests) bound to a feed's counters and log; an object read is called again
-    after botocore gave up on a transient error or its body broke off, until ``retry_budget_s``
-    is spent. Errors are mapped to the feed's (vanished, failed), never with secrets.
-    """
+    """One lazily built boto3 client (services.s3) bound to a feed's counters and log; errors
+    are mapped to the feed's (vanished, failed), never with secrets."""
 
     def __init__(self, spec: FeedSpec, feed: PooledFeed) -> None:
         self.spec = spec
@@ -67,7 +62,7 @@ class S3Access:
         self._lock = threading.Lock()
 
     def client(self) -> Any:
-        """The boto3 S3 client, built on first use in this process (clients are thread-safe)."""
+        """The client, built on first use in this process (clients are thread-safe)."""
         if self._client is None:
             with self._lock:
                 if self._client is None:
@@ -93,9 +88,8 @@ class S3Access:
                            self.spec.uri, error_code(exc), wait)
 
     def get(self, bucket: str, key: str, name: str, max_bytes: int | None = None) -> bytes:
-        """The object's bytes. ObjectVanished when missing, FetchFailed when the store gave no
-        answer or refused for good, ObjectTooLarge (body left unread) over ``max_bytes``.
-        ``name`` is what the caller knows the object as."""
+        """The bytes of the object the caller knows as ``name``: ObjectVanished when missing,
+        FetchFailed when the store gave no answer or refused, ObjectTooLarge over ``max_bytes``."""
         feed = self.feed
         feed.count("fetches")
         start = time.monotonic()
@@ -108,24 +102,18 @@ class S3Access:
             raise
         except RetryExhausted as exc:  # attempts: every request sent, botocore's or ours
             feed.count("retries", exc.attempts - 1)
-            raise self._failed(name, error_code(exc.last), exc.attempts, start) from None
+            raise fetch_failed(feed, name, error_code(exc.last), exc.attempts, start) from None
         except FeedClosed:
-            raise self._failed(name, "closed", 1, start) from None
+            raise fetch_failed(feed, name, "closed", 1, start) from None
         except Exception as exc:
             if is_missing(exc):
                 feed.count("vanished")
                 raise ObjectVanished(name) from None
             feed.count("retries", attempts(exc) - 1)
-            raise self._failed(name, error_code(exc), attempts(exc), start) from None
+            raise fetch_failed(feed, name, error_code(exc), attempts(exc), start) from None
         feed.count("retries", sent - 1)  # every request after the first, botocore's or ours
         feed.count("bytes_fetched", len(data))
         return data
-
-    def _failed(self, name: str, reason: str, attempts: int, start: float) -> FetchFailed:
-        self.feed.count("fetch_failures")
-        err = FetchFailed(name, reason, attempts, time.monotonic() - start)
-        self.feed.log.warning("fetch-failed", "feed %s: %s", self.spec.uri, err)
-        return err
 
     def list_page(self, bucket: str, prefix: str, start_after: str | None, max_keys: int) -> dict:
         """One ListObjectsV2 page."""
@@ -165,13 +153,11 @@ class S3Access:
 class S3Feed(PooledFeed):
     """A bucket prefix as a feed: a bounded pool of keys that moves through the key space.
 
-    Each refresh cycle lists short runs of keys (``chunk`` keys each) from random start points
-    (see :func:`services.feed.keyspace.random_start`) until it has seen ``pool_size`` accepted
-    keys or covered the whole key space. New keys push out the keys confirmed longest ago, so the
-    whole pool turns over each cycle in a large bucket. Deleted keys leave three ways: a listed
-    range that no longer returns them, a fetch that finds them gone, or age. A bucket found to
-    hold no more than ``pool_size`` keys is listed in full each cycle (a sweep), so its pool is
-    exactly its contents.
+    Each refresh cycle lists short runs (``chunk`` keys) from random start points
+    (`keyspace.random_start`) until it has ``pool_size`` accepted keys or covered the key space;
+    new keys push out those confirmed longest ago, so a large bucket's pool turns over each
+    cycle. Deleted keys leave by a listed range without them, a fetch that finds them gone, or
+    age. A bucket of at most ``pool_size`` keys is listed in full each cycle (a sweep).
     """
 
     def __init__(self, spec: FeedSpec) -> None:
@@ -225,21 +211,14 @@ class S3Feed(PooledFeed):
         self.count("keys_evicted", n)
 
     def _start_point(self) -> str:
-        return random_start(
-            self.prefix, self._pool.random_key(self._rng), self._alphabet, self._rng
-        )
+        return random_start(self.prefix, self._pool.random_key(self._rng), self._alphabet,
+                            self._rng)
 
-    def _list_run(
-        self,
-        start: str | None,
-        quota: int | None,
-        listed: set[str],
-        accepted: set[str],
-    ) -> list[Interval]:
-        """Lists up to ``quota`` keys after ``start``, wrapping past the end of the key space
-        once; adds accepted keys to the pool as pages arrive (so the first sample does not wait
-        for a whole cycle). Returns the ranges it listed. ``quota`` None: until the end, or
-        until ``pool_size`` keys were accepted this cycle."""
+    def _list_run(self, start: str | None, quota: int | None, listed: set[str],
+                  accepted: set[str]) -> list[Interval]:
+        """Lists up to ``quota`` keys (None: to the end, or ``pool_size`` accepted this cycle)
+        after ``start``, wrapping past the end once; pools accepted keys as pages arrive (the
+        first sample does not wait for a cycle). Returns the ranges it listed."""
         intervals: list[Interval] = []
         lo = cursor = start
         wrapped = False
