@@ -1,17 +1,12 @@
 """Metrics for every seer process: declared once, at import; exported by the process's backend.
 
-The one job here is choosing the backend, and it is chosen per process, by what the process is:
-
-- a Ray worker process (actor, task, Ray Train worker, Ray Data read task) records through
-  ``ray.util.metrics``: the node's metrics agent exports it, prefixed ``ray_``
-  (``ray_seer_ingest_images_total``), so Prometheus scrapes one port per node, not per actor;
-- any other process (the CLI driver, also after ``ray.init``; the evaluator; benchmarks;
-  tests) records into :data:`REGISTRY`, the prometheus_client registry it serves itself.
-
-The backend object is built at a metric's first use in a process, so declarations live at module
-level (``IMAGES = metrics.counter(...)``), the same declaration works in the driver and in every
-worker, and nobody pins a backend. Names, tag keys and buckets are not checked here:
-prometheus_client and Ray check what each needs, and DECLARED lets
+The one job here is choosing the backend, per process, by what the process is: a Ray worker
+(actor, task, Ray Train worker, read task) records through ``ray.util.metrics`` and the node's
+agent exports it, prefixed ``ray_``, so Prometheus scrapes one port per node, not per actor; any
+other process (the CLI driver, also after ``ray.init``; the evaluator; benchmarks; tests)
+records into :data:`REGISTRY`, which it serves itself. The backend object is built at a metric's
+first use, so module-level declarations work in the driver and in every worker and nobody pins
+a backend. prometheus_client and Ray check names, tags and buckets; DECLARED lets
 tests/services/test_metric_conventions.py hold every metric to DESIGN §3.
 """
 

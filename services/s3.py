@@ -41,8 +41,7 @@ from seer_core.config.endpoints import credentials_message, has_credentials
 from seer_core.config.schema import ConfigError
 
 __all__ = ["ENDPOINT_ENV", "BodyReadError", "RetryExhausted", "RetryPolicy", "call_with_retry",
-           "error_code", "get_bytes", "is_missing", "is_transient", "make_client", "retry_mode",
-           "s3_endpoint"]
+           "error_code", "get_bytes", "is_missing", "is_transient", "make_client", "s3_endpoint"]
 
 log = logging.getLogger("seer.s3")
 T = TypeVar("T")
@@ -80,19 +79,14 @@ def s3_endpoint(configured: str | None, *, key: str = "endpoint_url") -> str | N
     return value
 
 
-def retry_mode() -> str:
-    """`adaptive` when `AWS_RETRY_MODE` asks for it, else `standard`: never `legacy`, whose
-    error list misses S3's `SlowDown` and 5xx without a known code."""
-    return "adaptive" if os.environ.get("AWS_RETRY_MODE") == "adaptive" else "standard"
-
-
 def make_client(endpoint: str | None, *, max_attempts: int, region: str | None = None,
                 connect_timeout: float = 10.0, read_timeout: float = 60.0,
                 max_pool_connections: int = 32, what: str = "s3") -> Any:
-    """A boto3 S3 client as every seer component wants one: botocore retries each call
-    (`retry_mode()`, `max_attempts` attempts in all, the first included); requests go unsigned
-    (public buckets) when the credential chain has nothing, said once in the log; a custom
-    endpoint (MinIO, Ceph) gets path-style addressing, as those rarely have wildcard DNS."""
+    """A boto3 S3 client as every seer component wants one: botocore retries each call,
+    `max_attempts` requests in all, in `standard` mode or `adaptive` when `AWS_RETRY_MODE` asks
+    (never `legacy`, whose error list misses S3's `SlowDown` and 5xx without a known code);
+    unsigned requests (public buckets) when the credential chain has nothing; path-style
+    addressing on a custom endpoint (MinIO, Ceph rarely have wildcard DNS)."""
     session = boto3.session.Session(region_name=region)
     extra: dict[str, Any] = {}
     if session.get_credentials() is None:
@@ -101,7 +95,8 @@ def make_client(endpoint: str | None, *, max_attempts: int, region: str | None =
     if endpoint:
         extra["s3"] = {"addressing_style": "path"}
     config = botocore.config.Config(
-        retries={"mode": retry_mode(), "total_max_attempts": max_attempts},
+        retries={"mode": "adaptive" if os.environ.get("AWS_RETRY_MODE") == "adaptive"
+                 else "standard", "total_max_attempts": max_attempts},
         connect_timeout=connect_timeout, read_timeout=read_timeout,
         max_pool_connections=max_pool_connections, **extra)
     return session.client("s3", endpoint_url=endpoint, config=config)

@@ -1,19 +1,12 @@
-"""Where a run's checkpoints live: a local folder or an S3 prefix, seen through pyarrow.fs.
+"""Where a run's checkpoints live: a local folder or an S3 prefix, seen through pyarrow.fs (as Ray
+Train sees its run folder), resolved here once so that the trainer, `seer status` and the
+evaluator see the very same store (the S3 filesystem comes from services.s3). Credentials are
+never part of the config: pyarrow reads them from the environment or the AWS chain.
 
-The trainer stores checkpoints through a `pyarrow.fs.FileSystem` (Ray Train keeps its run folder
-there too); resolving the configured location here, once, gives the trainer, `seer status` and
-the evaluator the very same view of the store (the filesystem comes from services.s3, the one
-S3 layer: same endpoint as every client, passed explicitly as pyarrow and boto3 do not read
-`AWS_ENDPOINT_URL` alike). Credentials are never part of the config: pyarrow reads
-them from the environment or the standard AWS chain.
-
-Layout, as the trainer writes it (`services.trainer.checkpoint_writer`):
-`<storage>/<run_name>/step_000000000500/{state.pt,meta.json,rank_00000.pt,...,commit.json}` and
-`<storage>/<run_name>/latest`. `scan` here is the one listing of a run's checkpoints: a step
-folder counts only once its commit marker is there, and that is all `list_checkpoints` shows to
-the trainer, `seer status`, `seer export`, the evaluator and the benchmarks. It lives here, not
-in `seer_core` (which never imports ray or boto3, and needs no listing): pyarrow's filesystem
-gives local folders and S3 the same code.
+Layout (`services.trainer.checkpoint_writer`): `<storage>/<run_name>/step_000000000500/{state.pt,
+meta.json,rank_00000.pt,...,commit.json}` and `<storage>/<run_name>/latest`. `scan` is the one
+listing of a run's checkpoints: a step folder counts once its commit marker is there. It lives
+here, not in `seer_core` (no ray, no boto3): pyarrow gives local folders and S3 the same code.
 """
 
 from __future__ import annotations
@@ -40,8 +33,7 @@ from seer_core.checkpoint import (
 )
 from services.s3 import s3_endpoint, s3_filesystem
 
-__all__ = ["META_FILE", "RunStorage", "StepFolder", "resolve_storage",
-           "s3_endpoint"]
+__all__ = ["META_FILE", "RunStorage", "StepFolder", "resolve_storage", "s3_endpoint"]
 
 log = logging.getLogger("seer.storage")
 _CHUNK = 8 * 1024 * 1024
@@ -84,8 +76,7 @@ class RunStorage:
         return getattr(self.filesystem, "type_name", "") == "local"
 
     def scan(self) -> list[StepFolder]:
-        """Every step folder of the run with the files in it, oldest first: one recursive
-        listing (one paginated LIST on S3)."""
+        """Every step folder of the run with its files, oldest first: one recursive listing."""
         run = self.run_path.rstrip("/")
         for attempt in range(_LISTING_ATTEMPTS):
             try:
@@ -127,7 +118,7 @@ class RunStorage:
             return None
 
     def read_meta(self, checkpoint_path: str) -> dict[str, Any]:
-        """The small JSON summary written beside each checkpoint (step, loss, LR...)."""
+        """The JSON summary beside each checkpoint (step, loss, LR...); {} if none."""
         return self.read_json(f"{checkpoint_path}/{META_FILE}") or {}
 
     def read_commit(self, checkpoint_path: str) -> dict[str, Any]:
@@ -135,8 +126,7 @@ class RunStorage:
         return self.read_json(f"{checkpoint_path}/{COMMIT_FILE}") or {}
 
     def write_bytes(self, path: str, data: bytes) -> None:
-        """All or nothing: on a local folder a temporary file renamed over `path` (after an
-        fsync); on S3 one PUT, which makes the object appear complete or not at all."""
+        """All or nothing: locally a temporary file renamed over `path`; on S3 one PUT."""
         if self.is_local:
             atomic_write_bytes(path, data)
             return
@@ -144,7 +134,7 @@ class RunStorage:
             out.write(data)
 
     def commit(self, checkpoint_path: str, record: dict[str, Any]) -> None:
-        """Writes the commit marker: call it once every file of the checkpoint is stored."""
+        """Writes the commit marker, once every file of the checkpoint is stored."""
         self.write_bytes(f"{checkpoint_path}/{COMMIT_FILE}", json.dumps(record).encode())
 
     def uncommit(self, checkpoint_path: str) -> None:
@@ -157,8 +147,7 @@ class RunStorage:
         self.write_bytes(f"{self.run_path}/{LATEST_FILE}", (name + "\n").encode())
 
     def read_latest(self) -> str | None:
-        """The folder name `latest` points at, or None. A hint for tools that cannot list (the
-        newest committed checkpoint is what `list_checkpoints` shows last)."""
+        """The folder name `latest` points at, or None: a hint for tools that cannot list."""
         try:
             with self.filesystem.open_input_stream(f"{self.run_path}/{LATEST_FILE}") as handle:
                 name = handle.read().decode().strip()
@@ -167,8 +156,7 @@ class RunStorage:
         return name if parse_step_dir(name) is not None else None
 
     def store_file(self, local: Path, path: str) -> None:
-        """Stores a local file at `path`, all or nothing: a temporary file renamed (local), or
-        one upload that makes the object appear complete or not at all (S3)."""
+        """Stores a local file at `path`, all or nothing (as `write_bytes`)."""
         if self.is_local:
             target = Path(path)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -181,15 +169,11 @@ class RunStorage:
                 out.write(chunk)
 
     def prune(self, keep: int) -> list[str]:
-        """Deletes what no run will read again; rank 0 calls it after each commit, and it is
-        the only code that deletes checkpoints (Ray Train never sees them).
-
-        - Committed checkpoints older than the newest `keep` committed ones.
-        - Incomplete folders older than the newest committed checkpoint: a run resumes from
-          its newest committed checkpoint and writes only newer steps, so nothing writes
-          those. An incomplete folder newer than it may be an upload in flight: it stays.
-        Returns the deleted paths.
-        """
+        """Deletes what no run will read again (rank 0, after each commit; the only code that
+        deletes checkpoints) and returns the deleted paths: committed checkpoints older than the
+        newest `keep`, and incomplete folders older than the newest committed one (a run resumes
+        from that and writes only newer steps; a newer incomplete folder may be an upload in
+        flight)."""
         if keep < 2:
             raise ValueError(f"keep: {keep} must be >= 2")
         folders = self.scan()
@@ -210,8 +194,7 @@ class RunStorage:
         return removed
 
     def delete_folder(self, folder: StepFolder) -> None:
-        """Deletes a step folder, its marker first, so that a reader never sees a folder that
-        still counts as a checkpoint while its files disappear."""
+        """Deletes a step folder, marker first: no reader sees a checkpoint losing its files."""
         if folder.complete:
             self.uncommit(folder.path)
         with contextlib.suppress(FileNotFoundError):

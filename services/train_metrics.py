@@ -1,12 +1,8 @@
-"""The trainer's Prometheus metrics (exported by Ray from inside the worker processes).
-
-Names follow DESIGN §3 (`seer_train_<what>_<unit>`); the only tag is the worker's rank, which is
-bounded by the cluster size.
-
-Counters count what *this* worker did, so that dashboards sum over workers with no arithmetic
-in between: `sum(rate(seer_train_images_total[5m]))` is the global training throughput.
-Gauges that describe the whole run (loss averaged over ranks, LR, step) are the same on every
-worker: take `max` (or any one worker), never `sum`.
+"""The trainer's Prometheus metrics (exported by Ray from inside the worker processes), named as
+DESIGN §3 says; the only tag is the worker's rank, bounded by the cluster size. Counters count
+what *this* worker did, so dashboards sum over workers (`sum(rate(seer_train_images_total[5m]))`
+is the global throughput); gauges of the whole run (loss averaged over ranks, LR, step) are the
+same on every worker: take `max`, never `sum`.
 """
 
 from __future__ import annotations
@@ -87,15 +83,6 @@ class TrainMetrics:
         re-exports the value every step, so the series exists (0) on a healthy run too."""
         self.store_wait_seconds = seconds
         self.store_wait.set(seconds, self.tags)
-
-    def checkpoint_paused(self, seconds: float) -> None:
-        self.checkpoint_pause.observe(seconds, self.tags)
-
-    def throughput(self, images_per_second: float) -> None:
-        self.images_per_second.set(images_per_second, self.tags)
-
-    def collapse_warning(self, suspected: bool) -> None:
-        self.collapse.set(1.0 if suspected else 0.0, self.tags)
 
     def observe(self, state: Any, result: Any, data_wait: float, local_images: int) -> None:
         """Records one step; `local_images` is this worker's share of the global batch."""

@@ -7,6 +7,7 @@ import os
 from ray.train.torch import TorchTrainer
 
 from seer_core.config import SeerConfig
+from services.s3 import ENDPOINT_ENV
 from services.trainer.checkpoints import storage_for
 from services.trainer.loop import guarded_train_loop
 from services.trainer.process_group import LoopbackTorchConfig
@@ -15,9 +16,7 @@ from services.trainer.process_group import LoopbackTorchConfig
 def build_trainer(cfg: SeerConfig, *, synthetic: bool = False,
                   actors: int | None = None) -> TorchTrainer:
     """The TorchTrainer for a config; `fit()` runs until a stop condition or a stop request.
-
-    ``actors``: the ingest pool size, resolved by the driver (``services.stream.pool_size``).
-    """
+    ``actors``: the ingest pool size, resolved by the driver."""
     from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
 
     storage = storage_for(cfg)
@@ -57,6 +56,5 @@ def build_trainer(cfg: SeerConfig, *, synthetic: bool = False,
 
 def _forwarded_env() -> dict[str, str]:
     """Endpoint settings the workers need (never credentials: those come from the chain)."""
-    names = ("SEER_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
-             "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")
+    names = (*ENDPOINT_ENV, "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")
     return {n: os.environ[n] for n in names if n in os.environ}

@@ -43,14 +43,12 @@ log = logging.getLogger("seer.trainer")
 def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
     """Trains until a limit or a stop request, checkpointing as the Decider says.
 
-    A checkpoint or stop decided on a step whose loss was non-finite (skipped) is deferred to
-    the next finite step: a checkpoint must never be taken while the newest step is bad, and a
-    stop always ends with a fresh checkpoint of a good state. Stopping at once without one
-    would also be safe (the last good checkpoint exists) but would throw away every step since
-    it; deferring costs one more step. If the bad steps go on, `train.max_bad_steps` rolls the
-    group back first, and the stop is honoured after the restart (limits and the control
-    actor's stop request still hold then). Skipped steps, the deferral flags and the report
-    are identical on every rank: the skip flag is all-reduced and the decision broadcast.
+    A checkpoint or stop decided on a skipped (non-finite) step is deferred to the next finite
+    step: no checkpoint of a bad step, and a stop ends with a fresh checkpoint of a good state
+    (stopping at once would throw away every step since the last one). If the bad steps go on,
+    `train.max_bad_steps` rolls the group back first and the stop is honoured after the restart.
+    Skips, deferrals and the report are identical on every rank (all-reduced skip flag,
+    broadcast decision).
     """
     import ray.train
     import ray.train.torch
@@ -83,7 +81,6 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
                      state.images_seen)
             _log_world_change(cfg, storage_for(cfg).read_meta(source).get("world_size"), world)
     metrics.world(world)
-
     if source:
         metrics.committed(state.step)
     writer = CheckpointWriter(
@@ -120,10 +117,12 @@ def _train(cfg: SeerConfig, state: TrainState, rank: int, world: int, device: to
     wait_start = time.perf_counter()
     for batch in batches:
         data_wait = time.perf_counter() - wait_start
-        result = train_step_with_metrics(state, batch, metrics, data_wait)
-        window_images += len_batch(batch) * world
+        result = train_step(state, batch)
+        local_images = int(next(iter(batch.values())).shape[0])
+        metrics.observe(state, result, data_wait, local_images=local_images)
+        window_images += local_images * world
         window_wait += data_wait
-        run_meter.add(len_batch(batch) * world, data_wait)
+        run_meter.add(local_images * world, data_wait)
         writer.poll()  # commits the checkpoint in flight once every rank has uploaded it
 
         if result.skipped:
@@ -134,7 +133,7 @@ def _train(cfg: SeerConfig, state: TrainState, rank: int, world: int, device: to
             check_non_finite(state.bad_steps, state.step, cfg)
         verdict = collapse_verdict(result, cfg)
         if verdict is not None:
-            metrics.collapse_warning(verdict)
+            metrics.collapse.set(float(verdict), metrics.tags)
         if verdict is not None and collapse_warnings.should_warn(verdict) and rank == 0:
             log.warning("collapse suspected at step %d: loss %.4f (ln K = %.4f), usage entropy "
                         "%.3f", result.step, result.loss, math.log(n_prototypes),
@@ -151,7 +150,7 @@ def _train(cfg: SeerConfig, state: TrainState, rank: int, world: int, device: to
             summary = {"step": state.step, "images_seen": state.images_seen,
                        "loss": result.loss, "lr": result.lr, **resumed,
                        **run_meter.summary(), "skipped_steps": skipped_steps}
-            metrics.checkpoint_paused(writer.start(state, summary))
+            metrics.checkpoint_pause.observe(writer.start(state, summary), metrics.tags)
             checkpoint_due = False
         if rank == 0 and result.step % cfg.train.log_every_steps == 0:
             elapsed = time.perf_counter() - window_start
@@ -167,7 +166,7 @@ def _train(cfg: SeerConfig, state: TrainState, rank: int, world: int, device: to
                 "last_checkpoint_step": writer.committed_step if writer.committed_step >= 0
                 else (state.step if source else -1),
             }
-            metrics.throughput(progress["images_per_second"])
+            metrics.images_per_second.set(progress["images_per_second"], metrics.tags)
             if control is not None:
                 control.report.remote(progress)
             window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
@@ -188,17 +187,6 @@ def _log_world_change(cfg: SeerConfig, before: int | None, world: int) -> None:
                 "(linear in the global batch, optim.lr_reference_batch=%d)", before, world,
                 cfg.global_batch(before), cfg.global_batch(world), cfg.scaled_lr(before),
                 cfg.scaled_lr(world), cfg.optim.lr_reference_batch)
-
-
-def len_batch(batch: Mapping[str, torch.Tensor]) -> int:
-    return int(next(iter(batch.values())).shape[0])
-
-
-def train_step_with_metrics(state: TrainState, batch: Mapping[str, torch.Tensor],
-                            metrics: TrainMetrics, data_wait: float) -> StepResult:
-    result = train_step(state, batch)
-    metrics.observe(state, result, data_wait, local_images=len_batch(batch))
-    return result
 
 
 def guarded_train_loop(loop_config: Mapping[str, Any]) -> None:

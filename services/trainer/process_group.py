@@ -1,15 +1,12 @@
 """The torch process group of a worker group: no listening socket beyond loopback on one machine.
 
-Ray Train's ``TorchConfig`` always rendezvouses through a ``TCPStore`` that rank 0 hosts, and
-torch binds that store's server to every interface (``*:<port>``), whatever ``MASTER_ADDR``
-says. A local run (``services.local_ray``: the Ray node on 127.0.0.1) would so expose a port on
-the LAN for as long as it trains. When every worker sits on a loopback node, the group here
-rendezvouses through a ``FileStore`` instead (all ranks share the machine's file system; a
-store that does not listen at all), and gloo/NCCL pair sockets are pinned to the loopback
-interface (``GLOO_SOCKET_IFNAME``/``NCCL_SOCKET_IFNAME``, unless the user set them: gloo
-otherwise binds to whatever the host name resolves to, often the LAN address).
-
-On a cluster (any worker on a routable address) nothing changes: Ray Train's own rendezvous.
+Ray Train's ``TorchConfig`` rendezvouses through a ``TCPStore`` that rank 0 binds to every
+interface, whatever ``MASTER_ADDR`` says, so a local run (Ray on 127.0.0.1) would expose a port
+on the LAN for as long as it trains. When every worker sits on a loopback node, the group here
+rendezvouses through a ``FileStore`` (the ranks share the machine's file system) and pins gloo's
+and NCCL's sockets to the loopback interface unless the user set ``GLOO_SOCKET_IFNAME`` /
+``NCCL_SOCKET_IFNAME`` (gloo otherwise binds to whatever the host name resolves to). On a
+cluster (any worker on a routable address) Ray Train's own rendezvous is used unchanged.
 """
 
 from __future__ import annotations
@@ -32,9 +29,6 @@ from ray.train.torch.config import (
 )
 
 log = logging.getLogger("seer.trainer")
-
-_IFNAME_VARS = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
-
 
 def is_loopback(address: str) -> bool:
     try:
@@ -63,7 +57,7 @@ def _pin_to_loopback() -> None:
     name = loopback_interface()
     if name is None:
         return
-    for var in _IFNAME_VARS:
+    for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
         os.environ.setdefault(var, name)
 
 
