@@ -110,11 +110,9 @@ def _read_commit(storage: RunStorage, path: str) -> dict[str, Any]:
 def load_checkpoint(storage: RunStorage, path: str, state: TrainState, rank: int,
                     world: int) -> LoadedCheckpoint:
     """Reads what this rank needs of a checkpoint: rank 0 the shared state, every rank its own
-    file (and, with another world size, the old ranks' files its queue share comes from).
-
-    Raises `OSError` when the store cannot be reached (wait and retry), one of `_CORRUPT` when
-    the checkpoint itself is unusable (its marker gone since the listing included).
-    """
+    file (with another world size, the old ranks' files its queue share comes from). Raises
+    `OSError` when the store cannot be reached, one of `_CORRUPT` when the checkpoint is unusable
+    (its marker gone since the listing included)."""
     names = storage.folder_files(path)
     notes: list[str] = []
     parts: dict[int, dict[str, Any] | None] = {}
@@ -205,9 +203,8 @@ def _is_corrupt(exc: BaseException) -> bool:
 
 def restore(state: TrainState, rank: int, world: int,
             on_wait: Callable[[float], None] = lambda _s: None) -> str | None:
-    """Loads the newest committed checkpoint that every rank can use; every rank calls this
-    together and all load the same one. Returns its path, or None when the run has no
-    committed checkpoint at all (the only fresh start). See the module doc."""
+    """Loads the newest committed checkpoint every rank can use (a collective). Returns its path,
+    or None when the run has no committed checkpoint at all (the only fresh start)."""
     cfg = state.cfg
     storage = storage_for(cfg)
     grace = cfg.checkpoint.store_grace_minutes * 60

@@ -1,21 +1,16 @@
 """Waiting out an unreachable checkpoint store, and what every rank does together.
 
-A bucket that throttles (`503 SlowDown` when every rank reads a large state at once) or a store
-down for minutes is a transient condition of a weeks-long run: the run waits for it, says so
-(log lines, the `seer_train_store_wait_seconds` gauge) and goes on. Only past
-`checkpoint.store_grace_minutes` does it give up with `StoreUnavailable`, which ends the run (a
-restart would only wait again). A store error is an `OSError` (pyarrow raises its S3 and network
-errors so) other than `FileNotFoundError`, which is an answer; anything else (a file that does
-not unpickle, a missing key, a wrong shape) is about the checkpoint itself.
+A throttling or down store is a transient condition of a weeks-long run: the run waits (log
+lines, the `seer_train_store_wait_seconds` gauge) and goes on; only past
+`checkpoint.store_grace_minutes` does `StoreUnavailable` end it (a restart would only wait
+again). A store error is an `OSError` (pyarrow's S3 and network errors) other than
+`FileNotFoundError`, which is an answer about the data, like a file that does not unpickle.
 
-The cluster rule (DESIGN §5): what one rank finds is decided for all ranks, since a rank that goes
-its own way leaves the others in a collective until `train.collective_timeout_s`. So a store
-error on one rank makes every rank wait and retry (`agree_with_retry`), and a corrupt file on
-one rank makes every rank skip that checkpoint. The backoff draws come from a generator seeded
-alike on every rank, so ranks that retry together sleep alike without a message.
-
-`broadcast_state` sends a nested state from one rank to all: the shared part of a checkpoint is
-read once and broadcast, instead of every rank downloading the same gigabytes (RegNetY-256GF
+What one rank finds is decided for all (DESIGN §5): a rank that goes its own way leaves the others
+in a collective until `train.collective_timeout_s`. So a store error on one rank makes every rank
+wait and retry, a corrupt file on one rank makes every rank skip that checkpoint, and the backoff
+draws come from a generator seeded alike on every rank, so all sleep alike without a message.
+`broadcast_state` reads the shared part of a checkpoint once and broadcasts it (RegNetY-256GF
 with LARS momentum is ~12 GB: 64 ranks would read ~750 GB per restart).
 """
 
@@ -65,8 +60,8 @@ def is_store_error(exc: BaseException) -> bool:
 
 @dataclass
 class StoreWait:
-    """One wait for the store: what for, the grace, and who to tell. ``on_wait(seconds)`` gets
-    the time waited so far (0 once the store answers again): the trainer's gauge."""
+    """One wait for the store; ``on_wait(seconds)`` gets the time waited so far (0 once the store
+    answers again): the trainer's gauge."""
 
     what: str
     grace_s: float
@@ -156,7 +151,7 @@ def agree_with_retry(attempt: Callable[[], T], wait: StoreWait,
 
 def map_leaves(value: Any, kind: type, fn: Callable[[Any], Any]) -> Any:
     """`value` with every leaf of type `kind` replaced by `fn(leaf)`, through dicts, lists and
-    tuples (in their order: two walks of the same structure meet the leaves in the same order)."""
+    tuples, in order (two walks of one structure meet the leaves alike)."""
     if isinstance(value, kind):
         return fn(value)
     if isinstance(value, dict):
@@ -177,12 +172,9 @@ class _TensorSlot:
 
 
 def broadcast_state(state: Any, src: int = 0, device: torch.device | str = "cpu") -> Any:
-    """`state` from rank `src` on every rank (a collective; other ranks pass anything).
-
-    The structure and the plain values travel as one pickled object; the tensors are then
-    broadcast one by one into buffers of the right shape (no pickling of gigabytes, and on
-    NCCL they travel on the device). Tensors arrive on `device` for NCCL, on the CPU for gloo.
-    """
+    """`state` from rank `src` on every rank (a collective; other ranks pass anything): the
+    structure and plain values as one pickled object, then each tensor broadcast into a buffer
+    of its shape (no pickling of gigabytes); on `device` for NCCL, on the CPU for gloo."""
     rank, world = rank_and_world()
     if world <= 1:
         return state
