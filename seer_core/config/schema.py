@@ -277,7 +277,7 @@ class FeedConfig(_Section):
 
 
 class IngestConfig(_Section):
-    """The never-ending ingest stream (services/stream.py; README "Ingest stream")."""
+    """The never-ending ingest stream (services/ingest/stream.py; README "Ingest stream")."""
 
     actors: int = Field(0, ge=0, description="ingest actors in the pool (0: the CPUs Ray has "
                         "left after the Train workers and read tasks, over cpus_per_actor); "
