@@ -17,10 +17,9 @@ Figures depend on the machine and on whatever else runs on it: quote them with b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -33,7 +32,6 @@ from helpers import load_images
 
 from seer_core.augment import build_multicrop
 from seer_core.config import SeerConfig, config_from_dict
-from services.driver.local_ray import free_loopback_port
 from services.ingest.crop import Cropper
 
 
@@ -83,53 +81,14 @@ def per_core(images: list[tuple[str, bytes]], recipe: str, seconds: float, round
     }
 
 
-# -- S3 server -----------------------------------------------------------------------------------
-
-
-class LocalMoto:
-    """A throwaway moto_server on 127.0.0.1 (dummy credentials, set for this process only)."""
-
-    def __init__(self) -> None:
-        self.port = free_loopback_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        exe = Path(sys.executable).with_name("moto_server")
-        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
-        self.proc = subprocess.Popen(
-            [*cmd, "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.close()
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.1)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 def upload(endpoint: str, images: list[tuple[str, bytes]]) -> str:
-    import boto3
-    import botocore.config
+    """Puts the images into a fresh bucket of the server at `endpoint`; returns their prefix."""
+    from tests.s3server import make_client, put_objects
 
-    client = boto3.session.Session(region_name="us-east-1").client(
-        "s3", endpoint_url=endpoint, config=botocore.config.Config(s3={"addressing_style": "path"})
-    )
+    client = make_client(endpoint)
     bucket = f"bench-{uuid.uuid4().hex[:8]}"
     client.create_bucket(Bucket=bucket)
-    for name, data in images:
-        client.put_object(Bucket=bucket, Key=f"images/{name}", Body=data)
+    put_objects(client, bucket, {f"images/{name}": data for name, data in images})
     return f"s3://{bucket}/images/"
 
 
@@ -218,26 +177,22 @@ def main(argv: list[str] | None = None) -> None:
     if args.skip_ray or not args.actors:
         return
     print("end to end (S3 -> read tasks -> ingest actors -> iter_torch_batches):", flush=True)
-    server = None
-    try:
-        if args.s3:
-            uri, endpoint = args.s3, args.endpoint
-        else:
+    with contextlib.ExitStack() as stack:
+        uri, endpoint = args.s3, args.endpoint
+        if not args.s3:  # a throwaway moto_server on 127.0.0.1, the tests' own launcher
+            from tests.s3server import MotoServer
+
             dummy = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                      "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
             for k, v in dummy.items():
                 os.environ.setdefault(k, v)
-            server = LocalMoto()
-            endpoint = server.endpoint
+            endpoint = stack.enter_context(MotoServer()).endpoint_url
             uri = upload(endpoint, images)
         res = end_to_end(uri, endpoint, sorted(set(args.actors)), args.recipe, args.seconds,
                          args.chunk, args.batch)
         if 1 in res and 2 in res and res[1]["steady"]:
             print(f"  scaling 1 -> 2 actors: x{res[2]['steady'] / res[1]['steady']:.2f}",
                   flush=True)
-    finally:
-        if server is not None:
-            server.close()
 
 
 if __name__ == "__main__":
