@@ -34,18 +34,11 @@ class SwAVQueue:
         world_size: int = 1,
         device: torch.device | str | None = None,
     ) -> None:
-        if not isinstance(world_size, int) or world_size < 1:
-            raise ValueError(f"world_size must be a positive int, got {world_size!r}")
-        if not isinstance(length, int) or length < 0:
-            raise ValueError(f"length must be a non-negative int, got {length!r}")
+        # The config schema bounds every value; these two also catch a queue built by hand.
         if length and length // world_size == 0:
             raise ValueError(f"length={length} gives an empty queue on each of {world_size} ranks")
-        if not isinstance(dim, int) or dim < 1:
+        if dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
-        if len(crops_for_assign) == 0 or any(c < 0 for c in crops_for_assign):
-            raise ValueError(f"crops_for_assign must be non-empty crop indices: {crops_for_assign}")
-        if not isinstance(start_step, int) or start_step < 0:
-            raise ValueError(f"start_step must be a non-negative int, got {start_step!r}")
         self.length = length // world_size
         self.dim = dim
         self.crops_for_assign = tuple(crops_for_assign)

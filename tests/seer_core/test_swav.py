@@ -10,6 +10,8 @@ import math
 import os
 import socket
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import pytest
 import torch
@@ -28,8 +30,24 @@ from seer_core.swav import (
     prototype_usage_entropy,
     sinkhorn,
     swav_loss,
-    swav_loss_with_codes,
 )
+
+
+def swav_loss_with_codes(
+    scores: torch.Tensor, n_crops: int, **kwargs: Any
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """`swav_loss` and the codes ``[B, K]`` of each assigned crop, as the loss's own Sinkhorn
+    calls returned them (recorded on the way through, so the loss runs unchanged)."""
+    batch = scores.shape[0] // n_crops
+    codes: list[torch.Tensor] = []
+
+    def recording(*args: Any, **kw: Any) -> torch.Tensor:
+        q = sinkhorn(*args, **kw)
+        codes.append(q[-batch:])
+        return q
+
+    with mock.patch.object(swav.loss, "sinkhorn", recording):
+        return swav_loss(scores, n_crops, **kwargs), codes
 
 
 def reference_sinkhorn(out: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
