@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,8 +41,9 @@ from botocore import UNSIGNED
 from seer_core.config.endpoints import credentials_message, has_credentials
 from seer_core.config.schema import ConfigError
 
-__all__ = ["ENDPOINT_ENV", "BodyReadError", "RetryExhausted", "RetryPolicy", "call_with_retry",
-           "error_code", "get_bytes", "is_missing", "is_transient", "make_client", "s3_endpoint"]
+__all__ = ["ENDPOINT_ENV", "BodyReadError", "LazyClient", "RetryExhausted", "RetryPolicy",
+           "call_with_retry", "error_code", "get_bytes", "is_missing", "is_transient",
+           "make_client", "s3_endpoint"]
 
 log = logging.getLogger("seer.s3")
 T = TypeVar("T")
@@ -100,6 +102,29 @@ def make_client(endpoint: str | None, *, max_attempts: int, region: str | None =
         connect_timeout=connect_timeout, read_timeout=read_timeout,
         max_pool_connections=max_pool_connections, **extra)
     return session.client("s3", endpoint_url=endpoint, config=config)
+
+
+class LazyClient:
+    """A client built by ``build`` on the first call, in the process that uses it (one that
+    never reads S3 never resolves an endpoint or credentials), then shared: boto3 clients are
+    thread-safe. ``close()`` releases its connections; a later call builds a new one."""
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build = build
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self._build()
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
 
 def error_code(exc: BaseException) -> str:

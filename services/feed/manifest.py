@@ -179,4 +179,4 @@ class ManifestFeed(PooledFeed):
             raise
 
     def _close_resources(self) -> None:
-        self.s3.close()
+        self.s3.client.close()

@@ -6,7 +6,6 @@ pool of keys from a bucket prefix that may hold a billion objects, never listed 
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -24,6 +23,7 @@ from services.feed.base import (
 from services.feed.keyspace import Coverage, Interval, KeyAlphabet, random_start
 from services.feed.pooled import PooledFeed
 from services.s3 import (
+    LazyClient,
     RetryExhausted,
     RetryPolicy,
     attempts,
@@ -51,27 +51,17 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 
 class S3Access:
-    """One lazily built boto3 client (services.s3) bound to a feed's counters and log; errors
-    are mapped to the feed's (vanished, failed), never with secrets."""
+    """A feed's way to a store: one lazily built client (services.s3), calls counted on the
+    feed, errors mapped to the feed's (vanished, failed), never with secrets."""
 
     def __init__(self, spec: FeedSpec, feed: PooledFeed) -> None:
         self.spec = spec
         self.feed = feed
         self.policy = RetryPolicy(max_attempts=spec.max_attempts, budget_s=spec.retry_budget_s)
-        self._client: Any = None
-        self._lock = threading.Lock()
-
-    def client(self) -> Any:
-        """The client, built on first use in this process (clients are thread-safe)."""
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    self._client = make_client(
-                        self.spec.resolved_endpoint(), max_attempts=self.spec.max_attempts,
-                        region=self.spec.region, read_timeout=self.spec.fetch_timeout_s,
-                        connect_timeout=min(self.spec.fetch_timeout_s, 10.0),
-                        what=f"feed {self.spec.uri}")
-        return self._client
+        self.client = LazyClient(lambda: make_client(
+            spec.resolved_endpoint(), max_attempts=spec.max_attempts, region=spec.region,
+            read_timeout=spec.fetch_timeout_s, connect_timeout=min(spec.fetch_timeout_s, 10.0),
+            what=f"feed {spec.uri}"))
 
     def call(self, fn: Callable[[], T]) -> T:
         """One call (botocore retries it), its retries counted."""
@@ -143,13 +133,6 @@ class S3Access:
         call_with_retry(attempt, self.policy, self.feed.jitter_rng, on_retry=self._on_retry,
                         sleep=self.feed.sleep)
 
-    def close(self) -> None:
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
-
-
 class S3Feed(PooledFeed):
     """A bucket prefix as a feed: a bounded pool of keys that moves through the key space.
 
@@ -178,7 +161,7 @@ class S3Feed(PooledFeed):
             raise
 
     def _close_resources(self) -> None:
-        self.s3.close()
+        self.s3.client.close()
 
     # -- refresh ------------------------------------------------------------------------------
     def _refresh(self) -> None:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import os
 import random
-import threading
-from typing import Any
 from urllib.parse import urlsplit
 
 from services.labelled.base import LabelledDataError, is_hidden, logger
 from services.s3 import (
+    LazyClient,
     RetryExhausted,
     RetryPolicy,
     attempts,
@@ -95,16 +94,9 @@ class S3Store:
                 raise LabelledDataError("endpoint_url: must be an http:// or https:// URL")
         self.policy = policy or RetryPolicy(max_attempts=6, budget_s=60.0)
         self._rng = random.Random()  # retry jitter only: must not be seeded alike everywhere
-        self._client: Any = None
-        self._lock = threading.Lock()
-
-    def client(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                self._client = make_client(self.endpoint, max_attempts=self.policy.max_attempts,
-                                           max_pool_connections=S3_CONCURRENCY,
-                                           what="labelled set")
-            return self._client
+        self.client = LazyClient(lambda: make_client(
+            self.endpoint, max_attempts=self.policy.max_attempts,
+            max_pool_connections=S3_CONCURRENCY, what="labelled set"))
 
     def _error(self, action: str, uri: str, exc: BaseException) -> LabelledDataError:
         if isinstance(exc, RetryExhausted):
@@ -148,7 +140,4 @@ class S3Store:
             raise self._error("read", f"s3://{bucket}/{key}", exc) from None
 
     def close(self) -> None:
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        self.client.close()
