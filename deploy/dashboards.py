@@ -41,12 +41,17 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "$__rate_interval"
 
 
-@dataclass
-class Target:
-    """One PromQL query of a panel and its legend."""
+#: One query of a panel: (PromQL, legend); an empty legend is Grafana's automatic one.
+Target = tuple[str, str]
 
-    expr: str
-    legend: str = ""
+
+def rate(metric: str) -> str:
+    return f"rate({metric}[{RATE}])"
+
+
+def quantile(q: float, histogram: str) -> str:
+    """The q-quantile over every series of a histogram (its `_bucket` series)."""
+    return f"histogram_quantile({q}, sum by (le) ({rate(histogram + '_bucket')}))"
 
 
 @dataclass
@@ -73,58 +78,47 @@ class Dashboard:
 
 def training() -> Dashboard:
     """Throughput, loss, LR, data wait, step time, checkpoints, collapse."""
-    images = "ray_seer_train_images_total"
+    images, wait = rate("ray_seer_train_images_total"), "ray_seer_train_data_wait_seconds_sum"
     return Dashboard("seer-training", "seer / training", "Ray Train workers of the pretraining", [
-        Panel("Images/s, all workers", [
-            Target(f"sum(rate({images}[{RATE}]))", "total")],
-            "short", "Images trained per second, summed over workers (skipped steps excluded)."),
-        Panel("Images/s per worker", [
-            Target(f"sum by (worker) (rate({images}[{RATE}]))", "worker {{worker}}")],
-            "short", "One line per Ray Train rank: a slow rank slows every step (DDP)."),
-        Panel("SwAV loss", [Target("max(ray_seer_train_loss)", "loss")], "short",
+        Panel("Images/s, all workers", [(f"sum({images})", "total")], "short",
+              "Images trained per second, summed over workers (skipped steps excluded)."),
+        Panel("Images/s per worker", [(f"sum by (worker) ({images})", "worker {{worker}}")],
+              "short", "One line per Ray Train rank: a slow rank slows every step (DDP)."),
+        Panel("SwAV loss", [("max(ray_seer_train_loss)", "loss")], "short",
               "Averaged over ranks (the same on every worker). A loss stuck at ln K is collapse."),
-        Panel("Learning rate", [Target("max(ray_seer_train_lr)", "lr")], "short",
+        Panel("Learning rate", [("max(ray_seer_train_lr)", "lr")], "short",
               "Log2 axis: each plateau halving of the fixed-then-halve schedule is one step "
               "down.", log2=True),
-        Panel("Data-wait share", [
-            Target(f"avg(rate(ray_seer_train_data_wait_seconds_sum[{RATE}]))", "mean"),
-            Target(f"max by (worker) (rate(ray_seer_train_data_wait_seconds_sum[{RATE}]))",
-                   "worker {{worker}}")],
-            "percentunit", "Share of wall time a worker waited for its next batch (the ingest "
-            "is the bottleneck when this is high)."),
-        Panel("Step time", [
-            Target("histogram_quantile(0.5, sum by (le) "
-                   f"(rate(ray_seer_train_step_seconds_bucket[{RATE}])))", "p50"),
-            Target("histogram_quantile(0.95, sum by (le) "
-                   f"(rate(ray_seer_train_step_seconds_bucket[{RATE}])))", "p95")],
-            "s", "Compute time of one SwAV step (without the data wait)."),
+        Panel("Data-wait share", [(f"avg({rate(wait)})", "mean"),
+                                  (f"max by (worker) ({rate(wait)})", "worker {{worker}}")],
+              "percentunit", "Share of wall time a worker waited for its next batch (the ingest "
+              "is the bottleneck when this is high)."),
+        Panel("Step time", [(quantile(0.5, "ray_seer_train_step_seconds"), "p50"),
+                            (quantile(0.95, "ray_seer_train_step_seconds"), "p95")],
+              "s", "Compute time of one SwAV step (without the data wait)."),
         Panel("Step and checkpoint step", [
-            Target("max(ray_seer_train_step)", "step"),
-            Target("max(ray_seer_train_checkpoint_step)", "newest checkpoint")],
+            ("max(ray_seer_train_step)", "step"),
+            ("max(ray_seer_train_checkpoint_step)", "newest checkpoint")],
             "short", "A gap that keeps growing means checkpoints stopped."),
         Panel("Checkpoint age", [
-            Target("time() - max(ray_seer_train_checkpoint_timestamp_seconds)", "age")],
+            ("time() - max(ray_seer_train_checkpoint_timestamp_seconds)", "age")],
             "s", "Since the newest committed checkpoint (a restarted group sets it at resume)."),
         Panel("Prototype-usage entropy", [
-            Target("min(ray_seer_train_prototype_entropy_ratio)", "entropy / ln K")],
+            ("min(ray_seer_train_prototype_entropy_ratio)", "entropy / ln K")],
             "percentunit", "Near 0: the batch uses few prototypes (collapse)."),
-        Panel("Collapse suspected", [
-            Target("max(ray_seer_train_collapse_suspected_ratio)", "collapse")],
-            "short", "1 when the trainer judges a collapse (loss ≈ ln K or entropy near 0)."),
-        Panel("SwAV queue fill", [
-            Target("min(ray_seer_train_queue_fill_ratio)", "fill")],
-            "percentunit", "The queue is used only once full (after a resume it refills)."),
+        Panel("Collapse suspected", [("max(ray_seer_train_collapse_suspected_ratio)", "collapse")],
+              "short", "1 when the trainer judges a collapse (loss ≈ ln K or entropy near 0)."),
+        Panel("SwAV queue fill", [("min(ray_seer_train_queue_fill_ratio)", "fill")],
+              "percentunit", "The queue is used only once full (after a resume it refills)."),
         Panel("Checkpoint: step-loop pause, store wait", [
-            Target("histogram_quantile(0.99, sum by (le) "
-                   f"(rate(ray_seer_train_checkpoint_pause_seconds_bucket[{RATE}])))",
-                   "loop pause p99"),
-            Target("max(ray_seer_train_store_wait_seconds)", "waiting for the store")],
+            (quantile(0.99, "ray_seer_train_checkpoint_pause_seconds"), "loop pause p99"),
+            ("max(ray_seer_train_store_wait_seconds)", "waiting for the store")],
             "s", "What a checkpoint costs the step loop: the copy into host memory (upload and "
             "commit run beside training). Store wait: how long a worker has been waiting for "
             "an unreachable or throttling store (waited out up to "
             "checkpoint.store_grace_minutes)."),
         Panel("Skipped steps (non-finite loss)", [
-            Target(f"sum(increase(ray_seer_train_skipped_steps_total[{RATE}]))", "skipped")],
+            (f"sum(increase(ray_seer_train_skipped_steps_total[{RATE}]))", "skipped")],
             "short", "Exported once a step was skipped (no series on a healthy run).",
             core=False),
     ])
@@ -132,55 +126,49 @@ def training() -> Dashboard:
 
 def ingest() -> Dashboard:
     """Ingest throughput and failures, Ray Data's exposed loading time, the object store."""
-    failures = f"sum(rate(ray_seer_ingest_failures_total[{RATE}]))"
-    ok = f"sum(rate(ray_seer_ingest_images_total[{RATE}]))"
+    failed_rate = rate("ray_seer_ingest_failures_total")
+    failures, ok = f"sum({failed_rate})", f"sum({rate('ray_seer_ingest_images_total')})"
+    stage = '{operator=~"MapBatches.*"}'  # Ray Data's decode stage: the ingest actors
     return Dashboard("seer-ingest", "seer / ingest and data",
                      "Ingest workers (fetch, decode, multi-crop) and Ray Data", [
-        Panel("Ingest images/s", [Target(ok, "images")], "short",
+        Panel("Ingest images/s", [(ok, "images")], "short",
               "Images turned into multi-crop samples per second, all ingest workers."),
-        Panel("Ingest failures by reason", [
-            Target(f"sum by (reason) (rate(ray_seer_ingest_failures_total[{RATE}]))",
-                   "{{reason}}")],
-            "short", "Skipped objects per second: vanished, fetch_error, too_large, too_small, "
-            "not_image, corrupt."),
-        Panel("Ingest failure share", [
-            Target(f"{failures} / ({ok} + {failures})", "failed / fetched")],
-            "percentunit", "The alert fires above 10% for 15 minutes."),
-        Panel("Ingest bytes/s", [
-            Target(f"sum(rate(ray_seer_ingest_bytes_total[{RATE}]))", "fetched")],
-            "Bps", "Encoded bytes fetched from the feed."),
+        Panel("Ingest failures by reason", [(f"sum by (reason) ({failed_rate})", "{{reason}}")],
+              "short", "Skipped objects per second: vanished, fetch_error, too_large, too_small, "
+              "not_image, corrupt."),
+        Panel("Ingest failure share", [(f"{failures} / ({ok} + {failures})", "failed / fetched")],
+              "percentunit", "The alert fires above 10% for 15 minutes."),
+        Panel("Ingest bytes/s", [(f"sum({rate('ray_seer_ingest_bytes_total')})", "fetched")],
+              "Bps", "Encoded bytes fetched from the feed."),
         Panel("Fetch and decode time (p95)", [
-            Target("histogram_quantile(0.95, sum by (le) "
-                   f"(rate(ray_seer_ingest_fetch_seconds_bucket[{RATE}])))", "fetch p95"),
-            Target("histogram_quantile(0.95, sum by (le) "
-                   f"(rate(ray_seer_ingest_decode_seconds_bucket[{RATE}])))", "decode p95")],
+            (quantile(0.95, "ray_seer_ingest_fetch_seconds"), "fetch p95"),
+            (quantile(0.95, "ray_seer_ingest_decode_seconds"), "decode p95")],
             "s", "Fetch includes retries; decode includes the multi-crop."),
         Panel("Ingest actors alive / tasks running", [
-            Target('max(ray_data_num_alive_actors{operator=~"MapBatches.*"})', "actors alive"),
-            Target('max(ray_data_num_tasks_running{operator=~"MapBatches.*"})',
-                   "tasks running")],
+            (f"max(ray_data_num_alive_actors{stage})", "actors alive"),
+            (f"max(ray_data_num_tasks_running{stage})", "tasks running")],
             "short", "Ray Data's decode stage: the fixed pool of ingest actors."),
         Panel("Ray Data: exposed loading time", [
-            Target("sum(ray_data_iter_total_blocked_seconds) / "
-                   "sum(ray_data_iter_total_seconds)", "blocked / iterating"),
-        ], "percentunit", "Share of the Train workers' iterator time blocked on Ray Data "
+            ("sum(ray_data_iter_total_blocked_seconds) / sum(ray_data_iter_total_seconds)",
+             "blocked / iterating")],
+            "percentunit", "Share of the Train workers' iterator time blocked on Ray Data "
             "(cumulative over the passes Ray still reports)."),
         Panel("Ray Data: blocked seconds per split", [
-            Target("sum by (split) (ray_data_iter_total_blocked_seconds)", "{{split}}")],
+            ("sum by (split) (ray_data_iter_total_blocked_seconds)", "{{split}}")],
             "s", "Cumulative seconds each Train worker's split waited for data."),
         Panel("Object store: spilled bytes", [
-            Target('sum by (NodeAddress) (ray_object_store_memory{Location="SPILLED"})',
-                   "spilled {{NodeAddress}}"),
-            Target('sum(ray_spill_manager_objects_bytes{State="Spilled"})', "spill manager")],
+            ('sum by (NodeAddress) (ray_object_store_memory{Location="SPILLED"})',
+             "spilled {{NodeAddress}}"),
+            ('sum(ray_spill_manager_objects_bytes{State="Spilled"})', "spill manager")],
             "bytes", "Should stay 0: an endless read task that spills out-ran the trainer "
             "(DESIGN §5)."),
         Panel("Object store: used", [
-            Target("sum by (NodeAddress) (ray_object_store_used_memory)", "{{NodeAddress}}")],
+            ("sum by (NodeAddress) (ray_object_store_used_memory)", "{{NodeAddress}}")],
             "bytes", "The stream stays under twice ingest.object_store_mb (README: guard "
             "rails)."),
         Panel("Ray Data: spilled bytes per operator", [
-            Target("sum by (operator) (ray_data_spilled_bytes)", "{{operator}}"),
-            Target("sum(ray_seer_ingest_spilled_bytes)", "cluster, seen by the stream")],
+            ("sum by (operator) (ray_data_spilled_bytes)", "{{operator}}"),
+            ("sum(ray_seer_ingest_spilled_bytes)", "cluster, seen by the stream")],
             "bytes", "Ray Data's per-operator series needs "
             "DataContext.enable_get_object_locations_for_metrics; the seer series is the "
             "cluster's spilled bytes as rank 0 of the trainers polls them.", core=False),
@@ -197,53 +185,49 @@ def evaluation() -> Dashboard:
     }
     return Dashboard("seer-eval", "seer / evaluation", "Frozen-trunk evaluation (seer eval)", [
         Panel("Top-1 against images seen", [
-            Target("max(seer_eval_images_seen)", "images seen"),
-            Target(f"max by (protocol) ({top1})", "{{protocol}}")],
+            ("max(seer_eval_images_seen)", "images seen"),
+            (f"max by (protocol) ({top1})", "{{protocol}}")],
             "percent", "Each point is one evaluated checkpoint (x: images it had seen).",
             kind="xychart", extra=xy),
         Panel("Top-1: checkpoint and random init", [
-            Target('max by (protocol, trunk) (seer_eval_accuracy_percent{metric="top1"})',
-                   "{{protocol}} {{trunk}}")],
+            ('max by (protocol, trunk) (seer_eval_accuracy_percent{metric="top1"})',
+             "{{protocol}} {{trunk}}")],
             "percent", "The dashed-line baseline of the results plot: a random-init trunk."),
         Panel("Gain over random init", [
-            Target(f"max by (protocol) ({top1}) - on (protocol) max by (protocol) ({rand})",
-                   "{{protocol}}")],
+            (f"max by (protocol) ({top1}) - on (protocol) max by (protocol) ({rand})",
+             "{{protocol}}")],
             "percent", "Points of top-1 that pretraining bought."),
         Panel("Evaluated step and newest checkpoint", [
-            Target("max(seer_eval_checkpoint_step)", "evaluated"),
-            Target("max(ray_seer_train_checkpoint_step)", "newest checkpoint")],
+            ("max(seer_eval_checkpoint_step)", "evaluated"),
+            ("max(ray_seer_train_checkpoint_step)", "newest checkpoint")],
             "short", "The evaluator lags the trainer by up to one poll plus one evaluation."),
         Panel("Since the last evaluation", [
-            Target("time() - max(seer_eval_last_success_timestamp_seconds)", "age"),
-            Target("max(seer_eval_duration_seconds)", "last duration")],
+            ("time() - max(seer_eval_last_success_timestamp_seconds)", "age"),
+            ("max(seer_eval_duration_seconds)", "last duration")],
             "s", "Alert on this growing rather than on the evaluator being up."),
         Panel("Evaluator errors by reason", [
-            Target(f"sum by (reason) (increase(seer_eval_errors_total[{RATE}]))",
-                   "{{reason}}")],
+            (f"sum by (reason) (increase(seer_eval_errors_total[{RATE}]))", "{{reason}}")],
             "short", "Failed polls: vanished, bad_checkpoint, bad_input, store_error, "
             "no_checkpoint, error.", core=False),
     ])
 
 
-def render_panel(panel: Panel, index: int, panel_id: int) -> dict[str, Any]:
+def render_panel(panel: Panel, index: int) -> dict[str, Any]:
     """Grafana panel JSON (schema 39) laid out two per row."""
     custom: dict[str, Any] = {}
     if panel.log2:
         custom["scaleDistribution"] = {"type": "log", "log": 2}
     out: dict[str, Any] = {
-        "id": panel_id,
-        "type": panel.kind,
-        "title": panel.title,
-        "description": panel.description,
-        "datasource": DATASOURCE,
+        "id": index + 1, "type": panel.kind, "title": panel.title,
+        "description": panel.description, "datasource": DATASOURCE,
         "gridPos": {"h": 8, "w": 12, "x": (index % 2) * 12, "y": (index // 2) * 8},
         "fieldConfig": {"defaults": {"unit": panel.unit, "custom": custom}, "overrides": []},
         "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
                     "tooltip": {"mode": "multi", "sort": "none"}},
         "targets": [
-            {"refId": chr(ord("A") + i), "datasource": DATASOURCE, "expr": t.expr,
-             "legendFormat": t.legend or "__auto", "range": True}
-            for i, t in enumerate(panel.targets)
+            {"refId": chr(ord("A") + i), "datasource": DATASOURCE, "expr": expr,
+             "legendFormat": legend or "__auto", "range": True}
+            for i, (expr, legend) in enumerate(panel.targets)
         ],
     }
     for key, value in panel.extra.items():
@@ -254,22 +238,13 @@ def render_panel(panel: Panel, index: int, panel_id: int) -> dict[str, Any]:
 def render_dashboard(dash: Dashboard) -> dict[str, Any]:
     """A complete dashboard with a Prometheus datasource variable (for the Grafana sidecar)."""
     return {
-        "uid": dash.uid,
-        "title": dash.title,
-        "description": dash.description,
-        "tags": ["seer"],
-        "editable": True,
-        "schemaVersion": 39,
-        "version": 1,
-        "refresh": "30s",
-        "time": {"from": "now-6h", "to": "now"},
-        "timezone": "browser",
-        "templating": {"list": [{
-            "name": "datasource", "label": "Prometheus", "type": "datasource",
-            "query": "prometheus", "current": {}, "hide": 0, "refresh": 1,
-        }]},
+        "uid": dash.uid, "title": dash.title, "description": dash.description, "tags": ["seer"],
+        "editable": True, "schemaVersion": 39, "version": 1, "refresh": "30s",
+        "time": {"from": "now-6h", "to": "now"}, "timezone": "browser",
+        "templating": {"list": [{"name": "datasource", "label": "Prometheus", "type": "datasource",
+                                 "query": "prometheus", "current": {}, "hide": 0, "refresh": 1}]},
         "annotations": {"list": []},
-        "panels": [render_panel(p, i, i + 1) for i, p in enumerate(dash.panels)],
+        "panels": [render_panel(p, i) for i, p in enumerate(dash.panels)],
     }
 
 
