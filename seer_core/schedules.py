@@ -217,18 +217,7 @@ class PlateauHalving(Schedule):
 
     def state_dict(self) -> dict[str, Any]:
         """Progress, plus the base LR the level was reached from (to rescale it on resume)."""
-        state = super().state_dict()
-        state.update(
-            base_lr=self.base_lr,
-            level=self.level,
-            ema=self.ema,
-            observed=self.observed,
-            best=self.best,
-            flat_steps=self.flat_steps,
-            cooldown_left=self.cooldown_left,
-            reductions=self.reductions,
-        )
-        return state
+        return {**super().state_dict(), **{name: getattr(self, name) for name in _PROGRESS}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores progress; the knobs stay those this schedule was built with (the config's).
@@ -236,22 +225,25 @@ class PlateauHalving(Schedule):
         The level is progress measured against the base LR, so when the base changed (a new
         `optim.lr`, batch size or world size) it is rescaled to keep the same number of halvings
         from the new base; it is then held within this schedule's [min_lr, base_lr]. What is
-        left of a cooldown is cut to the configured cooldown. Checkpoints written before the
-        base LR was saved keep their level, within those bounds.
+        left of a cooldown is cut to the configured cooldown.
         """
         super().load_state_dict(state)
         level = float(state["level"])
-        saved_base = float(state.get("base_lr", 0.0))
+        saved_base = float(state["base_lr"])
         if saved_base > 0 and saved_base != self.base_lr:
             level *= self.base_lr / saved_base
         self.level = min(max(level, self.min_lr), self.base_lr)
         self.ema = float(state["ema"])
         self.observed = int(state["observed"])
         self.best = float(state["best"])
-        # "bad_steps": the same count, under its old name (checkpoints before issue 19).
-        self.flat_steps = int(state.get("flat_steps", state.get("bad_steps", 0)))
+        self.flat_steps = int(state["flat_steps"])
         self.cooldown_left = min(int(state["cooldown_left"]), self.cooldown)
         self.reductions = int(state["reductions"])
+
+
+#: What `PlateauHalving.state_dict` saves besides the step count.
+_PROGRESS = ("base_lr", "level", "ema", "observed", "best", "flat_steps", "cooldown_left",
+             "reductions")
 
 
 SCHEDULES: dict[str, type[Schedule]] = {

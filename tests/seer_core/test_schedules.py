@@ -200,15 +200,14 @@ def test_plateau_validates(kwargs: dict, name: str) -> None:
         PlateauHalving(**args)
 
 
-def test_plateau_reads_the_count_saved_under_its_old_name() -> None:
-    """Issue 19 renamed `bad_steps` (steps without improvement) to `flat_steps`, apart from the
-    trainer's non-finite `bad_steps`; a run resumed from an older checkpoint keeps its count."""
+def test_plateau_resumes_its_count_of_flat_steps() -> None:
+    """Steps without improvement are saved as `flat_steps` (the trainer's `bad_steps` count
+    non-finite losses, another thing), and a resumed run keeps counting from there."""
     s = PlateauHalving(base_lr=1.0, warmup_steps=0, patience=10, min_delta=0.0, smoothing=0.0)
     for _ in range(5):
         s.step(1.0)
     state = s.state_dict()
     assert state["flat_steps"] == 4 and "bad_steps" not in state
-    state["bad_steps"] = state.pop("flat_steps")
     resumed = PlateauHalving(base_lr=1.0, warmup_steps=0, patience=10, min_delta=0.0,
                              smoothing=0.0)
     resumed.load_state_dict(state)
