@@ -14,15 +14,24 @@ import logging
 import signal
 import sys
 import threading
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 from seer_core.config import SeerConfig, load_config
-from seer_core.config.schema import EVAL_PROTOCOLS
+from seer_core.config.schema import EVAL_PROTOCOLS, EvalConfig
 from services.evaluator import BadInputError, EvaluatorError
 
 log = logging.getLogger("seer.eval")
+
+
+#: Flags that set one eval.* key as given (their dest is the key). Type, allowed values and help
+#: come from the schema, so a flag never disagrees with the key it overrides.
+KEY_FLAGS = {"--data": "data", "--stage": "stage", "--baseline": "baseline",
+             "--image-size": "image_size", "--batch-size": "batch_size", "--device": "device",
+             "--results": "results", "--interval": "interval_s", "--metrics-port": "metrics_port",
+             "--metrics-addr": "metrics_addr"}
 
 
 def add_eval_parser(sub: Any, add_config_args: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -35,34 +44,24 @@ def add_eval_parser(sub: Any, add_config_args: Callable[[argparse.ArgumentParser
     p.add_argument("--checkpoint", default="latest", metavar="latest|STEP|PATH",
                    help="the newest checkpoint of the run (default), a step of it, or a "
                    "checkpoint folder / state.pt (local or s3://)")
-    p.add_argument("--data", metavar="SPEC",
-                   help="labelled set: folder, s3://bucket/prefix or .parquet [eval.data]")
     p.add_argument("--protocol", metavar="LIST",
                    help=f"comma-separated: {', '.join(EVAL_PROTOCOLS)} [eval.protocols]")
     p.add_argument("--finetune", action="store_true",
                    help="add short fine-tuning to the protocols [eval.finetune_steps]")
-    p.add_argument("--stage", choices=("res4", "res5"), help="trunk stage [eval.stage]")
-    p.add_argument("--baseline", choices=("none", "random"),
-                   help="also evaluate a random-init trunk [eval.baseline]")
     p.add_argument("--knn-k", metavar="K[,K]", help="kNN neighbour counts [eval.knn_k]")
-    p.add_argument("--image-size", type=int, help="eval image side [eval.image_size]")
-    p.add_argument("--batch-size", type=int, help="feature batch [eval.batch_size]")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="[eval.device]")
-    p.add_argument("--results", metavar="PATH",
-                   help="results JSON lines, PNG beside it [eval.results; default "
-                   "<checkpoint.storage>/<run_name>-eval/results.jsonl]")
+    for flag, key in KEY_FLAGS.items():
+        field = EvalConfig.model_fields[key]
+        kind, literal = field.annotation, typing.get_origin(field.annotation) is Literal
+        p.add_argument(flag, dest=key, type=kind if kind in (int, float) else None,
+                       choices=typing.get_args(kind) if literal else None,
+                       help=f"{field.description} [eval.{key}]")
     p.add_argument("--no-results", action="store_true",
                    help="print only: no results file, no PNG")
     p.add_argument("--json", action="store_true", help="print the rows as JSON lines")
     p.add_argument("--watch", action="store_true",
                    help="poll the checkpoint store and evaluate each new checkpoint once")
-    p.add_argument("--interval", type=float, help="--watch: seconds between polls "
-                   "[eval.interval_s]")
     p.add_argument("--max-polls", type=int, metavar="N",
                    help="--watch: stop after N polls (1: a scheduled job's single pass)")
-    p.add_argument("--metrics-port", type=int,
-                   help="--watch: port of the seer_eval_* gauges, 0 off [eval.metrics_port]")
-    p.add_argument("--metrics-addr", help="--watch: address they bind [eval.metrics_addr]")
     p.set_defaults(func=cmd_eval)
 
 
@@ -72,11 +71,7 @@ def _split(text: str) -> list[str]:
 
 def eval_overrides(args: argparse.Namespace) -> list[str]:
     """The flags as `eval.key=value` overrides (JSON values are YAML values)."""
-    values = {key: getattr(args, flag) for flag, key in (
-        ("data", "data"), ("stage", "stage"), ("baseline", "baseline"),
-        ("image_size", "image_size"), ("batch_size", "batch_size"), ("device", "device"),
-        ("results", "results"), ("interval", "interval_s"), ("metrics_port", "metrics_port"),
-        ("metrics_addr", "metrics_addr"))}
+    values = {key: getattr(args, key) for key in KEY_FLAGS.values()}
     if args.protocol is not None:
         protocols = _split(args.protocol)
         unknown = [p for p in protocols if p not in EVAL_PROTOCOLS]
@@ -88,8 +83,7 @@ def eval_overrides(args: argparse.Namespace) -> list[str]:
         try:
             values["knn_k"] = [int(k) for k in _split(args.knn_k)]
         except ValueError as exc:
-            raise BadInputError(f"--knn-k: {args.knn_k!r} must be integers, e.g. 20,200") from (
-                exc)
+            raise BadInputError(f"--knn-k: {args.knn_k!r} must be integers, e.g. 20,200") from exc
     return [f"eval.{key}={json.dumps(v)}" for key, v in values.items() if v is not None]
 
 
@@ -165,12 +159,9 @@ def _print_report(rows: list[dict[str, Any]], baseline: list[dict[str, Any]], lo
 def cmd_eval(args: argparse.Namespace) -> int:
     try:
         return _run(args)
-    except EvaluatorError as exc:
+    except (EvaluatorError, OSError) as exc:  # OSError (results folder, store): a retry's worth
         print(f"seer: eval: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except OSError as exc:  # the results folder, the store: worth a retry, never a traceback
-        print(f"seer: eval: {exc}", file=sys.stderr)
-        return 1
+        return getattr(exc, "exit_code", 1)
 
 
 def _run(args: argparse.Namespace) -> int:

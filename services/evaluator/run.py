@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from statistics import fmean, pstdev
 from typing import Any
 
 import torch
@@ -128,12 +129,10 @@ class Evaluator:
         try:
             if {"knn", "linear", "lowshot"} & set(s.protocols):
                 frozen = frozen_trunk(trunk, s.stage)
-                train_x = extract_features(
-                    frozen, data.train.images, batch_size=s.batch_size, device=self.device,
-                    progress=Progress(f"{label}: {s.stage} features, train"))
-                val_x = extract_features(
-                    frozen, data.val.images, batch_size=s.batch_size, device=self.device,
-                    progress=Progress(f"{label}: {s.stage} features, val"))
+                train_x, val_x = (extract_features(
+                    frozen, split.images, batch_size=s.batch_size, device=self.device,
+                    progress=Progress(f"{label}: {s.stage} features, {name}"))
+                    for name, split in (("train", data.train), ("val", data.val)))
                 train_y, val_y = data.train.labels, data.val.labels
             if "knn" in s.protocols:
                 for k in self.knn_ks:
@@ -180,10 +179,8 @@ class Evaluator:
                              progress=Progress(f"{label}: {name} seed {seed}"))
                 top1s.append(r["top1"])
                 top5s.append(r["top5"])
-            spread = torch.tensor(top1s, dtype=torch.float64).std(unbiased=False)
-            out += [(name, "top1", sum(top1s) / len(top1s)), (name, "top5", sum(top5s) /
-                                                               len(top5s)),
-                    (name, "top1_std", float(spread))]
+            out += [(name, "top1", fmean(top1s)), (name, "top5", fmean(top5s)),
+                    (name, "top1_std", pstdev(top1s))]
         return out
 
     def checkpoint_trunk(self, loaded: LoadedCheckpoint) -> tuple[nn.Module, str]:
