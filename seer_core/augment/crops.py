@@ -19,13 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .colour import (
-    JitterDraw,
-    PhotometricParams,
-    apply_photometric,
-    image_planes,
-    sample_jitter,
-)
+from .colour import JitterDraw, PhotometricParams, apply_photometric, image_planes, sample_jitter
 from .decode import DecodedImage, decode_image
 from .recipes import CropGroup, MultiCropRecipe, resolve_recipe
 

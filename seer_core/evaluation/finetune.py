@@ -19,12 +19,7 @@ from torch import nn
 
 from seer_core.augment import normalize
 from seer_core.evaluation.checks import EvalError, check_labels, topk_correct
-from seer_core.evaluation.features import (
-    check_images,
-    default_device,
-    extract_features,
-    trunk_of,
-)
+from seer_core.evaluation.features import check_images, default_device, extract_features, trunk_of
 from seer_core.models import eval_mode
 
 MOMENTUM = 0.9

@@ -32,27 +32,9 @@ from seer_core.models.trunks import (
 )
 
 __all__ = [
-    "SEER_HEAD_HIDDEN",
-    "SEER_HEAD_OUT",
-    "SEER_PROTOTYPES",
-    "SEER_REGNETS",
-    "SMALL_REGNETS",
-    "TRUNK_NAMES",
-    "CheckpointedStage",
-    "RegNetSpec",
-    "RunningStats",
-    "SwAVHead",
-    "SwAVModel",
-    "build_swav_model",
-    "build_trunk",
-    "convert_sync_batchnorm",
-    "count_parameters",
-    "enable_activation_checkpointing",
-    "estimate_gflops",
-    "eval_mode",
-    "export_trunk_state_dict",
-    "model_table",
-    "regnet_block_params",
-    "sync_groups",
-    "torchvision_architecture",
+    "SEER_HEAD_HIDDEN", "SEER_HEAD_OUT", "SEER_PROTOTYPES", "SEER_REGNETS", "SMALL_REGNETS",
+    "TRUNK_NAMES", "CheckpointedStage", "RegNetSpec", "RunningStats", "SwAVHead", "SwAVModel",
+    "build_swav_model", "build_trunk", "convert_sync_batchnorm", "count_parameters",
+    "enable_activation_checkpointing", "estimate_gflops", "eval_mode", "export_trunk_state_dict",
+    "model_table", "regnet_block_params", "sync_groups", "torchvision_architecture"
 ]

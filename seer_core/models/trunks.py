@@ -12,6 +12,7 @@ torchvision class directly.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -88,17 +89,6 @@ HAND_SIZED: dict[str, HandSizedSpec] = {
 }
 
 
-TRUNK_NAMES: tuple[str, ...] = (
-    *SEER_REGNETS,
-    *SMALL_REGNETS,
-    "resnet18",
-    "resnet50",
-    "mobilenet_v2",
-    "tiny",
-    "small",
-)
-
-
 def regnet_block_params(name: str) -> BlockParams:
     """Per-stage parameters of the RegNet trunk `name`.
 
@@ -114,14 +104,7 @@ def regnet_block_params(name: str) -> BlockParams:
     if spec is None:
         raise ValueError(f"{name!r} is not a RegNet trunk")
     with torch.device("cpu"):
-        return BlockParams.from_init_params(
-            depth=spec.depth,
-            w_0=spec.w_0,
-            w_a=spec.w_a,
-            w_m=spec.w_m,
-            group_width=spec.group_width,
-            se_ratio=spec.se_ratio,
-        )
+        return BlockParams.from_init_params(**dataclasses.asdict(spec))
 
 
 def _regnet(name: str) -> nn.Module:
@@ -132,11 +115,13 @@ def _regnet(name: str) -> nn.Module:
 
 
 _CLASSIFIER_MODELS: dict[str, Callable[[], nn.Module]] = {
-    **{name: partial(_regnet, name) for name in (*SEER_REGNETS, *SMALL_REGNETS, *HAND_SIZED)},
+    **{name: partial(_regnet, name) for name in (*SEER_REGNETS, *SMALL_REGNETS)},
     "resnet18": partial(torchvision.models.resnet18, weights=None),
     "resnet50": partial(torchvision.models.resnet50, weights=None),
     "mobilenet_v2": partial(torchvision.models.mobilenet_v2, weights=None),
+    **{name: partial(_regnet, name) for name in HAND_SIZED},
 }
+TRUNK_NAMES: tuple[str, ...] = tuple(_CLASSIFIER_MODELS)
 
 
 def torchvision_architecture(name: str) -> nn.Module:
@@ -149,9 +134,8 @@ def torchvision_architecture(name: str) -> nn.Module:
     try:
         builder = _CLASSIFIER_MODELS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown trunk {name!r}; choose one of {', '.join(TRUNK_NAMES)}"
-        ) from None
+        names = ", ".join(TRUNK_NAMES)
+        raise ValueError(f"unknown trunk {name!r}; choose one of {names}") from None
     return builder()
 
 

@@ -13,12 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from seer_core.augment import (
-    BatchPhotometric,
-    MultiCropRecipe,
-    PhotometricParams,
-    resolve_recipe,
-)
+from seer_core.augment import BatchPhotometric, MultiCropRecipe, PhotometricParams, resolve_recipe
 from seer_core.config import SeerConfig
 from seer_core.distributed import rank_and_world
 from seer_core.models import (
