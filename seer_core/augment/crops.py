@@ -117,24 +117,17 @@ class MultiCrop:
         min_side: int = 32,
         params: PhotometricParams | None = None,
     ) -> None:
-        if max_pixels < 1:
-            raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
-        if min_side < 1:
-            raise ValueError(f"min_side must be >= 1, got {min_side}")
         self.recipe = recipe
         self.photometric = photometric
         self.max_pixels = max_pixels
         self.min_side = min_side
         self.params = params or PhotometricParams()
-        self._rng = random.Random(seed)
-
-    def reseed(self, seed: int | None) -> None:
-        """Restart the random stream (e.g. per worker, or to replay exactly)."""
-        self._rng.seed(seed)
+        #: Every random choice's stream: `rng.seed(s)` replays from seed `s`.
+        self.rng = random.Random(seed)
 
     def _plan(self, width: int, height: int) -> list[CropPlan]:
         """Every random choice for one image, in recipe order: (group, box, flip, colour draw)."""
-        rng = self._rng
+        rng = self.rng
         plan = []
         for group in self.recipe.groups:
             for _ in range(group.count):

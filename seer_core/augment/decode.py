@@ -115,16 +115,6 @@ def _open_unchecked(data: bytes) -> ImageFile.ImageFile:
     raise ImageRejected("not_image", f"no supported image format starts with {prefix[:8]!r}")
 
 
-def probe_image(data: bytes) -> tuple[str, int, int]:
-    """(format, width, height) from the header alone: cheap, allocates no pixels.
-
-    Width and height are as stored (before EXIF orientation). Raises `ImageRejected` for bytes
-    that are not a supported image.
-    """
-    im = _open_unchecked(data)
-    return str(im.format), int(im.size[0]), int(im.size[1])
-
-
 def open_image(data: bytes, *, max_pixels: int, min_side: int) -> ImageFile.ImageFile:
     """Open lazily and apply the size limits from the header, before any pixel is decoded."""
     im = _open_unchecked(data)

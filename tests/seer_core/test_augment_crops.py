@@ -103,7 +103,7 @@ def test_seeded_reproducible(photo: bytes) -> None:
     assert not all(torch.equal(u, v) for u, v in zip(first[0], first[1]))
     other = build_multicrop("seer", seed=8)(photo)
     assert not all(torch.equal(u, v) for u, v in zip(first[0], other))
-    a.reseed(7)
+    a.rng.seed(7)
     assert all(torch.equal(u, v) for u, v in zip(a(photo), first[0]))
 
 

@@ -13,8 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
-from seer_core.augment import ImageRejected, build_multicrop, decode_image, probe_image
-from seer_core.augment.decode import FILL_RGB, to_rgb
+from seer_core.augment import ImageRejected, build_multicrop, decode_image
+from seer_core.augment.decode import FILL_RGB, open_image, to_rgb
+
+
+def probe_image(data: bytes) -> tuple[str, int, int]:
+    """(format, width, height) as stored, from the header alone: what the decoder sees before
+    any pixel is decoded (no size limit applies)."""
+    im = open_image(data, max_pixels=2**62, min_side=0)
+    return str(im.format), *im.size
 
 
 def _encode(img: Image.Image, fmt: str = "JPEG", **kwargs: object) -> bytes:
