@@ -18,6 +18,7 @@ from services.feed.shards.readers import (
     BAD_SHARD,
     IMAGE_COLUMNS,
     SHARD_REASONS,
+    ShardFile,
     ShardSample,
     iter_parquet_samples,
     iter_shard_samples,
@@ -28,6 +29,6 @@ from services.feed.shards.readers import (
 from services.feed.shards.visit import ShardReader, ShardVisitor, ShuffleBuffer
 
 __all__ = ["BAD_SHARD", "BLOCK_BYTES", "IMAGE_COLUMNS", "MAX_SHARD_NAMES", "SHARD_REASONS",
-           "RangedReader", "ShardReader", "ShardSample", "ShardVisitor", "ShuffleBuffer",
-           "expand_shard_pattern", "iter_parquet_samples", "iter_shard_samples",
+           "RangedReader", "ShardFile", "ShardReader", "ShardSample", "ShardVisitor",
+           "ShuffleBuffer", "expand_shard_pattern", "iter_parquet_samples", "iter_shard_samples",
            "iter_tar_samples", "resolve_image_column", "shard_format"]

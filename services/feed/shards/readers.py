@@ -20,7 +20,7 @@ import logging
 import tarfile
 import zlib
 from collections.abc import Iterator
-from typing import IO, NamedTuple
+from typing import NamedTuple, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -49,6 +49,16 @@ PARQUET_SUFFIXES = (".parquet",)
 # Parquet cells are copied to Python bytes this many rows at a time: the row group is already in
 # Arrow memory; a slice keeps the Python copy small instead of doubling the group.
 _ROWS_PER_SLICE = 64
+
+
+class ShardFile(Protocol):
+    """What a reader needs of an opened shard: a streaming GET body, a local file, a
+    RangedReader. A tar is only read forwards; a Parquet table must also seek (its footer is at
+    the end), which pyarrow checks when it opens it."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 class ShardSample(NamedTuple):
@@ -116,7 +126,7 @@ class _ShardTar(tarfile.TarFile):
     ended_cleanly = False
 
 
-def iter_tar_samples(fileobj: IO[bytes], shard: str,
+def iter_tar_samples(fileobj: ShardFile, shard: str,
                      extensions: tuple[str, ...] = DEFAULT_IMAGE_EXTENSIONS,
                      max_member_bytes: int | None = None) -> Iterator[ShardSample]:
     """The image members of a WebDataset tar, streamed: one forward pass, never a seek.
@@ -186,7 +196,7 @@ def _is_binary(kind: pa.DataType) -> bool:
     return pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
 
 
-def iter_parquet_samples(fileobj: IO[bytes], shard: str, image_column: str | None = None,
+def iter_parquet_samples(fileobj: ShardFile, shard: str, image_column: str | None = None,
                          max_member_bytes: int | None = None) -> Iterator[ShardSample]:
     """The image cells of a Parquet table, one row group at a time, only the image column read.
 
@@ -238,7 +248,7 @@ def _cell(key: str, data: bytes | None, max_bytes: int | None) -> ShardSample:
     return ShardSample(key, data)
 
 
-def iter_shard_samples(fileobj: IO[bytes], shard: str, *,
+def iter_shard_samples(fileobj: ShardFile, shard: str, *,
                        extensions: tuple[str, ...] = DEFAULT_IMAGE_EXTENSIONS,
                        image_column: str | None = None,
                        max_member_bytes: int | None = None) -> Iterator[ShardSample]:

@@ -15,10 +15,15 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from services.feed.base import FeedEmpty, ObjectTooLarge, ObjectVanished
-from services.feed.shards.readers import ShardSample, iter_shard_samples, store_failure
+from services.feed.shards.readers import (
+    ShardFile,
+    ShardSample,
+    iter_shard_samples,
+    store_failure,
+)
 from services.ratelimit import RateLimitedLogger
 
 logger = logging.getLogger("seer.feed.shards")
@@ -27,7 +32,7 @@ log = RateLimitedLogger(logger, 30.0)
 T = TypeVar("T")
 
 #: A reader: (open file object, shard name) -> the shard's samples; never raises for bad input.
-ShardReader = Callable[[IO[bytes], str], Iterator[ShardSample]]
+ShardReader = Callable[[ShardFile, str], Iterator[ShardSample]]
 
 
 class ShuffleBuffer(Generic[T]):
@@ -80,7 +85,7 @@ class ShardVisitor:
     carry no image to mix and are counted sooner. The file object is closed after each visit.
     """
 
-    def __init__(self, shards: Callable[[], Sequence[str]], opener: Callable[[str], IO[bytes]],
+    def __init__(self, shards: Callable[[], Sequence[str]], opener: Callable[[str], ShardFile],
                  rng: random.Random, *, shuffle_buffer: int, images_per_visit: int | None = None,
                  read: ShardReader = iter_shard_samples) -> None:
         if images_per_visit is not None and images_per_visit < 1:
@@ -129,12 +134,13 @@ class ShardVisitor:
         images = 0
         try:
             for sample in samples:
+                if sample.data is not None:
+                    images += 1
+                    self.counts["images"] += 1
                 yield sample
-                images += sample.data is not None
                 if self.images_per_visit is not None and images >= self.images_per_visit:
                     break
         finally:
-            self.counts["images"] += images
             close = getattr(samples, "close", None)  # a generator: run its cleanup now
             if close is not None:
                 close()
