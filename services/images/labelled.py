@@ -15,7 +15,6 @@ Layout (what `services.labelled.load_labelled` reads): `OUT/train/<kind>/*.jpg` 
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +82,6 @@ def generate_labelled_images(
     plan = [("train", train_per_class), ("val", val_per_class)]
     total = len(kinds) * (train_per_class + val_per_class)
     bar = Progress("labelled images", tty=True) if progress and total >= 200 else None
-    done = 0
     written: dict[str, int] = {}
     for split_index, (split, per_class) in enumerate(plan):
         written[split] = 0
@@ -93,11 +91,8 @@ def generate_labelled_images(
             for i in range(per_class):
                 rng = np.random.default_rng([_LABELLED_STREAM, seed, split_index, label, i])
                 side = int(rng.integers(min_side, max_side + 1))
-                buf = io.BytesIO()
-                paint_labelled(kind, side, rng).save(buf, "JPEG", quality=90)
-                (folder / f"{kind}_{i:05d}.jpg").write_bytes(buf.getvalue())
+                paint_labelled(kind, side, rng).save(folder / f"{kind}_{i:05d}.jpg", quality=90)
                 written[split] += 1
-                done += 1
                 if bar is not None:
-                    bar(done, total)
+                    bar(sum(written.values()), total)
     return written

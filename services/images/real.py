@@ -31,8 +31,8 @@ reads) and `POOL/real_*.jpg` (what `feed.uri` reads). Deterministic in `seed`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import io
 import json
 import random
 import re
@@ -126,32 +126,30 @@ def _stamps(root: Path, folder: str) -> list[Path]:
     return sorted(p for p in (root / folder).rglob("*.png") if p.is_file())
 
 
+def _load_backdrop(path: Path) -> Image.Image | None:
+    """Decoded at a reduced size (backdrops are 4K photos), or None when it does not decode."""
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (_BACKDROP_MAX_SIDE, _BACKDROP_MAX_SIDE))  # JPEG: cheap decode
+            img = img.convert("RGB")
+            img.thumbnail((_BACKDROP_MAX_SIDE, _BACKDROP_MAX_SIDE))
+            return img
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
 class _Backdrops:
-    """Readable backdrop images, decoded lazily (once each) at a reduced size."""
+    """Readable backdrop images, decoded lazily, once each (the cache goes with the object)."""
 
     def __init__(self, root: Path) -> None:
         self.files = _backdrop_files(root)
-        self._cache: dict[Path, Image.Image | None] = {}
-
-    @staticmethod
-    def _load(path: Path) -> Image.Image | None:
-        try:
-            with Image.open(path) as img:
-                img.draft("RGB", (_BACKDROP_MAX_SIDE, _BACKDROP_MAX_SIDE))  # JPEG: cheap decode
-                img = img.convert("RGB")
-                img.thumbnail((_BACKDROP_MAX_SIDE, _BACKDROP_MAX_SIDE))
-                return img
-        except (OSError, ValueError, Image.DecompressionBombError):
-            return None
+        self.load = functools.cache(_load_backdrop)
 
     def crop(self, side: int, rng: random.Random) -> Image.Image:
         """A random square crop of a random backdrop, resized to `side` (flat grey if none
         of them decodes)."""
         for _ in range(len(self.files)):
-            path = self.files[rng.randrange(len(self.files))]
-            if path not in self._cache:
-                self._cache[path] = self._load(path)
-            img = self._cache[path]
+            img = self.load(self.files[rng.randrange(len(self.files))])
             if img is not None:
                 break
         else:
@@ -198,12 +196,6 @@ def render(stamps: list[Image.Image], backdrops: _Backdrops, side: int,
             x, y = rng.randint(-w // 3, side - 2 * w // 3), rng.randint(-h // 3, side - 2 * h // 3)
         img.paste(piece, (x, y), piece)
     return img
-
-
-def _save(img: Image.Image, path: Path) -> None:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
-    path.write_bytes(buf.getvalue())
 
 
 def _manifest(out: Path, kind: str, stamps: dict[str, str], extra: dict[str, object]) -> None:
@@ -266,8 +258,8 @@ def write_real_sets(pool_dir: str | Path, labelled_dir: str | Path, *, pool_coun
                     stamp = _load_stamp(path)
                     for v in range(views):
                         rng = random.Random(f"{seed}:{split}:{rel}:{v}")
-                        _save(render([stamp], backdrops, labelled_side, rng, photo_share),
-                              folder_out / f"{Path(rel).stem}_{label}_{count:04d}.jpg")
+                        render([stamp], backdrops, labelled_side, rng, photo_share).save(
+                            folder_out / f"{Path(rel).stem}_{label}_{count:04d}.jpg", quality=90)
                         count += 1
             getattr(sets, split)[name] = count
     sets.labelled_stamps = len(labelled_digests)
@@ -291,13 +283,13 @@ def write_real_sets(pool_dir: str | Path, labelled_dir: str | Path, *, pool_coun
         raise MissingPackagesError(f"no pool stamps left in {stamps_root}; reinstall with:\n"
                                    f"    sudo {INSTALL_COMMAND}")
     names = sorted(pool_paths)
-    cache: dict[str, Image.Image] = {}
+    load_stamp = functools.cache(_load_stamp)
     for i in range(pool_count):
         rng = random.Random(f"{seed}:pool:{i}")
         picked = [names[rng.randrange(len(names))] for _ in range(rng.randint(1, 3))]
-        stamps = [cache.setdefault(n, _load_stamp(pool_paths[n])) for n in picked]
-        _save(render(stamps, backdrops, pool_side, rng, photo_share),
-              pool_out / f"real_{i:06d}.jpg")
+        stamps = [load_stamp(pool_paths[n]) for n in picked]
+        render(stamps, backdrops, pool_side, rng, photo_share).save(
+            pool_out / f"real_{i:06d}.jpg", quality=90)
     sets.pool, sets.pool_stamps = pool_count, len(pool_digests)
     _manifest(pool_out, "pool", pool_digests, {"seed": seed, "packages": list(PACKAGES)})
     return sets

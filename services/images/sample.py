@@ -11,14 +11,13 @@ would make `seer seed` take minutes instead of seconds.
 from __future__ import annotations
 
 import functools
-import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from services.evaluator.progress import Progress
-from services.images.shapes import OBJECT_KINDS, draw_object
+from services.images.shapes import OBJECT_KINDS, draw_object, random_colour
 
 # Instagram-like aspect ratios (height / width): square, portrait 4:5, landscape 1.91:1.
 _IG_ASPECTS = (1.0, 1.25, 1 / 1.91)
@@ -60,7 +59,7 @@ def paint_photo_like(width: int, height: int, rng: np.random.Generator) -> Image
         y0 = int(rng.integers(-side // 4, height))
         w = int(rng.integers(side // 16, side // 2 + 2))
         h = int(rng.integers(side // 16, side // 2 + 2))
-        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        colour = random_colour(rng)
         kind = int(rng.integers(0, 3))
         if kind == 0:
             draw.ellipse((x0, y0, x0 + w, y0 + h), fill=colour)
@@ -111,19 +110,17 @@ def colour_cast(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return img.convert("RGB", matrix=tuple(float(v) for v in matrix))
 
 
-def _encode(img: Image.Image, fmt: str, rng: np.random.Generator, orientation: int = 1) -> bytes:
-    """Encode like a camera or a web upload would: JPEG at a random quality, or PNG."""
-    buf = io.BytesIO()
-    if fmt == "PNG":
-        img.save(buf, "PNG", compress_level=1)
-    else:
-        kwargs: dict[str, object] = {"quality": int(rng.integers(70, 96))}
-        if orientation != 1:
-            exif = Image.Exif()
-            exif[_EXIF_ORIENTATION] = orientation
-            kwargs["exif"] = exif
-        img.save(buf, "JPEG", **kwargs)
-    return buf.getvalue()
+def _save(img: Image.Image, path: Path, rng: np.random.Generator, orientation: int = 1) -> None:
+    """Saves like a camera or a web upload would: PNG, or JPEG at a random quality."""
+    if path.suffix == ".png":
+        img.save(path, compress_level=1)
+        return
+    kwargs: dict[str, object] = {"quality": int(rng.integers(70, 96))}
+    if orientation != 1:
+        exif = Image.Exif()
+        exif[_EXIF_ORIENTATION] = orientation
+        kwargs["exif"] = exif
+    img.save(path, **kwargs)
 
 
 def generate_sample_images(
@@ -163,17 +160,15 @@ def generate_sample_images(
         img = paint_photo_like(w, h, rng)
         if objects:
             img = add_objects(img, rng)
-        fmt = "PNG" if rng.random() < 0.15 else "JPEG"
+        suffix = ".png" if rng.random() < 0.15 else ".jpg"
         orientation = 1
-        if fmt == "JPEG" and rng.random() < 0.05:
+        if suffix == ".jpg" and rng.random() < 0.05:
             orientation = int(rng.choice([3, 6, 8]))
             # Store what a rotated camera would: the inverse of the display transform.
             inverse = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90,
                        8: Image.Transpose.ROTATE_270}[orientation]
             img = img.transpose(inverse)
-        data = _encode(img, fmt, rng, orientation)
-        suffix = ".png" if fmt == "PNG" else ".jpg"
-        (out / f"sample_{i:06d}{suffix}").write_bytes(data)
+        _save(img, out / f"sample_{i:06d}{suffix}", rng, orientation)
         if bar is not None:
             bar(i + 1, count)
     return count
@@ -194,7 +189,6 @@ def generate_photo_like_jpegs(
         rng = _rng_for(seed + 1_000_003, i)
         height = round(side * _IG_ASPECTS[int(rng.integers(0, len(_IG_ASPECTS)))])
         img = paint_photo_like(side, height, rng)
-        path = out / f"photo_{i:06d}.jpg"
-        path.write_bytes(_encode(img, "JPEG", rng))
-        paths.append(path)
+        paths.append(out / f"photo_{i:06d}.jpg")
+        _save(img, paths[-1], rng)
     return paths

@@ -19,6 +19,9 @@ from PIL import ImageDraw
 
 Point = tuple[float, float]
 Colour = tuple[int, int, int]
+Draw = ImageDraw.ImageDraw
+#: Paints one object: (draw, centre x, centre y, radius, angle, colour).
+ObjectPainter = Callable[[Draw, float, float, float, float, Colour], None]
 
 
 def _regular(n: int, r: float, angle: float, cx: float, cy: float) -> list[Point]:
@@ -31,38 +34,35 @@ def _rotate(points: list[Point], angle: float, cx: float, cy: float) -> list[Poi
     return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in points]
 
 
-def _disc(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, a: float, fill: Colour) -> None:
+def _polygon(n: int) -> ObjectPainter:
+    """A filled regular n-gon."""
+    def paint(d: Draw, cx: float, cy: float, r: float, a: float, fill: Colour) -> None:
+        d.polygon(_regular(n, r, a, cx, cy), fill=fill)
+    return paint
+
+
+def _outline(points: list[Point]) -> ObjectPainter:
+    """A filled polygon given in units of the radius around the centre, turned by the angle."""
+    def paint(d: Draw, cx: float, cy: float, r: float, a: float, fill: Colour) -> None:
+        d.polygon(_rotate([(x * r, y * r) for x, y in points], a, cx, cy), fill=fill)
+    return paint
+
+
+def _disc(d: Draw, cx: float, cy: float, r: float, a: float, fill: Colour) -> None:
     d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
 
 
-def _square(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, a: float, fill: Colour) -> None:
-    d.polygon(_regular(4, r, a, cx, cy), fill=fill)
-
-
-def _triangle(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, a: float,
-              fill: Colour) -> None:
-    d.polygon(_regular(3, r, a, cx, cy), fill=fill)
-
-
-def _star(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, a: float, fill: Colour) -> None:
+def _star(d: Draw, cx: float, cy: float, r: float, a: float, fill: Colour) -> None:
     outer = _regular(5, r, a, cx, cy)
     inner = _regular(5, 0.42 * r, a + math.pi / 5, cx, cy)
     d.polygon([p for pair in zip(outer, inner) for p in pair], fill=fill)
 
 
-def _cross(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, a: float, fill: Colour) -> None:
-    t = 0.3 * r
-    arm = [(-t, -r), (t, -r), (t, -t), (r, -t), (r, t), (t, t), (t, r), (-t, r), (-t, t),
-           (-r, t), (-r, -t), (-t, -t)]
-    d.polygon(_rotate(arm, a, cx, cy), fill=fill)
-
-
-def _ring(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, a: float, fill: Colour) -> None:
+def _ring(d: Draw, cx: float, cy: float, r: float, a: float, fill: Colour) -> None:
     d.ellipse((cx - r, cy - r, cx + r, cy + r), outline=fill, width=max(2, round(0.3 * r)))
 
 
-def _crescent(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, a: float,
-              fill: Colour) -> None:
+def _crescent(d: Draw, cx: float, cy: float, r: float, a: float, fill: Colour) -> None:
     # A disc minus a shifted disc (offset 0.45 r, radius 0.8 r), as one polygon: the outer arc
     # between the two circles' intersections, then the inner arc back.
     off, inner = 0.45, 0.8
@@ -80,18 +80,11 @@ def _crescent(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, a: float,
     d.polygon(_rotate(pts, a, cx, cy), fill=fill)
 
 
-def _arrow(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, a: float, fill: Colour) -> None:
-    t = 0.22 * r
-    pts = [(-r, -t), (0.1 * r, -t), (0.1 * r, -0.65 * r), (r, 0.0), (0.1 * r, 0.65 * r),
-           (0.1 * r, t), (-r, t)]
-    d.polygon(_rotate(pts, a, cx, cy), fill=fill)
-
-
-def _frame(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, a: float, fill: Colour) -> None:
+def _frame(d: Draw, cx: float, cy: float, r: float, a: float, fill: Colour) -> None:
     d.polygon(_regular(4, r, a, cx, cy), outline=fill, width=max(2, round(0.25 * r)))
 
 
-def _bars(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, a: float, fill: Colour) -> None:
+def _bars(d: Draw, cx: float, cy: float, r: float, a: float, fill: Colour) -> None:
     # Three parallel bars: a striped object, told apart from the others by its texture.
     w = 0.2 * r
     for k in (-1, 0, 1):
@@ -100,18 +93,18 @@ def _bars(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, a: float, fill
         d.polygon(_rotate(bar, a, cx, cy), fill=fill)
 
 
-ObjectPainter = Callable[[ImageDraw.ImageDraw, float, float, float, float, Colour], None]
-
-#: The object kinds, in label order. Each painter takes (draw, cx, cy, radius, angle, colour).
+#: The object kinds, in label order.
 OBJECT_KINDS: dict[str, ObjectPainter] = {
     "disc": _disc,
-    "square": _square,
-    "triangle": _triangle,
+    "square": _polygon(4),
+    "triangle": _polygon(3),
     "star": _star,
-    "cross": _cross,
+    "cross": _outline([(-0.3, -1), (0.3, -1), (0.3, -0.3), (1, -0.3), (1, 0.3), (0.3, 0.3),
+                       (0.3, 1), (-0.3, 1), (-0.3, 0.3), (-1, 0.3), (-1, -0.3), (-0.3, -0.3)]),
     "ring": _ring,
     "crescent": _crescent,
-    "arrow": _arrow,
+    "arrow": _outline([(-1, -0.22), (0.1, -0.22), (0.1, -0.65), (1, 0.0), (0.1, 0.65),
+                       (0.1, 0.22), (-1, 0.22)]),
     "frame": _frame,
     "bars": _bars,
 }
