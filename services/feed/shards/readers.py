@@ -143,10 +143,11 @@ def iter_tar_samples(fileobj: ShardFile, shard: str,
     ``bad_shard``, and stops.
     """
     wanted = tuple(ext.lower() for ext in extensions)
-    images, key = 0, shard
+    images, key = 0, shard  # key: what a failure is charged to (the member being read)
     try:
         with _ShardTar.open(fileobj=fileobj, mode="r|*") as tar:
             while (member := tar.next()) is not None:
+                key = shard
                 tar.members = []  # stream mode keeps every header it read: drop them
                 if not member.isfile() or not member.name.lower().endswith(wanted):
                     continue
@@ -160,7 +161,6 @@ def iter_tar_samples(fileobj: ShardFile, shard: str,
                 body = tar.extractfile(member)
                 assert body is not None  # a regular file always has a body
                 yield ShardSample(key, body.read())
-                key = shard
             ended, offset = tar.ended_cleanly, tar.offset
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         yield bad_shard(key, f"corrupt or truncated tar after {images} image(s): {exc}")
