@@ -6,14 +6,7 @@ stored in every checkpoint. Errors name the dotted key and what is allowed, beca
 usually typed it in a `--set key=value` on a long command line.
 """
 
-from seer_core.config.presets import (
-    PRESETS_DIR_ENV,
-    load_config,
-    merge_override,
-    parse_override,
-    preset_names,
-    presets_dir,
-)
+from seer_core.config.presets import PRESETS_DIR_ENV, load_config, preset_names, presets_dir
 from seer_core.config.schema import (
     AugmentConfig,
     CheckpointConfig,
@@ -33,6 +26,5 @@ from seer_core.config.schema import (
 __all__ = [
     "PRESETS_DIR_ENV", "AugmentConfig", "CheckpointConfig", "ConfigError", "FeedConfig",
     "IngestConfig", "MetricsConfig", "ModelConfig", "OptimConfig", "ScheduleConfig", "SeerConfig",
-    "SwAVConfig", "TrainConfig", "config_from_dict", "load_config", "merge_override",
-    "parse_override", "preset_names", "presets_dir",
+    "SwAVConfig", "TrainConfig", "config_from_dict", "load_config", "preset_names", "presets_dir",
 ]

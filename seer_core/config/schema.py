@@ -45,6 +45,7 @@ class ConfigError(ValueError):
 
 
 PosInt = Annotated[int, Field(ge=1)]
+Port = Annotated[int, Field(ge=0, le=65535)]
 EvalProtocol = Literal["knn", "linear", "lowshot", "finetune"]
 EVAL_PROTOCOLS: tuple[str, ...] = typing.get_args(EvalProtocol)
 
@@ -77,7 +78,7 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     trunk: str = Field("regnety_400mf", description="trunk name, see `seer models`")
     head_hidden: list[PosInt] = Field([2048], description="hidden widths of the SwAV MLP")
-    head_out: int = Field(128, ge=1, description="embedding width")
+    head_out: PosInt = Field(128, description="embedding width")
     head_batchnorm: bool = Field(True, description="BatchNorm in the head (SwAV: yes, SEER: no)")
     prototypes: list[PosInt] = Field([3000], min_length=1,
                                      description="prototypes per head (several heads allowed)")
@@ -88,15 +89,14 @@ class ModelConfig(_Section):
 
 
 class SwAVConfig(_Section):
-    temperature: float = Field(0.1, gt=0, description="softmax temperature tau")
-    epsilon: float = Field(0.05, gt=0, description="Sinkhorn entropic regularisation")
-    sinkhorn_iterations: int = Field(3, ge=1)
+    temperature: Positive = Field(0.1, description="softmax temperature tau")
+    epsilon: Positive = Field(0.05, description="Sinkhorn entropic regularisation")
+    sinkhorn_iterations: PosInt = 3
     crops_for_assign: list[int] = Field([0, 1], description="crops whose codes are used")
-    freeze_prototypes_steps: int = Field(300, ge=0,
-                                         description="prototype gradients dropped until then")
-    queue_length: int = Field(0, ge=0, description="embedding queue length over all ranks (0: "
-                              "none)")
-    queue_start_step: int = Field(0, ge=0, description="step from which the queue is filled")
+    freeze_prototypes_steps: Count = Field(300, description="prototype gradients dropped until "
+                                           "then")
+    queue_length: Count = Field(0, description="embedding queue length over all ranks (0: none)")
+    queue_start_step: Count = Field(0, description="step from which the queue is filled")
     global_local_alpha: float | None = Field(None, ge=0, le=1, description="SSLight loss "
                                              "rebalancing alpha (None: original SwAV loss)")
 
@@ -121,9 +121,8 @@ class AugmentConfig(_Section):
     photometric_ramp_steps: Count = Field(0, description="colour jitter and grayscale grow from "
                                           "none to full over these steps (0: full from the "
                                           "start; needs photometric_on_device)")
-    max_pixels: int = Field(64_000_000, ge=1, description="decompression-bomb guard (header "
-                            "pixels)")
-    min_side: int = Field(32, ge=1, description="images with a smaller side are skipped")
+    max_pixels: PosInt = Field(64_000_000, description="decompression-bomb guard (header pixels)")
+    min_side: PosInt = Field(32, description="images with a smaller side are skipped")
 
     @model_validator(mode="after")
     def _rules(self) -> AugmentConfig:
@@ -141,20 +140,16 @@ class AugmentConfig(_Section):
     def overrides(self) -> dict[str, Any]:
         """The recipe overrides that are set, as `build_multicrop` keyword arguments."""
         names = ("global_size", "local_size", "n_global", "n_local", "global_scale", "local_scale")
-        out: dict[str, Any] = {}
-        for name in names:
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = tuple(value) if isinstance(value, list) else value
-        return out
+        given = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        return {name: tuple(v) if isinstance(v, list) else v for name, v in given.items()}
 
 
 class OptimConfig(_Section):
     name: Literal["lars", "adamw"] = Field("lars", description="lars (SwAV/SEER, large batches) "
                                            "or adamw (small batches, short budgets)")
-    lr: float = Field(0.3, gt=0, description="base LR for a global batch of `lr_reference_batch`")
-    lr_reference_batch: int = Field(256, ge=0, description="LR scales linearly with global batch "
-                                    "/ this (0: no scaling)")
+    lr: Positive = Field(0.3, description="base LR for a global batch of `lr_reference_batch`")
+    lr_reference_batch: Count = Field(256, description="LR scales linearly with global batch / "
+                                      "this (0: no scaling)")
     weight_decay: NonNegative = 1e-6
     momentum: Momentum = Field(0.9, description="LARS momentum (lars only)")
     betas: list[Annotated[float, Field(ge=0)]] = Field(
@@ -194,33 +189,32 @@ class ScheduleConfig(_Section):
 
 
 class TrainConfig(_Section):
-    batch_size: int = Field(16, ge=1, description="images per worker per step")
+    batch_size: PosInt = Field(16, description="images per worker per step")
     num_workers: PosInt | list[PosInt] = Field(1, description="Ray Train workers (one per GPU on "
                                                "a cluster); [min, max]: an elastic group that "
                                                "trains on with the workers it gets (preemptible "
                                                "GPUs)")
     use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: Positive = 1.0
     amp: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description="auto: bf16 where "
                                                         "supported, fp16 with a grad scaler on "
                                                         "older GPUs")
-    max_steps: int = Field(0, ge=0, description="stop after this step (0: never)")
+    max_steps: Count = Field(0, description="stop after this step (0: never)")
     max_minutes: float = Field(0.0, ge=0, description="stop this many minutes after `seer "
                                "pretrain` started, worker restarts included (0: never)")
-    log_every_steps: int = Field(10, ge=1)
-    seed: int = Field(0, ge=0)
-    max_bad_steps: int = Field(3, ge=1, description="consecutive non-finite losses before "
-                               "rolling back to a checkpoint")
-    max_repeated_failures: int = Field(3, ge=1, description="end the run when the same error "
-                                       "stops it at the same step this many times in a row (a "
-                                       "deterministic failure); other failures restart the "
-                                       "workers")
-    torch_threads: int = Field(0, ge=0, description="intra-op threads per worker (0: torch "
-                               "default)")
-    collective_timeout_s: float = Field(1800.0, gt=0, description="DDP collective timeout")
-    resize_check_s: float = Field(60.0, gt=0, description="elastic train.num_workers: how often "
-                                  "Ray Train looks for workers to grow the group (a grown group "
-                                  "restarts from the newest committed checkpoint)")
+    log_every_steps: PosInt = 10
+    seed: Count = 0
+    max_bad_steps: PosInt = Field(3, description="consecutive non-finite losses before rolling "
+                                  "back to a checkpoint")
+    max_repeated_failures: PosInt = Field(3, description="end the run when the same error stops "
+                                          "it at the same step this many times in a row (a "
+                                          "deterministic failure); other failures restart the "
+                                          "workers")
+    torch_threads: Count = Field(0, description="intra-op threads per worker (0: torch default)")
+    collective_timeout_s: Positive = Field(1800.0, description="DDP collective timeout")
+    resize_check_s: Positive = Field(60.0, description="elastic train.num_workers: how often Ray "
+                                     "Train looks for workers to grow the group (a grown group "
+                                     "restarts from the newest committed checkpoint)")
 
     @model_validator(mode="after")
     def _rules(self) -> TrainConfig:
@@ -255,43 +249,42 @@ class FeedConfig(_Section):
     endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, Ceph...); no "
                                      "credentials here")
     region: str | None = None
-    pool_size: int = Field(100_000, ge=1, description="keys kept in the random sampling pool")
-    refresh_seconds: float = Field(300.0, gt=0, description="how often the key pool is refreshed")
-    idle_stop_seconds: float = Field(900.0, gt=0, description="a process's feed nobody sampled "
-                                     "from for this long stops listing (resumes on use)")
+    pool_size: PosInt = Field(100_000, description="keys kept in the random sampling pool")
+    refresh_seconds: Positive = Field(300.0, description="how often the key pool is refreshed")
+    idle_stop_seconds: Positive = Field(900.0, description="a process's feed nobody sampled from "
+                                        "for this long stops listing (resumes on use)")
     manifest_column: str = "key"
     manifest_base: str | None = Field(None, description="prefix for relative keys in a manifest")
     extensions: list[str] = Field(
         [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"],
         description="object name endings sampled from folders and buckets ([] = any)")
-    fetch_timeout_s: float = Field(30.0, gt=0)
-    retry_budget_s: float = Field(120.0, gt=0, description="wall time one object read may "
-                                  "spend, retries included: seer calls again, with backoff, "
-                                  "when botocore gives up on a transient error or a body breaks "
-                                  "off, until this is spent (the last call starts by then); also "
-                                  "bounds a local file read and a manifest download")
-    max_attempts: int = Field(8, ge=1, description="requests botocore may send per S3 call (its "
-                              "total_max_attempts, the first included; fewer once its retry "
-                              "quota is spent); also the most reads of a local file or manifest "
-                              "download within the budget")
+    fetch_timeout_s: Positive = 30.0
+    retry_budget_s: Positive = Field(120.0, description="wall time one object read may spend, "
+                                     "retries included: seer calls again, with backoff, when "
+                                     "botocore gives up on a transient error or a body breaks "
+                                     "off, until this is spent (the last call starts by then); "
+                                     "also bounds a local file read and a manifest download")
+    max_attempts: PosInt = Field(8, description="requests botocore may send per S3 call (its "
+                                 "total_max_attempts, the first included; fewer once its retry "
+                                 "quota is spent); also the most reads of a local file or "
+                                 "manifest download within the budget")
 
 
 class IngestConfig(_Section):
     """The never-ending ingest stream (services/ingest/stream.py; README "Ingest stream")."""
 
-    actors: int = Field(0, ge=0, description="ingest actors in the pool (0: the CPUs Ray has "
-                        "left after the Train workers and read tasks, over cpus_per_actor); "
-                        "changing it restarts the stream")
-    fetch_threads: int = Field(8, ge=1, description="concurrent object fetches per read task")
-    cpus_per_actor: float = Field(1.0, gt=0)
-    read_tasks: int = Field(2, ge=1, description="endless read tasks drawing random keys")
-    chunk_images: int = Field(64, ge=1, description="keys each read task draws at a time")
-    read_task_cpus: float = Field(0.25, gt=0)
-    max_object_bytes: int = Field(32 * 1024 * 1024, ge=1, description="larger objects are "
-                                  "skipped")
-    prefetch_batches: int = Field(2, ge=0)
-    target_max_block_mb: int = Field(4, ge=1, description="Ray Data block size cap; at most "
-                                     "object_store_mb/32 (guard rail)")
+    actors: Count = Field(0, description="ingest actors in the pool (0: the CPUs Ray has left "
+                          "after the Train workers and read tasks, over cpus_per_actor); changing "
+                          "it restarts the stream")
+    fetch_threads: PosInt = Field(8, description="concurrent object fetches per read task")
+    cpus_per_actor: Positive = 1.0
+    read_tasks: PosInt = Field(2, description="endless read tasks drawing random keys")
+    chunk_images: PosInt = Field(64, description="keys each read task draws at a time")
+    read_task_cpus: Positive = 0.25
+    max_object_bytes: PosInt = Field(32 * 1024 * 1024, description="larger objects are skipped")
+    prefetch_batches: Count = 2
+    target_max_block_mb: PosInt = Field(4, description="Ray Data block size cap; at most "
+                                        "object_store_mb/32 (guard rail)")
     object_store_mb: int = Field(256, ge=32, description="Ray Data object-store budget of the "
                                  "stream (resource_limits)")
 
@@ -310,22 +303,19 @@ class CheckpointConfig(_Section):
     storage: str = Field("runs", description="a folder or s3://bucket/prefix")
     endpoint_url: str | None = Field(None, description="S3 endpoint for the checkpoint store")
     run_name: str = Field("seer-local", description="rerun with the same name to resume")
-    every_steps: int = Field(500, ge=1)
-    every_minutes: float = Field(30.0, ge=0, description="also checkpoint after this long (0: "
-                                 "off)")
+    every_steps: PosInt = 500
+    every_minutes: float = Field(30.0, ge=0, description="also checkpoint after this long (0: off)")
     keep: int = Field(3, ge=2, description="newest committed checkpoints kept (>= 2: one may be "
                       "mid-upload)")
-    store_grace_minutes: float = Field(720.0, gt=0, description="how long a run waits for an "
-                                       "unreachable checkpoint store before it gives up (an "
-                                       "outage is waited out, never taken for corruption)")
+    store_grace_minutes: Positive = Field(720.0, description="how long a run waits for an "
+                                          "unreachable checkpoint store before it gives up (an "
+                                          "outage is waited out, never taken for corruption)")
 
 
 class MetricsConfig(_Section):
     enabled: bool = True
-    export_port: int = Field(8080, ge=0, le=65535, description="Ray's metrics export port "
-                             "(local Ray)")
-    status_port: int = Field(9100, ge=0, le=65535, description="the CLI's own /metrics page "
-                             "(0: off)")
+    export_port: Port = Field(8080, description="Ray's metrics export port (local Ray)")
+    status_port: Port = Field(9100, description="the CLI's own /metrics page (0: off)")
 
 
 class EvalConfig(_Section):
@@ -341,39 +331,33 @@ class EvalConfig(_Section):
     stage: Literal["res4", "res5"] = Field("res5", description="trunk stage whose pooled "
                                            "features count")
     knn_k: list[PosInt] = Field([20, 200], description="kNN neighbour counts")
-    temperature: float = Field(0.07, gt=0, description="kNN vote temperature: weights "
-                               "exp(sim / T)")
+    temperature: Positive = Field(0.07, description="kNN vote temperature: weights exp(sim / T)")
     image_size: int = Field(224, ge=16, description="center-crop side of the evaluation images")
-    batch_size: int = Field(64, ge=1, description="images per feature-extraction batch")
+    batch_size: PosInt = Field(64, description="images per feature-extraction batch")
     val_fraction: float = Field(0.2, gt=0, le=0.9, description="per-class validation share when "
                                 "the set has no val/ split")
-    split_seed: int = Field(0, ge=0, description="seed of that train/validation split")
-    probe_epochs: int = Field(100, ge=1, description="linear probe epochs (each sweep point)")
+    split_seed: Count = Field(0, description="seed of that train/validation split")
+    probe_epochs: PosInt = Field(100, description="linear probe epochs (each sweep point)")
     lowshot_fractions: list[Annotated[float, Field(gt=0, le=1)]] = Field(
         [0.01, 0.1], description="low-shot: share of each class kept")
-    lowshot_seeds: list[Annotated[int, Field(ge=0)]] = Field(
+    lowshot_seeds: list[Count] = Field(
         [0, 1, 2], description="low-shot: one subset per seed (mean ± std)")
-    finetune_steps: int = Field(200, ge=1, description="finetune: SGD steps on a copy of the "
-                                "trunk")
-    finetune_lr: float = Field(0.01, gt=0, description="finetune: learning rate")
+    finetune_steps: PosInt = Field(200, description="finetune: SGD steps on a copy of the trunk")
+    finetune_lr: Positive = Field(0.01, description="finetune: learning rate")
     baseline: Literal["none", "random"] = Field("random", description="also evaluate a "
-                                                "random-initialised trunk of the same "
-                                                "architecture")
-    seed: int = Field(0, ge=0, description="seed of the random baseline trunk and of the probes")
+                                                "random-initialised trunk of the same architecture")
+    seed: Count = Field(0, description="seed of the random baseline trunk and of the probes")
     results: str | None = Field(None, description="results file (JSON lines; the PNG goes beside "
                                 "it); default <checkpoint.storage>/<checkpoint.run_name>-eval/"
                                 "results.jsonl")
-    interval_s: float = Field(300.0, gt=0, description="--watch: seconds between polls of the "
-                              "store")
-    metrics_port: int = Field(9101, ge=0, le=65535, description="--watch: seer_eval_* gauges "
-                              "(0: off)")
+    interval_s: Positive = Field(300.0, description="--watch: seconds between polls of the store")
+    metrics_port: Port = Field(9101, description="--watch: seer_eval_* gauges (0: off)")
     metrics_addr: str = Field("127.0.0.1", description="--watch: address the gauges are served "
                               "on (loopback; a pod that is scraped passes 0.0.0.0, as the k8s "
                               "manifests do)")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when "
-                                                   "available")
-    torch_threads: int = Field(0, ge=0, description="intra-op CPU threads (0: torch default; 1-2 "
-                               "on a node shared with ingest)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
+    torch_threads: Count = Field(0, description="intra-op CPU threads (0: torch default; 1-2 on a "
+                                 "node shared with ingest)")
 
     @model_validator(mode="after")
     def _rules(self) -> EvalConfig:
