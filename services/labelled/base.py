@@ -8,16 +8,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from services.feed.base import DEFAULT_IMAGE_EXTENSIONS
-
 logger = logging.getLogger("seer.labelled")
 
 #: The two splits, in the order they are reported.
 SPLITS: tuple[str, ...] = ("train", "val")
-
-#: Extensions taken for images, the feed's own list (compared lower-case); other files in a class
-#: folder are ignored, so a README or a labels.csv beside the images is harmless.
-IMAGE_EXTENSIONS: tuple[str, ...] = DEFAULT_IMAGE_EXTENSIONS
 
 
 class LabelledDataError(ValueError):

@@ -10,7 +10,8 @@ import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
 
-from services.labelled.base import IMAGE_EXTENSIONS, SPLITS, LabelledDataError, is_hidden
+from services.feed.base import DEFAULT_IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
+from services.labelled.base import SPLITS, LabelledDataError, is_hidden
 
 #: {split or None (flat layout: to be split by seed): {class: [relative image paths, sorted]}}
 Layout = dict[str | None, dict[str, list[str]]]
@@ -26,8 +27,8 @@ def folder_layout(files: Iterable[str], dirs: Iterable[str], where: str) -> Layo
     ``files`` are file paths relative to the root; ``dirs`` are folders known to exist even when
     they hold no file (an S3 "folder" marker, an empty local folder), so that an empty class
     folder is reported rather than silently missing. Hidden files and folders are ignored, and so
-    are files that are not images (by extension). Within a class folder, images in sub-folders
-    count too (as torchvision's ImageFolder does).
+    are files without an image extension (the feed's list: a README beside the images is
+    harmless). Images in sub-folders of a class folder count too (as in torchvision's ImageFolder).
 
     ``ROOT/train/<class>/`` + ``ROOT/val/<class>/`` is the split layout when both ``train`` and
     ``val`` exist; otherwise every top-level folder is a class. Raises LabelledDataError naming

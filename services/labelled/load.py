@@ -102,15 +102,14 @@ def decode_entries(
 
 
 def _check_args(image_size: int, val_fraction: float, split_seed: int) -> None:
-    def number(x: object) -> bool:
-        return isinstance(x, int | float) and not isinstance(x, bool)
+    def whole(x: object) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
 
     for name, value, want, ok in (
-        ("image_size", image_size, "an int >= 1", isinstance(image_size, int) and number(image_size)
-         and image_size >= 1),
-        ("val_fraction", val_fraction, "a number in (0, 1)", number(val_fraction)
-         and 0.0 < val_fraction < 1.0),
-        ("split_seed", split_seed, "an int", isinstance(split_seed, int) and number(split_seed)),
+        ("image_size", image_size, "an int >= 1", whole(image_size) and image_size >= 1),
+        ("val_fraction", val_fraction, "a number in (0, 1)",
+         (whole(val_fraction) or isinstance(val_fraction, float)) and 0.0 < val_fraction < 1.0),
+        ("split_seed", split_seed, "an int", whole(split_seed)),
     ):
         if not ok:
             raise LabelledDataError(f"{name}: must be {want}, got {value!r}")
@@ -206,21 +205,15 @@ def load_labelled(
     endpoint_url: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> LabelledSet:
-    """Loads a labelled set, decoded and preprocessed for evaluation.
+    """Loads a labelled set in a layout the package docstring lists, decoded and preprocessed
+    (``preprocess(img, image_size)`` uint8 tensors) for evaluation.
 
-    ``spec``: a local folder or ``s3://bucket/prefix`` holding ``train/<class>/*`` and
-    ``val/<class>/*`` (split as laid out; identical class sets) or only ``<class>/*`` (split
-    drawn per class by ``split_seed``: ``val_fraction`` of each class to val, at least one image
-    per class left in train); or a Parquet file (local or ``s3://``) with columns ``image``
-    (bytes), ``label`` (string or int) and optionally ``split`` ("train"/"val"; without it the
-    split is drawn as for a flat folder). Classes sorted by name are the label ids (integer
-    Parquet labels: sorted by value). Images: ``preprocess(img, image_size)`` uint8 tensors.
-
-    Unreadable images are skipped, counted by reason in ``skipped`` and logged once (logger
-    ``seer.labelled``). Everything else that makes the set unusable raises LabelledDataError
-    naming what and where. ``endpoint_url``: the S3 endpoint (else the environment's, as
-    ``services.storage.s3_endpoint`` resolves it); credentials only from the environment.
-    ``progress(done, total)`` is called as images are decoded.
+    A flat layout (or a Parquet file without ``split``) is split per class by ``split_seed``:
+    ``val_fraction`` of each class to val, at least one image per class left in train. Classes
+    sorted by name are the label ids (integer Parquet labels: sorted by value). Unreadable images
+    are skipped, counted by reason in ``skipped`` and logged once; anything else that makes the
+    set unusable raises LabelledDataError naming what and where. ``endpoint_url``: else the
+    environment's (services.s3); ``progress(done, total)`` is called as images are decoded.
     """
     _check_args(image_size, val_fraction, split_seed)
     spec = os.fspath(spec).strip()

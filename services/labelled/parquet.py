@@ -24,12 +24,8 @@ def _value_type(t: pa.DataType) -> pa.DataType:
 
 
 def _is_binary(t: pa.DataType) -> bool:
-    return (
-        pa.types.is_binary(t)
-        or pa.types.is_large_binary(t)
-        or pa.types.is_fixed_size_binary(t)
-        or pa.types.is_binary_view(t)
-    )
+    return any(is_(t) for is_ in (pa.types.is_binary, pa.types.is_large_binary,
+                                   pa.types.is_fixed_size_binary, pa.types.is_binary_view))
 
 
 def _is_string(t: pa.DataType) -> bool:
@@ -42,9 +38,7 @@ def read_parquet(source: Any, display: str) -> tuple[list[Entry], list[str]]:
     Classes are the distinct labels sorted by name; integer labels are sorted by value (so
     labels 0..K-1 keep their ids) and named by their decimal string. An optional ``split``
     column ("train"/"val") fixes each row's split; without it the loader draws the split.
-    Rows are named ``<display>#<row>``. Raises LabelledDataError naming ``display`` for an
-    unreadable file, missing columns (naming those present), wrong column types, null labels
-    and unknown split values.
+    Rows are named ``<display>#<row>``; every LabelledDataError names ``display``.
     """
     try:
         pfile = pq.ParquetFile(source)
