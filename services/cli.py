@@ -39,12 +39,8 @@ def _config(args: argparse.Namespace, extra: Sequence[str] = ()) -> SeerConfig:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from services.driver.pretrain import RunFailed, run_pretraining
 
-    extra = []
-    if args.max_steps is not None:
-        extra.append(f"train.max_steps={args.max_steps}")
-    if args.max_minutes is not None:
-        extra.append(f"train.max_minutes={args.max_minutes}")
-    cfg = _config(args, extra)
+    cfg = _config(args, [f"train.{key}={value}" for key, value in (
+        ("max_steps", args.max_steps), ("max_minutes", args.max_minutes)) if value is not None])
     try:
         run_pretraining(cfg, address=args.address, synthetic=args.synthetic)
     except RunFailed as exc:
@@ -65,38 +61,17 @@ def _at_least_one(text: str) -> int:
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
-    if args.labelled:
-        return _seed_labelled(args)
-    unused = [flag for flag, value in (("--train-per-class", args.train_per_class),
-                                       ("--val-per-class", args.val_per_class)) if value]
-    if unused:
-        print(f"seer seed: {unused[0]} needs --labelled", file=sys.stderr)
-        return 2
-    from services.images.sample import generate_sample_images
-
-    out = Path(args.out or SAMPLES_DIR)
-    count = 2000 if args.count is None else args.count
-    if out.exists() and any(out.iterdir()) and not args.force:
-        print(f"{out} already holds files; add --force to write more", file=sys.stderr)
-        return 1
-    start = time.perf_counter()
-    n = generate_sample_images(out, count, seed=args.seed, progress=True)
-    print(f"wrote {n} sample images to {out} in {time.perf_counter() - start:.1f} s")
-    return 0
-
-
-def _seed_labelled(args: argparse.Namespace) -> int:
-    """`seer seed --labelled`: the generated labelled set that `seer eval` reads by default."""
-    if args.count is not None:
+    """The sample pool the `local` preset reads, or (--labelled) the set `seer eval` reads."""
+    if args.labelled and args.count is not None:
         print("seer seed: --count is for the sample pool; with --labelled give "
               "--train-per-class and --val-per-class", file=sys.stderr)
         return 2
-    from services.images.labelled import generate_labelled_images
-    from services.images.shapes import OBJECT_KINDS
-
-    out = Path(args.out or LABELLED_DIR)
-    train = args.train_per_class or 100
-    val = args.val_per_class or 50
+    unused = [flag for flag, value in (("--train-per-class", args.train_per_class),
+                                       ("--val-per-class", args.val_per_class)) if value]
+    if unused and not args.labelled:
+        print(f"seer seed: {unused[0]} needs --labelled", file=sys.stderr)
+        return 2
+    out = Path(args.out or (LABELLED_DIR if args.labelled else SAMPLES_DIR))
     if out.exists() and not out.is_dir():
         print(f"seer seed: {out} is a file, not a folder", file=sys.stderr)
         return 2
@@ -105,12 +80,24 @@ def _seed_labelled(args: argparse.Namespace) -> int:
               "same name are replaced, others stay)", file=sys.stderr)
         return 1
     start = time.perf_counter()
+    if not args.labelled:
+        from services.images.sample import generate_sample_images
+
+        n = generate_sample_images(out, 2000 if args.count is None else args.count,
+                                   seed=args.seed, progress=True)
+        print(f"wrote {n} sample images to {out} in {time.perf_counter() - start:.1f} s")
+        return 0
+    from services.images.labelled import generate_labelled_images
+    from services.images.shapes import OBJECT_KINDS
+
+    train = args.train_per_class or 100
+    val = args.val_per_class or 50
     written = generate_labelled_images(out, train_per_class=train, val_per_class=val,
                                        seed=args.seed, progress=True)
-    kinds = list(OBJECT_KINDS)
     print(f"wrote {written['train']} train + {written['val']} val labelled images to {out} "
           f"in {time.perf_counter() - start:.1f} s")
-    print(f"  {len(kinds)} classes ({train} train + {val} val each): {', '.join(kinds)}")
+    print(f"  {len(OBJECT_KINDS)} classes ({train} train + {val} val each): "
+          f"{', '.join(OBJECT_KINDS)}")
     print(f"  layout: {out / 'train'}/<class>/*.jpg, {out / 'val'}/<class>/*.jpg")
     print(f"next: seer eval --data {shlex.quote(str(out))}   (evaluates the newest checkpoint "
           "that seer pretrain wrote for --config's run)")
@@ -185,13 +172,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from seer_core.checkpoint import load_state
-    from seer_core.models import export_trunk_state_dict
+    from seer_core.models import build_swav_model, export_trunk_state_dict
     from seer_core.training import config_of
 
     saved = load_state(args.checkpoint)
     cfg = config_of(saved)
-    from seer_core.models import build_swav_model
-
     model = build_swav_model(cfg.model.trunk, cfg.model.head_hidden, cfg.model.head_out,
                              cfg.model.head_batchnorm, cfg.model.prototypes)
     model.load_state_dict(saved["model"])
