@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from seer_core.config.endpoints import credentials_message, has_credentials
@@ -75,14 +74,6 @@ class ObjectTooLarge(FeedError):
 
 class FeedClosed(FeedError):
     """Raised inside a feed's own waits once ``close()`` was called."""
-
-
-def fetch_failed(feed: Any, name: str, reason: str, attempts: int, start: float) -> FetchFailed:
-    """A failed fetch of ``feed`` (a PooledFeed), counted and logged: the error to raise."""
-    feed.count("fetch_failures")
-    err = FetchFailed(name, reason, attempts, time.monotonic() - start)
-    feed.log.warning("fetch-failed", "feed %s: %s", feed.describe(), err)
-    return err
 
 
 def _normalise_extensions(exts: Iterable[str]) -> tuple[str, ...]:

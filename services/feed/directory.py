@@ -15,14 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
-from services.feed.base import (
-    FeedClosed,
-    FeedError,
-    FeedSpec,
-    ObjectTooLarge,
-    ObjectVanished,
-    fetch_failed,
-)
+from services.feed.base import FeedError, FeedSpec, FetchFailed, ObjectTooLarge, ObjectVanished
 from services.feed.pooled import PooledFeed
 from services.s3 import RetryExhausted, RetryPolicy, call_with_retry
 
@@ -67,7 +60,6 @@ def read_local(feed: PooledFeed, path: str, max_bytes: int | None = None) -> byt
     """Reads a local file with the feed's retry policy (network file systems hiccup too).
     Missing: ObjectVanished; permission or is-a-directory: FetchFailed at once; other OS errors
     (EIO, ESTALE, timeouts on a network mount): retried within the budget."""
-    feed.count("fetches")
     policy = RetryPolicy(max_attempts=feed.spec.max_attempts, budget_s=feed.spec.retry_budget_s)
     start = time.monotonic()
 
@@ -85,19 +77,14 @@ def read_local(feed: PooledFeed, path: str, max_bytes: int | None = None) -> byt
         feed.count("retries")
 
     try:
-        data = call_with_retry(attempt, policy, feed.jitter_rng, transient, on_retry, feed.sleep)
+        return call_with_retry(attempt, policy, feed.jitter_rng, transient, on_retry, feed.sleep)
     except RetryExhausted as exc:
-        raise fetch_failed(feed, path, type(exc.last).__name__, exc.attempts, start) from None
-    except FeedClosed:
-        raise fetch_failed(feed, path, "closed", 1, start) from None
+        raise FetchFailed(path, type(exc.last).__name__, exc.attempts, exc.elapsed_s) from None
     except OSError as exc:
         if exc.errno in _MISSING_ERRNOS:
-            feed.count("vanished")
             raise ObjectVanished(path) from None
         reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-        raise fetch_failed(feed, path, reason, 1, start) from None
-    feed.count("bytes_fetched", len(data))
-    return data
+        raise FetchFailed(path, reason, 1, time.monotonic() - start) from None
 
 
 class DirectoryFeed(PooledFeed):
@@ -130,9 +117,4 @@ class DirectoryFeed(PooledFeed):
         self._replace_keys(sample)
 
     def _fetch(self, key: str, max_bytes: int | None) -> bytes:
-        """Bytes of the file at ``key`` (a path as returned by ``sample``)."""
-        try:
-            return read_local(self, key, max_bytes=max_bytes)
-        except ObjectVanished:
-            self._forget(key)
-            raise
+        return read_local(self, key, max_bytes=max_bytes)

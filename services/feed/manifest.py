@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from services.feed.base import FeedError, FeedSpec, ObjectVanished
+from services.feed.base import FeedError, FeedSpec
 from services.feed.directory import local_path, read_local, reservoir
 from services.feed.pooled import PooledFeed
 from services.feed.s3 import S3Access, parse_s3_uri
@@ -169,14 +169,10 @@ class ManifestFeed(PooledFeed):
     # -- fetching -----------------------------------------------------------------------------
     def _fetch(self, key: str, max_bytes: int | None) -> bytes:
         """Bytes of a sampled entry (``s3://`` URI or local path)."""
-        try:
-            if key.startswith("s3://"):
-                bucket, obj = parse_s3_uri(key)
-                return self.s3.get(bucket, obj, name=key, max_bytes=max_bytes)
-            return read_local(self, key, max_bytes=max_bytes)
-        except ObjectVanished:
-            self._forget(key)
-            raise
+        if key.startswith("s3://"):
+            bucket, obj = parse_s3_uri(key)
+            return self.s3.get(bucket, obj, name=key, max_bytes=max_bytes)
+        return read_local(self, key, max_bytes=max_bytes)
 
     def _close_resources(self) -> None:
         self.s3.client.close()

@@ -21,7 +21,15 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 
-from services.feed.base import FeedClosed, FeedEmpty, FeedError, FeedSpec, logger
+from services.feed.base import (
+    FeedClosed,
+    FeedEmpty,
+    FeedError,
+    FeedSpec,
+    FetchFailed,
+    ObjectVanished,
+    logger,
+)
 from services.feed.pool import KeyPool
 from services.ratelimit import RateLimitedLogger
 from services.s3 import error_code
@@ -82,10 +90,6 @@ class PooledFeed:
             counts = dict(self._counts)
         return {**counts, "pool_size": len(self._pool)}
 
-    def describe(self) -> str:
-        """Where this feed reads from, for messages (URIs never hold credentials)."""
-        return self.spec.uri
-
     def _add_keys(self, keys: Iterable[str]) -> None:
         self._count_keys(*self._pool.add(keys))
 
@@ -96,11 +100,6 @@ class PooledFeed:
         self.count("keys_added", added)
         self.count("keys_evicted", evicted)
 
-    def _forget(self, key: str) -> None:
-        """Drops a key found missing so it is not sampled again before the next refresh."""
-        if self._pool.discard(key):
-            self.count("keys_evicted")
-
     def sleep(self, seconds: float) -> None:
         """A sleep that ``close()`` interrupts (raises FeedClosed)."""
         if self._stop.wait(seconds):
@@ -109,7 +108,7 @@ class PooledFeed:
     def check_open(self) -> None:
         """Raises FeedClosed once ``close()`` was called."""
         if self._stop.is_set():
-            raise FeedClosed(f"feed {self.describe()} closed")
+            raise FeedClosed(f"feed {self.spec.uri} closed")
 
     # -- use tracking -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -146,7 +145,7 @@ class PooledFeed:
                 return
             self._threads = [t for t in self._threads if t.is_alive()]
             self._active = threading.Thread(
-                target=self._run, name=f"seer-feed-refresh[{self.describe()}]", daemon=True)
+                target=self._run, name=f"seer-feed-refresh[{self.spec.uri}]", daemon=True)
             self._threads.append(self._active)
             self._active.start()
 
@@ -159,7 +158,7 @@ class PooledFeed:
             self._active = None
         self.count("refresher_parks")
         self.log.info("parked", "feed %s: unused for %.0fs; refresher paused until the next "
-                      "sample", self.describe(), idle)
+                      "sample", self.spec.uri, idle)
         return True
 
     def _refresh(self) -> None:
@@ -198,7 +197,7 @@ class PooledFeed:
                     self._last_error = _short_error(exc)
                     self.count("refresh_errors")
                     self.log.warning("refresh-error", "feed %s: refresh failed (%s); keeping %d "
-                                     "pooled keys, retrying", self.describe(), self._last_error,
+                                     "pooled keys, retrying", self.spec.uri, self._last_error,
                                      len(self._pool))
                     cap = min(self.spec.refresh_seconds, 30.0, 0.25 * 2 ** min(failures, 16))
                     wait = self.jitter_rng.uniform(0.5, 1.0) * cap
@@ -249,7 +248,7 @@ class PooledFeed:
             why = "the source lists no matching objects"
             if self.spec.extensions:
                 why += f" (extensions {', '.join(self.spec.extensions)})"
-        return f"feed {self.describe()}: no keys after {waited:.1f}s; {why}"
+        return f"feed {self.spec.uri}: no keys after {waited:.1f}s; {why}"
 
     def pool_size(self) -> int:
         """Keys in the pool now (starts the refresher, so polling it makes progress)."""
@@ -262,9 +261,27 @@ class PooledFeed:
         return self._pool.snapshot()
 
     def fetch(self, key: str, max_bytes: int | None = None) -> bytes:
-        """The object's bytes (see :class:`services.feed.Feed`); counted as a use of the feed."""
-        with self._in_use():
-            return self._fetch(key, max_bytes)
+        """The object's bytes (see :class:`services.feed.Feed`), a use of the feed. The one place
+        every feed's fetches are counted and their failures logged; a vanished key leaves the
+        pool, so that it is not sampled again before the next refresh."""
+        self.count("fetches")
+        start = time.monotonic()
+        try:
+            with self._in_use():
+                data = self._fetch(key, max_bytes)
+        except ObjectVanished:
+            self.count("vanished")
+            if self._pool.discard(key):
+                self.count("keys_evicted")
+            raise
+        except (FetchFailed, FeedClosed) as exc:  # closed: a retry's sleep was cut short
+            failed = exc if isinstance(exc, FetchFailed) else FetchFailed(
+                key, "closed", 1, time.monotonic() - start)
+            self.count("fetch_failures")
+            self.log.warning("fetch-failed", "feed %s: %s", self.spec.uri, failed)
+            raise failed from None
+        self.count("bytes_fetched", len(data))
+        return data
 
     def _fetch(self, key: str, max_bytes: int | None) -> bytes:
         raise NotImplementedError
@@ -286,7 +303,7 @@ class PooledFeed:
             t.join(timeout=max(0.0, deadline - time.monotonic()))
         if any(t.is_alive() for t in threads):
             logger.warning("feed %s: refresher still running %.0fs after close (a request in "
-                           "flight)", self.describe(), wait)
+                           "flight)", self.spec.uri, wait)
         self._close_resources()
 
     def _close_resources(self) -> None:

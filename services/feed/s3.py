@@ -13,13 +13,7 @@ from urllib.parse import urlsplit
 
 import botocore.exceptions
 
-from services.feed.base import (
-    FeedClosed,
-    FeedSpec,
-    ObjectTooLarge,
-    ObjectVanished,
-    fetch_failed,
-)
+from services.feed.base import FeedClosed, FeedSpec, FetchFailed, ObjectTooLarge, ObjectVanished
 from services.feed.keyspace import Coverage, Interval, KeyAlphabet, random_start
 from services.feed.pooled import PooledFeed
 from services.s3 import (
@@ -80,29 +74,24 @@ class S3Access:
     def get(self, bucket: str, key: str, name: str, max_bytes: int | None = None) -> bytes:
         """The bytes of the object the caller knows as ``name``: ObjectVanished when missing,
         FetchFailed when the store gave no answer or refused, ObjectTooLarge over ``max_bytes``."""
-        feed = self.feed
-        feed.count("fetches")
         start = time.monotonic()
         try:
             data, sent = get_bytes(
-                self.client(), bucket, key, self.policy, feed.jitter_rng, max_bytes=max_bytes,
+                self.client(), bucket, key, self.policy, self.feed.jitter_rng, max_bytes=max_bytes,
                 too_large=lambda size: ObjectTooLarge(name, size, max_bytes or 0),
-                on_retry=self._on_retry, sleep=feed.sleep)
-        except ObjectTooLarge:
+                on_retry=self._on_retry, sleep=self.feed.sleep)
+        except (ObjectTooLarge, FeedClosed):
             raise
         except RetryExhausted as exc:  # attempts: every request sent, botocore's or ours
-            feed.count("retries", exc.attempts - 1)
-            raise fetch_failed(feed, name, error_code(exc.last), exc.attempts, start) from None
-        except FeedClosed:
-            raise fetch_failed(feed, name, "closed", 1, start) from None
+            self.feed.count("retries", exc.attempts - 1)
+            raise FetchFailed(name, error_code(exc.last), exc.attempts, exc.elapsed_s) from None
         except Exception as exc:
             if is_missing(exc):
-                feed.count("vanished")
                 raise ObjectVanished(name) from None
-            feed.count("retries", attempts(exc) - 1)
-            raise fetch_failed(feed, name, error_code(exc), attempts(exc), start) from None
-        feed.count("retries", sent - 1)  # every request after the first, botocore's or ours
-        feed.count("bytes_fetched", len(data))
+            self.feed.count("retries", attempts(exc) - 1)
+            raise FetchFailed(name, error_code(exc), attempts(exc),
+                              time.monotonic() - start) from None
+        self.feed.count("retries", sent - 1)  # every request after the first, botocore's or ours
         return data
 
     def list_page(self, bucket: str, prefix: str, start_after: str | None, max_keys: int) -> dict:
@@ -154,11 +143,7 @@ class S3Feed(PooledFeed):
     def _fetch(self, key: str, max_bytes: int | None) -> bytes:
         """Bytes of ``key`` (a key in this bucket, or a full ``s3://`` URI)."""
         bucket, obj = parse_s3_uri(key) if key.startswith("s3://") else (self.bucket, key)
-        try:
-            return self.s3.get(bucket, obj, name=key, max_bytes=max_bytes)
-        except ObjectVanished:
-            self._forget(key)
-            raise
+        return self.s3.get(bucket, obj, name=key, max_bytes=max_bytes)
 
     def _close_resources(self) -> None:
         self.s3.client.close()
