@@ -109,21 +109,27 @@ class RunStorage:
         infos = self.filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
         return {info.base_name for info in infos if info.type == pafs.FileType.File}
 
-    def read_json(self, path: str) -> dict[str, Any] | None:
-        """A JSON object file, or None when it is missing, unreadable or not an object."""
+    def read_bytes(self, path: str) -> bytes | None:
+        """A file's bytes, or None when it is not there; a store error propagates."""
         try:
             with self.filesystem.open_input_stream(path) as handle:
-                return parse_json(handle.read())
-        except OSError:  # FileNotFoundError included
+                return handle.read()
+        except FileNotFoundError:
             return None
 
-    def read_meta(self, checkpoint_path: str) -> dict[str, Any]:
-        """The JSON summary beside each checkpoint (step, loss, LR...); {} if none."""
-        return self.read_json(f"{checkpoint_path}/{META_FILE}") or {}
+    def read_json(self, path: str) -> dict[str, Any] | None:
+        """A JSON object file, or None when it is missing or not an object (a write cut short);
+        a store error propagates: an outage is not a missing file."""
+        data = self.read_bytes(path)
+        return None if data is None else parse_json(data)
 
-    def read_commit(self, checkpoint_path: str) -> dict[str, Any]:
-        """The commit record (step, world_size, queue_rows, queue_filled); {} if none."""
-        return self.read_json(f"{checkpoint_path}/{COMMIT_FILE}") or {}
+    def read_meta(self, checkpoint_path: str) -> dict[str, Any]:
+        """The JSON summary beside each checkpoint (step, loss, LR...); {} if none or unreadable:
+        a summary is best effort, the checkpoint's state holds the truth."""
+        try:
+            return self.read_json(f"{checkpoint_path}/{META_FILE}") or {}
+        except OSError:
+            return {}
 
     def write_bytes(self, path: str, data: bytes) -> None:
         """All or nothing: locally a temporary file renamed over `path`; on S3 one PUT."""
@@ -145,15 +151,6 @@ class RunStorage:
     def write_latest(self, name: str) -> None:
         """Points `<run>/latest` at a committed step folder (written after its marker)."""
         self.write_bytes(f"{self.run_path}/{LATEST_FILE}", (name + "\n").encode())
-
-    def read_latest(self) -> str | None:
-        """The folder name `latest` points at, or None: a hint for tools that cannot list."""
-        try:
-            with self.filesystem.open_input_stream(f"{self.run_path}/{LATEST_FILE}") as handle:
-                name = handle.read().decode().strip()
-        except (OSError, UnicodeDecodeError):
-            return None
-        return name if parse_step_dir(name) is not None else None
 
     def store_file(self, local: Path, path: str) -> None:
         """Stores a local file at `path`, all or nothing (as `write_bytes`)."""

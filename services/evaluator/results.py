@@ -40,7 +40,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from seer_core.config.schema import EvalConfig
-from services.storage import resolve_storage
+from services.storage import RunStorage, resolve_storage
 
 log = logging.getLogger("seer.eval")
 
@@ -112,13 +112,13 @@ class ResultsFile:
     def __init__(self, uri: str, endpoint_url: str | None = None) -> None:
         self.uri = uri
         parsed = urlparse(uri)
-        self._fs: Any = None
+        self._store: RunStorage | None = None  # where an s3:// file lives (a local copy is kept)
         self._remote = ""
         if parsed.scheme == "s3":
             key = parsed.path.strip("/")
             if not parsed.netloc or not key:
                 raise ValueError(f"eval.results: {uri!r} must be s3://bucket/key")
-            self._fs = resolve_storage(f"s3://{parsed.netloc}", "", endpoint_url).filesystem
+            self._store = resolve_storage(f"s3://{parsed.netloc}", "", endpoint_url)
             self._remote = f"{parsed.netloc}/{key}"
             self._cache = tempfile.TemporaryDirectory(prefix="seer-eval-results-")
             self.path = Path(self._cache.name) / Path(key).name
@@ -131,14 +131,14 @@ class ResultsFile:
 
     @property
     def plot_uri(self) -> str:
-        if self._fs is not None:
+        if self._store is not None:
             return f"s3://{PurePosixPath(self._remote).with_suffix('.png')}"
         return str(self.plot_path)
 
     def read(self) -> list[dict[str, Any]]:
         """Every readable row (an S3 file is downloaded first); bad lines are logged."""
-        if self._fs is not None:
-            self._download()
+        if self._store is not None and (data := self._store.read_bytes(self._remote)) is not None:
+            self.path.write_bytes(data)
         if not self.path.is_file():
             return []
         rows, bad = parse_rows(self.path.read_text(errors="replace"))
@@ -162,32 +162,16 @@ class ResultsFile:
             handle.write(lines.encode())
             handle.flush()
             os.fsync(handle.fileno())
-        if self._fs is not None:
-            self._upload(self.path, self._remote)
+        if self._store is not None:
+            self._store.write_bytes(self._remote, self.path.read_bytes())
 
     def publish_plot(self) -> None:
         """Uploads the PNG (drawn at `plot_path`) when the results live in S3."""
-        if self._fs is not None and self.plot_path.is_file():
-            self._upload(self.plot_path, self.plot_uri.removeprefix("s3://"))
-
-    def _download(self) -> None:
-        import pyarrow.fs as pafs
-
-        if self._fs.get_file_info(self._remote).type != pafs.FileType.File:
-            return
-        with self._fs.open_input_stream(self._remote) as stream:
-            data = stream.read()
-        self.path.write_bytes(data)
-
-    def _upload(self, local: Path, remote: str) -> None:
-        with self._fs.open_output_stream(remote) as out:
-            out.write(local.read_bytes())
+        if self._store is not None and self.plot_path.is_file():
+            self._store.write_bytes(self.plot_uri.removeprefix("s3://"),
+                                    self.plot_path.read_bytes())
 
 
 def done_steps(rows: Iterable[dict[str, Any]], run: str, key: str) -> set[int]:
     """Checkpoint steps already evaluated for this run with the settings `key`."""
     return {int(r["step"]) for r in rows_for(rows, run, key) if r.get("trunk") == "checkpoint"}
-
-
-def has_baseline(rows: Iterable[dict[str, Any]], run: str, key: str) -> bool:
-    return any(r.get("trunk") == "random" for r in rows_for(rows, run, key))

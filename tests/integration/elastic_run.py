@@ -79,6 +79,7 @@ class Sampler(threading.Thread):
 def main(workdir: Path) -> dict[str, Any]:
     from ray.cluster_utils import Cluster
 
+    from seer_core.checkpoint import COMMIT_FILE
     from services.driver.local_ray import free_loopback_port, use_loopback
     from services.driver.pretrain import run_pretraining
     from services.storage import resolve_storage
@@ -136,7 +137,7 @@ def main(workdir: Path) -> dict[str, Any]:
         report["checkpoints"] = [
             {"step": step, **{k: storage.read_meta(path).get(k) for k in (
                 "world_size", "resumed_step", "resumed_queue_filled")},
-             "commit_world": storage.read_commit(path).get("world_size")}
+             "commit_world": (storage.read_json(f"{path}/{COMMIT_FILE}") or {}).get("world_size")}
             for step, path in storage.list_checkpoints()]
         with __import__("contextlib").suppress(Exception):
             import ray

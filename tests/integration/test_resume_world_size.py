@@ -25,7 +25,7 @@ def test_two_workers_then_one(ray_cluster, s3_server, ckpt_bucket) -> None:  # n
     assert first.step == 3
     storage = resolve_storage(f"s3://{ckpt_bucket}/runs", "worlds", endpoint)
     [(step, path)] = storage.list_checkpoints()
-    assert step == 3 and storage.read_commit(path)["world_size"] == 2
+    assert step == 3 and storage.read_json(f"{path}/{COMMIT_FILE}")["world_size"] == 2
     assert storage.filesystem.get_file_info(f"{path}/{COMMIT_FILE}").size > 0
 
     second = run_pretraining(service_config(endpoint, "unused", ckpt_bucket, "worlds",
@@ -35,4 +35,5 @@ def test_two_workers_then_one(ray_cluster, s3_server, ckpt_bucket) -> None:  # n
     assert second.metrics["resumed_queue_filled"] == 16  # both ranks' 8 rows, in one queue
     assert second.step == 5 and second.images_seen == 3 * 4 * 2 + 2 * 4
     assert [s for s, _ in storage.list_checkpoints()] == [3, 5]
-    assert storage.read_commit(storage.list_checkpoints()[-1][1])["world_size"] == 1
+    newest = storage.list_checkpoints()[-1][1]
+    assert storage.read_json(f"{newest}/{COMMIT_FILE}")["world_size"] == 1

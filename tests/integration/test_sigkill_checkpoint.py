@@ -78,4 +78,4 @@ def test_sigkill_mid_checkpoint_resumes_at_the_newest_intact_step(
     assert outcome[0].step == 9
     assert [s for s, _ in storage.list_checkpoints()] == [6, 9]  # step 6 written again
     for _, path in storage.list_checkpoints():
-        assert storage.read_commit(path)["world_size"] == 2
+        assert storage.read_json(f"{path}/{COMMIT_FILE}")["world_size"] == 2

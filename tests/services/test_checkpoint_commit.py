@@ -253,7 +253,8 @@ def test_sigkill_mid_checkpoint_resumes_at_the_newest_intact_step(
     cfg = tiny_config(uri, endpoint or None)
     storage = storage_for(cfg)
     assert [s for s, _ in storage.list_checkpoints()] == [1, 2]
-    assert storage.read_latest() == step_dir_name(2)
+    latest = f"{storage.run_path}/{LATEST_FILE}"
+    assert storage.read_bytes(latest) == f"{step_dir_name(2)}\n".encode()
     if block_after:
         assert step_dir_name(3) in [f.name for f in storage.scan()]  # the orphan is there
 
@@ -267,4 +268,4 @@ def test_sigkill_mid_checkpoint_resumes_at_the_newest_intact_step(
     save_checkpoint(state, storage)
     assert [s for s, _ in storage.list_checkpoints()] == [2, 5]  # keep=2
     assert step_dir_name(3) not in [f.name for f in storage.scan()]  # the orphan is pruned
-    assert storage.read_latest() == step_dir_name(5)
+    assert storage.read_bytes(latest) == f"{step_dir_name(5)}\n".encode()

@@ -19,8 +19,8 @@ from services.evaluator.results import (
     default_results_uri,
     done_steps,
     eval_settings,
-    has_baseline,
     parse_rows,
+    rows_for,
     settings_id,
 )
 
@@ -80,8 +80,9 @@ def test_done_steps_and_baseline_are_per_run_and_settings() -> None:
             {**_row(50), "settings_id": settings_id(eval_settings(other_size))},
             {k: v for k, v in _row(60).items() if k not in ("settings", "settings_id")}]
     assert done_steps(rows, "r1", key) == {10, 20}
-    assert has_baseline(rows, "r1", key)
-    assert not has_baseline(rows, "r1", settings_id(eval_settings(res4)))
+    assert any(r["trunk"] == "random" for r in rows_for(rows, "r1", key))  # the stored baseline
+    assert not any(r["trunk"] == "random"
+                   for r in rows_for(rows, "r1", settings_id(eval_settings(res4))))
 
 
 def _png_size(path: Path) -> tuple[int, int]:

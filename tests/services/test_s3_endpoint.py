@@ -26,7 +26,7 @@ def _storage_endpoint(storage_uri: str) -> str | None:
 
 
 def _results_endpoint() -> str | None:
-    fs = ResultsFile("s3://bucket/eval/results.jsonl")._fs
+    fs = ResultsFile("s3://bucket/eval/results.jsonl")._store.filesystem
     kwargs = fs.__reduce__()[1][0]
     return f"{kwargs['scheme']}://{kwargs['endpoint_override']}" if kwargs[
         "endpoint_override"] else None
