@@ -114,8 +114,6 @@ class SwAVModel(nn.Module):
         one group. Returns the head's ``(embedding, scores)`` with rows in the same order."""
         if isinstance(groups, Tensor):
             groups = [groups]
-        if len(groups) == 0:
-            raise ValueError("SwAVModel needs at least one group of crops")
         features = torch.cat([self.trunk(g) for g in groups], dim=0)
         return self.head(features)
 

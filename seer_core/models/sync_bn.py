@@ -17,8 +17,6 @@ from seer_core.distributed import rank_and_world
 def sync_groups(world_size: int, group_size: int) -> list[list[int]]:
     """Consecutive-rank groups; the last one is smaller when `group_size` does not divide the
     world. ``group_size <= 0`` (or >= world size) means a single group of all ranks."""
-    if world_size <= 0:
-        raise ValueError(f"world_size must be positive, got {world_size}")
     if group_size <= 0 or group_size >= world_size:
         return [list(range(world_size))]
     return [

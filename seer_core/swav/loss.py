@@ -17,12 +17,13 @@ def _check_loss_args(
     n_crops: int,
     crops_for_assign: Sequence[int],
     temperature: float,
-    epsilon: float,
     sinkhorn_iterations: int,
     queue_scores: Sequence[Tensor] | None,
     global_local_alpha: float | None,
     n_global_crops: int,
 ) -> None:
+    """Names the bad argument; `epsilon` is left to `sinkhorn`, which checks it in the same
+    words."""
     if scores.ndim != 2 or not scores.is_floating_point():
         raise ValueError(f"scores must be a 2-D floating tensor [n_crops*B, K], got "
                          f"{tuple(scores.shape)} {scores.dtype}")
@@ -37,8 +38,6 @@ def _check_loss_args(
         raise ValueError(f"crops_for_assign must be crop indices < {n_crops}: {crops_for_assign}")
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    if not epsilon > 0:
-        raise ValueError(f"epsilon must be positive, got {epsilon}")
     if not isinstance(sinkhorn_iterations, int) or sinkhorn_iterations < 1:
         raise ValueError(f"sinkhorn_iterations must be a positive int, got {sinkhorn_iterations!r}")
     if queue_scores is not None and len(queue_scores) != len(crops_for_assign):
@@ -114,7 +113,7 @@ def swav_loss(
     """
     crops = tuple(crops_for_assign)
     _check_loss_args(
-        scores, n_crops, crops, temperature, epsilon, sinkhorn_iterations, queue_scores,
+        scores, n_crops, crops, temperature, sinkhorn_iterations, queue_scores,
         global_local_alpha, n_global_crops,
     )
     batch = scores.shape[0] // n_crops

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -78,7 +78,6 @@ class TrainState:
     images_seen: int = 0
     bad_steps: int = 0
     generator: torch.Generator | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
     #: Spare copy of the BatchNorm statistics for skipped steps; built by the first step.
     running_stats: RunningStats | None = None
 
