@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from seer_core.config import load_config
+from seer_core.config import ConfigError, load_config
 from seer_core.training import build_train_state, train_step
 
 
@@ -60,23 +60,11 @@ def step_flops(state, batch) -> float:  # type: ignore[no-untyped-def]
 
 
 def overrides_from(args: argparse.Namespace) -> list[str]:
-    """Only what a flag set explicitly: the preset decides the rest."""
-    pairs = {
-        "model.trunk": args.trunk,
-        "augment.recipe": args.recipe,
-        "train.batch_size": args.batch,
-        "model.prototypes": args.prototypes,
-        "swav.sinkhorn_iterations": args.sinkhorn_iterations,
-        "train.amp": args.amp,
-        "augment.global_size": args.global_size,
-        "augment.local_size": args.local_size,
-        "model.channels_last": args.channels_last,
-    }
+    """Only what a flag set explicitly (a flag's dest is its config key; the schema checks the
+    value): the preset decides the rest."""
     out = [f"{key}={str(value).lower() if isinstance(value, bool) else value}"
-           for key, value in pairs.items() if value is not None]
+           for key, value in vars(args).items() if "." in key and value is not None]
     out.append(f"train.use_gpu={'true' if args.device.startswith('cuda') else 'false'}")
-    if args.activation_checkpointing:
-        out.append("model.activation_checkpointing=true")
     return [*out, *args.overrides]
 
 
@@ -85,15 +73,16 @@ def main() -> None:
     parser.add_argument("--config", default="local", help="preset or YAML (default: local)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="config overrides, after the flags below")
-    parser.add_argument("--trunk")
-    parser.add_argument("--recipe", choices=["seer", "swav", "sslight"])
-    parser.add_argument("--batch", type=int, help="images per step")
-    parser.add_argument("--global-size", type=int, help="global crop size")
-    parser.add_argument("--local-size", type=int, help="local crop size")
-    parser.add_argument("--prototypes", type=int)
-    parser.add_argument("--sinkhorn-iterations", type=int)
-    parser.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"])
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+    parser.add_argument("--trunk", dest="model.trunk")
+    parser.add_argument("--recipe", dest="augment.recipe")
+    parser.add_argument("--batch", dest="train.batch_size", type=int, help="images per step")
+    parser.add_argument("--global-size", dest="augment.global_size", type=int)
+    parser.add_argument("--local-size", dest="augment.local_size", type=int)
+    parser.add_argument("--prototypes", dest="model.prototypes", type=int)
+    parser.add_argument("--sinkhorn-iterations", dest="swav.sinkhorn_iterations", type=int)
+    parser.add_argument("--amp", dest="train.amp", help="auto, off, bf16 or fp16")
+    parser.add_argument("--channels-last", dest="model.channels_last",
+                        action=argparse.BooleanOptionalAction, default=None,
                         help="trunk memory format (default: the preset's)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the trunk (compile time is reported, not timed)")
@@ -102,12 +91,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: the preset's train.torch_threads, else torch's)")
-    parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument("--activation-checkpointing", dest="model.activation_checkpointing",
+                        action="store_const", const=True)
     parser.add_argument("--profile", action="store_true",
                         help="also print where the step's time goes (torch.profiler, top ops)")
     args = parser.parse_args()
 
-    cfg = load_config(args.config, overrides_from(args))
+    try:
+        cfg = load_config(args.config, overrides_from(args))
+    except ConfigError as exc:  # a flag's value, as the schema checks it
+        parser.error(str(exc))
     threads = args.threads or cfg.train.torch_threads
     if threads:
         torch.set_num_threads(threads)
