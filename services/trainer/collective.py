@@ -51,6 +51,7 @@ class Outcome(enum.IntEnum):
     OK = 0
     STORE = 1  # the store could not be reached: every rank waits, then all try again
     BAD = 2  # the data itself is unusable (corrupt, missing, wrong shapes): every rank skips it
+    GIVE_UP = 3  # a store error past this rank's grace: every rank raises StoreUnavailable
 
 
 def is_store_error(exc: BaseException) -> bool:
@@ -79,24 +80,35 @@ class StoreWait:
                         attempt, waited, delay, self.grace_s / 60)
 
 
-def wait_for_store(action: Callable[[], T], wait: StoreWait) -> T:
-    """`action()`, retried through store errors until it succeeds or the grace runs out; any
-    other exception propagates at once. For one process (a writer thread, the driver); ranks
-    that must stay in step use `agree_with_retry`."""
-    policy = RetryPolicy(budget_s=wait.grace_s, base_s=FIRST_DELAY_S, cap_s=MAX_DELAY_S)
-    try:
-        result = call_with_retry(action, policy, random.Random(0), is_store_error,
-                                 wait.retrying, wait.sleep, capped=False)
-    except RetryExhausted as exc:
-        wait.on_wait(0.0)
-        raise StoreUnavailable(
-            f"the checkpoint store could not be reached to {wait.what} for "
-            f"{(time.monotonic() - wait.started) / 60:.1f} min (checkpoint.store_grace_minutes="
-            f"{wait.grace_s / 60:g}); last error: {exc.last}") from exc.last
+def _policy(wait: StoreWait) -> RetryPolicy:
+    return RetryPolicy(budget_s=wait.grace_s, base_s=FIRST_DELAY_S, cap_s=MAX_DELAY_S)
+
+
+def _unavailable(wait: StoreWait, last: BaseException | str) -> StoreUnavailable:
+    wait.on_wait(0.0)
+    return StoreUnavailable(
+        f"the checkpoint store could not be reached to {wait.what} for "
+        f"{(time.monotonic() - wait.started) / 60:.1f} min (checkpoint.store_grace_minutes="
+        f"{wait.grace_s / 60:g}); last error: {last}")
+
+
+def _answered(wait: StoreWait) -> None:
     if wait.attempt:
         log.warning("checkpoint store reachable again: %s after %d attempt(s), %.0f s",
                     wait.what, wait.attempt, time.monotonic() - wait.started)
         wait.on_wait(0.0)
+
+
+def wait_for_store(action: Callable[[], T], wait: StoreWait) -> T:
+    """`action()`, retried through store errors until it succeeds or the grace runs out; any
+    other exception propagates at once. For one process (a writer thread, the driver); ranks
+    that must stay in step use `agree_with_retry`."""
+    try:
+        result = call_with_retry(action, _policy(wait), random.Random(0), is_store_error,
+                                 wait.retrying, wait.sleep, capped=False)
+    except RetryExhausted as exc:
+        raise _unavailable(wait, exc.last) from exc.last
+    _answered(wait)
     return result
 
 
@@ -118,15 +130,19 @@ def agree_with_retry(attempt: Callable[[], T], wait: StoreWait,
                      is_bad: Callable[[BaseException], bool] = lambda _exc: True) -> T:
     """Runs `attempt` on every rank until every rank succeeds; a collective (one vote per try).
 
-    - a store error on any rank: every rank waits the same backoff, then all try again (past
-      the grace, `StoreUnavailable` on every rank);
+    - a store error on any rank: every rank sleeps the same backoff, then all try again;
+    - a store error past a rank's grace: that rank votes GIVE_UP and every rank raises
+      `StoreUnavailable` in the same round. Giving up on each rank's own clock would let one
+      rank leave while the others, a little behind, wait in the next vote until
+      `train.collective_timeout_s`; for the same reason no sleep is clipped to a rank's grace;
     - an exception for which `is_bad` is true, on any rank: every rank raises `Unusable`
       (chained to its own error, if it had one), so that all move on together;
     - any other exception propagates on its rank (a bug: the group restarts).
     """
-    def voted() -> T:
+    policy, rng, tries = _policy(wait), random.Random(0), 0
+    while True:
+        tries += 1
         error: BaseException | None = None
-        result: T | None = None
         code = Outcome.OK
         try:
             result = attempt()
@@ -137,16 +153,21 @@ def agree_with_retry(attempt: Callable[[], T], wait: StoreWait,
                 code, error = Outcome.BAD, exc
             else:
                 raise
+        if code == Outcome.STORE and time.monotonic() - wait.started >= wait.grace_s:
+            code = Outcome.GIVE_UP
         group = worst(int(code), device)
+        if group == Outcome.GIVE_UP:
+            raise _unavailable(wait, error or "a store error on another rank") from error
         if group == Outcome.BAD:
             if code == Outcome.BAD:
                 raise Unusable(f"{wait.what}: {error}") from error
             raise Unusable(f"{wait.what}: unusable on another rank")
-        if group == Outcome.STORE:
-            raise error or OSError("store error on another rank")
-        return result  # type: ignore[return-value]
-
-    return wait_for_store(voted, wait)
+        if group == Outcome.OK:
+            _answered(wait)
+            return result
+        delay = policy.delay(tries, rng)
+        wait.retrying(error or OSError("store error on another rank"), tries, delay)
+        wait.sleep(delay)
 
 
 def map_leaves(value: Any, kind: type, fn: Callable[[Any], Any]) -> Any:
