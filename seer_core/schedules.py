@@ -246,11 +246,7 @@ _PROGRESS = ("base_lr", "level", "ema", "observed", "best", "flat_steps", "coold
              "reductions")
 
 
-SCHEDULES: dict[str, type[Schedule]] = {
-    "plateau_halving": PlateauHalving,
-    "warmup_cosine": WarmupCosine,
-    "constant": Constant,
-}
+SCHEDULES: dict[str, type[Schedule]] = {s.kind: s for s in (PlateauHalving, WarmupCosine, Constant)}
 
 
 def build_schedule(name: str, **kwargs: Any) -> Schedule:

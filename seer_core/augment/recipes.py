@@ -15,23 +15,12 @@ from PIL import Image
 
 # Names a config may use, mapped to PIL's resampling filters.
 INTERPOLATIONS: dict[str, Image.Resampling] = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
+    name: Image.Resampling[name.upper()]
+    for name in ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 }
 
-OVERRIDE_KEYS: tuple[str, ...] = (
-    "global_size",
-    "local_size",
-    "n_global",
-    "n_local",
-    "global_scale",
-    "local_scale",
-    "interpolation",
-)
+OVERRIDE_KEYS: tuple[str, ...] = ("global_size", "local_size", "n_global", "n_local",
+                                  "global_scale", "local_scale", "interpolation")
 
 
 @dataclass(frozen=True)

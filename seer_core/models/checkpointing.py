@@ -101,16 +101,8 @@ def _hide_wrapper_in_state_dict(
 _hide_wrapper_in_state_dict._from_public_api = True  # type: ignore[attr-defined]
 
 
-def _expect_wrapper_on_load(
-    module: nn.Module,
-    state_dict: dict[str, Any],
-    prefix: str,
-    local_metadata: dict[str, Any],
-    strict: bool,
-    missing_keys: list[str],
-    unexpected_keys: list[str],
-    error_msgs: list[str],
-) -> None:
+def _expect_wrapper_on_load(module: nn.Module, state_dict: dict[str, Any], prefix: str,
+                            *_: Any) -> None:
     inner = f"{prefix}{WRAPPED}."
     for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]:
         state_dict[inner + key[len(prefix) :]] = state_dict.pop(key)
