@@ -8,6 +8,7 @@ through says how many were swallowed, so the rate stays visible.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -51,14 +52,9 @@ class RateLimitedLogger:
         self.logger.log(level, msg, *args)
         return True
 
-    def warning(self, reason: str, msg: str, *args: object) -> bool:
-        return self.log(logging.WARNING, reason, msg, *args)
-
-    def error(self, reason: str, msg: str, *args: object) -> bool:
-        return self.log(logging.ERROR, reason, msg, *args)
-
-    def info(self, reason: str, msg: str, *args: object) -> bool:
-        return self.log(logging.INFO, reason, msg, *args)
+    info = functools.partialmethod(log, logging.INFO)
+    warning = functools.partialmethod(log, logging.WARNING)
+    error = functools.partialmethod(log, logging.ERROR)
 
     def suppressed(self, reason: str) -> int:
         """Lines swallowed for ``reason`` since its last emitted line."""

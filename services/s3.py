@@ -208,15 +208,6 @@ class RetryPolicy:
         floor bounds how many calls fit in the budget, however the draws fall."""
         return rng.uniform(self.step(attempt) / 2, self.step(attempt))
 
-    def max_calls(self) -> int:
-        """The most calls a budget-bounded read makes: retries stop once the floors of the
-        sleeps so far reach the budget, and the last call starts by the deadline."""
-        calls, slept = 1, 0.0
-        while slept < self.budget_s:
-            slept += self.step(calls) / 2
-            calls += 1
-        return calls
-
 
 class RetryExhausted(Exception):
     """Raised by :func:`call_with_retry` when the budget or the attempt count is spent."""

@@ -1,6 +1,6 @@
 """Feeds: where the never-ending stream of images comes from.
 
-One interface (:class:`Feed`), three sources: an S3-compatible bucket prefix, a manifest file
+One interface (:class:`PooledFeed`), three sources: an S3-compatible bucket prefix, a manifest file
 (Parquet/CSV/text, local or on S3), and a local directory. Every feed keeps a bounded pool of
 keys refreshed in the background and samples it uniformly with replacement: there are no epochs.
 
@@ -18,7 +18,6 @@ keys refreshed in the background and samples it uniformly with replacement: ther
 from services.feed.base import (
     DEFAULT_IMAGE_EXTENSIONS,
     KINDS,
-    Feed,
     FeedClosed,
     FeedEmpty,
     FeedError,
@@ -30,5 +29,5 @@ from services.feed.base import (
 from services.feed.open import open_feed
 from services.feed.pooled import PooledFeed
 
-__all__ = ["DEFAULT_IMAGE_EXTENSIONS", "KINDS", "Feed", "FeedClosed", "FeedEmpty", "FeedError",
-           "FeedSpec", "FetchFailed", "ObjectTooLarge", "ObjectVanished", "PooledFeed", "open_feed"]
+__all__ = ["DEFAULT_IMAGE_EXTENSIONS", "KINDS", "FeedClosed", "FeedEmpty", "FeedError", "FeedSpec",
+           "FetchFailed", "ObjectTooLarge", "ObjectVanished", "PooledFeed", "open_feed"]

@@ -1,9 +1,9 @@
-"""The feed interface: the spec that travels, the protocol the ingest stage codes against, and the
-errors it raises. The pool machinery is in ``services.feed.pooled``; ``services.feed.open`` picks
-the concrete feed for a spec, so this module imports none of them.
+"""What every feed shares below the pool: the spec that travels and the errors a feed raises. The
+interface and pool machinery are ``services.feed.pooled``; ``services.feed.open`` picks the
+concrete feed for a spec, so this module imports none of them.
 
 A :class:`FeedSpec` crosses process boundaries (Ray read tasks, actors), so it is a frozen,
-picklable value; the live :class:`Feed` (threads, sockets) is opened in each process, and its
+picklable value; the live feed (threads, sockets) is opened in each process, and its
 background refresher starts on first use, so opening a feed is cheap and a process that only
 fetches never lists.
 """
@@ -11,10 +11,8 @@ fetches never lists.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from seer_core.config.endpoints import credentials_message, has_credentials
@@ -173,30 +171,3 @@ class FeedSpec:
         if name.endswith("/"):
             return False  # "directory" marker objects
         return not self.extensions or name.lower().endswith(self.extensions)
-
-
-@runtime_checkable
-class Feed(Protocol):
-    """What the ingest stage needs from a source of images. All methods are thread-safe."""
-
-    def sample(self, n: int, rng: random.Random) -> list[str]:
-        """``n`` keys, uniform with replacement; blocks until the pool has a key, else FeedEmpty."""
-        ...
-
-    def fetch(self, key: str, max_bytes: int | None = None) -> bytes:
-        """The object's bytes; ObjectVanished if gone, FetchFailed after the retries,
-        ObjectTooLarge (without reading it) when it holds more than ``max_bytes``."""
-        ...
-
-    def pool_size(self) -> int:
-        """Keys in the pool now."""
-        ...
-
-    def stats(self) -> dict[str, float]:
-        """Monotonic counters (and the pool size) for metrics."""
-        ...
-
-    def close(self, timeout: float | None = None) -> None:
-        """Stops the refresher, waits for its thread (at most ``timeout`` seconds; None: the
-        feed's own bound), releases connections. Idempotent."""
-        ...

@@ -72,42 +72,29 @@ class KeyAlphabet:
         self.explore = explore
         self._sets: list[set[str]] = [set() for _ in range(positions)]
         self._all: set[str] = set()
-        self._tables: list[list[str] | None] = [None] * positions
-        self._all_table: list[str] | None = None
 
     def observe(self, suffixes: Iterable[str]) -> None:
         for s in suffixes:
             for i, ch in enumerate(s[: self.positions]):
-                if ch not in self._sets[i]:
-                    self._sets[i].add(ch)
-                    self._tables[i] = None
-                    if ch not in self._all:
-                        self._all.add(ch)
-                        self._all_table = None
+                self._sets[i].add(ch)
+                self._all.add(ch)
 
     def empty(self) -> bool:
         return not self._all
 
     def chars_at(self, position: int) -> list[str]:
-        """Sorted characters seen at ``position`` (for tests and debugging)."""
-        table = self._tables[position]
-        if table is None:
-            table = sorted(self._sets[position])
-            self._tables[position] = table
-        return table
+        """Sorted characters seen at ``position``."""
+        return sorted(self._sets[position])
 
     def draw(self, rng: random.Random, start: int) -> str:
-        """Characters for positions ``start..``, each uniform over those seen there."""
+        """Characters for positions ``start..``, each uniform over those seen there (sorted
+        first: a seeded generator draws the same start whatever order the sets iterate in)."""
         out: list[str] = []
         for i in range(start, self.positions):
             if not self._sets[i]:
                 break
-            if rng.random() < self.explore:
-                if self._all_table is None:
-                    self._all_table = sorted(self._all)
-                out.append(rng.choice(self._all_table))
-            else:
-                out.append(rng.choice(self.chars_at(i)))
+            seen = self._all if rng.random() < self.explore else self._sets[i]
+            out.append(rng.choice(sorted(seen)))
         return "".join(out)
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from services.feed.base import Feed, FeedSpec
+from services.feed.base import FeedSpec
+from services.feed.pooled import PooledFeed
 
 
-def open_feed(uri_or_spec: str | FeedSpec, **kwargs: Any) -> Feed:
+def open_feed(uri_or_spec: str | FeedSpec, **kwargs: Any) -> PooledFeed:
     """Opens the live feed in this process (no I/O until first use), from a URI plus FeedSpec
     fields or from a ready spec (with overrides). The spec pickles; the feed does not."""
     if isinstance(uri_or_spec, FeedSpec):

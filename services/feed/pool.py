@@ -29,10 +29,6 @@ class KeyPool:
         with self._lock:
             return len(self._keys)
 
-    def __contains__(self, key: object) -> bool:
-        with self._lock:
-            return key in self._pos
-
     def _remove_locked(self, key: str) -> None:
         i = self._pos.pop(key)
         last = self._keys.pop()
@@ -98,16 +94,10 @@ class KeyPool:
                 self._remove_locked(key)
         return len(present)
 
-    def sample(self, n: int, rng: random.Random) -> list[str]:
-        """``n`` keys drawn uniformly with replacement (SEER has no epochs: repeats are fine)."""
-        with self._lock:
-            if not self._keys:
-                return []
-            return rng.choices(self._keys, k=n)
-
     def wait_sample(self, n: int, rng: random.Random, wait_s: float) -> list[str] | None:
-        """Like ``sample``, but waits at most ``wait_s`` for a first key; None (not the ``[]`` of
-        ``n == 0``) while the pool is empty: the caller decides whether to wait more."""
+        """``n`` keys drawn uniformly with replacement (SEER has no epochs: repeats are fine),
+        after waiting at most ``wait_s`` for a first key; None (not the ``[]`` of ``n == 0``)
+        while the pool is empty: the caller decides whether to wait more."""
         with self.nonempty:
             if not self._keys and wait_s > 0:
                 self.nonempty.wait_for(lambda: bool(self._keys), timeout=wait_s)

@@ -36,7 +36,8 @@ from services.s3 import error_code
 
 
 class PooledFeed:
-    """Shared body of the three feeds: the pool, the refresher thread, counters and waits.
+    """The feed interface the ingest stage codes against (thread-safe), and the body the three
+    feeds share: the pool, the refresher thread, counters and waits.
 
     Subclasses implement ``_refresh()`` (one cycle; raise on failure; call ``check_open()``
     between pages) and ``_fetch()``. ``count``, ``sleep``, ``check_open`` and ``jitter_rng`` are
@@ -85,7 +86,7 @@ class PooledFeed:
             self._counts[name] = value
 
     def stats(self) -> dict[str, float]:
-        """Counters since open, plus ``pool_size`` (a gauge)."""
+        """Monotonic counters since open (for metrics), plus ``pool_size`` (a gauge)."""
         with self._counts_lock:
             counts = dict(self._counts)
         return {**counts, "pool_size": len(self._pool)}
@@ -261,7 +262,8 @@ class PooledFeed:
         return self._pool.snapshot()
 
     def fetch(self, key: str, max_bytes: int | None = None) -> bytes:
-        """The object's bytes (see :class:`services.feed.Feed`), a use of the feed. The one place
+        """The object's bytes: ObjectVanished if gone, FetchFailed after the retries,
+        ObjectTooLarge (without reading it) when it holds more than ``max_bytes``. The one place
         every feed's fetches are counted and their failures logged; a vanished key leaves the
         pool, so that it is not sampled again before the next refresh."""
         self.count("fetches")

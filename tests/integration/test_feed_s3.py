@@ -28,6 +28,7 @@ from services.feed import (
 from services.feed.s3 import S3Feed
 from services.s3 import RetryPolicy
 from tests.s3server import FaultProxy, MotoServer, make_client, put_objects
+from tests.services.test_s3 import max_calls
 from tests.waiting import wait_until as _wait
 
 pytestmark = pytest.mark.integration
@@ -152,7 +153,7 @@ def test_persistent_5xx_fails_after_the_budget(
 ):
     """botocore sends each GetObject ``max_attempts`` times; seer calls it again until
     ``retry_budget_s`` is spent (services.s3), so the fetch fails after the budget, never
-    before, with a bounded number of requests: at most ``RetryPolicy.max_calls()`` calls (6
+    before, with a bounded number of requests: at most ``max_calls`` calls (6
     for 1.5 s: the backoff floors 0.05+0.1+0.2+0.4+0.8 s reach the budget after 5 sleeps),
     each of 4 requests (botocore's quota, 500 tokens at 14 a retry, lasts the 18 retries).
     On the code before this contract it failed after 4 requests in well under a second."""
@@ -162,7 +163,7 @@ def test_persistent_5xx_fails_after_the_budget(
     budget, per_call = 1.5, 4
     spec = s3_spec(s3_bucket, fault_proxy.endpoint_url, refresh_seconds=60,
                    max_attempts=per_call, retry_budget_s=budget)
-    assert RetryPolicy(max_attempts=per_call, budget_s=budget).max_calls() == 6
+    assert max_calls(RetryPolicy(max_attempts=per_call, budget_s=budget)) == 6
     with caplog.at_level(logging.DEBUG, logger="seer"), open_feed(spec) as feed:
         feed.sample(1, random.Random(0), timeout=10)
         fault_proxy.fail_next(-1, 500, "InternalError", match=rf"^GET /{s3_bucket}/img/a\.jpg")

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from services.feed import Feed, FeedEmpty, FeedSpec, ObjectTooLarge, ObjectVanished, open_feed
+from services.feed import (
+    FeedEmpty,
+    FeedSpec,
+    ObjectTooLarge,
+    ObjectVanished,
+    PooledFeed,
+    open_feed,
+)
 from tests.waiting import refresher_threads, wait_until
 
 #: Generous: how long a condition may take on a loaded 2-core machine before it is a hang.
@@ -32,7 +39,7 @@ def test_walks_recursively_with_extension_filter(tmp_path: Path) -> None:
     make_tree(tmp_path, ["a.jpg", "sub/b.PNG", "sub/deeper/c.jpeg", "notes.txt", ".hidden.jpg",
                          ".cache/d.jpg"])
     with open_feed(f"file://{tmp_path}", refresh_seconds=60) as feed:
-        assert isinstance(feed, Feed)
+        assert isinstance(feed, PooledFeed)
         keys = set(feed.sample(200, random.Random(0)))
         assert keys == {str(tmp_path / n) for n in ["a.jpg", "sub/b.PNG", "sub/deeper/c.jpeg"]}
         assert feed.fetch(str(tmp_path / "sub/b.PNG")) == b"sub/b.PNG"

@@ -242,7 +242,7 @@ def _fetch_errors(feed: Any, fault_proxy: Any) -> None:
     # A store that keeps failing: the fetch gives up within the budget, as a counted reason.
     fault_proxy.fail_next(-1, status=500, code="InternalError", match=r"^GET /[^?]+/img/")
     # Ended by the time budget, not by botocore's 3 requests: at most 6 calls fit in 1 s
-    # (RetryPolicy.max_calls), each of 3 requests (attempts counts requests).
+    # (tests.services.test_s3.max_calls), each of 3 requests (attempts counts requests).
     with pytest.raises(FetchFailed) as info:
         feed.fetch(keys[0])
     assert info.value.reason == "InternalError"
