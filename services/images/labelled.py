@@ -2,12 +2,10 @@
 
 Nothing may be downloaded, yet the service must prove that its features get better. So the set
 is generated, and made so that learning is *needed*: the class is the kind of one central object
-(`services.images.shapes.OBJECT_KINDS`: disc, square, triangle, star, ...), while its colour, size,
-rotation and position, the background's colours and the grain are drawn independently of the
-class. Raw pixels then carry little class information (the README gives the raw-pixel kNN score),
-and a network scores well only with shape-selective, colour-invariant features: what SwAV's
-multi-crop and colour augmentations teach. The images are never in the sample pool (`seer seed`
-draws other seeds), as a labelled evaluation set must not be.
+of the shared vocabulary (`services.images.shapes`, whose docstring says why), everything else
+random. A network then scores well only with shape-selective, colour-invariant features (the
+README gives the raw-pixel kNN score): what SwAV's multi-crop and colour augmentations teach.
+The images are never in the sample pool (`seer seed` draws other seeds).
 
 Layout (what `services.labelled.load_labelled` reads): `OUT/train/<kind>/*.jpg` and
 `OUT/val/<kind>/*.jpg`.
@@ -22,21 +20,20 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from services.evaluator.progress import Progress
 from services.images.sample import add_grain, colour_cast, colour_field
-from services.images.shapes import OBJECT_KINDS, draw_object
+from services.images.shapes import OBJECT_KINDS, Colour, draw_object, random_colour
 
 # Seeds of the labelled images live in their own stream, apart from `seer seed`'s pool.
 _LABELLED_STREAM = 7_919
 
 
-def _contrasting_colour(img: Image.Image, rng: np.random.Generator) -> tuple[int, int, int]:
+def _contrasting_colour(img: Image.Image, rng: np.random.Generator) -> Colour:
     """A random colour at least a little away from the backdrop's mean, so the object shows."""
     mean = np.asarray(img.resize((4, 4)), dtype=np.float32).reshape(-1, 3).mean(axis=0)
-    colour = rng.integers(0, 256, size=3)
-    for _ in range(20):
-        if np.abs(colour - mean).sum() >= 120:
+    for _ in range(21):
+        colour = random_colour(rng)
+        if np.abs(np.subtract(colour, mean)).sum() >= 120:
             break
-        colour = rng.integers(0, 256, size=3)
-    return (int(colour[0]), int(colour[1]), int(colour[2]))
+    return colour
 
 
 def paint_labelled(kind: str, side: int, rng: np.random.Generator) -> Image.Image:
@@ -58,16 +55,9 @@ def paint_labelled(kind: str, side: int, rng: np.random.Generator) -> Image.Imag
     return colour_cast(add_grain(img, rng, strength=0.25), rng)
 
 
-def generate_labelled_images(
-    out_dir: str | Path,
-    *,
-    train_per_class: int = 100,
-    val_per_class: int = 50,
-    seed: int = 0,
-    min_side: int = 96,
-    max_side: int = 160,
-    progress: bool = True,
-) -> dict[str, int]:
+def generate_labelled_images(out_dir: str | Path, *, train_per_class: int = 100,
+                             val_per_class: int = 50, seed: int = 0, min_side: int = 96,
+                             max_side: int = 160, progress: bool = True) -> dict[str, int]:
     """Writes the train and val splits; returns the number of images written per split.
 
     Deterministic in `seed`; every image has its own generator, so a split can be regenerated

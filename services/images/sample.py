@@ -123,22 +123,13 @@ def _save(img: Image.Image, path: Path, rng: np.random.Generator, orientation: i
     img.save(path, **kwargs)
 
 
-def generate_sample_images(
-    out_dir: str | Path,
-    count: int = 2000,
-    *,
-    seed: int = 0,
-    min_side: int = 256,
-    max_side: int = 1280,
-    progress: bool = True,
-    objects: bool = True,
-) -> int:
+def generate_sample_images(out_dir: str | Path, count: int = 2000, *, seed: int = 0,
+                           min_side: int = 256, max_side: int = 1280, progress: bool = True,
+                           objects: bool = True) -> int:
     """Write `count` varied photo-like images into `out_dir`; returns how many were written.
 
     With `objects` (the default), each image also shows one to four objects of the shared
-    vocabulary (`services.images.shapes`) at random scales, colours and places: the unlabelled world
-    whose features `seer seed --labelled` then measures.
-
+    vocabulary (`services.images.shapes`) at random scales, colours and places.
     About 85 % JPEG and 15 % PNG; sides drawn log-uniformly in [min_side, max_side] with aspect
     ratios between 1:2 and 2:1; about 5 % of the JPEGs carry an EXIF orientation other than 1
     (their pixels are stored transposed, as a camera would, so that decode must undo it).
@@ -174,9 +165,8 @@ def generate_sample_images(
     return count
 
 
-def generate_photo_like_jpegs(
-    out_dir: str | Path, count: int, side: int = 1080, seed: int = 0
-) -> list[Path]:
+def generate_photo_like_jpegs(out_dir: str | Path, count: int, side: int = 1080,
+                              seed: int = 0) -> list[Path]:
     """Write `count` Instagram-sized JPEGs (width `side`, IG aspect ratios); returns their paths.
 
     Benchmarks and tests need the size the real stream has (decode cost scales with pixels),
