@@ -48,9 +48,8 @@ class CheckpointRef:
     step: int | None = None
 
     def describe(self) -> str:
-        return f"checkpoint step {self.step} ({self.display})" if self.step is not None else (
-            f"checkpoint {self.display}"
-        )
+        return (f"checkpoint step {self.step} ({self.display})" if self.step is not None
+                else f"checkpoint {self.display}")
 
 
 @dataclass
@@ -129,13 +128,11 @@ def resolve_checkpoint(spec: str, storage: RunStorage | None,
                                     f"{storage.display}")
         if spec == "latest":
             return refs[-1]
-        wanted = int(spec)
-        for ref in refs:
-            if ref.step == wanted:
-                return ref
-        steps = ", ".join(str(r.step) for r in refs)
-        raise NoCheckpointError(f"no checkpoint of step {wanted} in {storage.display}; "
-                                f"there are steps {steps}")
+        found = next((r for r in refs if r.step == int(spec)), None)
+        if found is None:
+            raise NoCheckpointError(f"no checkpoint of step {int(spec)} in {storage.display}; "
+                                    f"there are steps {', '.join(str(r.step) for r in refs)}")
+        return found
     return _ref_from_path(spec, endpoint_url)
 
 
@@ -147,11 +144,8 @@ def _exists(filesystem: Any, path: str) -> bool:
 
 
 def copy_checkpoint(ref: CheckpointRef, destination: Path) -> Path:
-    """Copies state.pt into `destination`; returns the copy.
-
-    Raises CheckpointVanishedError when the checkpoint is gone before or during the copy,
-    StoreError when the store fails while the checkpoint is still there.
-    """
+    """Copies state.pt into `destination`; returns the copy. A failure is `vanished` only when
+    the file is gone afterwards (else the store failed: StoreError)."""
     source = f"{ref.path}/{STATE_FILE}"
     target = destination / STATE_FILE
     vanished = CheckpointVanishedError(
@@ -190,8 +184,8 @@ def load_checkpoint(ref: CheckpointRef) -> LoadedCheckpoint:
             saved = load_state(local)
         except CheckpointLoadError as exc:
             message = str(exc).replace(str(local), f"{ref.display}/{STATE_FILE}")
-            raise BadCheckpointError(f"{ref.describe()} is corrupt or truncated: {message}") from (
-                exc)
+            raise BadCheckpointError(
+                f"{ref.describe()} is corrupt or truncated: {message}") from exc
     for key in ("model", "config"):
         if key not in saved:
             raise BadCheckpointError(f"{ref.describe()} is not a seer checkpoint: no {key!r} "

@@ -2,8 +2,7 @@
 
 Flags are turned into `eval.*` config overrides, so one validation (with its messages naming
 the key and the allowed values) covers the YAML file, `--set` and the flags, and flags win.
-Exit codes: 0 done, 1 nothing to evaluate yet / the evaluation failed (worth a retry), 2 bad
-input (config, data, a corrupt checkpoint or one of another architecture).
+Exit codes: 0 done, else the error's `exit_code` (services.evaluator).
 """
 
 from __future__ import annotations
