@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -80,10 +81,6 @@ class StoreWait:
                         attempt, waited, delay, self.grace_s / 60)
 
 
-def _policy(wait: StoreWait) -> RetryPolicy:
-    return RetryPolicy(budget_s=wait.grace_s, base_s=FIRST_DELAY_S, cap_s=MAX_DELAY_S)
-
-
 def _unavailable(wait: StoreWait, last: BaseException | str) -> StoreUnavailable:
     wait.on_wait(0.0)
     return StoreUnavailable(
@@ -92,23 +89,21 @@ def _unavailable(wait: StoreWait, last: BaseException | str) -> StoreUnavailable
         f"{wait.grace_s / 60:g}); last error: {last}")
 
 
-def _answered(wait: StoreWait) -> None:
+def wait_for_store(action: Callable[[], T], wait: StoreWait, budget_s: float | None = None) -> T:
+    """`action()`, retried through store errors until it succeeds or `budget_s` (default: the
+    grace) runs out; any other exception propagates at once. For one process (a writer thread,
+    the driver); ranks that must stay in step use `agree_with_retry`."""
+    policy = RetryPolicy(budget_s=wait.grace_s if budget_s is None else budget_s,
+                         base_s=FIRST_DELAY_S, cap_s=MAX_DELAY_S)
+    try:
+        result = call_with_retry(action, policy, random.Random(0), is_store_error,
+                                 wait.retrying, wait.sleep, capped=False)
+    except RetryExhausted as exc:
+        raise _unavailable(wait, exc.last) from exc.last
     if wait.attempt:
         log.warning("checkpoint store reachable again: %s after %d attempt(s), %.0f s",
                     wait.what, wait.attempt, time.monotonic() - wait.started)
         wait.on_wait(0.0)
-
-
-def wait_for_store(action: Callable[[], T], wait: StoreWait) -> T:
-    """`action()`, retried through store errors until it succeeds or the grace runs out; any
-    other exception propagates at once. For one process (a writer thread, the driver); ranks
-    that must stay in step use `agree_with_retry`."""
-    try:
-        result = call_with_retry(action, _policy(wait), random.Random(0), is_store_error,
-                                 wait.retrying, wait.sleep, capped=False)
-    except RetryExhausted as exc:
-        raise _unavailable(wait, exc.last) from exc.last
-    _answered(wait)
     return result
 
 
@@ -139,10 +134,9 @@ def agree_with_retry(attempt: Callable[[], T], wait: StoreWait,
       (chained to its own error, if it had one), so that all move on together;
     - any other exception propagates on its rank (a bug: the group restarts).
     """
-    policy, rng, tries = _policy(wait), random.Random(0), 0
-    while True:
-        tries += 1
+    def voted() -> T:
         error: BaseException | None = None
+        result: T | None = None
         code = Outcome.OK
         try:
             result = attempt()
@@ -162,12 +156,11 @@ def agree_with_retry(attempt: Callable[[], T], wait: StoreWait,
             if code == Outcome.BAD:
                 raise Unusable(f"{wait.what}: {error}") from error
             raise Unusable(f"{wait.what}: unusable on another rank")
-        if group == Outcome.OK:
-            _answered(wait)
-            return result
-        delay = policy.delay(tries, rng)
-        wait.retrying(error or OSError("store error on another rank"), tries, delay)
-        wait.sleep(delay)
+        if group == Outcome.STORE:
+            raise error or OSError("store error on another rank")
+        return result  # type: ignore[return-value]
+
+    return wait_for_store(voted, wait, budget_s=math.inf)  # the vote alone gives up
 
 
 def map_leaves(value: Any, kind: type, fn: Callable[[Any], Any]) -> Any:
