@@ -186,12 +186,8 @@ class MultiCrop:
 def build_multicrop(
     recipe: str | MultiCropRecipe = "seer", *, seed: int | None = None, **kwargs: Any
 ) -> MultiCrop:
-    """The multi-crop transform of a named recipe (or a given one) with config overrides.
-
-    Overrides: global_size, local_size, n_global, n_local, global_scale, local_scale,
-    interpolation; photometric, max_pixels, min_side and params go to `MultiCrop`. With
-    `photometric=False` crops are only geometrically augmented (crop, resize, flip) and
-    `BatchPhotometric` does the colour part on the trainer's device.
-    """
+    """The multi-crop transform of a named recipe (or a given one) with `resolve_recipe`'s
+    overrides. With `photometric=False` crops are only geometrically augmented (crop, resize,
+    flip) and `BatchPhotometric` does the colour part on the trainer's device."""
     options = {k: kwargs.pop(k) for k in _MULTICROP_OPTIONS if k in kwargs}
     return MultiCrop(resolve_recipe(recipe, kwargs), seed=seed, **options)

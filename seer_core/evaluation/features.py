@@ -119,6 +119,12 @@ def default_device(device: torch.device | str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def device_batch(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 images moved to `device`, normalised there, channels-last (what the trunks take)."""
+    x = normalize(images.to(device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 def check_images(images: torch.Tensor, name: str = "images") -> None:
     """uint8 (0-255) or float (0-1) ``[N,3,H,W]`` with N >= 1."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
@@ -157,9 +163,7 @@ def extract_features(
     out: torch.Tensor | None = None
     with torch.inference_mode(), eval_mode(model):
         for start in range(0, total, batch_size):
-            batch = images[start : start + batch_size].to(dev, non_blocking=True)
-            x = normalize(batch).contiguous(memory_format=torch.channels_last)
-            feats = model(x)
+            feats = model(device_batch(images[start : start + batch_size], dev))
             if feats.dim() != 2:
                 feats = torch.flatten(feats, 1)
             if out is None:

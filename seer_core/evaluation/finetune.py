@@ -17,9 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seer_core.augment import normalize
 from seer_core.evaluation.checks import EvalError, check_labels, topk_correct
-from seer_core.evaluation.features import check_images, default_device, extract_features, trunk_of
+from seer_core.evaluation.features import (
+    check_images,
+    default_device,
+    device_batch,
+    extract_features,
+    trunk_of,
+)
 from seer_core.models import eval_mode
 
 MOMENTUM = 0.9
@@ -36,11 +41,6 @@ def _check_split(images: torch.Tensor, labels: torch.Tensor, name: str) -> None:
         )
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise EvalError(f"{name} labels must be integers, got {labels.dtype}")
-
-
-def _batch(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    x = normalize(images.to(device, non_blocking=True))
-    return x.contiguous(memory_format=torch.channels_last)
 
 
 def finetune(
@@ -77,7 +77,7 @@ def finetune(
     model = copy.deepcopy(trunk_of(trunk)).to(dev)
     model.requires_grad_(True)
     with torch.no_grad(), eval_mode(model):
-        width = model(_batch(train_images[:1], dev)).flatten(1).shape[1]
+        width = model(device_batch(train_images[:1], dev)).flatten(1).shape[1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = nn.Linear(width, num_classes)
@@ -104,7 +104,7 @@ def finetune(
         images = torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
         for group in optimizer.param_groups:
             group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
-        loss = F.cross_entropy(net(_batch(images, dev)), train_y[rows.to(dev)])
+        loss = F.cross_entropy(net(device_batch(images, dev)), train_y[rows.to(dev)])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -52,10 +52,9 @@ def sinkhorn(
     different numbers of rows). Runs in float32 (float64 for float64 input) under ``no_grad``:
     codes are targets, and SwAV stops the gradient through them.
     """
-    if scores.ndim != 2:
-        raise ValueError(f"scores must be 2-D [B, K], got shape {tuple(scores.shape)}")
-    if not scores.is_floating_point():
-        raise ValueError(f"scores must be floating point, got {scores.dtype}")
+    if scores.ndim != 2 or not scores.is_floating_point():
+        raise ValueError(f"scores must be a 2-D floating tensor [B, K], got "
+                         f"{tuple(scores.shape)} {scores.dtype}")
     if not epsilon > 0:
         raise ValueError(f"epsilon must be positive, got {epsilon}")
     if not isinstance(iterations, int) or iterations < 1:

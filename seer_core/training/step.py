@@ -79,11 +79,8 @@ def train_step(state: TrainState, batch: Mapping[str, torch.Tensor]) -> StepResu
         running_stats = state.running_stats = RunningStats(model)
     running_stats.save()  # queued on the device: no host sync
 
-    autocast = (
-        torch.autocast(state.device.type, dtype=state.amp_dtype)
-        if state.amp_dtype is not None
-        else nullcontext()
-    )
+    autocast = (torch.autocast(state.device.type, dtype=state.amp_dtype)
+                if state.amp_dtype is not None else nullcontext())
     with autocast:
         embedding, scores = state.model(groups)
 
