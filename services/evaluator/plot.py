@@ -40,8 +40,8 @@ def data_name(spec: str) -> str:
 
 
 def plot_accuracy(rows: Iterable[dict[str, Any]], out: str | Path, *, run: str, stage: str,
-                  data: str | None = None, metric: str = "top1") -> Path | None:
-    """Draws `metric` against images seen for one run and stage; None when nothing to draw."""
+                  data: str | None = None) -> Path | None:
+    """Draws top-1 against images seen for one run and stage; None when nothing to draw."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -50,9 +50,8 @@ def plot_accuracy(rows: Iterable[dict[str, Any]], out: str | Path, *, run: str, 
     series: dict[str, dict[int, float]] = defaultdict(dict)
     baseline: dict[str, float] = {}
     for row in rows:
-        if row.get("run") != run or row.get("stage") != stage or row.get("metric") != metric:
-            continue
-        if data is not None and row.get("data") != data:
+        if (row.get("run"), row.get("stage"), row.get("metric")) != (run, stage, "top1") or (
+                data is not None and row.get("data") != data):
             continue
         if row.get("trunk") == "random":
             baseline[row["protocol"]] = float(row["value"])
@@ -74,7 +73,7 @@ def plot_accuracy(rows: Iterable[dict[str, Any]], out: str | Path, *, run: str, 
                 ax.axhline(baseline[protocol], color=colour, linestyle="--", linewidth=1,
                            label=f"{protocol} (random init)")
         ax.set_xlabel("images seen")
-        ax.set_ylabel(f"{metric.replace('top', 'top-')} accuracy (%)")
+        ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title(f"{run}: {stage} frozen features" + (f" on {data_name(data)}" if data else ""),
                      fontsize=10)
         ax.grid(True, alpha=0.3)

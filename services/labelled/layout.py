@@ -54,8 +54,7 @@ def folder_layout(files: Iterable[str], dirs: Iterable[str], where: str) -> Layo
             raise LabelledDataError(
                 f"{_join(where, s)}/ holds class folders but {_join(where, other)}/ does not "
                 f"exist: a split layout needs both {s}/<class>/ and {other}/<class>/ (or put the "
-                f"class folders directly in {where} to have the split drawn by seed)"
-            )
+                f"class folders directly in {where} to have the split drawn by seed)")
     return {None: _classes("", visible_files, folders, where)}
 
 
@@ -70,8 +69,7 @@ def _classes(prefix: str, files: list[str], folders: set[str], where: str) -> di
     if not names:
         raise LabelledDataError(
             f"no class folders in {_join(where, prefix)}: expected <class>/<image> (or "
-            "train/<class>/<image> and val/<class>/<image>)"
-        )
+            "train/<class>/<image> and val/<class>/<image>)")
     found: dict[str, list[str]] = {name: [] for name in names}
     for f in files:
         if not f.startswith(prefix) or not f.lower().endswith(IMAGE_EXTENSIONS):
@@ -83,8 +81,7 @@ def _classes(prefix: str, files: list[str], folders: set[str], where: str) -> di
         if not found[name]:
             raise LabelledDataError(
                 f"empty class folder {_join(where, prefix + name)}/: no image files "
-                f"({' '.join(IMAGE_EXTENSIONS)})"
-            )
+                f"({' '.join(IMAGE_EXTENSIONS)})")
     return {name: sorted(found[name]) for name in sorted(names)}
 
 
@@ -96,8 +93,7 @@ def check_same_classes(train: Iterable[str], val: Iterable[str], where: str, wha
         parts = [f"only in {s}: {', '.join(names)}" for s, names in only.items() if names]
         raise LabelledDataError(
             f"train and val {what} differ in {where}: {'; '.join(parts)} (both splits need the "
-            "same classes)"
-        )
+            "same classes)")
 
 
 def val_count(n: int, val_fraction: float) -> int:
@@ -106,9 +102,8 @@ def val_count(n: int, val_fraction: float) -> int:
     return max(0, min(n - 1, math.floor(val_fraction * n + 0.5)))
 
 
-def stratified_split(
-    by_class: Mapping[str, Sequence[str]], val_fraction: float, seed: int
-) -> tuple[set[str], set[str]]:
+def stratified_split(by_class: Mapping[str, Sequence[str]], val_fraction: float,
+                     seed: int) -> tuple[set[str], set[str]]:
     """Draws val from each class separately: (train names, val names).
 
     Each class is shuffled by its own generator, seeded from (``seed``, class name), over its

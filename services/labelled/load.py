@@ -60,10 +60,9 @@ def reduction_for(width: int, height: int, resize: int) -> int:
     return next((r for r in (8, 4, 2) if min(width, height) // r >= resize), 1)
 
 
-def decode_entries(
-    entries: Sequence[Entry], image_size: int, *, workers: int,
-    progress: Callable[[int, int], None] | None = None,
-) -> tuple[list[torch.Tensor | None], Counter[str], list[str]]:
+def decode_entries(entries: Sequence[Entry], image_size: int, *, workers: int,
+                   progress: Callable[[int, int], None] | None = None,
+                   ) -> tuple[list[torch.Tensor | None], Counter[str], list[str]]:
     """Fetches and decodes every entry with a pool of ``workers`` threads (PIL's decoders and
     resize release the GIL, and S3 reads wait on the network).
 
@@ -155,18 +154,15 @@ def _catalogue_local(spec: str) -> tuple[list[Entry], list[str]]:
         if not path.lower().endswith(PARQUET_SUFFIX):
             raise LabelledDataError(
                 f"{spec} is a file but not a {PARQUET_SUFFIX} file: a labelled set is a folder "
-                f"(<class>/<image> or train|val/<class>/<image>) or a Parquet file"
-            )
+                f"(<class>/<image> or train|val/<class>/<image>) or a Parquet file")
         return read_parquet(path, spec)
     return _folder_entries(*walk_local(path), path.rstrip("/") or "/",
                            lambda rel: os.path.join(path, rel),
                            lambda rel: partial(read_local, os.path.join(path, rel)))
 
 
-def _stack(
-    indices: Sequence[int], tensors: list[torch.Tensor | None], entries: Sequence[Entry],
-    label_id: dict[str, int], image_size: int,
-) -> LabelledImages:
+def _stack(indices: Sequence[int], tensors: list[torch.Tensor | None], entries: Sequence[Entry],
+           label_id: dict[str, int], image_size: int) -> LabelledImages:
     """One split as tensors. Each decoded image is copied into the split's tensor and dropped
     from ``tensors`` at once, so memory peaks near one copy of the set, not two."""
     images = torch.empty((len(indices), 3, image_size, image_size), dtype=torch.uint8)
@@ -196,15 +192,9 @@ def _reasons(counts: Counter[str]) -> str:
     return ", ".join(f"{reason}: {n}" for reason, n in sorted(counts.items()))
 
 
-def load_labelled(
-    spec: str | os.PathLike[str],
-    *,
-    image_size: int = 224,
-    val_fraction: float = 0.2,
-    split_seed: int = 0,
-    endpoint_url: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> LabelledSet:
+def load_labelled(spec: str | os.PathLike[str], *, image_size: int = 224,
+                  val_fraction: float = 0.2, split_seed: int = 0, endpoint_url: str | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> LabelledSet:
     """Loads a labelled set in a layout the package docstring lists, decoded and preprocessed
     (``preprocess(img, image_size)`` uint8 tensors) for evaluation.
 
@@ -242,8 +232,7 @@ def load_labelled(
     usable = [i for i, t in enumerate(tensors) if t is not None]
     if not usable:
         raise LabelledDataError(
-            f"no usable images in {spec}: all {len(entries)} were skipped ({_reasons(skipped)})"
-        )
+            f"no usable images in {spec}: all {len(entries)} were skipped ({_reasons(skipped)})")
     splits = _split(entries, usable, val_fraction, split_seed)
     listed_train = Counter(e.label for e in entries if e.split in ("train", None))
     usable_train = Counter(entries[i].label for i in splits["train"])
@@ -251,14 +240,12 @@ def load_labelled(
     if dead:
         raise LabelledDataError(
             f"{spec}: class(es) {', '.join(dead)} have training images but none could be "
-            f"decoded (skipped in all: {_reasons(skipped)}); fix or remove them"
-        )
+            f"decoded (skipped in all: {_reasons(skipped)}); fix or remove them")
     if not splits["val"]:
         raise LabelledDataError(
             f"{spec}: no validation images: with val_fraction={val_fraction} every class is too "
             "small to spare one (each keeps at least one training image); add images, raise "
-            "val_fraction, or lay out train/ and val/ folders"
-        )
+            "val_fraction, or lay out train/ and val/ folders")
     label_id = {c: i for i, c in enumerate(classes)}
     result = LabelledSet(
         classes=list(classes),

@@ -50,8 +50,7 @@ def read_parquet(source: Any, display: str) -> tuple[list[Entry], list[str]]:
         raise LabelledDataError(
             f"Parquet file {display} lacks column(s) {', '.join(missing)}: it has "
             f"{', '.join(names) or 'no columns'}; expected {IMAGE_COLUMN} (bytes), "
-            f"{LABEL_COLUMN} (string or int) and optionally {SPLIT_COLUMN} (train/val)"
-        )
+            f"{LABEL_COLUMN} (string or int) and optionally {SPLIT_COLUMN} (train/val)")
     columns = [IMAGE_COLUMN, LABEL_COLUMN] + ([SPLIT_COLUMN] if SPLIT_COLUMN in names else [])
     try:
         table = pfile.read(columns=columns)
@@ -62,15 +61,13 @@ def read_parquet(source: Any, display: str) -> tuple[list[Entry], list[str]]:
     if not _is_binary(image_type):
         raise LabelledDataError(
             f"Parquet file {display}: column {IMAGE_COLUMN} must hold bytes (binary), "
-            f"not {image_type}"
-        )
+            f"not {image_type}")
     label_type = _value_type(table.schema.field(LABEL_COLUMN).type)
     numeric = pa.types.is_integer(label_type)
     if not (numeric or _is_string(label_type)):
         raise LabelledDataError(
             f"Parquet file {display}: column {LABEL_COLUMN} must be string or integer, "
-            f"not {label_type}"
-        )
+            f"not {label_type}")
     labels = table.column(LABEL_COLUMN).to_pylist()
     for row, value in enumerate(labels):
         if value is None or (not numeric and not str(value).strip()):
@@ -83,8 +80,7 @@ def read_parquet(source: Any, display: str) -> tuple[list[Entry], list[str]]:
             row = next(i for i, s in enumerate(splits) if s not in SPLITS)
             raise LabelledDataError(
                 f"Parquet file {display}: column {SPLIT_COLUMN} holds {', '.join(bad[:10])} "
-                f"(first at row {row}); allowed: {', '.join(SPLITS)}"
-            )
+                f"(first at row {row}); allowed: {', '.join(SPLITS)}")
     order = sorted(set(labels))
     classes = [str(v) for v in order]
     images = table.column(IMAGE_COLUMN).to_pylist()
