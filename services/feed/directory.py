@@ -114,7 +114,7 @@ class DirectoryFeed(PooledFeed):
             self._walk(), self.spec.pool_size, self._rng, check=self.check_open
         )
         self._set("source_objects", total)
-        self._replace_keys(sample)
+        self._count_keys(self._pool.replace(sample))
 
     def _fetch(self, key: str, max_bytes: int | None) -> bytes:
         return read_local(self, key, max_bytes=max_bytes)

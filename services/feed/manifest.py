@@ -12,6 +12,7 @@ so the pool moves through it: one read per refresh per process, so give large ma
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import csv
 import os
@@ -102,16 +103,11 @@ class ManifestFeed(PooledFeed):
         offset = i = 0
         for batch in pf.iter_batches(columns=[col], batch_size=65536):
             self.check_open()
-            end = offset + batch.num_rows
-            j = i
-            while j < len(wanted) and wanted[j] < end:
-                j += 1
-            if j > i:
-                local = pa.array([w - offset for w in wanted[i:j]], type=pa.int64())
-                values = batch.column(0).take(local).to_pylist()
-                out.extend(str(v) for v in values if v is not None and str(v).strip())
-                i = j
-            offset = end
+            j = bisect.bisect_left(wanted, offset + batch.num_rows, i)
+            local = pa.array([w - offset for w in wanted[i:j]], type=pa.int64())
+            values = batch.column(0).take(local).to_pylist()
+            out.extend(str(v) for v in values if v is not None and str(v).strip())
+            offset, i = offset + batch.num_rows, j
             if i >= len(wanted):
                 break
         return out, total
@@ -160,7 +156,7 @@ class ManifestFeed(PooledFeed):
                 entries, total = self._read_csv(path)
             else:
                 entries, total = self._read_text(path)
-        self._replace_keys(self._resolve(e) for e in entries)
+        self._count_keys(self._pool.replace(self._resolve(e) for e in entries))
         self._version = version
         self._oversized = total > self.spec.pool_size
         self.count("manifest_reads")

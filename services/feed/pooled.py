@@ -19,7 +19,7 @@ import contextlib
 import random
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 from services.feed.base import (
     FeedClosed,
@@ -91,15 +91,10 @@ class PooledFeed:
             counts = dict(self._counts)
         return {**counts, "pool_size": len(self._pool)}
 
-    def _add_keys(self, keys: Iterable[str]) -> None:
-        self._count_keys(*self._pool.add(keys))
-
-    def _replace_keys(self, keys: Iterable[str]) -> None:
-        self._count_keys(*self._pool.replace(keys))
-
-    def _count_keys(self, added: int, evicted: int) -> None:
-        self.count("keys_added", added)
-        self.count("keys_evicted", evicted)
+    def _count_keys(self, added_evicted: tuple[int, int]) -> None:
+        """Counts what a ``KeyPool.add`` or ``replace`` did."""
+        self.count("keys_added", added_evicted[0])
+        self.count("keys_evicted", added_evicted[1])
 
     def sleep(self, seconds: float) -> None:
         """A sleep that ``close()`` interrupts (raises FeedClosed)."""
@@ -177,8 +172,8 @@ class PooledFeed:
         return True
 
     def refresh_now(self) -> None:
-        """Runs one refresh cycle in the calling thread (tests, and a CLI 'check' command),
-        after any cycle the background refresher is running. FeedClosed on a closed feed."""
+        """Runs one refresh cycle in the calling thread, after any cycle the background
+        refresher is running. FeedClosed on a closed feed."""
         with self._refresh_lock:
             self.check_open()
             self._refresh()
@@ -220,11 +215,9 @@ class PooledFeed:
 
     # -- the Feed interface -------------------------------------------------------------------
     def sample(self, n: int, rng: random.Random, timeout: float | None = None) -> list[str]:
-        """``n`` keys drawn uniformly with replacement from the pool.
-
-        Blocks until the pool has a key, for at most ``timeout`` seconds (default: the spec's
-        ``retry_budget_s``, at least 1 s), then raises FeedEmpty saying why if it can tell.
-        """
+        """``n`` keys drawn uniformly with replacement from the pool, once it has a key: waits
+        at most ``timeout`` seconds (default: ``retry_budget_s``, at least 1 s), then FeedEmpty
+        saying why if it can tell."""
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n!r}")
         with self._in_use():
@@ -289,11 +282,9 @@ class PooledFeed:
         raise NotImplementedError
 
     def close(self, timeout: float | None = None) -> None:
-        """Stops the refresher, waits for its thread to end, releases resources. Idempotent.
-
-        ``timeout`` defaults to the spec's fetch timeout plus ``CLOSE_GRACE_S``; a thread still
-        alive after that (a store that never answers) is a daemon, and is logged.
-        """
+        """Stops the refresher, waits for its thread (default: the spec's fetch timeout plus
+        ``CLOSE_GRACE_S``; one still alive, on a store that never answers, is a logged daemon),
+        releases resources. Idempotent."""
         self._stop.set()
         with self._pool.nonempty:
             self._pool.nonempty.notify_all()

@@ -223,5 +223,5 @@ class S3Feed(PooledFeed):
         listed.update(keys)
         good = [k for k in keys if self.spec.accepts(k)]
         accepted.update(good)
-        self._add_keys(good)
+        self._count_keys(self._pool.add(good))
         self._alphabet.observe(k[len(self.prefix) :] for k in keys)

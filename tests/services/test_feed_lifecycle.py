@@ -221,7 +221,7 @@ class RendezvousFeed(PooledFeed):
             generation = self.generation
             self.overlap.wait(self.window_s)
             self.generation = generation + 1
-            self._add_keys([f"k{self.generation}"])
+            self._count_keys(self._pool.add([f"k{self.generation}"]))
         finally:
             with self.mu:
                 self.active -= 1
