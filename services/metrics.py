@@ -37,8 +37,6 @@ class Metric:
     """A declared metric; its backend object (Ray's or prometheus_client's, same class name)
     is built at first use."""
 
-    kind = "metric"
-
     def __init__(self, name: str, description: str, tag_keys: Sequence[str] = (),
                  boundaries: Sequence[float] = ()) -> None:
         self.name, self.description = name, description
@@ -80,8 +78,6 @@ class Metric:
 
 
 class Counter(Metric):
-    kind = "counter"
-
     def inc(self, value: float = 1.0, tags: Mapping[str, Any] | None = None) -> None:
         """Adds ``value`` >= 0; 0 shows the series on a page (Ray refuses 0: skipped there)."""
         if value or not self.ready()._ray:
@@ -89,15 +85,11 @@ class Counter(Metric):
 
 
 class Gauge(Metric):
-    kind = "gauge"
-
     def set(self, value: float, tags: Mapping[str, Any] | None = None) -> None:
         self._record("set", value, tags)
 
 
 class Histogram(Metric):
-    kind = "histogram"
-
     def observe(self, value: float, tags: Mapping[str, Any] | None = None) -> None:
         self._record("observe", value, tags)
 
@@ -128,11 +120,6 @@ def gauge(name: str, description: str, tag_keys: Sequence[str] = ()) -> Gauge:
 def histogram(name: str, description: str, boundaries: Sequence[float],
               tag_keys: Sequence[str] = ()) -> Histogram:
     return _declare(Histogram(name, description, tag_keys, boundaries))
-
-
-def render() -> bytes:
-    """The Prometheus text exposition of :data:`REGISTRY`, for a /metrics page."""
-    return prometheus_client.generate_latest(REGISTRY)
 
 
 def serve(port: int, addr: str = "127.0.0.1") -> tuple[Any, Any]:

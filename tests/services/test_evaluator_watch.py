@@ -156,9 +156,9 @@ def test_errors_in_a_poll_never_kill_the_loop(setup: Setup,
 
 
 def _scrape(gauges: EvalGauges) -> str:
-    from services import metrics
+    from tests.services.test_metrics import render
 
-    return metrics.render().decode()
+    return render().decode()
 
 
 def test_a_checkpoint_of_another_architecture(setup: Setup) -> None:

@@ -38,9 +38,9 @@ def problems(metric: metrics.Metric) -> list[str]:
         found.append(f"name must be seer_<component>_<what>_<unit>, snake_case ({NAME_RE.pattern})")
     if NOT_BASE_UNITS & set(name.split("_")):
         found.append("use base units (_seconds, _bytes)")
-    if (metric.kind == "counter") != name.endswith("_total"):
+    if (isinstance(metric, metrics.Counter)) != name.endswith("_total"):
         found.append("counters, and only counters, end in _total")
-    if metric.kind == "histogram" and not name.endswith(("_seconds", "_bytes")):
+    if isinstance(metric, metrics.Histogram) and not name.endswith(("_seconds", "_bytes")):
         found.append("a histogram measures seconds or bytes: name ends in _seconds or _bytes")
     if not metric.description:
         found.append("needs a description (the HELP line)")
@@ -49,7 +49,7 @@ def problems(metric: metrics.Metric) -> list[str]:
     for key in set(metric.tag_keys) - BOUNDED_LABELS:
         found.append(f"tag key {key!r} is not a known bounded label {sorted(BOUNDED_LABELS)}")
     bounds = metric.boundaries
-    if metric.kind == "histogram" and (
+    if isinstance(metric, metrics.Histogram) and (
         not bounds or bounds[0] <= 0 or any(a >= b for a, b in itertools.pairwise(bounds))
     ):
         found.append(f"boundaries must be non-empty, positive, strictly increasing: {bounds}")
