@@ -44,15 +44,10 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     `auto` is bf16 on CPU and on GPUs that support it (no scaler needed, same range as fp32),
     fp16 on older GPUs (with a grad scaler).
     """
-    if amp == "off":
-        return None
-    if amp == "bf16":
-        return torch.bfloat16
-    if amp == "fp16":
-        return torch.float16
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
+    if amp == "auto":
+        old_gpu = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+        return torch.float16 if old_gpu else torch.bfloat16
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
 def recipe_for(cfg: SeerConfig) -> MultiCropRecipe:
@@ -229,9 +224,8 @@ def load_optimizer_and_schedule(state: TrainState, saved: Mapping[str, Any]) -> 
             state.optimizer, _regrouped(state, saved)
         )
     ]
-    saved_cfg = saved.get("config") or {}
     for section in ("optim", "schedule"):
-        before = saved_cfg.get(section) or {}
+        before = saved["config"][section]
         for key, value in getattr(state.cfg, section).model_dump().items():
             name = f"{section}.{key}"
             if key in before and before[key] != value and all(c[0] != name for c in changed):
@@ -262,10 +256,9 @@ def _regrouped(state: TrainState, saved: Mapping[str, Any]) -> dict[str, Any]:
     sizes = [len(g["params"]) for g in opt["param_groups"]]
     if sizes == [len(g["params"]) for g in state.optimizer.param_groups]:
         return dict(opt)
-    saved_optim = (saved.get("config") or {}).get("optim") or {}
-    exclude = saved_optim.get("exclude_bias_and_norm")
-    old_groups = param_groups(unwrap(state.model), 0.0, bool(exclude))
-    if exclude is None or [len(g["params"]) for g in old_groups] != sizes:
+    exclude = saved["config"]["optim"]["exclude_bias_and_norm"]
+    old_groups = param_groups(unwrap(state.model), 0.0, exclude)
+    if [len(g["params"]) for g in old_groups] != sizes:
         return dict(opt)  # not a grouping change: let load_state_dict say what is wrong
     saved_index = {
         id(p): i
