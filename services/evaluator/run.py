@@ -211,14 +211,9 @@ class Evaluator:
 
 def summary_line(rows: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> str:
     """`knn20 41.2 (random 12.0) | linear 50.1 (random 20.3)`: top-1 per protocol."""
-    base = {r["protocol"]: r["value"] for r in baseline if r["metric"] == "top1"}
-    parts = []
-    for r in rows:
-        if r["metric"] != "top1":
-            continue
-        extra = f" (random {base[r['protocol']]:.1f})" if r["protocol"] in base else ""
-        parts.append(f"{r['protocol']} {r['value']:.1f}{extra}")
-    return " | ".join(parts)
+    base = {r["protocol"]: f" (random {r['value']:.1f})" for r in baseline if r["metric"] == "top1"}
+    return " | ".join(f"{r['protocol']} {r['value']:.1f}{base.get(r['protocol'], '')}"
+                      for r in rows if r["metric"] == "top1")
 
 
 class EvalSession:

@@ -57,17 +57,15 @@ def read_parquet(source: Any, display: str) -> tuple[list[Entry], list[str]]:
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise LabelledDataError(f"cannot read Parquet file {display}: {exc}") from None
 
-    image_type = _value_type(table.schema.field(IMAGE_COLUMN).type)
-    if not _is_binary(image_type):
-        raise LabelledDataError(
-            f"Parquet file {display}: column {IMAGE_COLUMN} must hold bytes (binary), "
-            f"not {image_type}")
-    label_type = _value_type(table.schema.field(LABEL_COLUMN).type)
+    image_type, label_type = (_value_type(table.schema.field(c).type)
+                              for c in (IMAGE_COLUMN, LABEL_COLUMN))
     numeric = pa.types.is_integer(label_type)
-    if not (numeric or _is_string(label_type)):
-        raise LabelledDataError(
-            f"Parquet file {display}: column {LABEL_COLUMN} must be string or integer, "
-            f"not {label_type}")
+    for column, kind, want, ok in (
+            (IMAGE_COLUMN, image_type, "hold bytes (binary)", _is_binary(image_type)),
+            (LABEL_COLUMN, label_type, "be string or integer", numeric or _is_string(label_type))):
+        if not ok:
+            raise LabelledDataError(f"Parquet file {display}: column {column} must {want}, "
+                                    f"not {kind}")
     labels = table.column(LABEL_COLUMN).to_pylist()
     for row, value in enumerate(labels):
         if value is None or (not numeric and not str(value).strip()):
