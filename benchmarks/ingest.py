@@ -108,8 +108,7 @@ def end_to_end(uri: str, endpoint: str | None, actors: list[int], recipe: str, s
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # One CPU per ingest worker plus one for the read tasks (0.25 CPU each).
-    start_local_ray(num_cpus=max(actors) + 1, include_dashboard=False, log_to_driver=False,
-                    logging_level="ERROR")
+    start_local_ray(num_cpus=max(actors) + 1, log_to_driver=False, logging_level="ERROR")
     out: dict[int, dict[str, float]] = {}
     try:
         for n in actors:
