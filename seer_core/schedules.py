@@ -74,9 +74,8 @@ class Schedule:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("kind") != self.kind:
-            raise ValueError(
-                f"schedule state is for {state.get('kind')!r}, this schedule is {self.kind!r}"
-            )
+            raise ValueError(f"schedule state is for {state.get('kind')!r}, this schedule is "
+                             f"{self.kind!r}")
         self.steps_done = int(state["steps_done"])
 
 

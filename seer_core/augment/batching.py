@@ -29,17 +29,14 @@ def collate_crops(
         dst = torch.empty((batch, group.count, 3, group.size, group.size), dtype=torch.uint8)
         for b, crops in enumerate(samples):
             if len(crops) != recipe.n_crops:
-                raise ValueError(
-                    f"sample {b} has {len(crops)} crops, recipe {recipe.name!r} makes "
-                    f"{recipe.n_crops}"
-                )
+                raise ValueError(f"sample {b} has {len(crops)} crops, recipe {recipe.name!r} makes "
+                                 f"{recipe.n_crops}")
             for c in range(group.count):
                 crop = crops[offset + c]
                 if tuple(crop.shape) != (3, group.size, group.size) or crop.dtype != torch.uint8:
-                    raise ValueError(
-                        f"sample {b} crop {offset + c}: expected uint8 [3, {group.size}, "
-                        f"{group.size}], got {crop.dtype} {list(crop.shape)}"
-                    )
+                    raise ValueError(f"sample {b} crop {offset + c}: expected uint8 [3, "
+                                     f"{group.size}, {group.size}], got {crop.dtype} "
+                                     f"{list(crop.shape)}")
                 dst[b, c] = crop
         out[group.key] = dst
         offset += group.count
@@ -60,9 +57,7 @@ def crops_to_groups(
             raise KeyError(f"batch has no {group.key!r}; keys: {sorted(batch)}")
         x = torch.as_tensor(batch[group.key])
         if x.dim() != 5 or tuple(x.shape[1:]) != (group.count, 3, group.size, group.size):
-            raise ValueError(
-                f"{group.key}: expected [B, {group.count}, 3, {group.size}, {group.size}], "
-                f"got {list(x.shape)}"
-            )
+            raise ValueError(f"{group.key}: expected [B, {group.count}, 3, {group.size}, "
+                             f"{group.size}], got {list(x.shape)}")
         groups.append(x.transpose(0, 1).reshape(-1, 3, group.size, group.size))
     return groups

@@ -48,10 +48,8 @@ class CropGroup:
         if not 0.0 < rlo <= rhi:
             raise ValueError(f"CropGroup.ratio must satisfy 0 < lo <= hi, got {self.ratio}")
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(
-                f"CropGroup.interpolation must be one of {sorted(INTERPOLATIONS)}, "
-                f"got {self.interpolation!r}"
-            )
+            raise ValueError(f"CropGroup.interpolation must be one of {sorted(INTERPOLATIONS)}, "
+                             f"got {self.interpolation!r}")
         # Normalise to float tuples so equality and hashing do not depend on list/int inputs.
         object.__setattr__(self, "scale", (lo, hi))
         object.__setattr__(self, "ratio", (rlo, rhi))
@@ -130,9 +128,8 @@ def resolve_recipe(
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(OVERRIDE_KEYS))
     if unknown:
-        raise ValueError(
-            f"unknown multi-crop override(s) {unknown}; allowed keys: {list(OVERRIDE_KEYS)}"
-        )
+        raise ValueError(f"unknown multi-crop override(s) {unknown}; allowed keys: "
+                         f"{list(OVERRIDE_KEYS)}")
     if not overrides:
         return base
 

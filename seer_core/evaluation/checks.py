@@ -33,9 +33,7 @@ def check_split(features: torch.Tensor, labels: torch.Tensor, name: str) -> None
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise EvalError(f"{name} labels must be integers, got {labels.dtype}")
     if features.shape[0] != labels.shape[0]:
-        raise EvalError(
-            f"{name}: {features.shape[0]} feature rows but {labels.shape[0]} labels"
-        )
+        raise EvalError(f"{name}: {features.shape[0]} feature rows but {labels.shape[0]} labels")
     if features.shape[0] == 0:
         raise EvalError(f"{name} split is empty")
     if features.shape[1] == 0:
@@ -60,10 +58,8 @@ def check_pair(
     check_split(train_features, train_labels, "train")
     check_split(test_features, test_labels, "test")
     if train_features.shape[1] != test_features.shape[1]:
-        raise EvalError(
-            f"train features have width {train_features.shape[1]} but test features "
-            f"{test_features.shape[1]}"
-        )
+        raise EvalError(f"train features have width {train_features.shape[1]} but test features "
+                        f"{test_features.shape[1]}")
     return check_labels((train_labels, "train"), (test_labels, "test"), num_classes=num_classes)
 
 

@@ -59,10 +59,8 @@ def _stage_plan(trunk: nn.Module, stage: str) -> list[nn.Module]:
     if isinstance(trunk, torchvision.models.MobileNetV2):
         blocks = list(trunk.features.children())
         return blocks if stage == "res5" else blocks[:MOBILENET_RES5_START]
-    raise EvalError(
-        f"frozen_trunk: {type(trunk).__name__} is not a torchvision RegNet, ResNet or "
-        "MobileNetV2 trunk"
-    )
+    raise EvalError(f"frozen_trunk: {type(trunk).__name__} is not a torchvision RegNet, ResNet or "
+                    "MobileNetV2 trunk")
 
 
 def _last_bn_width(modules: Sequence[nn.Module]) -> int:

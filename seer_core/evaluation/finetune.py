@@ -36,9 +36,8 @@ HEAD_INIT_STD = 0.01
 def _check_split(images: torch.Tensor, labels: torch.Tensor, name: str) -> None:
     check_images(images, f"{name} images")
     if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
-        raise EvalError(
-            f"{name} labels must be [{images.shape[0]}] (one per image), got {list(labels.shape)}"
-        )
+        raise EvalError(f"{name} labels must be [{images.shape[0]}] (one per image), got "
+                        f"{list(labels.shape)}")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise EvalError(f"{name} labels must be integers, got {labels.dtype}")
 
@@ -70,9 +69,8 @@ def finetune(
     _check_split(test_images, test_labels, "test")
     check_labels((train_labels, "train"), (test_labels, "test"), num_classes=num_classes)
     if steps < 1 or batch_size < 1 or not lr > 0:
-        raise EvalError(
-            f"finetune: steps ({steps}) and batch_size ({batch_size}) must be >= 1, lr ({lr}) > 0"
-        )
+        raise EvalError(f"finetune: steps ({steps}) and batch_size ({batch_size}) must be "
+                        f">= 1, lr ({lr}) > 0")
     dev = default_device(device)
     model = copy.deepcopy(trunk_of(trunk)).to(dev)
     model.requires_grad_(True)

@@ -194,16 +194,13 @@ def linear_probe(
     if not lrs or not weight_decays:
         raise EvalError("linear probe: lrs and weight_decays must each hold at least one value")
     if any(not lr > 0 for lr in lrs) or any(not wd >= 0 for wd in weight_decays):
-        raise EvalError(
-            f"linear probe: lrs must be > 0 and weight decays >= 0, got {list(lrs)} and "
-            f"{list(weight_decays)}"
-        )
+        raise EvalError(f"linear probe: lrs must be > 0 and weight decays >= 0, got "
+                        f"{list(lrs)} and {list(weight_decays)}")
     if not 0 <= holdout_fraction < 1:
         raise EvalError(f"linear probe: holdout_fraction must be in [0, 1), got {holdout_fraction}")
     if epochs < 1 or batch_size < 1:
-        raise EvalError(
-            f"linear probe: epochs ({epochs}) and batch_size ({batch_size}) must be >= 1"
-        )
+        raise EvalError(f"linear probe: epochs ({epochs}) and batch_size ({batch_size}) must "
+                        "be >= 1")
     grid = [(float(lr), float(wd)) for lr in lrs for wd in weight_decays]
     device = train_features.device
     train_y = train_labels.to(device=device, dtype=torch.long)

@@ -67,10 +67,8 @@ def trunk_from_checkpoint(saved: Mapping[str, Any]) -> tuple[nn.Module, SeerConf
         model = swav_model(cfg)
     problems = _mismatches(model, state)
     if problems:
-        raise EvalError(
-            f"checkpoint (step {saved.get('step', '?')}) does not fit trunk {m.trunk!r} with its "
-            f"head from the saved config: {'; '.join(problems)}"
-        )
+        raise EvalError(f"checkpoint (step {saved.get('step', '?')}) does not fit trunk "
+                        f"{m.trunk!r} with its head from the saved config: {'; '.join(problems)}")
     model.load_state_dict(state, strict=True, assign=True)
     trunk = model.trunk
     left = [name for name, t in (*trunk.named_parameters(), *trunk.named_buffers()) if t.is_meta]

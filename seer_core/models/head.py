@@ -50,9 +50,8 @@ class SwAVHead(nn.Module):
         super().__init__()
         counts = [n_prototypes] if isinstance(n_prototypes, int) else list(n_prototypes)
         if in_dim <= 0 or out_dim <= 0 or any(h <= 0 for h in hidden_dims):
-            raise ValueError(
-                f"head dims must be positive: {in_dim}, {list(hidden_dims)}, {out_dim}"
-            )
+            raise ValueError(f"head dims must be positive: {in_dim}, {list(hidden_dims)}, "
+                             f"{out_dim}")
         if not counts or any(k <= 0 for k in counts):
             raise ValueError(f"n_prototypes must be positive: {n_prototypes!r}")
         layers: list[nn.Module] = []

@@ -81,10 +81,8 @@ class SwAVQueue:
             return
         needed = (max(self.crops_for_assign) + 1) * batch_size
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim or embeddings.shape[0] < needed:
-            raise ValueError(
-                f"embeddings must be [n_crops*{batch_size}, {self.dim}] with at least {needed} "
-                f"rows, got {tuple(embeddings.shape)}"
-            )
+            raise ValueError(f"embeddings must be [n_crops*{batch_size}, {self.dim}] with at "
+                             f"least {needed} rows, got {tuple(embeddings.shape)}")
         if self.embeddings.device != embeddings.device:
             self.embeddings = self.embeddings.to(embeddings.device)
         keep = min(batch_size, self.length)
@@ -111,10 +109,8 @@ class SwAVQueue:
         saved: Tensor = state["embeddings"]
         expected = tuple(self.embeddings.shape)
         if tuple(state["crops_for_assign"]) != self.crops_for_assign:
-            raise ValueError(
-                f"queue state is for crops {state['crops_for_assign']}, expected "
-                f"{list(self.crops_for_assign)}"
-            )
+            raise ValueError(f"queue state is for crops {state['crops_for_assign']}, expected "
+                             f"{list(self.crops_for_assign)}")
         resizable = not strict and saved.ndim == 3 and saved.shape[::2] == expected[::2]
         if tuple(saved.shape) != expected and not resizable:
             raise ValueError(f"queue state has shape {tuple(saved.shape)}, expected {expected}")
