@@ -66,11 +66,9 @@ TRANSIENT_CODES: frozenset[str] = frozenset({
 
 
 def s3_endpoint(configured: str | None, *, key: str = "endpoint_url") -> str | None:
-    """The configured endpoint, else the first of `ENDPOINT_ENV` set in this process's
-    environment, else None (AWS's own endpoint). Raises ConfigError (a ValueError: `seer`
-    prints it as a config error, exit 2), naming `key` or the variable, if the value carries
-    credentials. Resolved in the process that opens the client:
-    Ray workers get the variables forwarded (services.trainer.build)."""
+    """The endpoint in the order above (None: AWS's own), resolved in the process that opens
+    the client (Ray workers get the variables forwarded: services.trainer.build). ConfigError
+    (`seer` exits 2) naming `key` or the variable if it carries credentials."""
     if configured:
         value, source = configured, key
     else:

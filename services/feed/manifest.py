@@ -112,25 +112,20 @@ class ManifestFeed(PooledFeed):
                 break
         return out, total
 
-    def _read_text(self, path: str) -> tuple[list[str], int]:
-        def lines() -> Iterator[str]:
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    s = line.strip()
-                    if s and not s.startswith("#"):
-                        yield s
-
-        return reservoir(lines(), self.spec.pool_size, self._rng, check=self.check_open)
-
-    def _read_csv(self, path: str) -> tuple[list[str], int]:
+    def _read_lines(self, path: str) -> tuple[list[str], int]:
+        """A CSV file's column, or a text file's lines (``#`` starts a comment line)."""
         with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                return [], 0
-            idx = header.index(self._column([h.strip() for h in header]))
-            rows = (r[idx].strip() for r in reader if len(r) > idx and r[idx].strip())
-            return reservoir(rows, self.spec.pool_size, self._rng, check=self.check_open)
+            if self.format == ".csv":
+                reader = csv.reader(f)
+                header = next(reader, None)
+                if header is None:
+                    return [], 0
+                idx = header.index(self._column([h.strip() for h in header]))
+                entries = (r[idx].strip() for r in reader if len(r) > idx)
+            else:
+                entries = (s for s in map(str.strip, f) if not s.startswith("#"))
+            return reservoir((e for e in entries if e), self.spec.pool_size, self._rng,
+                             check=self.check_open)
 
     def _resolve(self, entry: str) -> str:
         """An entry as a fetchable name: an ``s3://`` URI or an absolute local path."""
@@ -150,12 +145,8 @@ class ManifestFeed(PooledFeed):
             return
         with self._local_copy() as path:
             self.count("listings")
-            if self.format == ".parquet":
-                entries, total = self._read_parquet(path)
-            elif self.format == ".csv":
-                entries, total = self._read_csv(path)
-            else:
-                entries, total = self._read_text(path)
+            read = self._read_parquet if self.format == ".parquet" else self._read_lines
+            entries, total = read(path)
         self._count_keys(self._pool.replace(self._resolve(e) for e in entries))
         self._version = version
         self._oversized = total > self.spec.pool_size

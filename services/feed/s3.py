@@ -154,26 +154,21 @@ class S3Feed(PooledFeed):
         listed: set[str] = set()  # every key listed this cycle (accepted or not)
         accepted: set[str] = set()
         intervals: list[Interval] = []
-        if self._small:
-            intervals += self._list_run(None, None, listed, accepted)
+        sweep = bool(self._small)  # one run from the start of the key space to its end
+        max_runs = 1 if sweep else 3 * math.ceil(pool_size / self.chunk) + 4
+        start = None if sweep or self._alphabet.empty() else self._start_point()
+        runs = 0
+        while True:
+            intervals += self._list_run(start, None if sweep else self.chunk, listed, accepted)
+            runs += 1
             coverage = Coverage(intervals)
-            self._small = coverage.complete and len(accepted) <= pool_size
-        else:
-            max_runs = 3 * math.ceil(pool_size / self.chunk) + 4
-            start = None if self._alphabet.empty() else self._start_point()
-            runs = 0
-            while True:
-                intervals += self._list_run(start, self.chunk, listed, accepted)
-                runs += 1
-                coverage = Coverage(intervals)
-                if coverage.complete or len(accepted) >= pool_size or runs >= max_runs:
-                    break
-                start = self._start_point()
-            # Ran out of runs before finding pool_size keys: almost surely a small bucket (random
-            # runs in a large one rarely overlap); a sweep next cycle confirms or refutes it.
-            self._small = (coverage.complete and len(accepted) <= pool_size) or (
-                len(accepted) < pool_size
-            )
+            if coverage.complete or len(accepted) >= pool_size or runs >= max_runs:
+                break
+            start = self._start_point()
+        # Random runs that ran out before finding pool_size keys: almost surely a small bucket
+        # (random runs in a large one rarely overlap); a sweep next cycle confirms or refutes it.
+        self._small = (coverage.complete and len(accepted) <= pool_size) or (
+            not sweep and len(accepted) < pool_size)
         gone = [k for k in self._pool.snapshot() if k not in listed and k in coverage]
         n = self._pool.discard_many(gone)
         self.count("keys_evicted", n)

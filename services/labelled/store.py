@@ -1,10 +1,6 @@
-"""Reading a labelled set's files: a local folder, or an S3 bucket through boto3.
-
-The S3 client comes from services.s3, the one S3 layer (endpoint: flag, else the environment;
-credentials only from boto3's standard chain, unsigned requests when there are none; botocore
-retries each call, a failed body read is retried by the layer's bounded policy), and messages
-carry S3 error codes, never URLs with signatures or keys.
-"""
+"""Reading a labelled set's files: a local folder, or an S3 bucket through services.s3 (the one
+S3 layer: endpoint, credentials, retries). Messages carry S3 error codes, never URLs with
+signatures or keys."""
 
 from __future__ import annotations
 
@@ -80,8 +76,8 @@ def read_local(path: str) -> bytes:
 
 
 class S3Store:
-    """One lazily built, thread-safe boto3 client (services.s3: botocore retries each call) and
-    the retry policy: an object read is retried within ``policy.budget_s``."""
+    """A labelled set's bucket: its client and retry policy (a read retried within
+    ``policy.budget_s``)."""
 
     def __init__(self, endpoint_url: str | None, policy: RetryPolicy | None = None) -> None:
         try:  # refuses a user:password@ URL, naming where it came from, never the value
