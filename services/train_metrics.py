@@ -75,9 +75,6 @@ class TrainMetrics:
         self.checkpoint_step.set(step, self.tags)
         self.checkpoint_time.set(time.time(), self.tags)
 
-    def world(self, size: int) -> None:
-        self.world_size.set(size, self.tags)
-
     def store_waiting(self, seconds: float) -> None:
         """Called by whoever waits (the restore, the checkpoint writer's thread); `observe`
         re-exports the value every step, so the series exists (0) on a healthy run too."""

@@ -43,9 +43,7 @@ class FailureTracker:
     """Counts repeats of one failure; `fatal` is set once they reach `limit`. Pure Python."""
 
     def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        self.limit = limit
+        self.limit = limit  # >= 1: train.max_repeated_failures is a PosInt
         self.last: Failure | None = None
         self.count = 0
         self.fatal: str | None = None
@@ -141,13 +139,20 @@ def control_actor_name(run_name: str) -> str:
     return f"seer-control-{run_name}"
 
 
-def create_control(run_name: str, max_repeated_failures: int = 3,
-                   started_at: float | None = None) -> ray.actor.ActorHandle:
-    """The driver's control actor (named, so workers and restarted workers find it).
-    `started_at` (wall clock, default now) is the run's start for `train.max_minutes`."""
+def create_control(run_name: str, max_repeated_failures: int = 3) -> ray.actor.ActorHandle:
+    """The driver's control actor (named, so workers and restarted workers find it); now is
+    the run's start for `train.max_minutes`."""
     return RunControl.options(
         name=control_actor_name(run_name), get_if_exists=True, lifetime=None
-    ).remote(max_repeated_failures, time.time() if started_at is None else started_at)
+    ).remote(max_repeated_failures, time.time())
+
+
+def ask(control: Any, method: str, *args: Any, timeout: float) -> Any:
+    """A control actor's answer, or None when it is busy or gone (the next poll will tell)."""
+    try:
+        return ray.get(getattr(control, method).remote(*args), timeout=timeout)
+    except Exception:
+        return None
 
 
 def find_control(run_name: str) -> ray.actor.ActorHandle | None:

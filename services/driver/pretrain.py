@@ -22,11 +22,12 @@ from urllib.parse import urlparse
 from seer_core.config import SeerConfig, config_from_dict
 from seer_core.training.preflight import preflight
 from services import metrics
-from services.driver.control import create_control
+from services.driver.control import ask, create_control
 from services.driver.local_ray import ray_log_dir, start_local_ray
 from services.ingest.stream import pool_size, reserved_cpus
 from services.storage import RunStorage
-from services.trainer import build_trainer, storage_for
+from services.trainer.build import build_trainer
+from services.trainer.checkpoints import storage_for
 from services.trainer.collective import StoreWait, wait_for_store
 
 T = TypeVar("T")
@@ -144,24 +145,14 @@ class ProgressPrinter(threading.Thread):
 
     def poll(self) -> None:
         """Rank 0's newest progress, then the workers' relayed warnings and errors, once each."""
-        p = ask(self.control.progress, timeout=10) or {}
+        p = ask(self.control, "progress", timeout=10) or {}
         if "step" in p and p["step"] != self.last_step:
             self.last_step = p["step"]
             self.page.update(p)
             print(format_progress(p), file=self.out, flush=True)
-        for number, text in ask(self.control.notes, self.next_note, timeout=10) or []:
+        for number, text in ask(self.control, "notes", self.next_note, timeout=10) or []:
             print(text, file=self.out, flush=True)
             self.next_note = number + 1
-
-
-def ask(method: Any, *args: Any, timeout: float) -> Any:
-    """A control actor's answer, or None when it is busy or gone (the next tick will tell)."""
-    import ray
-
-    try:
-        return ray.get(method.remote(*args), timeout=timeout)
-    except Exception:
-        return None
 
 
 def banner(cfg: SeerConfig, storage: RunStorage, places: RayPlaces, status_port: int,
@@ -314,7 +305,7 @@ def run_pretraining(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         page.close()
-        fatal = ask(control.fatal, timeout=30)  # None: the actor is gone, nothing was fatal
+        fatal = ask(control, "fatal", timeout=30)  # None: the actor is gone, nothing was fatal
         with contextlib.suppress(Exception):
             ray.kill(control)
     if fatal is not None:

@@ -6,16 +6,3 @@ for ever, and runs seer_core's train step. Everything that decides *when* someth
 same checkpoint at the same step, and wall clocks differ between machines. Checkpoints are
 seer's alone (`checkpoint_writer`, `checkpoints`): Ray Train restarts the group, never restores.
 """
-
-from services.trainer.build import build_trainer
-from services.trainer.checkpoints import restore, storage_for
-from services.trainer.decisions import NonFiniteLossError
-from services.trainer.loop import train_loop_per_worker
-
-__all__ = [
-    "NonFiniteLossError",
-    "build_trainer",
-    "restore",
-    "storage_for",
-    "train_loop_per_worker",
-]

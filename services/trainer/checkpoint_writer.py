@@ -157,9 +157,7 @@ class CheckpointWriter:
             if error is not None:
                 raise error
             raise RuntimeError(f"checkpoint {flight.path}: the upload failed on another rank")
-        if group == PENDING:
-            if block:  # unreachable: every rank waited for its own upload
-                raise RuntimeError("checkpoint upload still pending after waiting for it")
+        if group == PENDING:  # never after `block`: every rank waited for its own upload
             return
         self.in_flight = None
         if self.rank == 0:

@@ -32,7 +32,6 @@ from seer_core.checkpoint import (
     STATE_FILE,
     CheckpointLoadError,
     load_state,
-    parse_json,
 )
 from seer_core.config import SeerConfig
 from seer_core.swav.queue import gather_queue_rows, queue_picks
@@ -98,15 +97,6 @@ def _read(storage: RunStorage, path: str, name: str, tmp: Path) -> dict[str, Any
         local.unlink(missing_ok=True)
 
 
-def _read_commit(storage: RunStorage, path: str) -> dict[str, Any]:
-    """The commit record; a store error propagates (an outage is not corruption)."""
-    with storage.filesystem.open_input_stream(f"{path}/{COMMIT_FILE}") as handle:
-        record = parse_json(handle.read())
-    if record is None:
-        raise CheckpointLoadError(f"{path}/{COMMIT_FILE} is not a JSON object")
-    return record
-
-
 def load_checkpoint(storage: RunStorage, path: str, state: TrainState, rank: int,
                     world: int) -> LoadedCheckpoint:
     """Reads what this rank needs of a checkpoint: rank 0 the shared state, every rank its own
@@ -119,7 +109,9 @@ def load_checkpoint(storage: RunStorage, path: str, state: TrainState, rank: int
     with tempfile.TemporaryDirectory(prefix="seer-restore-") as tmp_name:
         tmp = Path(tmp_name)
         saved = _read(storage, path, STATE_FILE, tmp) if rank == 0 else None
-        commit = _read_commit(storage, path)
+        commit = storage.read_json(f"{path}/{COMMIT_FILE}")  # a store error propagates
+        if commit is None:
+            raise CheckpointLoadError(f"{path}/{COMMIT_FILE} is missing or not a JSON object")
         old_world = int(commit["world_size"])
         old_rows, old_filled = int(commit["queue_rows"]), int(commit["queue_filled"])
         missing = [rank_file(r) for r in range(old_world) if rank_file(r) not in names]

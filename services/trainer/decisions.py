@@ -21,6 +21,7 @@ from seer_core.config import SeerConfig
 from seer_core.swav import collapse_suspected
 from seer_core.training import StepResult
 from seer_core.training.step import MIN_LOSS_SCALE
+from services.driver.control import ask
 
 log = logging.getLogger("seer.trainer")
 
@@ -55,12 +56,8 @@ class Decider:
         if self.control is None or time.monotonic() - self.last_poll < 1.0:
             return None
         self.last_poll = time.monotonic()
-        import ray
-
-        try:
-            return ray.get(self.control.stop_reason.remote(), timeout=5)
-        except Exception:  # the driver went away: keep training, the job owns our lifetime
-            return None
+        # None when the driver went away: keep training, the job owns our lifetime.
+        return ask(self.control, "stop_reason", timeout=5)
 
     def decide(self, step: int) -> tuple[bool, bool]:
         """(checkpoint now, stop now) — identical on every rank."""

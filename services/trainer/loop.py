@@ -80,7 +80,7 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
             log.info("resumed from %s at step %d (%d images seen)", source, state.step,
                      state.images_seen)
             _log_world_change(cfg, storage_for(cfg).read_meta(source).get("world_size"), world)
-    metrics.world(world)
+    metrics.world_size.set(world, metrics.tags)
     if source:
         metrics.committed(state.step)
     writer = CheckpointWriter(
@@ -202,19 +202,17 @@ def guarded_train_loop(loop_config: Mapping[str, Any]) -> None:
     try:
         train_loop_per_worker(loop_config)
     except Exception as exc:
-        report_failure(loop_config, exc)
+        if control is not None:
+            report_failure(control, exc)
         raise
 
 
-def report_failure(loop_config: Mapping[str, Any], exc: BaseException) -> None:
+def report_failure(control: Any, exc: BaseException) -> None:
     """Best effort: a failure to report must not hide the failure being reported."""
     import ray
     import ray.train
 
     try:
-        control = find_control(config_from_dict(loop_config["config"]).checkpoint.run_name)
-        if control is None:
-            return
         rank, signature = ray.train.get_context().get_world_rank(), failure_signature(exc)
         if isinstance(exc, StoreUnavailable | NoUsableCheckpoint):
             ray.get(control.give_up.remote(signature), timeout=30)

@@ -27,6 +27,7 @@ from ray.train.torch.config import (
     _setup_torch_process_group,
     _TorchBackend,
 )
+from ray.util import get_node_ip_address
 
 log = logging.getLogger("seer.trainer")
 
@@ -44,12 +45,6 @@ def loopback_interface() -> str | None:
         if name in names:
             return name
     return next((name for name in names if name.startswith("lo")), None)
-
-
-def _node_ip() -> str:
-    import ray
-
-    return str(ray.util.get_node_ip_address())
 
 
 def _pin_to_loopback() -> None:
@@ -78,7 +73,7 @@ class _LoopbackTorchBackend(_TorchBackend):
         self._stores: dict[int, str] = {}
 
     def on_start(self, worker_group: Any, backend_config: TorchConfig) -> None:
-        addresses = worker_group.execute(_node_ip)
+        addresses = worker_group.execute(get_node_ip_address)
         if not addresses or not all(is_loopback(a) for a in addresses):
             super().on_start(worker_group, backend_config)
             return

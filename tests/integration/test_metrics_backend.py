@@ -31,7 +31,7 @@ def test_driver_keeps_its_own_page_and_workers_export_through_ray(ray_cluster: A
     import ray
 
     assert ray.is_initialized() and not metrics.in_ray_worker()
-    TrainMetrics(9001).world(6)  # in the driver, after ray.init
+    TrainMetrics.world_size.set(6, {"worker": "9001"})  # in the driver, after ray.init
     assert metrics.REGISTRY.get_sample_value("seer_train_world_size", {"worker": "9001"}) == 6
 
     @ray.remote(num_cpus=0)
@@ -39,7 +39,7 @@ def test_driver_keeps_its_own_page_and_workers_export_through_ray(ray_cluster: A
         from services import metrics as worker_metrics
         from services.train_metrics import TrainMetrics as WorkerTrainMetrics
 
-        WorkerTrainMetrics(9002).world(5)
+        WorkerTrainMetrics.world_size.set(5, {"worker": "9002"})
         return worker_metrics.in_ray_worker()
 
     assert ray.get(in_a_worker.remote(), timeout=60) is True

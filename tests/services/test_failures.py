@@ -55,5 +55,11 @@ def test_progress_past_the_failure_resets_it() -> None:
 def test_signature_is_type_and_bounded_message() -> None:
     assert failure_signature(ValueError("boom")) == "ValueError: boom"
     assert len(failure_signature(RuntimeError("x" * 10_000))) == MAX_MESSAGE
-    with pytest.raises(ValueError, match="limit"):
-        FailureTracker(limit=0)
+
+
+def test_the_limit_is_at_least_one() -> None:
+    """The tracker's limit is `train.max_repeated_failures`, which the schema bounds."""
+    from seer_core.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"train\.max_repeated_failures.*>= 1"):
+        load_config("local", ["train.max_repeated_failures=0"])

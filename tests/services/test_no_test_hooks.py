@@ -14,7 +14,7 @@ import inspect
 from services.driver.pretrain import run_pretraining
 from services.feed import FeedSpec
 from services.ingest import crop, read, stream
-from services.trainer import build_trainer
+from services.trainer.build import build_trainer
 
 
 def _params(fn: object) -> set[str]:
