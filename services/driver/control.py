@@ -83,7 +83,6 @@ class RunControl:
         self._started_at = started_at
         self._stop_reason: str | None = None
         self._progress: dict[str, Any] = {}
-        self._updated = 0.0
         self._notes: collections.deque[tuple[int, str]] = collections.deque(maxlen=MAX_NOTES)
         self._next_note = 0
 
@@ -102,7 +101,6 @@ class RunControl:
 
     def report(self, progress: dict[str, Any]) -> None:
         self._progress = dict(progress)
-        self._updated = time.time()
         if isinstance(progress.get("step"), int):
             self._failures.progressed(progress["step"])
 
@@ -124,7 +122,7 @@ class RunControl:
         return self._failures.fatal
 
     def progress(self) -> dict[str, Any]:
-        return {**self._progress, "updated": self._updated}
+        return self._progress
 
     def note(self, text: str) -> None:
         self._notes.append((self._next_note, text))

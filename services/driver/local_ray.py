@@ -99,8 +99,3 @@ def start_local_ray(*, dashboard: bool = False, **kwargs: Any) -> dict[str, Any]
             "address instead"
         )
     return info
-
-
-def ray_log_dir(info: dict[str, Any]) -> str:
-    """Where the local instance writes its processes' output (what the terminal no longer shows)."""
-    return os.path.join(str(info.get("session_dir", "/tmp/ray/session_latest")), "logs")

@@ -23,7 +23,7 @@ from seer_core.config import SeerConfig, config_from_dict
 from seer_core.training.preflight import preflight
 from services import metrics
 from services.driver.control import ask, create_control
-from services.driver.local_ray import ray_log_dir, start_local_ray
+from services.driver.local_ray import start_local_ray
 from services.ingest.stream import pool_size, reserved_cpus
 from services.storage import RunStorage
 from services.trainer.build import build_trainer
@@ -81,7 +81,8 @@ def init_ray(cfg: SeerConfig, address: str | None = None) -> RayPlaces:
         metrics_url = f"http://127.0.0.1:{cfg.metrics.export_port}/metrics"
     info = start_local_ray(dashboard=True, **kwargs)
     webui = str(info.get("webui_url") or "")
-    return RayPlaces(metrics_url, ray_log_dir(info),
+    logs = os.path.join(str(info.get("session_dir", "/tmp/ray/session_latest")), "logs")
+    return RayPlaces(metrics_url, logs,
                      f"http://{webui}" if webui and "://" not in webui else webui or None)
 
 

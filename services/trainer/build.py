@@ -12,6 +12,9 @@ from services.trainer.checkpoints import storage_for
 from services.trainer.loop import guarded_train_loop
 from services.trainer.process_group import LoopbackTorchConfig
 
+#: Endpoint settings the workers need (never credentials: those come from the chain).
+_FORWARDED = (*ENDPOINT_ENV, "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")
+
 
 def build_trainer(cfg: SeerConfig, *, synthetic: bool = False,
                   actors: int | None = None) -> TorchTrainer:
@@ -47,14 +50,9 @@ def build_trainer(cfg: SeerConfig, *, synthetic: bool = False,
             failure_config=FailureConfig(max_failures=-1),
             # No checkpoint_config: Ray Train never sees seer's checkpoints, seer alone writes,
             # commits and deletes them (services.trainer.checkpoint_writer).
-            worker_runtime_env={"env_vars": _forwarded_env()},
+            worker_runtime_env={"env_vars": {n: os.environ[n] for n in _FORWARDED
+                                             if n in os.environ}},
         ),
         datasets=datasets,
         dataset_config=dataset_config,
     )
-
-
-def _forwarded_env() -> dict[str, str]:
-    """Endpoint settings the workers need (never credentials: those come from the chain)."""
-    names = (*ENDPOINT_ENV, "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")
-    return {n: os.environ[n] for n in names if n in os.environ}

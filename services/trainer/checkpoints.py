@@ -61,16 +61,6 @@ def storage_for(cfg: SeerConfig) -> RunStorage:
                            cfg.checkpoint.endpoint_url)
 
 
-def checkpoints_newest_first(storage: RunStorage, rank: int, wait: StoreWait,
-                             device: torch.device | str = "cpu") -> list[str]:
-    """Committed checkpoints, newest first, as rank 0 lists them (every rank waits with it while
-    the store is down) and broadcasts them: every rank tries the same ones in the same order."""
-    def listing() -> list[str]:
-        return [path for _, path in reversed(storage.list_checkpoints())] if rank == 0 else []
-
-    return broadcast_state(agree_with_retry(listing, wait, device), 0, device)
-
-
 @dataclass
 class LoadedCheckpoint:
     """What one rank read of a candidate checkpoint, not yet applied to its state."""
@@ -201,8 +191,12 @@ def restore(state: TrainState, rank: int, world: int,
     storage = storage_for(cfg)
     grace = cfg.checkpoint.store_grace_minutes * 60
     device = state.device
-    candidates = checkpoints_newest_first(
-        storage, rank, StoreWait("list the checkpoints", grace, on_wait), device)
+
+    def listing() -> list[str]:  # rank 0's, broadcast: all try the same ones in the same order
+        return [path for _, path in reversed(storage.list_checkpoints())] if rank == 0 else []
+
+    candidates = broadcast_state(agree_with_retry(
+        listing, StoreWait("list the checkpoints", grace, on_wait), device), 0, device)
     skipped: list[str] = []
     last_error = ""
     for path in candidates:
