@@ -16,6 +16,7 @@ import botocore.exceptions
 from services.feed.base import FeedClosed, FeedSpec, FetchFailed, ObjectTooLarge, ObjectVanished
 from services.feed.keyspace import Coverage, Interval, KeyAlphabet, random_start
 from services.feed.pooled import PooledFeed
+from services.feed.requests import count_requests
 from services.s3 import (
     LazyClient,
     RetryExhausted,
@@ -52,10 +53,10 @@ class S3Access:
         self.spec = spec
         self.feed = feed
         self.policy = RetryPolicy(max_attempts=spec.max_attempts, budget_s=spec.retry_budget_s)
-        self.client = LazyClient(lambda: make_client(
+        self.client = LazyClient(lambda: count_requests(make_client(
             spec.resolved_endpoint(), max_attempts=spec.max_attempts, region=spec.region,
             read_timeout=spec.fetch_timeout_s, connect_timeout=min(spec.fetch_timeout_s, 10.0),
-            what=f"feed {spec.uri}"))
+            what=f"feed {spec.uri}")))
 
     def call(self, fn: Callable[[], T]) -> T:
         """One call (botocore retries it), its retries counted."""

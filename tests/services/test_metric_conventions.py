@@ -28,7 +28,7 @@ NOT_BASE_UNITS = {"ms", "us", "ns", "msec", "millis", "milliseconds", "microseco
                   "gib", "kilobytes", "megabytes", "gigabytes"}
 #: Labels must be bounded (every value is a time series kept for ever): a new one is a review
 #: question, answered by adding it here. Never object keys, paths or anything user-supplied.
-BOUNDED_LABELS = {"worker", "reason", "protocol", "metric", "trunk", "stage"}
+BOUNDED_LABELS = {"worker", "reason", "protocol", "metric", "trunk", "stage", "op"}
 
 
 def problems(metric: metrics.Metric) -> list[str]:
