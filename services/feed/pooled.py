@@ -19,7 +19,7 @@ import contextlib
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from services.feed.base import (
     FeedClosed,
@@ -254,6 +254,11 @@ class PooledFeed:
         self._ensure_started()
         return self._pool.snapshot()
 
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drops keys found vanished (here or, for a run's key owner, by a read task that
+        fetched them) from the pool, so they are not sampled again before the next refresh."""
+        self.count("keys_evicted", self._pool.discard_many(keys))
+
     def fetch(self, key: str, max_bytes: int | None = None) -> bytes:
         """The object's bytes: ObjectVanished if gone, FetchFailed after the retries,
         ObjectTooLarge (without reading it) when it holds more than ``max_bytes``. The one place
@@ -266,8 +271,7 @@ class PooledFeed:
                 data = self._fetch(key, max_bytes)
         except ObjectVanished:
             self.count("vanished")
-            if self._pool.discard(key):
-                self.count("keys_evicted")
+            self.forget((key,))
             raise
         except (FetchFailed, FeedClosed) as exc:  # closed: a retry's sleep was cut short
             failed = exc if isinstance(exc, FetchFailed) else FetchFailed(

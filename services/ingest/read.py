@@ -41,6 +41,7 @@ from services.feed import (
     PooledFeed,
     open_feed,
 )
+from services.ingest.keys import KeyDrawer, report_vanished
 from services.ratelimit import RateLimitedLogger
 
 logger = logging.getLogger("seer.ingest")
@@ -98,7 +99,8 @@ _FEEDS_LOCK = threading.Lock()
 
 
 def process_feed(spec: FeedSpec) -> PooledFeed:
-    """The feed for ``spec`` shared by everything in this process (opened on first use).
+    """The feed for ``spec`` shared by everything in this process (opened on first use). Under
+    a key owner it only fetches, so it never lists (its refresher starts on first sample).
 
     Ask again for each task (a dictionary lookup): the feed of a spec no longer asked for may
     be closed.
@@ -176,8 +178,13 @@ def fetch_object(feed: PooledFeed, key: str, max_object_bytes: int, meter: Inges
 class EndlessRead:
     """One read task: draw a chunk of random keys, fetch it, yield blocks, for ever. Picklable.
 
-    Randomness comes from ``os.urandom`` where the task runs, each time it starts: Ray may ship
-    the same pickled task again (an iterator rebuilt after an error), and it must draw new keys.
+    Keys come from the run's key owner named ``owner`` (``services.ingest.keys``: one listing
+    per run, whatever the number of read tasks); with no owner (a read outside a Ray stream),
+    from this process's own feed. Either way the bytes are fetched by this process's feed.
+
+    Randomness comes from ``os.urandom`` where it is drawn, each time a task starts: Ray may
+    ship the same pickled task again (an iterator rebuilt after an error), and it must draw new
+    keys.
     """
 
     spec: FeedSpec
@@ -185,13 +192,18 @@ class EndlessRead:
     max_object_bytes: int
     block_bytes: int
     fetch_threads: int
+    owner: str | None = None
 
     def key_chunks(self) -> Iterator[list[str]]:
         """Chunks of keys for ever: uniform with replacement, fresh from the live pool."""
         rng = random.Random()
+        drawer = KeyDrawer(self.owner, self.spec) if self.owner is not None else None
         while True:
             try:
-                yield process_feed(self.spec).sample(self.chunk_images, rng)
+                if drawer is not None:
+                    yield drawer.draw(self.chunk_images)
+                else:
+                    yield process_feed(self.spec).sample(self.chunk_images, rng)
             except FeedEmpty as exc:  # the store is down or empty: slow down, do not stop
                 _log.error("feed-empty", "no keys to draw: %s", exc)
                 time.sleep(EMPTY_FEED_PAUSE_S)
@@ -200,7 +212,10 @@ class EndlessRead:
         meter = IngestMetrics()
 
         def one(key: str) -> Fetched:
-            return fetch_object(process_feed(self.spec), key, self.max_object_bytes, meter)
+            fetched = fetch_object(process_feed(self.spec), key, self.max_object_bytes, meter)
+            if fetched.reason == "vanished" and self.owner is not None:
+                report_vanished(self.owner, key)  # out of the run's pool, as of this process's
+            return fetched
 
         with ThreadPoolExecutor(self.fetch_threads, thread_name_prefix="seer-fetch") as pool:
             for keys in self.key_chunks():

@@ -29,6 +29,7 @@ from ray.data import DataContext, Dataset
 from seer_core.config import SeerConfig
 from services import metrics
 from services.ingest.crop import IngestActor
+from services.ingest.keys import owner_name, start_owner
 from services.ingest.read import EndlessDatasource, EndlessRead, feed_spec
 from services.ratelimit import RateLimitedLogger
 
@@ -148,9 +149,14 @@ def build_stream(cfg: SeerConfig, *, actors: int | None = None) -> Dataset:
     configure_data_context(cfg)
     ing = cfg.ingest
     size = actors if actors is not None else pool_size(cfg)
-    read = EndlessRead(feed_spec(cfg), ing.chunk_images, ing.max_object_bytes,
+    spec = feed_spec(cfg)
+    # The run's one key pool (services.ingest.keys), owned by this process, found by name when
+    # the stream is built again; created now so its first listing overlaps the stream's start.
+    owner = owner_name(spec, cfg.checkpoint.storage, cfg.checkpoint.run_name)
+    start_owner(owner, spec)
+    read = EndlessRead(spec, ing.chunk_images, ing.max_object_bytes,
                        block_bytes=ing.target_max_block_mb * MiB // 2,
-                       fetch_threads=ing.fetch_threads)
+                       fetch_threads=ing.fetch_threads, owner=owner)
     ds = ray.data.read_datasource(EndlessDatasource(read, ing.read_tasks),
                                   override_num_blocks=ing.read_tasks, num_cpus=ing.read_task_cpus)
     return ds.map_batches(
