@@ -243,9 +243,12 @@ class TrainConfig(_Section):
 
 
 class FeedConfig(_Section):
-    uri: str = Field("runs/sample-images", description="s3://bucket/prefix, a manifest file, or "
-                     "a folder")
-    kind: Literal["auto", "directory", "s3", "manifest"] = "auto"
+    uri: str = Field("runs/sample-images", description="s3://bucket/prefix, a manifest file, "
+                     "a folder, or shards: a brace pattern (.../{00000..00099}.tar), a .tar, or "
+                     "a glob .../*.tar / .../*.parquet")
+    kind: Literal["auto", "directory", "s3", "manifest", "shards"] = Field(
+        "auto", description="auto: shards for a brace pattern, .tar/.tgz or a *.tar/*.parquet "
+        "glob; a manifest for .parquet/.txt/.csv; else s3:// prefix or folder")
     endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, Ceph...); no "
                                      "credentials here")
     region: str | None = None
@@ -268,6 +271,13 @@ class FeedConfig(_Section):
                                  "total_max_attempts, the first included; fewer once its retry "
                                  "quota is spent); also the most reads of a local file or "
                                  "manifest download within the budget")
+    shuffle_buffer: Count = Field(256, description="shards: images each read task holds to mix "
+                                  "shards (memory: this x the image size; 0: no mixing)")
+    images_per_shard_visit: PosInt | None = Field(None, description="shards: images read from "
+                                                  "one shard before drawing another (null: the "
+                                                  "whole shard, fewest requests)")
+    image_column: Annotated[str, Field(min_length=1)] | None = Field(
+        None, description="shards: the Parquet image column (null: the first of image, jpg)")
 
 
 class IngestConfig(_Section):

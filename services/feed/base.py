@@ -11,6 +11,7 @@ fetches never lists.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -20,8 +21,13 @@ from services.s3 import s3_endpoint
 
 logger = logging.getLogger("seer.feed")
 
-KINDS: tuple[str, ...] = ("auto", "directory", "s3", "manifest")
+KINDS: tuple[str, ...] = ("auto", "directory", "s3", "manifest", "shards")
 MANIFEST_SUFFIXES: tuple[str, ...] = (".parquet", ".txt", ".csv")
+#: Names ``auto`` takes for a single shard (a lone ``.parquet`` stays a key manifest).
+TAR_SHARD_SUFFIXES: tuple[str, ...] = (".tar", ".tar.gz", ".tgz")
+#: Globs ``auto`` takes for shard tables and tars (``*`` in the last path segment only).
+SHARD_GLOB_SUFFIXES: tuple[str, ...] = (*TAR_SHARD_SUFFIXES, ".parquet")
+_BRACE_GROUP = re.compile(r"\{[^{}]*\}")
 DEFAULT_IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif",
                                              ".tif", ".tiff")
 
@@ -93,8 +99,14 @@ def _require(cond: bool, message: str) -> None:
 class FeedSpec:
     """Where images come from, and how hard to try. Picklable; ``open_feed(spec)`` in each process.
 
-    ``kind="auto"``: a URI whose path ends in ``.parquet``/``.txt``/``.csv`` is a manifest (local
-    or ``s3://``), another ``s3://`` URI a bucket prefix, anything else a directory.
+    ``kind="auto"``: shards (``services.feed.shards.source``) for a URI holding a ``{a..b}`` /
+    ``{x,y}`` brace group, ending in ``.tar``/``.tar.gz``/``.tgz``, or whose last segment is a glob
+    ending in one of those or ``.parquet`` (``prefix/*.parquet``); else a URI whose path ends in
+    ``.parquet``/``.txt``/``.csv`` is a manifest (local or ``s3://``), another ``s3://`` URI a
+    bucket prefix, anything else a directory. A lone ``.parquet`` keeps its older meaning (a key
+    manifest): a Parquet image table is named by a glob, a pattern or ``kind="shards"``, which
+    also takes a folder or prefix of shards and a ``.txt`` list of shard URIs.
+    ``shuffle_buffer``, ``images_per_shard_visit`` and ``image_column`` apply to shards only.
     ``endpoint_url`` falls back to the environment in the process that opens (``services.s3``);
     credentials are never part of a spec. ``idle_stop_s``: a feed not used for that long stops
     listing until its next sample (keeping its pool), so a process that no longer reads does not
@@ -115,6 +127,9 @@ class FeedSpec:
     retry_budget_s: float = 120.0
     max_attempts: int = 8
     idle_stop_s: float = 900.0
+    shuffle_buffer: int = 256
+    images_per_shard_visit: int | None = None
+    image_column: str | None = None
 
     def __post_init__(self) -> None:
         _require(isinstance(self.uri, str) and bool(self.uri.strip()),
@@ -142,11 +157,29 @@ class FeedSpec:
             ok = ok and (value >= 1 if integer else value >= 0 if zero else value > 0)
             what = "an int >= 1" if integer else f"a number {'>=' if zero else '>'} 0"
             _require(ok, f"{name}: must be {what}, got {value!r}")
+        _require(isinstance(self.shuffle_buffer, int) and not isinstance(self.shuffle_buffer, bool)
+                 and self.shuffle_buffer >= 0,
+                 f"shuffle_buffer: must be an int >= 0, got {self.shuffle_buffer!r}")
+        visit = self.images_per_shard_visit
+        _require(visit is None or (isinstance(visit, int) and not isinstance(visit, bool)
+                                   and visit >= 1),
+                 f"images_per_shard_visit: must be None (the whole shard) or an int >= 1, "
+                 f"got {visit!r}")
+        _require(self.image_column is None or (isinstance(self.image_column, str)
+                                               and bool(self.image_column)),
+                 f"image_column: must be None or a non-empty string, got {self.image_column!r}")
         _require(isinstance(self.manifest_column, str) and bool(self.manifest_column),
                  f"manifest_column: must be a non-empty string, got {self.manifest_column!r}")
         if isinstance(self.extensions, str):
             raise ValueError("extensions: must be a tuple of strings such as ('.jpg', '.png'), "
                              f"not the string {self.extensions!r}")
+        if self.kind in ("auto", "shards") and _BRACE_GROUP.search(self.uri):
+            from services.feed.shards.names import check_shard_pattern
+
+            try:
+                check_shard_pattern(self.uri)
+            except ValueError as exc:
+                raise ValueError(f"uri: {exc}") from None
         # YAML hands over lists and mixed case; normalise so equality and pickling stay simple.
         object.__setattr__(self, "extensions", _normalise_extensions(self.extensions))
 
@@ -155,7 +188,12 @@ class FeedSpec:
         if self.kind != "auto":
             return self.kind
         path = urlsplit(self.uri).path if "://" in self.uri else self.uri
-        if path.lower().endswith(MANIFEST_SUFFIXES):
+        lower = path.lower()
+        last = lower.rsplit("/", 1)[-1]
+        if (_BRACE_GROUP.search(self.uri) or lower.endswith(TAR_SHARD_SUFFIXES)
+                or ("*" in last and last.endswith(SHARD_GLOB_SUFFIXES))):
+            return "shards"
+        if lower.endswith(MANIFEST_SUFFIXES):
             return "manifest"
         if self.uri.startswith("s3://"):
             return "s3"

@@ -20,6 +20,9 @@ def open_feed(uri_or_spec: str | FeedSpec, **kwargs: Any) -> PooledFeed:
     else:
         spec = FeedSpec(uri=uri_or_spec, **kwargs)
     kind = spec.resolved_kind()
+    if kind == "shards":  # no key pool: read tasks visit shards (services.ingest.shard_read)
+        raise ValueError(f"uri: {spec.uri!r} names shards, which are read by shard visits, "
+                         "not as a key feed")
     if kind == "s3":
         from services.feed.s3 import S3Feed
 

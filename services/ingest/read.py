@@ -48,7 +48,7 @@ logger = logging.getLogger("seer.ingest")
 _log = RateLimitedLogger(logger, 30.0)
 
 #: Every reason an object can be skipped for; the ``reason`` label of the failure metric.
-REASONS = ("vanished", "fetch_error", "too_large", "too_small", "not_image", "corrupt")
+REASONS = ("vanished", "fetch_error", "too_large", "too_small", "not_image", "corrupt", "bad_shard")
 
 #: Columns of the blocks the read tasks yield ("reason": "" when fetched, else one of REASONS).
 READ_SCHEMA = pa.schema([("key", pa.string()), ("data", pa.binary()), ("reason", pa.string())])
@@ -85,6 +85,8 @@ def feed_spec(cfg: FeedConfig | SeerConfig) -> FeedSpec:
         manifest_column=f.manifest_column, manifest_base=f.manifest_base,
         extensions=tuple(f.extensions), fetch_timeout_s=f.fetch_timeout_s,
         retry_budget_s=f.retry_budget_s, max_attempts=f.max_attempts,
+        shuffle_buffer=f.shuffle_buffer, images_per_shard_visit=f.images_per_shard_visit,
+        image_column=f.image_column,
     )
 
 

@@ -50,6 +50,20 @@ def expand_shard_pattern(uri: str) -> list[str]:
     nested brace, a group that is neither a range nor a list, a reversed range, or more than
     :data:`MAX_SHARD_NAMES` names (counted before expanding, so a typo cannot eat memory).
     """
+    literals, groups = _parse(uri)
+    return ["".join(itertools.chain.from_iterable(zip(literals, (*combo, ""))))
+            for combo in itertools.product(*(choices for _, choices in groups))]
+
+
+def check_shard_pattern(uri: str) -> int:
+    """How many names ``uri`` stands for, without making them: the FeedSpec check at start,
+    so a malformed pattern fails in the driver, not in every read task. Raises as
+    :func:`expand_shard_pattern` does."""
+    return math.prod(count for count, _ in _parse(uri)[1])
+
+
+def _parse(uri: str) -> tuple[list[str], list[tuple[int, Iterable[str]]]]:
+    """The literal parts and the groups of a pattern, checked and bounded (none expanded)."""
     literals: list[str] = []
     groups: list[tuple[int, Iterable[str]]] = []
     start = 0
@@ -64,5 +78,4 @@ def expand_shard_pattern(uri: str) -> list[str]:
     if total > MAX_SHARD_NAMES:
         raise ValueError(f"shard pattern {uri!r} stands for {total:,} shards, more than "
                          f"{MAX_SHARD_NAMES:,}: list a prefix or use a manifest instead")
-    return ["".join(itertools.chain.from_iterable(zip(literals, (*combo, ""))))
-            for combo in itertools.product(*(choices for _, choices in groups))]
+    return literals, groups
