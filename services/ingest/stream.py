@@ -31,6 +31,7 @@ from services import metrics
 from services.ingest.crop import IngestActor
 from services.ingest.keys import owner_name, start_owner
 from services.ingest.read import EndlessDatasource, EndlessRead, feed_spec
+from services.ingest.shard_read import ShardRead
 from services.ratelimit import RateLimitedLogger
 
 _log = RateLimitedLogger(logging.getLogger("seer.stream"), 30.0)
@@ -150,13 +151,18 @@ def build_stream(cfg: SeerConfig, *, actors: int | None = None) -> Dataset:
     ing = cfg.ingest
     size = actors if actors is not None else pool_size(cfg)
     spec = feed_spec(cfg)
-    # The run's one key pool (services.ingest.keys), owned by this process, found by name when
-    # the stream is built again; created now so its first listing overlaps the stream's start.
-    owner = owner_name(spec, cfg.checkpoint.storage, cfg.checkpoint.run_name)
-    start_owner(owner, spec)
-    read = EndlessRead(spec, ing.chunk_images, ing.max_object_bytes,
-                       block_bytes=ing.target_max_block_mb * MiB // 2,
-                       fetch_threads=ing.fetch_threads, owner=owner)
+    read: EndlessRead | ShardRead
+    if spec.resolved_kind() == "shards":  # shard visits: no key pool (services.feed.shards)
+        read = ShardRead(spec, ing.chunk_images, ing.max_object_bytes,
+                         block_bytes=ing.target_max_block_mb * MiB // 2)
+    else:
+        # The run's one key pool (services.ingest.keys), owned by this process, found by name
+        # when the stream is built again; created now so its first listing overlaps the start.
+        owner = owner_name(spec, cfg.checkpoint.storage, cfg.checkpoint.run_name)
+        start_owner(owner, spec)
+        read = EndlessRead(spec, ing.chunk_images, ing.max_object_bytes,
+                           block_bytes=ing.target_max_block_mb * MiB // 2,
+                           fetch_threads=ing.fetch_threads, owner=owner)
     ds = ray.data.read_datasource(EndlessDatasource(read, ing.read_tasks),
                                   override_num_blocks=ing.read_tasks, num_cpus=ing.read_task_cpus)
     return ds.map_batches(
