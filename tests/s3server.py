@@ -23,6 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -201,7 +202,8 @@ class FaultProxy:
 
     ``match`` is a regex searched in ``"METHOD /path?query"``, e.g. ``r"^GET /bucket/.+"`` hits
     object GETs but not ``GET /bucket?list-type=2`` listings. Counters: ``requests`` (all),
-    ``faults_served``, ``forwarded``.
+    ``faults_served``, ``forwarded``, and ``ops``: requests by S3 operation
+    (:func:`request_op`: ``LIST``, ``GET``, ``HEAD``, ``PUT``...), the server's request counters.
     """
 
     def __init__(self, upstream: str) -> None:
@@ -212,6 +214,7 @@ class FaultProxy:
         self._faults: list[_Fault] = []
         self._lock = threading.Lock()
         self.requests = 0
+        self.ops: Counter[str] = Counter()
         self.faults_served = 0
         self.forwarded = 0
         self._server: ThreadingHTTPServer | None = None
@@ -261,6 +264,7 @@ class FaultProxy:
     def _take_fault(self, line: str) -> _Fault | None:
         with self._lock:
             self.requests += 1
+            self.ops[request_op(line)] += 1
             for f in self._faults:
                 if f.remaining != 0 and (f.match is None or f.match.search(line)):
                     if f.remaining > 0:
@@ -324,6 +328,17 @@ class FaultProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def request_op(line: str) -> str:
+    """The S3 operation of a request line ``"METHOD /path?query"``, as price lists name it: a
+    GET with ``list-type`` in its query is a ``LIST`` (ListObjectsV2), other methods are
+    themselves."""
+    method, _, target = line.partition(" ")
+    query = target.partition("?")[2]
+    if method == "GET" and "list-type=" in query:
+        return "LIST"
+    return method
 
 
 def _error_body(status: int, code: str) -> bytes:

@@ -96,10 +96,13 @@ class KeyOwner:
         wait), after dropping ``gone``: keys a read task found vanished."""
         if gone:
             self.feed.forget(gone)
-        return self.feed.sample(n, self.rng)
+        keys = self.feed.sample(n, self.rng)
+        self.feed.count("batches_served")
+        return keys
 
     def stats(self) -> dict[str, float]:
-        """The feed's counters (listings, refreshes, pool size): what the run's listing costs."""
+        """The feed's counters (listings, refreshes, pool size: what the run's listing costs)
+        and ``batches_served`` (the calls read tasks made: what the owner's load is)."""
         return self.feed.stats()
 
 

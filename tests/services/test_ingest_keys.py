@@ -165,6 +165,7 @@ def test_the_owner_samples_its_pool_and_forgets_vanished_keys(tmp_path: Path) ->
         assert gone not in drawn and len(set(drawn)) == 3
         assert owner.stats()["keys_evicted"] == 1
         assert owner.stats()["listings"] == 1  # one listing, however many draws
+        assert owner.stats()["batches_served"] == 2
     finally:
         owner.feed.close()
 

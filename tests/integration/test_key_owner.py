@@ -1,0 +1,151 @@
+"""One key pool per run (issue 20, point 3), on a real Ray and the real S3 server.
+
+The production stream (``build_stream``) reads a bucket through a :class:`FaultProxy` that counts
+every request by operation (the server's request counters). With 1 and with 4 read tasks the
+LIST calls per refresh of the run's key owner are the same (with a pool per read-task process
+they grew fourfold); every LIST comes from the owner, none from a read task. Killing the owner
+mid-stream (``ray.kill(no_restart=False)``): Ray restarts it, it lists again, the stream goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from seer_core.config import SeerConfig, config_from_dict
+from services.ingest.keys import BATCH_MAX_AGE_S, owner_name
+from services.ingest.read import feed_spec
+from tests.data.bad_inputs import good_jpeg
+from tests.s3server import FaultProxy, MotoServer, put_objects
+
+pytestmark = pytest.mark.integration
+
+N_IMAGES = 40
+#: Refresh often, so a short window holds several refreshes.
+REFRESH_S = 1.0
+#: Refreshes each measurement window spans.
+WINDOW_REFRESHES = 5
+
+
+def owner_cfg(bucket: str, endpoint: str, read_tasks: int) -> SeerConfig:
+    return config_from_dict({
+        "augment": {"global_size": 32, "local_size": 16, "n_local": 2},
+        "train": {"batch_size": 4},
+        # pool_size over the bucket's size: each refresh is one sweep of one LIST page.
+        "feed": {"uri": f"s3://{bucket}/", "endpoint_url": endpoint, "pool_size": 1000,
+                 "refresh_seconds": REFRESH_S, "retry_budget_s": 10.0, "fetch_timeout_s": 5.0},
+        "ingest": {"read_tasks": read_tasks, "chunk_images": 8, "actors": 1,
+                   "read_task_cpus": 0.25, "target_max_block_mb": 4},
+        "checkpoint": {"run_name": f"keys-{read_tasks}"},
+    })
+
+
+@pytest.fixture
+def images(s3_client: Any, s3_bucket: str) -> str:
+    put_objects(s3_client, s3_bucket,
+                {f"img/{i:03d}.jpg": good_jpeg(48, 40, seed=i) for i in range(N_IMAGES)})
+    return s3_bucket
+
+
+class Stream:
+    """A running production stream over a proxy of its own, and its key owner."""
+
+    def __init__(self, s3_server: MotoServer, bucket: str, read_tasks: int) -> None:
+        import ray
+
+        from services.ingest.stream import build_stream
+
+        self.proxy = FaultProxy(s3_server.endpoint_url).start()
+        self.cfg = owner_cfg(bucket, self.proxy.endpoint_url, read_tasks)
+        self.name = owner_name(feed_spec(self.cfg), self.cfg.checkpoint.storage,
+                               self.cfg.checkpoint.run_name)
+        ds = build_stream(self.cfg)
+        self.owner = ray.get_actor(self.name)
+        self.batches: Iterator[Any] = iter(ds.iter_batches(batch_size=4, batch_format="numpy"))
+
+    def take(self, n: int) -> None:
+        for _ in range(n):
+            batch = next(self.batches)
+            assert batch["crops_32"].shape[1:] == (2, 3, 32, 32)
+
+    def stats(self) -> dict[str, float]:
+        """The owner's feed counters, once it answers (it may be restarting)."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                return ray.get(self.owner.stats.remote(), timeout=60)
+            except RayActorError:
+                assert time.monotonic() < deadline, "the owner did not come back"
+                time.sleep(0.5)
+
+    def lists_per_refresh(self) -> float:
+        """LIST requests the server saw per refresh of the owner, over ``WINDOW_REFRESHES``
+        refreshes while the stream runs (a cycle in flight at either end: off by one at most)."""
+        first_lists, first = self.proxy.ops["LIST"], self.stats()["refreshes"]
+        deadline = time.monotonic() + 120
+        while (refreshes := self.stats()["refreshes"]) < first + WINDOW_REFRESHES:
+            assert time.monotonic() < deadline, "the owner stopped refreshing"
+            self.take(2)
+        return (self.proxy.ops["LIST"] - first_lists) / (refreshes - first)
+
+    def close(self) -> None:
+        close = getattr(self.batches, "close", None)
+        if close is not None:
+            close()
+        self.proxy.stop()
+
+
+@pytest.mark.timeout(600)
+def test_lists_per_refresh_do_not_grow_with_read_tasks_and_the_owner_survives_a_kill(
+    ray_cluster: Any, s3_server: MotoServer, images: str,
+) -> None:
+    import ray
+
+    rates = {}
+    for read_tasks in (1, 4):
+        stream = Stream(s3_server, images, read_tasks)
+        try:
+            stream.take(4)
+            rates[read_tasks] = stream.lists_per_refresh()
+            # Every LIST the server saw came from the owner: the read tasks only fetched.
+            listings = stream.stats()["listings"]
+            assert abs(stream.proxy.ops["LIST"] - listings) <= 1, (stream.proxy.ops, listings)
+            assert stream.proxy.ops["GET"] >= 16  # the images themselves
+            if read_tasks == 4:
+                refreshes_before = stream.stats()["refreshes"]
+                ray.kill(stream.owner, no_restart=False)
+                killed = time.monotonic()
+                stream.take(2)
+                # A new process (its counters start again) that lists again.
+                while stream.stats()["refreshes"] >= refreshes_before:
+                    stream.take(2)
+                back = time.monotonic()
+                # The stream goes on, on keys drawn from the restarted owner: a read task drops
+                # a batch older than BATCH_MAX_AGE_S, so by then every one has asked it again.
+                taken = 0
+                while time.monotonic() - back < 2 * BATCH_MAX_AGE_S:
+                    stream.take(2)
+                    taken += 2
+                # ... and fetches keys the restarted owner served (blocks fetched before the
+                # kill may still be queued: wait for new GETs).
+                gets = stream.proxy.ops["GET"]
+                deadline = time.monotonic() + 120
+                while stream.proxy.ops["GET"] < gets + 16:
+                    assert time.monotonic() < deadline, "no object fetched after the restart"
+                    stream.take(2)
+                    taken += 2
+                print(f"owner back {back - killed:.1f}s after the kill; {taken} batches in the "
+                      f"{time.monotonic() - back:.1f}s after")
+                after = stream.stats()
+                assert after["batches_served"] >= 1 and after["listings"] >= 1, after
+        finally:
+            stream.close()
+    print(f"LIST calls per refresh: {rates}")
+    # One sweep of one page per refresh, however many read tasks (per process: 4x with 4).
+    assert 0.5 <= rates[1] <= 1.5 and 0.5 <= rates[4] <= 1.5, rates
