@@ -87,9 +87,10 @@ class KeyPool:
             return True
 
     def discard_many(self, keys: Iterable[str]) -> int:
-        """Removes every present key of ``keys``; returns how many left."""
+        """Removes every present key of ``keys`` (repeats allowed: a key sampled twice may be
+        found vanished twice); returns how many left."""
         with self._lock:
-            present = [key for key in keys if key in self._pos]
+            present = [key for key in dict.fromkeys(keys) if key in self._pos]
             for key in present:
                 self._remove_locked(key)
         return len(present)

@@ -161,7 +161,7 @@ def test_the_owner_samples_its_pool_and_forgets_vanished_keys(tmp_path: Path) ->
         drawn = owner.sample(400)
         assert len(drawn) == 400 and len(set(drawn)) == 4  # with replacement
         gone = str(tmp_path / "0.jpg")
-        drawn = owner.sample(400, gone=[gone])
+        drawn = owner.sample(400, gone=[gone, gone])  # sampled twice, found gone twice
         assert gone not in drawn and len(set(drawn)) == 3
         assert owner.stats()["keys_evicted"] == 1
         assert owner.stats()["listings"] == 1  # one listing, however many draws
