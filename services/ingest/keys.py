@@ -38,6 +38,27 @@ A batch is dropped after :data:`BATCH_MAX_AGE_S` however much is left, so a slow
 laptop: tens of images/s) never works from keys drawn long before (new objects, vanished ones).
 Keys a read task found vanished are handed to the owner with its next call (no extra call), so
 they leave the run's pool as they left a process's pool before.
+
+Shards (``feed.kind: shards``). The owner's pool is then the shard list (a
+:class:`~services.feed.shards.source.ShardSource`: a brace pattern's names, a prefix's or a
+glob's LIST pages, a list file), listed once per refresh for the whole run, and a read task
+draws the shard of each visit from it (:data:`SHARD_BATCH` names a call); a shard found gone
+goes back like a vanished key, and is out of the run's list until the next listing. Drawing
+names rather than handing each read task the list, at the paper preset's 64 read tasks over
+LAION-400M's 41,456 shards of ~10,000 images, for a week:
+
+- the list is 41,456 names of ~45 bytes, ~2 MB pickled: past the inline limit, so every copy
+  goes through the object store; 64 copies per refresh (every 10 minutes, 1,008 a week) is
+  ~130 GB a week of copies of a list that changes by a few names, plus a versioning protocol
+  to tell a read task its copy is stale, plus 64 copies in memory (~1 GB each at the 10M names
+  a pattern may hold);
+- drawn names: a whole-shard visit is 10,000 images at 400 images/s, 25 s, so the run makes
+  25,600 / 10,000 = 2.6 visits/s (1.5M a week, each shard visited ~37 times): 2.6 calls/s for
+  the owner. Batches of 64 (~3 KB a reply) keep short visits as cheap: at
+  ``feed.images_per_shard_visit`` = 16, 1,600 visits/s run-wide are 25 calls/s, the key feed's
+  load. With whole-shard visits a batch is older than :data:`BATCH_MAX_AGE_S` before its
+  second name is used, so each visit asks afresh and 63 names are dropped (3 KB per 25 s per
+  read task); draws are independent, so dropping some leaves the rest uniform with replacement.
 """
 
 from __future__ import annotations
@@ -54,6 +75,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from services.feed import FeedEmpty, FeedSpec, PooledFeed, open_feed
+from services.feed.shards.source import ShardSource
 from services.ratelimit import RateLimitedLogger
 
 logger = logging.getLogger("seer.ingest.keys")
@@ -61,6 +83,8 @@ _log = RateLimitedLogger(logger, 30.0)
 
 #: Keys per call to the owner (the arithmetic is in the module docstring).
 KEY_BATCH = 1024
+#: Shard names per call to the owner of a shard feed's list (see the module docstring).
+SHARD_BATCH = 64
 #: A batch older than this is dropped and a fresh one drawn (slow streams keep fresh keys).
 BATCH_MAX_AGE_S = 10.0
 #: Threads of the owner: one call in flight per read task (each may wait for a first key),
@@ -79,15 +103,22 @@ def owner_name(spec: FeedSpec, storage: str, run_name: str) -> str:
     return f"seer-keys-{run_name}-{digest}"
 
 
+def open_pool(spec: FeedSpec) -> PooledFeed:
+    """The feed whose pool the owner serves: the keys of an object feed, or the shard list of a
+    shard feed (its keys are shard names)."""
+    return ShardSource(spec) if spec.resolved_kind() == "shards" else open_feed(spec)
+
+
 class KeyOwner:
-    """The run's one feed: lists the store in the background, serves random keys by the batch.
+    """The run's one feed: lists the store in the background, serves random keys (or shard
+    names) by the batch.
 
     A threaded actor (:data:`OWNER_THREADS`): the pool is thread-safe, and a call that waits
     for the first listing must not hold up the others.
     """
 
     def __init__(self, spec: FeedSpec) -> None:
-        self.feed: PooledFeed = open_feed(spec)
+        self.feed: PooledFeed = open_pool(spec)
         self.rng = random.Random()
         self.feed.pool_size()  # starts the listing now: the first read task finds keys sooner
 
@@ -152,13 +183,14 @@ def _take_gone(name: str) -> list[str]:
 
 
 class KeyDrawer:
-    """A read task's side of the owner: chunks of keys cut from batches of :data:`KEY_BATCH`.
+    """A read task's side of the owner: chunks of keys cut from batches of ``batch`` keys
+    (:data:`KEY_BATCH`; :data:`SHARD_BATCH` for shard names).
 
     Not picklable (it holds an actor handle): build one where the read task runs.
     """
 
-    def __init__(self, name: str, spec: FeedSpec) -> None:
-        self.name, self.spec = name, spec
+    def __init__(self, name: str, spec: FeedSpec, batch: int = KEY_BATCH) -> None:
+        self.name, self.spec, self.batch = name, spec, batch
         self.jitter = random.Random()
         self._owner: Any = None
         self._keys: list[str] = []
@@ -170,7 +202,7 @@ class KeyDrawer:
         owner; raises FeedEmpty as the owner's feed did."""
         if len(self._keys) < n or time.monotonic() - self._drawn_at > BATCH_MAX_AGE_S:
             # A whole number of chunks per batch: none is wasted when the batch runs out.
-            self._keys = self._ask(n * max(1, KEY_BATCH // max(n, 1)))
+            self._keys = self._ask(n * max(1, self.batch // max(n, 1)))
             self._drawn_at = time.monotonic()
         chunk, self._keys = self._keys[:n], self._keys[n:]
         return chunk

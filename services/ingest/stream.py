@@ -151,15 +151,16 @@ def build_stream(cfg: SeerConfig, *, actors: int | None = None) -> Dataset:
     ing = cfg.ingest
     size = actors if actors is not None else pool_size(cfg)
     spec = feed_spec(cfg)
+    # The run's one key pool, or shard list (services.ingest.keys), owned by this process,
+    # found by name when the stream is built again; created now so its first listing overlaps
+    # the start.
+    owner = owner_name(spec, cfg.checkpoint.storage, cfg.checkpoint.run_name)
+    start_owner(owner, spec)
     read: EndlessRead | ShardRead
-    if spec.resolved_kind() == "shards":  # shard visits: no key pool (services.feed.shards)
+    if spec.resolved_kind() == "shards":  # shard visits (services.feed.shards)
         read = ShardRead(spec, ing.chunk_images, ing.max_object_bytes,
-                         block_bytes=ing.target_max_block_mb * MiB // 2)
+                         block_bytes=ing.target_max_block_mb * MiB // 2, owner=owner)
     else:
-        # The run's one key pool (services.ingest.keys), owned by this process, found by name
-        # when the stream is built again; created now so its first listing overlaps the start.
-        owner = owner_name(spec, cfg.checkpoint.storage, cfg.checkpoint.run_name)
-        start_owner(owner, spec)
         read = EndlessRead(spec, ing.chunk_images, ing.max_object_bytes,
                            block_bytes=ing.target_max_block_mb * MiB // 2,
                            fetch_threads=ing.fetch_threads, owner=owner)

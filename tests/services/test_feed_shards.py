@@ -10,7 +10,7 @@ import random
 import tarfile
 import tracemalloc
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import islice, pairwise
 from pathlib import Path
 from typing import Any
@@ -492,9 +492,23 @@ def _shard_of(sample: ShardSample) -> str:
     return sample.key.split("#", 1)[0]
 
 
+def _draw(names: Callable[[], Sequence[str]], rng: random.Random) -> Callable[[], str]:
+    """A visitor's ``draw`` over a list the test may change, as the owner's pool draws:
+    uniform with replacement, FeedEmpty when the list is empty."""
+
+    def draw() -> str:
+        listed = names()
+        if not listed:
+            raise FeedEmpty("no shards listed")
+        return rng.choice(listed)
+
+    return draw
+
+
 def test_visitor_draws_shards_with_replacement_and_reads_them_whole() -> None:
     shards = _Shards({f"s/{i}.tar": 5 for i in range(3)})
-    visitor = ShardVisitor(lambda: list(shards.data), shards.open, random.Random(0),
+    rng = random.Random(0)
+    visitor = ShardVisitor(_draw(lambda: list(shards.data), rng), shards.open, rng,
                            shuffle_buffer=0)
     out = list(islice(visitor, 150))
     assert set(_reasons(out)) == {""}
@@ -509,7 +523,8 @@ def test_visitor_draws_shards_with_replacement_and_reads_them_whole() -> None:
 
 def test_visitor_moves_on_after_images_per_visit() -> None:
     shards = _Shards({"s/a.tar": 50, "s/b.tar": 50})
-    visitor = ShardVisitor(lambda: list(shards.data), shards.open, random.Random(2),
+    rng = random.Random(2)
+    visitor = ShardVisitor(_draw(lambda: list(shards.data), rng), shards.open, rng,
                            shuffle_buffer=0, images_per_visit=3)
     out = list(islice(visitor, 30))
     assert len(shards.opened) == 10 and visitor.stats()["images"] == 30
@@ -517,13 +532,14 @@ def test_visitor_moves_on_after_images_per_visit() -> None:
         assert {_shard_of(s) for s in out[3 * visit:3 * visit + 3]} == {name}
     assert all(s.closed for s in shards.streams)  # left mid-shard: closed all the same
     with pytest.raises(ValueError, match="images_per_visit"):
-        ShardVisitor(list, shards.open, random.Random(0), shuffle_buffer=0,
+        ShardVisitor(lambda: "s/a.tar", shards.open, random.Random(0), shuffle_buffer=0,
                      images_per_visit=0)
 
 
 def test_visitor_mixes_shards_through_its_buffer() -> None:
     shards = _Shards({f"s/{i}.tar": 20 for i in range(8)})
-    visitor = ShardVisitor(lambda: list(shards.data), shards.open, random.Random(3),
+    rng = random.Random(3)
+    visitor = ShardVisitor(_draw(lambda: list(shards.data), rng), shards.open, rng,
                            shuffle_buffer=64)
     out = list(islice(visitor, 400))
     same_as_next = sum(_shard_of(a) == _shard_of(b) for a, b in pairwise(out))
@@ -535,7 +551,8 @@ def test_visitor_mixes_shards_through_its_buffer() -> None:
 def test_visitor_counts_and_skips_vanished_shards_and_picks_up_new_ones() -> None:
     shards = _Shards({"s/a.tar": 4, "s/b.tar": 4, "s/new.tar": 4})
     listing = ["s/a.tar", "s/b.tar", "s/gone.tar"]
-    visitor = ShardVisitor(lambda: listing, shards.open, random.Random(4),
+    rng = random.Random(4)
+    visitor = ShardVisitor(_draw(lambda: listing, rng), shards.open, rng,
                            shuffle_buffer=2)
     stream = iter(visitor)
     first = list(islice(stream, 60))
@@ -559,7 +576,8 @@ def test_visitor_reports_bad_shards_and_store_errors_and_goes_on(tmp_path: Path)
         return open(name, "rb")  # the visitor closes it
 
     names = [str(p) for p in paths] + [str(tmp_path / "flaky.tar")]
-    visitor = ShardVisitor(lambda: names, opener, random.Random(5), shuffle_buffer=4)
+    rng = random.Random(5)
+    visitor = ShardVisitor(_draw(lambda: names, rng), opener, rng, shuffle_buffer=4)
     out = list(islice(visitor, 120))
     reasons = Counter(_reasons(out))
     assert reasons["bad_shard"] >= 1 and reasons["fetch_error"] >= 1 and reasons[""] > 60
@@ -576,7 +594,8 @@ def test_visitor_hands_out_its_buffer_then_raises_when_no_shard_is_listed() -> N
             listing.clear()
         return listing
 
-    visitor = ShardVisitor(names, shards.open, random.Random(6), shuffle_buffer=100)
+    rng = random.Random(6)
+    visitor = ShardVisitor(_draw(names, rng), shards.open, rng, shuffle_buffer=100)
     out: list[ShardSample] = []
     with pytest.raises(FeedEmpty, match="no shards"):
         for sample in visitor:

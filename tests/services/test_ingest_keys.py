@@ -1,5 +1,6 @@
 """The run's key owner without Ray (issue 20, point 3): how read tasks draw keys in batches, wait
-out an unreachable owner and pass on FeedEmpty; the owner's sampling and forgetting. The real
+out an unreachable owner and pass on FeedEmpty; the owner's sampling and forgetting; a shard
+feed's read task drawing its shards from the owner, and the owner of a shard list. The real
 actor, on a real Ray and the real S3 server, is tests/integration/test_key_owner.py."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -14,26 +16,36 @@ import pytest
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
 
 from services.feed import FeedEmpty, FeedSpec
+from services.feed.shards.source import ShardSource
+from services.images.shards import write_webdataset_shards
 from services.ingest import keys
-from services.ingest.read import EndlessRead, close_process_feeds
+from services.ingest.read import EndlessRead, IngestMetrics, close_process_feeds
+from services.ingest.shard_read import ShardRead
+from services.metrics import REGISTRY
+from tests.data.bad_inputs import good_jpeg
 
 SPEC = FeedSpec("/nowhere", retry_budget_s=2.0)
 
 
 class FakeOwner:
-    """An owner handle whose ``sample.remote`` answers at once: numbered keys, or the next of
-    ``failures`` raised (by the patched ``ray.get``, as Ray raises a call's error)."""
+    """An owner handle whose ``sample.remote`` answers at once: numbered keys (or ``names`` in
+    turn), or the next of ``failures`` raised (by the patched ``ray.get``, as Ray raises a
+    call's error)."""
 
-    def __init__(self, failures: list[BaseException] | None = None) -> None:
+    def __init__(self, failures: list[BaseException] | None = None,
+                 names: list[str] | None = None) -> None:
         self.calls: list[tuple[int, list[str]]] = []
         self.failures = list(failures or [])
         self.numbers = itertools.count()
+        self.names = names
         self.sample = self
 
     def remote(self, n: int, gone: list[str]) -> Any:
         self.calls.append((n, list(gone)))
         if self.failures:
             return self.failures.pop(0)
+        if self.names:
+            return [self.names[next(self.numbers) % len(self.names)] for _ in range(n)]
         return [f"k{next(self.numbers)}" for _ in range(n)]
 
 
@@ -166,6 +178,52 @@ def test_the_owner_samples_its_pool_and_forgets_vanished_keys(tmp_path: Path) ->
         assert owner.stats()["keys_evicted"] == 1
         assert owner.stats()["listings"] == 1  # one listing, however many draws
         assert owner.stats()["batches_served"] == 2
+    finally:
+        owner.feed.close()
+
+
+def _shard_visits() -> tuple[float, float]:
+    values = [REGISTRY.get_sample_value(f"seer_ingest_shard_{what}_total") or 0.0
+              for what in ("visits", "vanished")]
+    return values[0], values[1]
+
+
+def test_the_shard_read_draws_its_shards_from_the_owner_and_hands_back_vanished_ones(
+        owner: dict[str, Any], tmp_path: Path) -> None:
+    """A shard read task's visits come from the owner, SHARD_BATCH names a call; a shard found
+    gone goes back with the next call, counted; the task's own source only opens, never lists."""
+    [shard] = write_webdataset_shards([(f"i{k}", good_jpeg(40, 36, seed=k), "jpg")
+                                       for k in range(2)], tmp_path, 2)
+    gone = str(tmp_path / "00009.tar")
+    owner["owner"] = FakeOwner(names=[str(shard), gone])
+    spec = FeedSpec(f"{tmp_path}/*.tar", shuffle_buffer=0, retry_budget_s=2.0)
+    source = ShardSource(spec)
+    visits, vanished = _shard_visits()
+    samples = ShardRead(spec, block_rows=4, max_object_bytes=10**6, block_bytes=10**6,
+                        owner="run").samples(source, IngestMetrics())
+    try:
+        # 2 images, then the vanished one, per 2 visits: 99 samples are 66 visits, 2 calls.
+        out = list(islice(samples, 99))
+    finally:
+        samples.close()
+        source.close()
+    assert [s.reason for s in out[:3]] == ["", "", "vanished"] and out[2].key == gone
+    assert owner["owner"].calls == [(keys.SHARD_BATCH, []),
+                                    (keys.SHARD_BATCH, [gone] * (keys.SHARD_BATCH // 2))]
+    assert source.stats()["listings"] == 0
+    assert _shard_visits() == (visits + 66, vanished + 33)
+
+
+def test_the_owner_of_a_shard_feed_serves_its_shard_list(tmp_path: Path) -> None:
+    """The actor's class on a shard feed: its pool is the shard list, listed once, drawn with
+    replacement; a shard found gone leaves it."""
+    paths = write_webdataset_shards([(f"i{k}", good_jpeg(40, 36, seed=k), "jpg")
+                                     for k in range(3)], tmp_path, 1)
+    owner = keys.KeyOwner(FeedSpec(f"{tmp_path}/{{00000..00009}}.tar", retry_budget_s=10.0))
+    try:
+        assert set(owner.sample(200)) == {str(p) for p in paths}
+        assert set(owner.sample(200, gone=[str(paths[0])])) == {str(p) for p in paths[1:]}
+        assert owner.stats()["listings"] == 1 and owner.stats()["batches_served"] == 2
     finally:
         owner.feed.close()
 

@@ -11,6 +11,7 @@ import random
 import tarfile
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from itertools import islice, pairwise
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,8 @@ def test_shuffle_buffer_is_bounded_and_mixes_shards(s3_client: Any, s3_bucket: s
     source = ShardSource(_spec(f"s3://{s3_bucket}/mix/*.tar", fault_proxy))
 
     def run(capacity: int) -> list[str]:
-        visitor = ShardVisitor(source.names, source.open, random.Random(3),
+        rng = random.Random(3)
+        visitor = ShardVisitor(lambda: source.sample(1, rng)[0], source.open, rng,
                                shuffle_buffer=capacity)
         out = []
         for sample in islice(visitor, 60):
@@ -160,16 +162,16 @@ def test_new_shards_are_picked_up_after_a_refresh(s3_client: Any, s3_bucket: str
                                                   tmp_path: Path) -> None:
     _put_shards(s3_client, s3_bucket, "grow/", tmp_path, shards=2, per=2)
     spec = _spec(f"s3://{s3_bucket}/grow/", fault_proxy, kind="shards", refresh_seconds=0.5)
-    # The listing is kept until refresh_seconds have passed (a clock the test moves).
-    now = [0.0]
-    source = ShardSource(spec, clock=lambda: now[0])
+    # The listing is kept until the next refresh (by hand here: refresh_seconds 300).
+    source = ShardSource(replace(spec, refresh_seconds=300.0))
+    rng = random.Random(0)
     try:
-        assert [n.rsplit("/", 1)[1] for n in source.names()] == ["00000.tar", "00001.tar"]
+        drawn = {n.rsplit("/", 1)[1] for n in source.sample(50, rng)}
+        assert drawn == {"00000.tar", "00001.tar"}
         _put_shards(s3_client, s3_bucket, "grow/", tmp_path, shards=1, per=2, first=2)
-        now[0] = 0.4
-        assert len(source.names()) == 2 and fault_proxy.ops["LIST"] == 1
-        now[0] = 0.6
-        assert len(source.names()) == 3 and fault_proxy.ops["LIST"] == 2
+        assert len(set(source.sample(50, rng))) == 2 and fault_proxy.ops["LIST"] == 1
+        source.refresh_now()
+        assert len(set(source.sample(50, rng))) == 3 and fault_proxy.ops["LIST"] == 2
     finally:
         source.close()
     # Through the read task, in real time: a shard put while it runs is drawn.
@@ -248,14 +250,15 @@ def test_a_vanished_shard_is_skipped_and_counted(s3_client: Any, s3_bucket: str,
     assert all(r.data == expected[r.key] for r in rows if not r.reason)
     # Listed by a prefix, then deleted: the visitor counts it, and the list drops it.
     source = ShardSource(_spec(f"s3://{s3_bucket}/v/", fault_proxy, kind="shards"))
+    rng = random.Random(0)
     try:
         put_objects(s3_client, s3_bucket, {"v/00001.tar": b"soon gone"})
-        assert gone in source.names()
+        assert gone in source.sample(50, rng)
         s3_client.delete_object(Bucket=s3_bucket, Key="v/00001.tar")
-        visitor = ShardVisitor(lambda: [gone], source.open, random.Random(0),
-                               shuffle_buffer=0)
+        visitor = ShardVisitor(lambda: gone, source.open, rng, shuffle_buffer=0)
         assert next(iter(visitor)) == ShardSample(gone, None, "vanished")
         assert visitor.stats()["vanished"] == 1
-        assert gone not in source.names() and len(source.names()) == 2
+        left = set(source.sample(50, rng))
+        assert gone not in left and len(left) == 2
     finally:
         source.close()

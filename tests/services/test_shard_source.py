@@ -1,10 +1,12 @@
 """The shard source on local paths (a laptop run): what each form of ``feed.uri`` lists, the
-refresh, vanished files, and the shard read task's blocks and pause on an empty list."""
+list as a feed's pool (drawn with replacement, refreshed, vanished files left out), and the
+shard read task's blocks and pause on an empty list."""
 
 from __future__ import annotations
 
 import itertools
 import pickle
+import random
 from pathlib import Path
 
 import pytest
@@ -30,38 +32,46 @@ def shard_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def _listed(spec: FeedSpec) -> list[str]:
+    return sorted(ShardSource(spec).list_shards())
+
+
 def test_each_local_form_lists_its_shards(shard_dir: Path) -> None:
     tars = [str(shard_dir / "tars" / f"0000{i}.tar") for i in range(3)]
     tables = [str(shard_dir / "tables" / f"0000{i}.parquet") for i in range(2)]
     # A brace pattern: the names that exist (00003..00005 do not).
-    assert ShardSource(FeedSpec(f"{shard_dir}/tars/{{00000..00005}}.tar")).names() == tars
-    assert ShardSource(FeedSpec(f"{shard_dir}/tars/*.tar")).names() == tars
-    assert ShardSource(FeedSpec(f"file://{shard_dir}/tables/*.parquet")).names() == tables
-    assert ShardSource(FeedSpec(tars[1])).names() == [tars[1]]
+    assert _listed(FeedSpec(f"{shard_dir}/tars/{{00000..00005}}.tar")) == tars
+    assert _listed(FeedSpec(f"{shard_dir}/tars/*.tar")) == tars
+    assert _listed(FeedSpec(f"file://{shard_dir}/tables/*.parquet")) == tables
+    assert _listed(FeedSpec(tars[1])) == [tars[1]]
     # kind shards: a folder (any depth, hidden files left out), one Parquet table, a list.
-    assert ShardSource(FeedSpec(str(shard_dir), kind="shards")).names() == sorted(tables + tars)
-    assert ShardSource(FeedSpec(tables[0], kind="shards")).names() == [tables[0]]
+    assert _listed(FeedSpec(str(shard_dir), kind="shards")) == sorted(tables + tars)
+    assert _listed(FeedSpec(tables[0], kind="shards")) == [tables[0]]
     listing = shard_dir / "list.txt"
     listing.write_text(f"# shards\n\ntars/{{00000..00001}}.tar\n{tables[1]}\n")
-    assert ShardSource(FeedSpec(str(listing), kind="shards")).names() == sorted(
-        [*tars[:2], tables[1]])
+    assert _listed(FeedSpec(str(listing), kind="shards")) == sorted([*tars[:2], tables[1]])
 
 
 def test_listing_refreshes_and_a_vanished_file_is_left_out(shard_dir: Path) -> None:
-    now = [0.0]
-    source = ShardSource(FeedSpec(f"{shard_dir}/tars/*.tar", refresh_seconds=10),
-                         clock=lambda: now[0])
-    first = source.names()
-    assert len(first) == 3
-    write_webdataset_shards(_images(6, 2), shard_dir / "more", 3)
-    (shard_dir / "more" / "00000.tar").rename(shard_dir / "tars" / "00003.tar")
-    Path(first[0]).unlink()
-    with pytest.raises(FileNotFoundError):
-        source.open(first[0])
-    assert source.names() == first[1:]  # gone at once, until the next listing
-    now[0] = 10.0
-    assert source.names() == [*first[1:], str(shard_dir / "tars" / "00003.tar")]
-    assert source.listings == 2
+    """The list is a feed's pool: drawn with replacement, a shard found gone is out of it at
+    once, and the next listing (every refresh_seconds; here by hand) brings new ones in."""
+    source = ShardSource(FeedSpec(f"{shard_dir}/tars/*.tar", refresh_seconds=300))
+    rng = random.Random(0)
+    try:
+        first = sorted(set(source.sample(100, rng)))  # waits for the first listing
+        assert len(first) == 3
+        write_webdataset_shards(_images(6, 2), shard_dir / "more", 3)
+        (shard_dir / "more" / "00000.tar").rename(shard_dir / "tars" / "00003.tar")
+        Path(first[0]).unlink()
+        with pytest.raises(FileNotFoundError):
+            source.open(first[0])
+        assert set(source.sample(100, rng)) == set(first[1:])  # gone at once
+        source.refresh_now()  # what the refresher does every refresh_seconds
+        assert set(source.sample(100, rng)) == {*first[1:],
+                                                 str(shard_dir / "tars" / "00003.tar")}
+        assert source.stats()["listings"] == 2 and source.stats()["vanished"] == 1
+    finally:
+        source.close()
 
 
 def test_read_task_pickles_and_yields_small_blocks_of_the_read_schema(shard_dir: Path) -> None:
@@ -91,7 +101,10 @@ def test_an_empty_list_pauses_and_hands_out_what_it_has(tmp_path: Path,
             write_webdataset_shards(_images(3), folder, 3)
 
     monkeypatch.setattr(shard_read.time, "sleep", pause)
-    spec = FeedSpec(str(folder), kind="shards", shuffle_buffer=0, refresh_seconds=1e-6)
+    # An empty listing is a failed refresh, made again within refresh_seconds; a draw waits
+    # the retry budget for a first shard, then the task pauses.
+    spec = FeedSpec(str(folder), kind="shards", shuffle_buffer=0, refresh_seconds=0.05,
+                    retry_budget_s=0.2)
     read = ShardRead(spec, block_rows=3,
                      max_object_bytes=10**6, block_bytes=10**6)
     blocks = read()

@@ -6,10 +6,12 @@ thousands of images, where the object feed pays one GET per image. This package 
 needs no store client: names from brace patterns (``names``), the readers that turn one shard
 into samples (``readers``), a seekable file over ranged GETs for Parquet (``ranged``), and the
 endless visitor with its shuffle buffer (``visit``). The store side hands in callables:
-``source`` (imported by name, not here) lists a ``feed.uri``'s shards and opens them, locally or
-on S3, for the shard read task (``services.ingest.shard_read``).
+``source`` (imported by name, not here) lists a ``feed.uri``'s shards (for the run's owner,
+``services.ingest.keys``) and opens them, locally or on S3, for the shard read task
+(``services.ingest.shard_read``).
 
-    visitor = ShardVisitor(lambda: shard_names, open_shard, random.Random(), shuffle_buffer=1000)
+    rng = random.Random()
+    visitor = ShardVisitor(lambda: rng.choice(shard_names), open_shard, rng, shuffle_buffer=1000)
     for sample in visitor:        # endless; sample.data is None when sample.reason says why
         ...
 """

@@ -1,5 +1,5 @@
-"""The store side of the shard feed: the shard list of a ``feed.uri`` and the opener of a shard,
-local or on S3, for one read task's :class:`~services.feed.shards.visit.ShardVisitor`.
+"""The store side of the shard feed, local or on S3: the shard list of a ``feed.uri`` (sampled
+by the run's owner) and the opener of a shard (for each read task's visitor).
 
 What a URI lists (``FeedSpec`` decides when ``auto`` means shards):
 
@@ -13,35 +13,38 @@ What a URI lists (``FeedSpec`` decides when ``auto`` means shards):
   (``#`` comments), relative ones against the list's folder; anything else is a folder or prefix,
   whose shards (``.tar``, ``.tar.gz``, ``.tgz``, ``.parquet``, at any depth) are the list.
 
-Listings are made again every ``feed.refresh_seconds`` (every few seconds while the list is
-empty), in the read task that asks, so new shards are drawn from the next refresh on; a listing
-that fails keeps the last list. Every S3 client is wrapped in ``count_requests``
-(``seer_feed_requests_total{op}``). Opening: a tar is the streaming body of one GET (its
-members are read as they arrive); a Parquet table is one HEAD for its size, then ranged GETs
-through a :class:`~services.feed.shards.ranged.RangedReader`. Store errors map to the feed's:
-ObjectVanished (gone since listed), FetchFailed (no answer within the retry budget).
+The list is the pool of a :class:`~services.feed.pooled.PooledFeed` (the shard names are its
+keys, held whole up to :data:`~services.feed.shards.names.MAX_SHARD_NAMES`), refreshed in the
+background every ``feed.refresh_seconds`` (an empty listing counts as a failed refresh, so it is
+made again within seconds, backing off to 30 s, rather than a full refresh later); a listing
+that fails keeps the last list. In a Ray stream only the run's owner samples it
+(``services.ingest.keys``: one listing per refresh for the whole run); a read task's source is
+never sampled, so it never lists, and only opens. Every S3 client is wrapped in
+``count_requests`` (``seer_feed_requests_total{op}``). Opening: a tar is the streaming body of
+one GET (its members are read as they arrive); a Parquet table is one HEAD for its size, then
+ranged GETs through a :class:`~services.feed.shards.ranged.RangedReader`. Store errors map to
+the feed's: ObjectVanished (gone since listed), FetchFailed (no answer within the retry budget).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import glob
-import logging
 import os
 import posixpath
-import random
 import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from services.feed.base import FeedSpec, FetchFailed, ObjectVanished
+from services.feed.base import FeedEmpty, FeedSpec, FetchFailed, ObjectVanished
+from services.feed.pool import KeyPool
+from services.feed.pooled import PooledFeed
 from services.feed.requests import count_requests
 from services.feed.s3 import MAX_PAGE, parse_s3_uri
-from services.feed.shards.names import expand_shard_pattern
+from services.feed.shards.names import MAX_SHARD_NAMES, expand_shard_pattern
 from services.feed.shards.ranged import RangedReader
 from services.feed.shards.readers import PARQUET_SUFFIXES, TAR_SUFFIXES, ShardFile, shard_format
-from services.ratelimit import RateLimitedLogger
 from services.s3 import (
     LazyClient,
     RetryExhausted,
@@ -56,53 +59,36 @@ from services.s3 import (
 )
 
 T = TypeVar("T")
-log = RateLimitedLogger(logging.getLogger("seer.feed.shards"), 30.0)
 
 SHARD_SUFFIXES = TAR_SUFFIXES + PARQUET_SUFFIXES
 _BRACE = re.compile(r"\{[^{}]*\}")
-#: How often an empty list is made again (a bucket being seeded should not wait a full refresh).
-EMPTY_REFRESH_S = 5.0
 
 
-class ShardSource:
-    """The shard list and opener of one spec, in one process. Not thread-safe (one read task).
+class ShardSource(PooledFeed):
+    """The shard list of one spec as a feed's pool (``sample`` draws shard names uniformly with
+    replacement; ``forget`` drops vanished ones until the next listing), and the opener of a
+    shard (:meth:`open`, the visitor's ``opener``). Never ``fetch``: a shard is streamed."""
 
-    :meth:`names` is the visitor's ``shards`` callable, :meth:`open` its ``opener``.
-    """
-
-    def __init__(self, spec: FeedSpec, clock: Callable[[], float] = time.monotonic) -> None:
-        self.spec, self.clock = spec, clock
+    def __init__(self, spec: FeedSpec) -> None:
+        super().__init__(spec)
+        self._pool = KeyPool(MAX_SHARD_NAMES)  # the whole list: a cut would bias the draws
         self.s3 = spec.uri.startswith("s3://")
         self.policy = RetryPolicy(max_attempts=spec.max_attempts, budget_s=spec.retry_budget_s)
-        self.jitter = random.Random()
         self.client = LazyClient(lambda: count_requests(make_client(
             spec.resolved_endpoint(), max_attempts=spec.max_attempts, region=spec.region,
             read_timeout=spec.fetch_timeout_s, connect_timeout=min(spec.fetch_timeout_s, 10.0),
             what=f"feed {spec.uri}")))
-        self.listed: list[str] = []
-        self.gone: set[str] = set()  # found vanished since the last listing
-        self.listings = 0
-        self._listed_at: float | None = None
-        self._current: list[str] = []
 
     # -- listing --------------------------------------------------------------------------------
-    def names(self) -> list[str]:
-        """The current shard list (refreshed when due), without shards found vanished."""
-        now = self.clock()
-        wait = self.spec.refresh_seconds if self.listed else min(self.spec.refresh_seconds,
-                                                                 EMPTY_REFRESH_S)
-        if self._listed_at is None or now - self._listed_at >= wait:
-            self._listed_at = now
-            try:
-                self.listed = sorted(set(self.list_shards()))
-            except Exception as exc:  # a store outage keeps the last list: the stream goes on
-                log.warning("list-failed", "shard listing of %s failed: %s; keeping %d shards",
-                            self.spec.uri, error_code(exc), len(self.listed))
-            else:
-                self.listings += 1
-                self.gone.clear()
-            self._current = [n for n in self.listed if n not in self.gone]
-        return self._current
+    def _refresh(self) -> None:
+        """One listing: the pool becomes exactly the shards listed (vanished ones are back until
+        found gone again). FeedEmpty when there are none: a failed refresh, retried sooner."""
+        names = self.list_shards()
+        self.count("listings")
+        self._set("source_objects", len(names))
+        self._count_keys(self._pool.replace(names))
+        if not names:
+            raise FeedEmpty(f"no shards listed for {self.spec.uri}")
 
     def list_shards(self) -> list[str]:
         """Every shard ``feed.uri`` names now (see the module docstring)."""
@@ -131,6 +117,7 @@ class ShardSource:
         names: list[str] = []
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": MAX_PAGE}
         while True:
+            self.check_open()  # close() ends a long listing between pages
             page = self.client().list_objects_v2(**kwargs)
             names += [f"s3://{bucket}/{o['Key']}" for o in page.get("Contents", ())
                       if keep(o["Key"])]
@@ -170,8 +157,8 @@ class ShardSource:
     # -- opening --------------------------------------------------------------------------------
     def open(self, shard: str) -> ShardFile:
         """The shard as a file object: ObjectVanished / FileNotFoundError when it is gone
-        (left out of :meth:`names` until the next listing), FetchFailed when the store did not
-        answer within the retry budget."""
+        (forgotten until the next listing: the caller tells the run's owner), FetchFailed when
+        the store did not answer within the retry budget."""
         try:
             if not self.s3:
                 return open(shard, "rb")  # the visitor closes it
@@ -184,8 +171,8 @@ class ShardSource:
             return RangedReader(lambda start, end: self._call(
                 shard, lambda: self._read_all(bucket, key, f"bytes={start}-{end}")), size)
         except (ObjectVanished, FileNotFoundError):
-            self.gone.add(shard)
-            self._current = [n for n in self._current if n != shard]
+            self.count("vanished")
+            self.forget((shard,))
             raise
 
     def _read_all(self, bucket: str, key: str, byte_range: str | None = None) -> bytes:
@@ -202,7 +189,7 @@ class ShardSource:
         transiently, within ``feed.retry_budget_s``; errors mapped to the feed's."""
         start = time.monotonic()
         try:
-            return call_with_retry(fn, self.policy, self.jitter, is_transient, capped=False)
+            return call_with_retry(fn, self.policy, self.jitter_rng, is_transient, capped=False)
         except RetryExhausted as exc:
             raise FetchFailed(name, error_code(exc.last), exc.attempts, exc.elapsed_s) from None
         except Exception as exc:
@@ -211,5 +198,5 @@ class ShardSource:
             raise FetchFailed(name, error_code(exc), attempts(exc),
                               time.monotonic() - start) from None
 
-    def close(self) -> None:
+    def _close_resources(self) -> None:
         self.client.close()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 from services.feed.base import FeedEmpty, ObjectTooLarge, ObjectVanished
@@ -74,23 +74,25 @@ class ShuffleBuffer(Generic[T]):
 class ShardVisitor:
     """Endless :class:`ShardSample` s from random shards; iterate it once, in one read task.
 
-    ``shards`` returns the current shard list; it is called before every draw, so a refreshed
-    listing (new shards, vanished ones gone) applies at the next visit; an empty list raises
-    FeedEmpty (after the buffered images are handed out), as a feed's ``sample`` does. ``opener``
-    turns a shard name into a file object for ``read`` (a streaming body for a tar, a seekable
-    :class:`~services.feed.shards.ranged.RangedReader` for Parquet); it raises
-    FileNotFoundError or ObjectVanished for a shard gone since the listing (one ``vanished``
-    sample, counted in :meth:`stats`, and the next shard), FetchFailed (or anything else) for a
-    store that did not answer (``fetch_error``). Failed samples skip the shuffle buffer: they
-    carry no image to mix and are counted sooner. The file object is closed after each visit.
+    ``draw`` returns the next shard to visit, drawn uniformly at random with replacement from
+    the current list (the run's owner's, or a list of the read task's own), and is called before
+    every visit, so a refreshed listing (new shards, vanished ones gone) applies at the next
+    one; it raises FeedEmpty when there is none, and the visitor passes it on after handing out
+    the buffered images. ``opener`` turns a shard name into a file object for ``read`` (a
+    streaming body for a tar, a seekable :class:`~services.feed.shards.ranged.RangedReader` for
+    Parquet); it raises FileNotFoundError or ObjectVanished for a shard gone since the listing
+    (one ``vanished`` sample, counted in :meth:`stats`, and the next shard), FetchFailed (or
+    anything else) for a store that did not answer (``fetch_error``). Failed samples skip the
+    shuffle buffer: they carry no image to mix and are counted sooner. The file object is
+    closed after each visit.
     """
 
-    def __init__(self, shards: Callable[[], Sequence[str]], opener: Callable[[str], ShardFile],
+    def __init__(self, draw: Callable[[], str], opener: Callable[[str], ShardFile],
                  rng: random.Random, *, shuffle_buffer: int, images_per_visit: int | None = None,
                  read: ShardReader = iter_shard_samples) -> None:
         if images_per_visit is not None and images_per_visit < 1:
             raise ValueError(f"images_per_visit must be >= 1 or None, got {images_per_visit}")
-        self.shards, self.opener, self.rng, self.read = shards, opener, rng, read
+        self.draw, self.opener, self.rng, self.read = draw, opener, rng, read
         self.images_per_visit = images_per_visit
         self.buffer: ShuffleBuffer[ShardSample] = ShuffleBuffer(shuffle_buffer, rng)
         self.counts: Counter[str] = Counter()
@@ -103,11 +105,11 @@ class ShardVisitor:
 
     def __iter__(self) -> Iterator[ShardSample]:
         while True:
-            names = self.shards()
-            if not names:
+            try:
+                shard = self.draw()
+            except FeedEmpty:
                 yield from self.buffer.drain()
-                raise FeedEmpty("no shards listed")
-            shard = self.rng.choice(names)
+                raise
             self.counts["visits"] += 1
             for sample in self.visit(shard):
                 if sample.data is None:
