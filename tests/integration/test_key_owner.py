@@ -5,19 +5,26 @@ every request by operation (the server's request counters). With 1 and with 4 re
 LIST calls per refresh of the run's key owner are the same (with a pool per read-task process
 they grew fourfold); every LIST comes from the owner, none from a read task. Killing the owner
 mid-stream (``ray.kill(no_restart=False)``): Ray restarts it, it lists again, the stream goes on.
+The shard feed's list has the same owner: shard read tasks, 1 and 4 of them, visit tar shards of
+a glob drawn from it, and the LIST calls per refresh are again one listing's.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from seer_core.config import SeerConfig, config_from_dict
-from services.ingest.keys import BATCH_MAX_AGE_S, owner_name
+from services.feed import FeedSpec
+from services.images.shards import write_webdataset_shards
+from services.ingest.keys import BATCH_MAX_AGE_S, owner_actor, owner_name
 from services.ingest.read import feed_spec
+from services.ingest.shard_read import ShardRead
 from tests.data.bad_inputs import good_jpeg
 from tests.s3server import FaultProxy, MotoServer, put_objects
 
@@ -148,4 +155,66 @@ def test_lists_per_refresh_do_not_grow_with_read_tasks_and_the_owner_survives_a_
             stream.close()
     print(f"LIST calls per refresh: {rates}")
     # One sweep of one page per refresh, however many read tasks (per process: 4x with 4).
+    assert 0.5 <= rates[1] <= 1.5 and 0.5 <= rates[4] <= 1.5, rates
+
+
+@pytest.mark.timeout(300)
+def test_a_shard_feeds_list_is_listed_once_per_refresh_whatever_the_read_tasks(
+    ray_cluster: Any, s3_server: MotoServer, s3_client: Any, s3_bucket: str, tmp_path: Path,
+) -> None:
+    """What no other test shows: the shard feed's list (a glob, listed by LIST pages) has one
+    owner per run. Two runs side by side, with 1 and with 4 shard read tasks, each through a
+    proxy of its own: LIST calls per refresh of the owner are one listing's in both (a list per
+    read task made it 4 with 4), and every LIST is the owner's. The read tasks are threads of
+    this process (each with its own source and drawer, as in a worker of its own), which saves
+    the seconds Ray takes to start worker processes: the stream's read tasks in their own
+    processes drawing from an owner are the test above."""
+    import ray
+
+    def read_for(read: ShardRead, seconds: float) -> int:
+        """A shard read task run for ``seconds``: its rows."""
+        rows = 0
+        blocks = read()
+        deadline = time.monotonic() + seconds
+        try:
+            for table in blocks:
+                rows += table.num_rows
+                if time.monotonic() > deadline:
+                    break
+        finally:
+            blocks.close()
+        return rows
+
+    images = [(f"i{k}", good_jpeg(48, 40, seed=k), "jpg") for k in range(12)]
+    put_objects(s3_client, s3_bucket, {f"shards/{p.name}": p.read_bytes() for p in
+                                       write_webdataset_shards(images, tmp_path, 4)})
+    runs: dict[int, tuple[FaultProxy, Any, ShardRead]] = {}
+    rates: dict[int, float] = {}
+    for read_tasks in (1, 4):
+        proxy = FaultProxy(s3_server.endpoint_url).start()
+        spec = FeedSpec(f"s3://{s3_bucket}/shards/*.tar", endpoint_url=proxy.endpoint_url,
+                        refresh_seconds=REFRESH_S, retry_budget_s=10.0, fetch_timeout_s=5.0,
+                        shuffle_buffer=0)
+        name = owner_name(spec, "runs", f"shards-{read_tasks}")
+        runs[read_tasks] = (proxy, owner_actor(name, spec),  # the handle keeps it alive
+                            ShardRead(spec, block_rows=4, max_object_bytes=10**6,
+                                      block_bytes=10**6, owner=name))
+    try:
+        before = {n: (proxy.ops["LIST"], ray.get(owner.stats.remote())["refreshes"])
+                  for n, (proxy, owner, _) in runs.items()}
+        with ThreadPoolExecutor(5) as pool:
+            rows = list(pool.map(lambda read: read_for(read, 3 * REFRESH_S),
+                                 [read for n, (_, _, read) in runs.items() for _ in range(n)]))
+        assert all(r >= 4 for r in rows), rows  # every task visited shards
+        for n, (proxy, owner, _) in runs.items():
+            stats = ray.get(owner.stats.remote())
+            lists, refreshes = before[n]
+            rates[n] = (proxy.ops["LIST"] - lists) / (stats["refreshes"] - refreshes)
+            assert abs(proxy.ops["LIST"] - stats["listings"]) <= 1, (proxy.ops, stats)
+            assert proxy.ops["GET"] >= n  # one streaming GET a visit
+    finally:
+        for proxy, owner, _ in runs.values():
+            ray.kill(owner)
+            proxy.stop()
+    print(f"shard LIST calls per refresh: {rates}")
     assert 0.5 <= rates[1] <= 1.5 and 0.5 <= rates[4] <= 1.5, rates
