@@ -141,11 +141,16 @@ def test_a_body_that_breaks_off_is_read_again(s3_client, s3_bucket, fault_proxy:
 
 
 def test_listing_throttled_then_recovers(s3_client, s3_bucket, fault_proxy: FaultProxy):
+    """Both layers ride out a throttled LIST: botocore sends each call ``max_attempts`` (2)
+    times, then the feed's refresher calls again after its short backoff. Two requests a call
+    bound botocore's sleeps to under 1 s each (4 requests in one call could sleep up to 1+2+4+8 s
+    of botocore's jittered backoff, past any fixed timeout: the test was flaky that way)."""
     put_objects(s3_client, s3_bucket, {"img/a.jpg": b"a"})
     fault_proxy.fail_next(4, 503, "SlowDown", match=r"list-type=2")
-    with open_feed(s3_spec(s3_bucket, fault_proxy.endpoint_url)) as feed:
+    with open_feed(s3_spec(s3_bucket, fault_proxy.endpoint_url, max_attempts=2)) as feed:
         assert feed.sample(2, random.Random(0), timeout=10) == ["img/a.jpg"] * 2
         assert fault_proxy.faults_served == 4
+        assert feed.stats()["refresh_errors"] == 2
 
 
 def test_persistent_5xx_fails_after_the_budget(
