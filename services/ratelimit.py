@@ -55,8 +55,3 @@ class RateLimitedLogger:
     info = functools.partialmethod(log, logging.INFO)
     warning = functools.partialmethod(log, logging.WARNING)
     error = functools.partialmethod(log, logging.ERROR)
-
-    def suppressed(self, reason: str) -> int:
-        """Lines swallowed for ``reason`` since its last emitted line."""
-        with self._lock:
-            return self._state.get(reason, (0.0, 0))[1]

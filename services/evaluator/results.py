@@ -44,10 +44,6 @@ from services.storage import RunStorage, resolve_storage
 
 log = logging.getLogger("seer.eval")
 
-ROW_KEYS: tuple[str, ...] = ("run", "step", "images_seen", "trunk", "stage", "protocol",
-                             "metric", "value", "wall_time", "checkpoint", "data", "settings",
-                             "settings_id")
-
 #: Settings every protocol depends on: which features, of which images, split how; `seed`
 #: seeds the random baseline trunk (and the probes).
 COMMON: tuple[str, ...] = ("stage", "data", "image_size", "val_fraction", "split_seed", "seed")

@@ -82,10 +82,6 @@ class KeyAlphabet:
     def empty(self) -> bool:
         return not self._all
 
-    def chars_at(self, position: int) -> list[str]:
-        """Sorted characters seen at ``position``."""
-        return sorted(self._sets[position])
-
     def draw(self, rng: random.Random, start: int) -> str:
         """Characters for positions ``start..``, each uniform over those seen there (sorted
         first: a seeded generator draws the same start whatever order the sets iterate in)."""

@@ -78,14 +78,6 @@ class KeyPool:
                 self.nonempty.notify_all()
         return added, removed
 
-    def discard(self, key: str) -> bool:
-        """Removes ``key`` if present (an object found missing on fetch); returns whether it was."""
-        with self._lock:
-            if key not in self._pos:
-                return False
-            self._remove_locked(key)
-            return True
-
     def discard_many(self, keys: Iterable[str]) -> int:
         """Removes every present key of ``keys`` (repeats allowed: a key sampled twice may be
         found vanished twice); returns how many left."""

@@ -14,7 +14,6 @@ from seer_core.config.schema import EvalConfig
 from services.evaluator.gauges import EvalGauges
 from services.evaluator.plot import plot_accuracy
 from services.evaluator.results import (
-    ROW_KEYS,
     ResultsFile,
     default_results_uri,
     done_steps,
@@ -25,6 +24,8 @@ from services.evaluator.results import (
 )
 
 _SETTINGS = eval_settings(EvalConfig(data="labelled"))
+ROW_KEYS = ("run", "step", "images_seen", "trunk", "stage", "protocol", "metric", "value",
+            "wall_time", "checkpoint", "data", "settings", "settings_id")
 
 
 def _row(step: int, protocol: str = "knn20", metric: str = "top1", value: float = 50.0,
