@@ -118,10 +118,8 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 def _setup_logging() -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,  # a no-op if the root has handlers
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("seer").setLevel(logging.INFO)
 
 

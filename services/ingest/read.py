@@ -77,17 +77,11 @@ class IngestMetrics:
 
 
 def feed_spec(cfg: FeedConfig | SeerConfig) -> FeedSpec:
-    """The picklable FeedSpec a config describes (what each read task opens)."""
-    f = cfg.feed if isinstance(cfg, SeerConfig) else cfg
-    return FeedSpec(
-        uri=f.uri, kind=f.kind, endpoint_url=f.endpoint_url, region=f.region,
-        pool_size=f.pool_size, refresh_seconds=f.refresh_seconds, idle_stop_s=f.idle_stop_seconds,
-        manifest_column=f.manifest_column, manifest_base=f.manifest_base,
-        extensions=tuple(f.extensions), fetch_timeout_s=f.fetch_timeout_s,
-        retry_budget_s=f.retry_budget_s, max_attempts=f.max_attempts,
-        shuffle_buffer=f.shuffle_buffer, images_per_shard_visit=f.images_per_shard_visit,
-        image_column=f.image_column,
-    )
+    """The picklable FeedSpec a config describes (what each read task opens): the same fields,
+    one renamed."""
+    fields = (cfg.feed if isinstance(cfg, SeerConfig) else cfg).model_dump()
+    fields["idle_stop_s"] = fields.pop("idle_stop_seconds")
+    return FeedSpec(**fields)
 
 
 # One open feed per spec per process: Ray reuses worker processes across read tasks, so the key
