@@ -6,6 +6,7 @@ confirmed for longest makes room for a newly listed one).
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 from collections import OrderedDict
@@ -60,14 +61,8 @@ class KeyPool:
     def replace(self, keys: Iterable[str]) -> tuple[int, int]:
         """Makes the pool exactly ``keys`` (the first ``capacity`` distinct ones): a source read
         in full (a directory walk, a manifest) is the truth, and anything not in it is gone."""
-        fresh: list[str] = []
-        pos: dict[str, int] = {}
-        for key in keys:
-            if key not in pos:
-                if len(fresh) >= self.capacity:
-                    break
-                pos[key] = len(fresh)
-                fresh.append(key)
+        fresh = list(itertools.islice(dict.fromkeys(keys), self.capacity))
+        pos = {key: i for i, key in enumerate(fresh)}
         with self._lock:
             added = sum(1 for k in fresh if k not in self._pos)
             removed = sum(1 for k in self._keys if k not in pos)
