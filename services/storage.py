@@ -49,10 +49,6 @@ class StepFolder:
     files: frozenset[str]
 
     @property
-    def name(self) -> str:
-        return self.path.rstrip("/").rsplit("/", 1)[-1]
-
-    @property
     def complete(self) -> bool:
         """A checkpoint (committed), as opposed to an upload in flight or cut short."""
         return COMMIT_FILE in self.files
@@ -162,8 +158,7 @@ class RunStorage:
             os.replace(tmp, target)
             return
         with open(local, "rb") as source, self.filesystem.open_output_stream(path) as out:
-            while chunk := source.read(_CHUNK):
-                out.write(chunk)
+            shutil.copyfileobj(source, out, _CHUNK)
 
     def prune(self, keep: int) -> list[str]:
         """Deletes what no run will read again (rank 0, after each commit; the only code that
@@ -182,20 +177,16 @@ class RunStorage:
         doomed += complete[:-keep]
         removed = []
         for folder in sorted(doomed, key=lambda f: f.step):
-            try:
-                self.delete_folder(folder)
+            try:  # the marker first: no reader sees a checkpoint losing its files
+                if folder.complete:
+                    self.uncommit(folder.path)
+                with contextlib.suppress(FileNotFoundError):
+                    self.filesystem.delete_dir(folder.path)
             except OSError as exc:
                 log.warning("could not prune %s: %s", folder.path, exc)
                 continue
             removed.append(folder.path)
         return removed
-
-    def delete_folder(self, folder: StepFolder) -> None:
-        """Deletes a step folder, marker first: no reader sees a checkpoint losing its files."""
-        if folder.complete:
-            self.uncommit(folder.path)
-        with contextlib.suppress(FileNotFoundError):
-            self.filesystem.delete_dir(folder.path)
 
 
 def resolve_storage(storage: str, run_name: str, endpoint_url: str | None = None) -> RunStorage:

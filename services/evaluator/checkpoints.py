@@ -11,6 +11,7 @@ a corrupt one. The copy lands in `$TMPDIR` (tempfile's rule) and is removed afte
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,11 +155,9 @@ def copy_checkpoint(ref: CheckpointRef, destination: Path) -> Path:
         info = ref.filesystem.get_file_info(source)
         if info.type != pafs.FileType.File:
             raise vanished
-        copied = 0
         with ref.filesystem.open_input_stream(source) as stream, open(target, "wb") as out:
-            while chunk := stream.read(COPY_CHUNK_BYTES):
-                out.write(chunk)
-                copied += len(chunk)
+            shutil.copyfileobj(stream, out, COPY_CHUNK_BYTES)
+            copied = out.tell()
     except OSError as exc:  # FileNotFoundError included
         if not _exists(ref.filesystem, source):
             raise vanished from exc

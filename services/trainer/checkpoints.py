@@ -19,6 +19,7 @@ streams gets fresh ones).
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,8 +80,7 @@ def _read(storage: RunStorage, path: str, name: str, tmp: Path) -> dict[str, Any
         return load_state(source, map_location="cpu")
     local = tmp / name
     with storage.filesystem.open_input_stream(source) as stream, open(local, "wb") as out:
-        while chunk := stream.read(8 * 1024 * 1024):
-            out.write(chunk)
+        shutil.copyfileobj(stream, out, 8 * 1024 * 1024)
     try:
         return load_state(local, map_location="cpu")
     finally:

@@ -256,7 +256,7 @@ def test_sigkill_mid_checkpoint_resumes_at_the_newest_intact_step(
     latest = f"{storage.run_path}/{LATEST_FILE}"
     assert storage.read_bytes(latest) == f"{step_dir_name(2)}\n".encode()
     if block_after:
-        assert step_dir_name(3) in [f.name for f in storage.scan()]  # the orphan is there
+        assert 3 in [f.step for f in storage.scan()]  # the orphan is there
 
     state = build_train_state(cfg)
     with torch.random.fork_rng():
@@ -267,5 +267,5 @@ def test_sigkill_mid_checkpoint_resumes_at_the_newest_intact_step(
     state.step = 5  # the resumed run trains on and writes its next checkpoint
     save_checkpoint(state, storage)
     assert [s for s, _ in storage.list_checkpoints()] == [2, 5]  # keep=2
-    assert step_dir_name(3) not in [f.name for f in storage.scan()]  # the orphan is pruned
+    assert 3 not in [f.step for f in storage.scan()]  # the orphan is pruned
     assert storage.read_bytes(latest) == f"{step_dir_name(5)}\n".encode()
