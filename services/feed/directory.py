@@ -73,11 +73,9 @@ def read_local(feed: PooledFeed, path: str, max_bytes: int | None = None) -> byt
     def transient(exc: BaseException) -> bool:
         return isinstance(exc, OSError) and exc.errno not in _MISSING_ERRNOS | _PERMANENT_ERRNOS
 
-    def on_retry(exc: BaseException, attempt_no: int, wait: float) -> None:
-        feed.count("retries")
-
     try:
-        return call_with_retry(attempt, policy, feed.jitter_rng, transient, on_retry, feed.sleep)
+        return call_with_retry(attempt, policy, feed.jitter_rng, transient,
+                               lambda *_: feed.count("retries"), feed.sleep)
     except RetryExhausted as exc:
         raise FetchFailed(path, type(exc.last).__name__, exc.attempts, exc.elapsed_s) from None
     except OSError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 #: (lo, hi): every key k with lo < k <= hi. lo None is -infinity, hi None is +infinity.
 Interval = tuple[str | None, str | None]
@@ -28,11 +28,6 @@ def merge_intervals(intervals: Iterable[Interval]) -> list[Interval]:
                 continue
         merged.append((lo, hi))
     return merged
-
-
-def covers_all(merged: Sequence[Interval]) -> bool:
-    """Whether merged ranges span the whole key space (the bucket was listed in full)."""
-    return len(merged) == 1 and merged[0] == (None, None)
 
 
 class Coverage:
@@ -55,7 +50,8 @@ class Coverage:
 
     @property
     def complete(self) -> bool:
-        return covers_all(self.merged)
+        """Whether the ranges span the whole key space (the bucket was listed in full)."""
+        return self.merged == [(None, None)]
 
 
 class KeyAlphabet:

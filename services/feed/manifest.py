@@ -71,14 +71,10 @@ class ManifestFeed(PooledFeed):
         if not self.on_s3:
             yield self.m_path
             return
-        fd, tmp = tempfile.mkstemp(prefix="seer-manifest-", suffix=self.format)
-        os.close(fd)
-        try:
-            self.s3.download(self.m_bucket, self.m_key, tmp)
-            yield tmp
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        with tempfile.TemporaryDirectory(prefix="seer-manifest-", ignore_cleanup_errors=True) as d:
+            path = os.path.join(d, "manifest" + self.format)
+            self.s3.download(self.m_bucket, self.m_key, path)
+            yield path
 
     def _column(self, names: list[str]) -> str:
         col = self.spec.manifest_column

@@ -80,9 +80,8 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> None:
             log.info("resumed from %s at step %d (%d images seen)", source, state.step,
                      state.images_seen)
             _log_world_change(cfg, storage_for(cfg).read_meta(source).get("world_size"), world)
-    metrics.world_size.set(world, metrics.tags)
-    if source:
         metrics.committed(state.step)
+    metrics.world_size.set(world, metrics.tags)
     writer = CheckpointWriter(
         storage_for(cfg), rank, world, device, keep=cfg.checkpoint.keep,
         grace_s=cfg.checkpoint.store_grace_minutes * 60, on_wait=metrics.store_waiting,
@@ -99,7 +98,6 @@ def _train(cfg: SeerConfig, state: TrainState, rank: int, world: int, device: to
            writer: CheckpointWriter, synthetic: bool) -> None:
     control = find_control(cfg.checkpoint.run_name) if rank == 0 else None
     decider = Decider(cfg, rank, world, device, control)
-    n_prototypes = cfg.model.prototypes[0]
     batches = (
         synthetic_batches(cfg, state.recipe, cfg.train.seed + rank)
         if synthetic
@@ -136,7 +134,7 @@ def _train(cfg: SeerConfig, state: TrainState, rank: int, world: int, device: to
             metrics.collapse.set(float(verdict), metrics.tags)
         if verdict is not None and collapse_warnings.should_warn(verdict) and rank == 0:
             log.warning("collapse suspected at step %d: loss %.4f (ln K = %.4f), usage entropy "
-                        "%.3f", result.step, result.loss, math.log(n_prototypes),
+                        "%.3f", result.step, result.loss, math.log(cfg.model.prototypes[0]),
                         result.usage_entropy)
 
         checkpoint_now, stop_now = decider.decide(state.step)

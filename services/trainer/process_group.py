@@ -41,10 +41,7 @@ def is_loopback(address: str) -> bool:
 def loopback_interface() -> str | None:
     """The loopback interface's name (``lo`` on Linux, ``lo0`` on macOS/BSD), if there is one."""
     names = [name for _, name in socket.if_nameindex()]
-    for name in ("lo", "lo0"):
-        if name in names:
-            return name
-    return next((name for name in names if name.startswith("lo")), None)
+    return next((n for n in ("lo", "lo0", *names) if n in names and n.startswith("lo")), None)
 
 
 def _pin_to_loopback() -> None:

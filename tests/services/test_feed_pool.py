@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from services.feed.keyspace import Coverage, KeyAlphabet, covers_all, merge_intervals, random_start
+from services.feed.keyspace import Coverage, KeyAlphabet, merge_intervals, random_start
 from services.feed.pool import KeyPool
 
 
@@ -76,8 +76,8 @@ def test_merge_and_coverage() -> None:
     assert "a" in cov and "f" in cov and "n" in cov and "y" in cov
     assert "g" not in cov and "m" not in cov and "x" not in cov and "q" not in cov
     assert not cov.complete
-    assert covers_all(merge_intervals([("k", None), (None, "k")]))
-    assert not covers_all(merge_intervals([("k", None), (None, "j")]))
+    assert Coverage([("k", None), (None, "k")]).complete
+    assert not Coverage([("k", None), (None, "j")]).complete
     assert "anything" not in Coverage([])
 
 
