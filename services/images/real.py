@@ -38,6 +38,7 @@ import random
 import re
 import shutil
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,10 +91,9 @@ class RealSets:
 
 
 def check_sources(stamps_root: Path = STAMPS_ROOT, backdrops_root: Path = BACKDROPS_ROOT,
-                  classes: dict[str, tuple[str, ...]] | None = None) -> None:
+                  classes: Mapping[str, tuple[str, ...]] = CLASSES) -> None:
     """Raises MissingPackagesError, with the apt-get command to run, when the stamps of a
     labelled class or any readable backdrop are missing. Never installs anything itself."""
-    classes = CLASSES if classes is None else classes
     missing = [f"{stamps_root / d}" for folders in classes.values() for d in folders
                if not any((stamps_root / d).rglob("*.png"))]
     if not _backdrop_files(backdrops_root):
@@ -208,7 +208,7 @@ def write_real_sets(pool_dir: str | Path, labelled_dir: str | Path, *, pool_coun
                     photo_share: float = 0.25,
                     seed: int = 0, labelled_side: int = 128, pool_side: int = 192,
                     max_stamps_per_class: int | None = None,
-                    classes: dict[str, tuple[str, ...]] | None = None,
+                    classes: Mapping[str, tuple[str, ...]] = CLASSES,
                     stamps_root: Path = STAMPS_ROOT, backdrops_root: Path = BACKDROPS_ROOT,
                     ) -> RealSets:
     """Writes the labelled set (train/val split by stamp group, `train_views` / `val_views`
@@ -217,7 +217,6 @@ def write_real_sets(pool_dir: str | Path, labelled_dir: str | Path, *, pool_coun
     `max_stamps_per_class` keeps the first groups of each class only (tiny sets for tests).
     Raises MissingPackagesError when the packages are not installed, ValueError on bad sizes.
     """
-    classes = CLASSES if classes is None else classes
     if min(train_views, val_views, pool_count) < 1 or not 0 < val_fraction < 1:
         raise ValueError("train_views, val_views and pool_count must be >= 1, "
                          "val_fraction in (0, 1)")
