@@ -11,14 +11,21 @@ import json
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from seer_core.config import ConfigError, SeerConfig, load_config, preset_names
 
 # Where `seer seed` writes by default: the `local` preset's feed, and `eval.data`'s default.
 SAMPLES_DIR = "runs/sample-images"
 LABELLED_DIR = "runs/labelled"
+# Where `seer seed --shards` writes by default (the sample pool as numbered shards).
+SHARDS_DIR = "runs/shards"
+SHARD_FORMATS = {"tar": ("tar",), "parquet": ("parquet",), "both": ("tar", "parquet")}
+DEFAULT_PER_SHARD = 64
+
+T = TypeVar("T")
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +68,8 @@ def _at_least_one(text: str) -> int:
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
-    """The sample pool the `local` preset reads, or (--labelled) the set `seer eval` reads."""
+    """The sample pool the `local` preset reads, the same images packed into shards (--shards:
+    a shard feed to try, or to upload), or (--labelled) the set `seer eval` reads."""
     if args.labelled and args.count is not None:
         print("seer seed: --count is for the sample pool; with --labelled give "
               "--train-per-class and --val-per-class", file=sys.stderr)
@@ -71,7 +79,17 @@ def cmd_seed(args: argparse.Namespace) -> int:
     if unused and not args.labelled:
         print(f"seer seed: {unused[0]} needs --labelled", file=sys.stderr)
         return 2
-    out = Path(args.out or (LABELLED_DIR if args.labelled else SAMPLES_DIR))
+    if args.shards and args.labelled:
+        print("seer seed: --shards packs the sample pool; the labelled set (--labelled) is "
+              "folders per class, never shards", file=sys.stderr)
+        return 2
+    unused = [flag for flag, value in (("--format", args.format),
+                                       ("--per-shard", args.per_shard)) if value is not None]
+    if unused and not args.shards:
+        print(f"seer seed: {unused[0]} needs --shards", file=sys.stderr)
+        return 2
+    default = LABELLED_DIR if args.labelled else SHARDS_DIR if args.shards else SAMPLES_DIR
+    out = Path(args.out or default)
     if out.exists() and not out.is_dir():
         print(f"seer seed: {out} is a file, not a folder", file=sys.stderr)
         return 2
@@ -80,11 +98,18 @@ def cmd_seed(args: argparse.Namespace) -> int:
               "same name are replaced, others stay)", file=sys.stderr)
         return 1
     start = time.perf_counter()
+    count = 2000 if args.count is None else args.count
+    if args.shards:
+        formats = SHARD_FORMATS[args.format or "tar"]
+        per_shard = args.per_shard or DEFAULT_PER_SHARD
+        written = _seed_shards(out, count, args.seed, formats, per_shard)
+        _report_shards(out, count, written, min(count, per_shard),
+                       time.perf_counter() - start)
+        return 0
     if not args.labelled:
         from services.images.sample import generate_sample_images
 
-        n = generate_sample_images(out, 2000 if args.count is None else args.count,
-                                   seed=args.seed, progress=True)
+        n = generate_sample_images(out, count, seed=args.seed, progress=True)
         print(f"wrote {n} sample images to {out} in {time.perf_counter() - start:.1f} s")
         return 0
     from services.images.labelled import generate_labelled_images
@@ -102,6 +127,61 @@ def cmd_seed(args: argparse.Namespace) -> int:
     print(f"next: seer eval --data {shlex.quote(str(out))}   (evaluates the newest checkpoint "
           "that seer pretrain wrote for --config's run)")
     return 0
+
+
+def _seed_shards(out: Path, count: int, seed: int, formats: Sequence[str],
+                 per_shard: int) -> dict[str, list[Path]]:
+    """The sample pool (the very bytes `seer seed` writes) as numbered shards in ``out``, per
+    format. The images are generated once into a hidden folder beside ``out`` (same disk, so no
+    small /tmp fills up) and packed from there, one shard in memory at a time."""
+    import tempfile
+
+    from services.evaluator.progress import Progress
+    from services.images.sample import generate_sample_images
+    from services.images.shards import (
+        directory_samples,
+        write_parquet_shards,
+        write_webdataset_shards,
+    )
+
+    writers = {"tar": write_webdataset_shards, "parquet": write_parquet_shards}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = {}
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-images-", dir=out.parent) as images:
+        generate_sample_images(images, count, seed=seed, progress=True)
+        for fmt in formats:
+            samples = directory_samples(images)
+            if count >= 200:  # as generate_sample_images shows its own
+                samples = _with_progress(samples, Progress(f"{fmt} shards", tty=True), count)
+            written[fmt] = writers[fmt](samples, out, per_shard)
+    return written
+
+
+def _with_progress(items: Iterable[T], progress: Callable[[int, int], None],
+                   total: int) -> Iterator[T]:
+    for done, item in enumerate(items, 1):
+        yield item
+        progress(done, total)
+
+
+def shard_pattern(paths: Sequence[Path]) -> str:
+    """The brace pattern that names exactly ``paths`` (numbered shards of one folder, in order),
+    the form feed.uri takes: ``runs/shards/{00000..00031}.tar``."""
+    first, last = (p.name.split(".", 1) for p in (paths[0], paths[-1]))
+    return f"{paths[0].parent.as_posix()}/{{{first[0]}..{last[0]}}}.{first[1]}"
+
+
+def _report_shards(out: Path, count: int, written: dict[str, list[Path]], per_shard: int,
+                   seconds: float) -> None:
+    """What was written, and the feed.uri to train on it (quoted: a shell expands braces)."""
+    patterns = [shard_pattern(paths) for paths in written.values()]
+    print(f"wrote {count} sample images to {out} in {seconds:.1f} s:")
+    for (fmt, paths), pattern in zip(written.items(), patterns, strict=True):
+        size = sum(p.stat().st_size for p in paths) / 1e6
+        print(f"  {len(paths)} {fmt} shard(s) of up to {per_shard} images, "
+              f"{size:.1f} MB: feed.uri={pattern}")
+    print(f"next: seer pretrain --set {shlex.quote(f'feed.uri={patterns[0]}')}\n"
+          f"  or, in the checkout: make run FEED={shlex.quote(patterns[0])}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -207,10 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub, _add_config_args)
 
     p = sub.add_parser(
-        "seed", help="write sample images for the embedded default feed (--labelled: a "
-        "labelled set for seer eval)")
-    p.add_argument("--out", help=f"folder (default: {SAMPLES_DIR}, or {LABELLED_DIR} with "
-                   "--labelled)")
+        "seed", help="write sample images for the embedded default feed (--shards: packed into "
+        "WebDataset/Parquet shards; --labelled: a labelled set for seer eval)")
+    p.add_argument("--out", help=f"folder (default: {SAMPLES_DIR}, {SHARDS_DIR} with --shards, "
+                   f"{LABELLED_DIR} with --labelled)")
     p.add_argument("--count", type=_at_least_one, help="sample images (default: 2000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="write into a non-empty folder")
@@ -221,6 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--labelled: training images per class (default: 100)")
     p.add_argument("--val-per-class", type=_at_least_one, metavar="N",
                    help="--labelled: validation images per class (default: 50)")
+    p.add_argument("--shards", action="store_true",
+                   help="pack the sample images into numbered shards instead (OUT/00000.tar, "
+                   "...), as the public corpora are published; prints the feed.uri to use")
+    p.add_argument("--format", choices=sorted(SHARD_FORMATS),
+                   help="--shards: WebDataset tars, Parquet image tables (Hugging Face layout) "
+                   "or both (default: tar)")
+    p.add_argument("--per-shard", type=_at_least_one, metavar="N",
+                   help=f"--shards: images per shard (default: {DEFAULT_PER_SHARD})")
     p.set_defaults(func=cmd_seed)
 
     p = sub.add_parser("status", help="newest checkpoint, step, images seen, loss, LR")

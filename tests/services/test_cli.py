@@ -113,6 +113,81 @@ def test_seed_labelled(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert not (tmp_path / "runs" / "sample-images").exists()
 
 
+def _shard_images(pattern: str) -> list[tuple[str, bytes]]:
+    """(where, bytes) of every image the shard feed finds under ``pattern``, in order: seer's
+    own lister (ShardSource) and readers, as a read task uses them. ``where`` is the member's
+    shard's file name with the member's name in a tar, row group:row in a Parquet table."""
+    from services.feed.base import FeedSpec
+    from services.feed.shards import iter_shard_samples
+    from services.feed.shards.source import ShardSource
+
+    source = ShardSource(FeedSpec(uri=pattern))
+    images = []
+    try:
+        for shard in source.list_shards():
+            with source.open(shard) as handle:
+                for sample in iter_shard_samples(handle, shard):
+                    assert sample.data is not None, sample
+                    images.append((sample.key.rsplit("/", 1)[1], sample.data))
+    finally:
+        source.close()
+    return images
+
+
+def test_seed_shards_hold_exactly_the_sample_images(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from services.feed.shards.names import expand_shard_pattern
+
+    ref, out = tmp_path / "imgs", tmp_path / "shards"
+    assert main(["seed", "--out", str(ref), "--count", "5", "--seed", "3"]) == 0
+    want = sorted((p.name, p.read_bytes()) for p in ref.iterdir())
+    capsys.readouterr()
+    assert main(["seed", "--shards", "--format", "both", "--per-shard", "2", "--out", str(out),
+                 "--count", "5", "--seed", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"0000{i}.{ext}" for i in range(3) for ext in ("tar", "parquet"))  # nothing hidden left
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    for ext in ("tar", "parquet"):
+        pattern = f"{out.as_posix()}/{{00000..00002}}.{ext}"
+        assert f"3 {ext} shard(s) of up to 2 images" in printed
+        assert f"feed.uri={pattern}" in printed
+        assert expand_shard_pattern(pattern) == [str(out / f"0000{i}.{ext}") for i in range(3)]
+        # The very bytes, in order, two a shard: a tar's members by name, a table's by row.
+        assert _shard_images(pattern) == [
+            (f"0000{i // 2}.{ext}#" + (name if ext == "tar" else f"0:{i % 2}"), data)
+            for i, (name, data) in enumerate(want)]
+    tar_pattern = f"{out.as_posix()}/{{00000..00002}}.tar"
+    assert f"next: seer pretrain --set 'feed.uri={tar_pattern}'" in printed
+    assert f"make run FEED='{tar_pattern}'" in printed
+
+
+def test_seed_shards_refuses_bad_combinations(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    none = str(tmp_path / "none")
+    assert main(["seed", "--shards", "--labelled", "--out", none]) == 2
+    assert "--labelled) is folders per class, never shards" in capsys.readouterr().err
+    for flag, value in (("--format", "parquet"), ("--per-shard", "8")):
+        assert main(["seed", "--out", none, flag, value]) == 2
+        assert f"{flag} needs --shards" in capsys.readouterr().err
+    for flag, value, says in (("--per-shard", "0", "must be >= 1, got 0"),
+                              ("--format", "zip", "invalid choice: 'zip'")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["seed", "--shards", "--out", none, flag, value])
+        assert exit_info.value.code == 2
+        assert f"argument {flag}: {says}" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+    # Default folder runs/shards, one shard; then a second seeding into it needs --force.
+    monkeypatch.chdir(tmp_path)
+    assert main(["seed", "--shards", "--count", "1"]) == 0
+    assert "feed.uri=runs/shards/{00000..00000}.tar" in capsys.readouterr().out
+    assert [p.name for p in (tmp_path / "runs" / "shards").iterdir()] == ["00000.tar"]
+    assert main(["seed", "--shards", "--count", "1", "--format", "parquet"]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "sample-images").exists()
+
+
 def _tiny_overrides(storage: Path) -> list[str]:
     return ["model.trunk=tiny", "model.head_hidden=[16]", "model.head_out=8",
             "model.prototypes=8", f"checkpoint.storage={storage}", "checkpoint.run_name=r1"]
