@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import shlex
 import signal
 import sys
 import threading
@@ -24,6 +26,10 @@ from seer_core.training.preflight import preflight
 from services import metrics
 from services.driver.control import ask, create_control
 from services.driver.local_ray import start_local_ray
+from services.feed.base import FeedSpec
+from services.feed.shards.names import check_shard_pattern
+from services.feed.shards.source import SHARD_SUFFIXES, ShardSource
+from services.ingest.read import feed_spec
 from services.ingest.stream import pool_size, reserved_cpus
 from services.storage import RunStorage
 from services.trainer.build import build_trainer
@@ -193,30 +199,73 @@ def banner(cfg: SeerConfig, storage: RunStorage, places: RayPlaces, status_port:
 
 
 def check_feed(cfg: SeerConfig) -> None:
-    """Fails early, with the fix, when a local feed folder is missing."""
+    """Fails early, with the fix, when a local feed names nothing: a missing folder, or a shard
+    pattern, glob or folder (``feed.kind`` ``shards``) under which no shard exists. Shards are
+    listed by the feed's own lister, so what passes here is what the read tasks will find."""
     uri = cfg.feed.uri
     if "://" in uri and not uri.startswith("file://"):
+        return
+    try:
+        spec = feed_spec(cfg)
+    except ValueError as exc:
+        raise SystemExit(f"feed.{exc}") from None
+    if spec.resolved_kind() == "shards":
+        _check_local_shards(uri, spec)
         return
     path = Path(uri.removeprefix("file://"))
     if not path.exists():
         raise SystemExit(
             f"feed.uri: {uri} does not exist. Create sample images with `seer seed --out {uri}`"
-            " (or `make run`, which does it), or point feed.uri at a folder, a manifest or "
-            "s3://bucket/prefix."
+            " (or `make run`, which does it), or point feed.uri at a folder, a manifest, shards "
+            "(`seer seed --shards`) or s3://bucket/prefix."
         )
+
+
+def _check_local_shards(uri: str, spec: FeedSpec) -> None:
+    source = ShardSource(spec)  # lists only when asked: nothing starts here
+    try:
+        # A single shard or a .txt list is listed as named: only a file that is there counts.
+        found = [name for name in source.list_shards() if os.path.isfile(name)]
+    except OSError as exc:  # a shard list (.txt) that cannot be read
+        raise SystemExit(f"feed.uri: {uri}: {exc}") from None
+    finally:
+        source.close()
+    if found:
+        return
+    path = uri.removeprefix("file://")
+    named = check_shard_pattern(path)
+    what = f"none of the {named:,} shards it names exists" if named > 1 else "no shard exists"
+    # The folder to seed: the pattern's up to its first brace or wildcard, or the folder named.
+    literal = re.split(r"[{*?\[]", path, maxsplit=1)[0]
+    named_folder = literal == path and not path.lower().endswith((*SHARD_SUFFIXES, ".txt"))
+    folder = path.rstrip("/") if named_folder else os.path.dirname(literal)
+    fmt = " --format parquet" if path.lower().endswith(".parquet") else ""
+    raise SystemExit(
+        f"feed.uri: {uri}: {what}. Write sample shards with "
+        f"`seer seed --shards{fmt} --out {shlex.quote(folder or '.')}` (it prints the feed.uri "
+        "to use), or point feed.uri at shards that exist."
+    )
 
 
 def anchor_local_paths(cfg: SeerConfig, base: str | None = None) -> SeerConfig:
     """A copy of `cfg` whose relative local paths are made absolute against `base` (the cwd):
     Ray Train starts its workers in a folder of the Ray session, where `runs/checkpoints` would
-    name another, empty place. URIs with a scheme and absolute paths are left alone."""
+    name another, empty place. URIs with a scheme and absolute paths are left alone. Of a shard
+    pattern only the folder before its first brace is normalised (a brace group is not a path
+    segment: it may hold a `/` or `..`)."""
     root = base or os.getcwd()
 
     def anchor(value: str | None) -> str | None:
         if not value or urlparse(value).scheme:
             return value
         path = os.path.expanduser(value)
-        return path if os.path.isabs(path) else os.path.normpath(os.path.join(root, path))
+        if os.path.isabs(path):
+            return path
+        literal, brace, rest = path.partition("{")
+        if not brace:
+            return os.path.normpath(os.path.join(root, path))
+        folder, _, stem = literal.rpartition("/")
+        return os.path.join(os.path.normpath(os.path.join(root, folder)), stem + brace + rest)
 
     out = config_from_dict(cfg.to_dict())
     out.feed.uri = anchor(out.feed.uri) or out.feed.uri

@@ -72,6 +72,43 @@ def test_missing_local_feed_says_how_to_fix(tmp_path: Path) -> None:
     check_feed(load_config("local", ["feed.uri=s3://bucket/prefix/"]))  # remote: not checked
 
 
+def test_local_shard_patterns_pass_when_their_shards_exist(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A brace pattern or glob is no path: it passes when the feed's lister finds a shard."""
+    from services.images.shards import write_parquet_shards, write_webdataset_shards
+
+    samples = [(f"k{i}", bytes([i]), "jpg") for i in range(4)]
+    write_webdataset_shards(samples, tmp_path / "runs" / "shards", 2)
+    write_parquet_shards(samples, tmp_path / "runs" / "shards", 2)
+    monkeypatch.chdir(tmp_path)
+
+    def check(uri: str, *extra: str) -> None:
+        check_feed(anchor_local_paths(load_config("local", [f"feed.uri={uri}", *extra])))
+
+    for uri in ("runs/shards/{00000..00001}.tar", "runs/shards/{00000..00001}.parquet",
+                "runs/shards/{00000..00009}.tar",  # some missing: the feed skips them
+                "runs/shards/*.tar", "runs/shards/0000*.parquet", "runs/shards/00001.tar",
+                f"{tmp_path}/runs/shards/{{00000..00001}}.tar"):
+        check(uri)
+    check("runs/shards/", "feed.kind=shards")
+    shards = tmp_path / "runs" / "shards"
+    for uri, says in (
+            ("runs/shards/{00002..00006}.tar", f"none of the 5 shards it names exists. Write "
+             f"sample shards with `seer seed --shards --out {shards}`"),
+            ("runs/other/*.parquet", "no shard exists. Write sample shards with `seer seed "
+             f"--shards --format parquet --out {tmp_path / 'runs' / 'other'}`"),
+            ("runs/shards/00007.tar", f"no shard exists. Write sample shards with `seer seed "
+             f"--shards --out {shards}`")):
+        with pytest.raises(SystemExit) as exit_info:
+            check(uri)
+        assert says in str(exit_info.value), uri
+    with pytest.raises(SystemExit, match=r"seer seed --shards --out .*runs/empty`"):
+        (tmp_path / "runs" / "empty").mkdir()
+        check("runs/empty", "feed.kind=shards")
+    with pytest.raises(SystemExit, match=r"feed\.uri: shard pattern .*is reversed"):
+        check("runs/shards/{00009..00000}.tar")
+
+
 def test_required_cpus_counts_every_consumer() -> None:
     cfg = load_config("local", ["train.num_workers=2", "train.cpus_per_worker=1",
                                 "ingest.actors=3", "ingest.cpus_per_actor=1",
@@ -96,3 +133,21 @@ def test_relative_local_paths_are_anchored_at_the_driver(tmp_path: Path,
         "s3://bucket/img/", "/abs/ckpt", "file:///data/imgs")
     home = anchor_local_paths(load_config("local", ["checkpoint.storage=~/ckpt"]), "/x")
     assert home.checkpoint.storage == str(Path("~/ckpt").expanduser())
+
+
+def test_relative_shard_patterns_are_anchored_whole() -> None:
+    """The folder of a pattern is anchored and normalised; its brace groups are left as written
+    (``..`` in a range is no parent folder), so it still names the same shards."""
+    from services.feed.shards.names import expand_shard_pattern
+
+    def anchored(uri: str) -> str:
+        return anchor_local_paths(load_config("local", [f"feed.uri={uri}"]), "/w/x").feed.uri
+
+    assert anchored("runs/./shards/{00000..00003}.tar") == "/w/x/runs/shards/{00000..00003}.tar"
+    assert expand_shard_pattern(anchored("runs/shards/{00000..00003}.tar"))[-1] == (
+        "/w/x/runs/shards/00003.tar")
+    assert anchored("{00000..00003}.tar") == "/w/x/{00000..00003}.tar"
+    assert anchored("../shards/part-{0..3}.parquet") == "/w/shards/part-{0..3}.parquet"
+    assert anchored("d/{a,b/../c}.tar") == "/w/x/d/{a,b/../c}.tar"  # normpath: d/c}.tar
+    assert anchored("runs/shards/*.tar") == "/w/x/runs/shards/*.tar"
+    assert anchored("s3://b/p/{00000..00009}.tar") == "s3://b/p/{00000..00009}.tar"
