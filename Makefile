@@ -7,11 +7,14 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 SAMPLES ?= runs/sample-images
 LABELLED ?= runs/labelled
+SHARDS ?= runs/shards
+SHARD_ARGS ?=
+FEED ?=
 CONFIG ?= local
 ARGS ?=
 EVAL_ARGS ?=
 
-.PHONY: venv test lint run seed seed-labelled eval bench clean observe
+.PHONY: venv test lint run seed seed-labelled seed-shards eval bench clean observe
 
 venv: $(STAMP)
 
@@ -54,8 +57,22 @@ seed: $(STAMP)
 seed-labelled: $(STAMP)
 	@test -d $(LABELLED) || $(VENV)/bin/seer seed --labelled --out $(LABELLED)
 
-run: $(STAMP) seed
-	$(VENV)/bin/seer pretrain --config $(CONFIG) $(ARGS)
+# The sample images packed into WebDataset tars in SHARDS (SHARD_ARGS: more `seer seed --shards`
+# options, e.g. "--format both --per-shard 100 --count 5000"); it prints the feed.uri to train on:
+# make run FEED='runs/shards/{00000..00031}.tar'.
+seed-shards: $(STAMP)
+	@if test -d $(SHARDS); then \
+		echo "$(SHARDS) exists (remove it to seed again); train on it: make run FEED='$(SHARDS)/*.tar'"; \
+	else \
+		$(VENV)/bin/seer seed --shards --out $(SHARDS) $(SHARD_ARGS); \
+	fi
+
+# FEED: train on that feed.uri (a folder, an s3:// prefix, a shard pattern or glob such as
+# 'runs/shards/{00000..00031}.tar') instead of the sample images, which are then not seeded.
+# Brace expansion is off, so ARGS="--set feed.uri=runs/shards/{00000..00031}.tar" also reaches
+# seer as written.
+run: $(STAMP) $(if $(FEED),,seed)
+	set +B; $(VENV)/bin/seer pretrain --config $(CONFIG) $(if $(FEED),--set 'feed.uri=$(FEED)') $(ARGS)
 
 # The newest checkpoint of CONFIG's run (written by `make run`) on the generated labelled set.
 eval: $(STAMP) seed-labelled
