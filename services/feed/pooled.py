@@ -249,11 +249,6 @@ class PooledFeed:
         self._ensure_started()
         return len(self._pool)
 
-    def pooled_keys(self) -> list[str]:
-        """A snapshot of the pool (tests, debugging); like ``pool_size`` it starts the refresher."""
-        self._ensure_started()
-        return self._pool.snapshot()
-
     def forget(self, keys: Iterable[str]) -> None:
         """Drops keys found vanished (here or, for a run's key owner, by a read task that
         fetched them) from the pool, so they are not sampled again before the next refresh."""

@@ -170,9 +170,7 @@ class S3Feed(PooledFeed):
         # (random runs in a large one rarely overlap); a sweep next cycle confirms or refutes it.
         self._small = (coverage.complete and len(accepted) <= pool_size) or (
             not sweep and len(accepted) < pool_size)
-        gone = [k for k in self._pool.snapshot() if k not in listed and k in coverage]
-        n = self._pool.discard_many(gone)
-        self.count("keys_evicted", n)
+        self.forget(k for k in self._pool.snapshot() if k not in listed and k in coverage)
 
     def _start_point(self) -> str:
         return random_start(self.prefix, self._pool.random_key(self._rng), self._alphabet,

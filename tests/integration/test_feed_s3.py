@@ -29,6 +29,7 @@ from services.feed.s3 import S3Feed
 from services.s3 import RetryPolicy
 from tests.s3server import FaultProxy, MotoServer, make_client, put_objects
 from tests.services.test_s3 import max_calls
+from tests.waiting import pooled_keys
 from tests.waiting import wait_until as _wait
 
 pytestmark = pytest.mark.integration
@@ -56,7 +57,7 @@ def test_small_bucket_fully_listed_and_uniformly_sampled(s3_server, s3_client, s
     with open_feed(s3_spec(s3_bucket, s3_server.endpoint_url, pool_size=100)) as feed:
         assert isinstance(feed, S3Feed)
         feed.sample(1, random.Random(0), timeout=10)
-        assert wait_until(lambda: sorted(feed.pooled_keys()) == keys)
+        assert wait_until(lambda: sorted(pooled_keys(feed)) == keys)
         counts = Counter(feed.sample(12_000, random.Random(1)))
         chi2 = sum((counts[k] - 1000) ** 2 / 1000 for k in keys)
         assert set(counts) == set(keys) and chi2 < 31.3  # 11 d.o.f., p = 0.001
@@ -75,14 +76,14 @@ def test_pool_bounded_and_moves_over_the_key_space(s3_server, s3_client, s3_buck
         feed.sample(1, random.Random(0), timeout=10)
 
         def covered() -> bool:
-            pool = feed.pooled_keys()
+            pool = pooled_keys(feed)
             assert len(pool) <= 50
             seen.update(pool)
             return {int(k[4:8]) // 40 for k in seen} == set(range(10))  # all ten tenths
 
         assert wait_until(covered, timeout=30), sorted(seen)
         assert feed.stats()["refreshes"] >= 2
-        assert len(feed.pooled_keys()) <= 50
+        assert len(pooled_keys(feed)) <= 50
 
 
 def test_added_objects_get_sampled_and_deleted_ones_vanish(s3_server, s3_client, s3_bucket):
@@ -92,16 +93,16 @@ def test_added_objects_get_sampled_and_deleted_ones_vanish(s3_server, s3_client,
         put_objects(s3_client, s3_bucket, {"img/new.jpg": b"new"})
         assert wait_until(lambda: "img/new.jpg" in feed.sample(200, random.Random(0)))
         s3_client.delete_object(Bucket=s3_bucket, Key="img/2.jpg")
-        if "img/2.jpg" in feed.pooled_keys():
+        if "img/2.jpg" in pooled_keys(feed):
             try:
                 feed.fetch("img/2.jpg")
                 raise AssertionError("fetch of a deleted object succeeded")
             except ObjectVanished as exc:
                 assert exc.key == "img/2.jpg"
-        assert wait_until(lambda: "img/2.jpg" not in feed.pooled_keys())
+        assert wait_until(lambda: "img/2.jpg" not in pooled_keys(feed))
         # And a refresh does not bring it back.
         time.sleep(0.3)
-        assert "img/2.jpg" not in feed.pooled_keys() and len(feed.pooled_keys()) == 5
+        assert "img/2.jpg" not in pooled_keys(feed) and len(pooled_keys(feed)) == 5
 
 
 def test_deleted_after_listing_raises_object_vanished(s3_server, s3_client, s3_bucket):
@@ -111,7 +112,7 @@ def test_deleted_after_listing_raises_object_vanished(s3_server, s3_client, s3_b
         s3_client.delete_object(Bucket=s3_bucket, Key="img/a.jpg")
         with pytest.raises(ObjectVanished):
             feed.fetch("img/a.jpg")
-        assert feed.pooled_keys() == ["img/b.jpg"]
+        assert pooled_keys(feed) == ["img/b.jpg"]
         assert feed.stats()["vanished"] == 1
 
 
@@ -209,7 +210,7 @@ def test_server_restart_mid_stream(fresh_s3_server: MotoServer):
         assert feed.pool_size() == 2
         fresh_s3_server.start()  # same port, empty: re-create the bucket with new contents
         populate(["img/a.jpg", "img/c.jpg"])
-        assert wait_until(lambda: sorted(feed.pooled_keys()) == ["img/a.jpg", "img/c.jpg"])
+        assert wait_until(lambda: sorted(pooled_keys(feed)) == ["img/a.jpg", "img/c.jpg"])
         assert feed.fetch("img/c.jpg") == b"img/c.jpg"
     client.close()
 
@@ -244,12 +245,12 @@ def test_parquet_manifest_on_s3_reread_on_change(s3_server, s3_client, s3_bucket
                     refresh_seconds=0.1, retry_budget_s=5.0)
     with open_feed(spec) as feed:
         want = {f"s3://{s3_bucket}/data/x.jpg", f"s3://{s3_bucket}/data/y.jpg"}
-        assert wait_until(lambda: set(feed.pooled_keys()) == want)
+        assert wait_until(lambda: set(pooled_keys(feed)) == want)
         assert feed.fetch(f"s3://{s3_bucket}/data/y.jpg") == b"y"
         reads = feed.stats()["manifest_reads"]
         put_objects(s3_client, s3_bucket,
                     {"lists/m.parquet": parquet_bytes("key", ["data/z"])})  # new ETag
-        assert wait_until(lambda: feed.pooled_keys() == [f"s3://{s3_bucket}/data/z"])
+        assert wait_until(lambda: pooled_keys(feed) == [f"s3://{s3_bucket}/data/z"])
         assert feed.stats()["manifest_reads"] == reads + 1
 
 

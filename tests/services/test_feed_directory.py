@@ -17,7 +17,7 @@ from services.feed import (
     PooledFeed,
     open_feed,
 )
-from tests.waiting import refresher_threads, wait_until
+from tests.waiting import pooled_keys, refresher_threads, wait_until
 
 #: Generous: how long a condition may take on a loaded 2-core machine before it is a hang.
 PATIENCE_S = 60.0
@@ -63,7 +63,7 @@ def test_rescan_sees_added_and_removed_files(tmp_path: Path) -> None:
         assert wait_until(lambda: feed.pool_size() == 2, PATIENCE_S)
         make_tree(tmp_path, ["c.jpg"])
         os.remove(tmp_path / "a.jpg")
-        assert wait_until(lambda: set(feed.pooled_keys()) == {str(tmp_path / "b.jpg"),
+        assert wait_until(lambda: set(pooled_keys(feed)) == {str(tmp_path / "b.jpg"),
                                                         str(tmp_path / "c.jpg")}, PATIENCE_S)
         assert feed.stats()["refreshes"] >= 2
 
@@ -77,7 +77,7 @@ def test_vanished_file_raises_and_leaves_the_pool(tmp_path: Path) -> None:
         with pytest.raises(ObjectVanished) as info:
             feed.fetch(gone)
         assert info.value.key == gone
-        assert gone not in feed.pooled_keys()
+        assert gone not in pooled_keys(feed)
         assert feed.stats()["vanished"] == 1
 
 

@@ -25,7 +25,7 @@ from services.feed import FeedClosed, FeedSpec, open_feed
 from services.feed.pooled import PooledFeed
 from services.feed.s3 import S3Feed
 from services.ingest.read import close_process_feeds, process_feed
-from tests.waiting import refresher_threads, wait_until
+from tests.waiting import pooled_keys, refresher_threads, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 #: Generous: how long a condition may take on a loaded 2-core machine before the test gives up.
@@ -244,7 +244,7 @@ def test_refresh_now_and_the_background_refresher_never_overlap(tmp_path: Path) 
     assert not feed.overlap.is_set(), "refresh_now ran beside the background refresher"
     assert feed.max_active == 1
     assert feed.generation == feed.cycles  # no lost update
-    keys = feed.pooled_keys()
+    keys = pooled_keys(feed)
     assert len(keys) == len(set(keys)) == feed.cycles
     assert not _threads_of(spec.uri)
 

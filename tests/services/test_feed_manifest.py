@@ -12,7 +12,7 @@ import pytest
 
 from services.feed import FeedEmpty, FeedSpec, ObjectVanished, open_feed
 from services.feed.manifest import ManifestFeed
-from tests.waiting import wait_until
+from tests.waiting import pooled_keys, wait_until
 
 #: Generous: how long a condition may take on a loaded 2-core machine before it is a hang.
 PATIENCE_S = 60.0
@@ -68,12 +68,12 @@ def test_large_parquet_manifest_is_sampled_into_the_pool(tmp_path: Path) -> None
     pq.write_table(pa.table({"key": [f"/d/{i}.jpg" for i in range(5000)]}), m, row_group_size=700)
     with open_feed(FeedSpec(str(m), pool_size=300, refresh_seconds=0.05)) as feed:
         assert wait_until(lambda: feed.pool_size() == 300, PATIENCE_S)
-        first = set(feed.pooled_keys())
+        first = set(pooled_keys(feed))
         assert len(first) == 300 and all(k.startswith("/d/") for k in first)
         # Spread over the whole manifest, not its head.
         assert max(int(k[3:-4]) for k in first) > 4000 and min(int(k[3:-4]) for k in first) < 1000
         # Larger than the pool: re-drawn every refresh, so the pool moves through it.
-        assert wait_until(lambda: set(feed.pooled_keys()) != first, PATIENCE_S)
+        assert wait_until(lambda: set(pooled_keys(feed)) != first, PATIENCE_S)
         assert feed.stats()["source_objects"] == 5000
 
 
@@ -100,7 +100,7 @@ def test_manifest_re_read_when_changed(tmp_path: Path, images: Path) -> None:
         m.write_text("imgs/1.jpg\nimgs/2.jpg\n")
         bump_mtime(m)
         want = {str(images / "1.jpg"), str(images / "2.jpg")}
-        assert wait_until(lambda: set(feed.pooled_keys()) == want, PATIENCE_S)
+        assert wait_until(lambda: set(pooled_keys(feed)) == want, PATIENCE_S)
 
 
 def test_vanished_entry(tmp_path: Path, images: Path) -> None:
@@ -111,4 +111,4 @@ def test_vanished_entry(tmp_path: Path, images: Path) -> None:
         os.remove(images / "0.jpg")
         with pytest.raises(ObjectVanished):
             feed.fetch(str(images / "0.jpg"))
-        assert feed.pooled_keys() == [str(images / "1.jpg")]
+        assert pooled_keys(feed) == [str(images / "1.jpg")]

@@ -24,6 +24,7 @@ from services.ingest.read import (
 )
 from tests.data.bad_inputs import CROPS, bad_inputs, good_jpeg, png_bomb_header
 from tests.s3server import put_objects
+from tests.waiting import pooled_keys
 
 
 def ingest_keys(cropper: Cropper, feed: Any, keys: list[str]) -> Any:
@@ -94,7 +95,7 @@ def test_every_bad_input_ends_as_crops_or_its_reason(
     with open_feed(str(image_dir), refresh_seconds=60.0) as feed:
         worker = Cropper(cfg, seed=0)
         feed.sample(1, random.Random(0))  # waits for the first listing
-        keys = sorted(feed.pooled_keys())
+        keys = sorted(pooled_keys(feed))
         assert len(keys) == len(cases)
         before = _counts()
         result = ingest_keys(worker, feed, keys)
@@ -151,7 +152,7 @@ def test_vanished_and_fetch_error_are_reasons(image_dir: Path, tmp_path: Path) -
     with open_feed(str(image_dir), refresh_seconds=60.0) as feed:
         feed.sample(1, random.Random(0))
         victim = str(image_dir / "cmyk.jpg")
-        pooled = feed.pooled_keys()
+        pooled = pooled_keys(feed)
         assert victim in pooled
         Path(victim).unlink()  # deleted between listing and fetch
         worker = Cropper(small_cfg())
