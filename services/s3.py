@@ -178,7 +178,6 @@ class BodyReadError(Exception):
 
 
 def body_chunks(body: Any, size: int = 1 << 20) -> Iterator[bytes]:
-    """A StreamingBody's chunks; a failure while reading raises BodyReadError."""
     try:
         yield from body.iter_chunks(size)
     except Exception as exc:  # the consumer's own errors are raised outside this generator

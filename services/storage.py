@@ -101,7 +101,6 @@ class RunStorage:
         return [(folder.step, folder.path) for folder in self.scan() if folder.complete]
 
     def folder_files(self, path: str) -> set[str]:
-        """Names of the files directly in a checkpoint folder."""
         infos = self.filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
         return {info.base_name for info in infos if info.type == pafs.FileType.File}
 

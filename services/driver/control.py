@@ -129,7 +129,6 @@ class RunControl:
         self._next_note += 1
 
     def notes(self, since: int) -> list[tuple[int, str]]:
-        """Notes numbered `since` or later, oldest first."""
         return [(n, text) for n, text in self._notes if n >= since]
 
 

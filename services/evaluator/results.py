@@ -74,7 +74,6 @@ def settings_id(settings: dict[str, Any]) -> str:
 
 
 def rows_for(rows: Iterable[dict[str, Any]], run: str, key: str) -> list[dict[str, Any]]:
-    """The rows of `run` computed with the settings `key`."""
     return [r for r in rows if r.get("run") == run and r.get("settings_id") == key]
 
 

@@ -76,7 +76,6 @@ class PooledFeed:
 
     # -- bookkeeping --------------------------------------------------------------------------
     def count(self, name: str, n: float = 1) -> None:
-        """Adds ``n`` to one of the counters ``stats()`` reports."""
         with self._counts_lock:
             self._counts[name] = self._counts.get(name, 0) + n
 
@@ -92,7 +91,6 @@ class PooledFeed:
         return {**counts, "pool_size": len(self._pool)}
 
     def _count_keys(self, added_evicted: tuple[int, int]) -> None:
-        """Counts what a ``KeyPool.add`` or ``replace`` did."""
         self.count("keys_added", added_evicted[0])
         self.count("keys_evicted", added_evicted[1])
 
@@ -102,7 +100,6 @@ class PooledFeed:
             self.check_open()
 
     def check_open(self) -> None:
-        """Raises FeedClosed once ``close()`` was called."""
         if self._stop.is_set():
             raise FeedClosed(f"feed {self.spec.uri} closed")
 

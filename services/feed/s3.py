@@ -96,7 +96,6 @@ class S3Access:
         return data
 
     def list_page(self, bucket: str, prefix: str, start_after: str | None, max_keys: int) -> dict:
-        """One ListObjectsV2 page."""
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
         if start_after is not None:
             kwargs["StartAfter"] = start_after
@@ -104,7 +103,6 @@ class S3Access:
         return self.call(lambda: self.client().list_objects_v2(**kwargs))
 
     def head(self, bucket: str, key: str) -> dict:
-        """HeadObject; a missing object raises the ClientError unchanged."""
         return self.call(lambda: self.client().head_object(Bucket=bucket, Key=key))
 
     def download(self, bucket: str, key: str, path: str) -> None:
