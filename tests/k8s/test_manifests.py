@@ -232,6 +232,35 @@ def test_dev_cluster_fits_the_training_and_its_ingest(rendered) -> None:
     assert env["data"]["SEER_S3_ENDPOINT_URL"] == "http://minio:9000"
 
 
+def test_dev_seed_job_fills_the_prefixes_the_dev_feeds_read(rendered) -> None:
+    """The seeding Job's commands go through seer's CLI parser; what they write is mirrored to
+    the RayJob's feed (the sample images) and to shards/ (the shard feed to try), and the shard
+    pattern in the comments names the shards `seer seed --shards` makes of that count."""
+    from services.cli import DEFAULT_PER_SHARD
+    from services.feed.shards.names import expand_shard_pattern
+
+    docs = rendered["overlays/dev"]
+    pod = next(d for d in by_kind(docs, "Job")
+               if d["metadata"]["name"] == "seer-seed")["spec"]["template"]["spec"]
+    seeds = [build_parser().parse_args(shlex.split(line)[1:])
+             for line in pod["initContainers"][0]["args"][0].split("&&")]
+    assert all(args.command == "seed" for args in seeds)
+    mirrors = dict(shlex.split(line)[-2:] for line in pod["containers"][0]["args"][0].split("&&")
+                   if line.split()[:2] == ["mc", "mirror"])
+    plain = next(a for a in seeds if not a.shards and not a.labelled)
+    shards = next(a for a in seeds if a.shards)
+    assert shards.format == "both" and shards.count == plain.count
+    _, cfg = parse_seer(one(docs, "RayJob")["spec"]["entrypoint"])
+    assert cfg.feed.uri == "s3://" + mirrors[plain.out].removeprefix("dev/") + "/"
+    assert mirrors[shards.out] == "dev/seer-images/shards"
+    count = -(-shards.count // (shards.per_shard or DEFAULT_PER_SHARD))
+    uri = f"s3://seer-images/shards/{{00000..{count - 1:05d}}}.tar"
+    assert len(expand_shard_pattern(uri)) == count
+    for path in ("k8s/overlays/dev/stack/seed-job.yaml",
+                 "k8s/overlays/dev/stack/rayjob-patch.yaml"):
+        assert uri in (REPO / path).read_text(), path
+
+
 @pytest.mark.parametrize("env", ENVS)
 def test_evaluator_watches_the_run_that_the_job_trains(rendered, env: str) -> None:
     docs = rendered[f"overlays/{env}"]
