@@ -40,22 +40,18 @@ from typing import Any, TypeVar
 from services.feed.base import FeedEmpty, FeedSpec, FetchFailed, ObjectVanished
 from services.feed.pool import KeyPool
 from services.feed.pooled import PooledFeed
-from services.feed.requests import count_requests
-from services.feed.s3 import MAX_PAGE, parse_s3_uri
+from services.feed.s3 import MAX_PAGE, S3Access, parse_s3_uri
 from services.feed.shards.names import MAX_SHARD_NAMES, expand_shard_pattern
 from services.feed.shards.ranged import RangedReader
 from services.feed.shards.readers import PARQUET_SUFFIXES, TAR_SUFFIXES, ShardFile, shard_format
 from services.s3 import (
-    LazyClient,
     RetryExhausted,
-    RetryPolicy,
     attempts,
     body_chunks,
     call_with_retry,
     error_code,
     is_missing,
     is_transient,
-    make_client,
 )
 
 T = TypeVar("T")
@@ -73,11 +69,8 @@ class ShardSource(PooledFeed):
         super().__init__(spec)
         self._pool = KeyPool(MAX_SHARD_NAMES)  # the whole list: a cut would bias the draws
         self.s3 = spec.uri.startswith("s3://")
-        self.policy = RetryPolicy(max_attempts=spec.max_attempts, budget_s=spec.retry_budget_s)
-        self.client = LazyClient(lambda: count_requests(make_client(
-            spec.resolved_endpoint(), max_attempts=spec.max_attempts, region=spec.region,
-            read_timeout=spec.fetch_timeout_s, connect_timeout=min(spec.fetch_timeout_s, 10.0),
-            what=f"feed {spec.uri}")))
+        access = S3Access(spec, self)  # the object feed's client and retry policy
+        self.policy, self.client = access.policy, access.client
 
     # -- listing --------------------------------------------------------------------------------
     def _refresh(self) -> None:
