@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import torch
 
-from seer_core.models import TRUNK_NAMES
-
 
 class EvalError(ValueError):
     """Bad input to an evaluation protocol; the message names what is wrong and where."""
@@ -79,11 +77,6 @@ def check_labels(*splits: tuple[torch.Tensor, str], num_classes: int | None) -> 
         if top >= num_classes:
             raise EvalError(f"{name} label {top} is out of range for num_classes={num_classes}")
     return num_classes
-
-
-def check_trunk_name(name: str) -> None:
-    if name not in TRUNK_NAMES:
-        raise EvalError(f"unknown trunk {name!r}; choose one of {', '.join(TRUNK_NAMES)}")
 
 
 def topk_correct(scores: torch.Tensor, targets: torch.Tensor, k: int) -> tuple[int, int]:

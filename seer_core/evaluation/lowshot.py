@@ -52,11 +52,6 @@ def lowshot_indices(labels: torch.Tensor, fraction: float, seed: int) -> torch.T
     return per_class_draw(labels, seed, lambda n: max(1, round(fraction * n)))
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    spread = statistics.pstdev(values) if len(values) > 1 else 0.0
-    return statistics.fmean(values), spread
-
-
 def lowshot(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
@@ -106,5 +101,7 @@ def lowshot(
             )
             top1s.append(probe.top1)
             top5s.append(probe.top5)
-        results.append(LowShotResult(float(fraction), *_mean_std(top1s), *_mean_std(top5s), top1s))
+        results.append(LowShotResult(  # pstdev of one value is 0.0
+            float(fraction), statistics.fmean(top1s), statistics.pstdev(top1s),
+            statistics.fmean(top5s), statistics.pstdev(top5s), top1s))
     return results

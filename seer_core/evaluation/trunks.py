@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from seer_core.config import SeerConfig
-from seer_core.evaluation.checks import EvalError, check_trunk_name
-from seer_core.models import build_trunk
+from seer_core.evaluation.checks import EvalError
+from seer_core.models import TRUNK_NAMES, build_trunk
 from seer_core.models.export import strip_wrapper_prefixes
 from seer_core.training import config_of, swav_model
 
@@ -59,8 +59,7 @@ def trunk_from_checkpoint(saved: Mapping[str, Any]) -> tuple[nn.Module, SeerConf
         cfg = config_of(saved)
     except (ValueError, KeyError, TypeError) as exc:
         raise EvalError(f"checkpoint config is invalid: {exc}") from exc
-    m = cfg.model
-    check_trunk_name(m.trunk)
+    m = cfg.model  # its trunk is a known one: the config validation checks that
     # Keys as the bare model has them: DDP and torch.compile leave prefixes on every key.
     state = {strip_wrapper_prefixes(key): value for key, value in saved["model"].items()}
     with torch.device("meta"):
@@ -83,7 +82,8 @@ def random_trunk(name: str, seed: int = 0) -> nn.Module:
 
     Drawn inside ``fork_rng`` so the caller's global RNG stream is untouched.
     """
-    check_trunk_name(name)
+    if name not in TRUNK_NAMES:
+        raise EvalError(f"unknown trunk {name!r}; choose one of {', '.join(TRUNK_NAMES)}")
     with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         torch.manual_seed(seed)
         return build_trunk(name).eval()
