@@ -12,6 +12,9 @@ initialisation cost, so even a RegNetY-256GF config checks in well under a secon
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from seer_core.augment import BatchPhotometric
@@ -27,35 +30,29 @@ from seer_core.training.state import (
 )
 
 
-def _section(section: str, exc: Exception) -> ConfigError:
-    return ConfigError(f"{section}: {exc} (while building what the workers build; check the "
-                       f"{section}.* keys)")
+@contextlib.contextmanager
+def _section(section: str, *errors: type[Exception]) -> Iterator[None]:
+    """`errors` raised inside become a ConfigError naming `section`."""
+    try:
+        yield
+    except errors as exc:
+        raise ConfigError(f"{section}: {exc} (while building what the workers build; check the "
+                          f"{section}.* keys)") from exc
 
 
 def preflight(cfg: SeerConfig) -> None:
     """Raises ConfigError, naming the section, if a worker could not build from `cfg`."""
-    try:
+    with _section("augment", ValueError, TypeError, KeyError):
         recipe_for(cfg)
         if cfg.augment.photometric_on_device:
             BatchPhotometric(photometric_params(cfg))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise _section("augment", exc) from exc
-    try:
-        with torch.device("meta"):
-            model = swav_model(cfg)
-            if cfg.model.sync_bn_group_size:
-                model = convert_sync_batchnorm(model, cfg.model.sync_bn_group_size)
-    except (ValueError, TypeError, KeyError, RuntimeError) as exc:
-        raise _section("model", exc) from exc
-    try:
+    with _section("model", ValueError, TypeError, KeyError, RuntimeError), torch.device("meta"):
+        model = swav_model(cfg)
+        if cfg.model.sync_bn_group_size:
+            model = convert_sync_batchnorm(model, cfg.model.sync_bn_group_size)
+    with _section("optim", ValueError, TypeError):
         build_optimizer(model, cfg)
-    except (ValueError, TypeError) as exc:
-        raise _section("optim", exc) from exc
-    try:
+    with _section("schedule", ValueError, TypeError):
         make_schedule(cfg)
-    except (ValueError, TypeError) as exc:
-        raise _section("schedule", exc) from exc
-    try:
+    with _section("swav", ValueError, TypeError):
         make_queue(cfg, cfg.train.max_workers, "meta")
-    except (ValueError, TypeError) as exc:
-        raise _section("swav", exc) from exc
