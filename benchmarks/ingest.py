@@ -1,15 +1,26 @@
-"""Ingest benchmark: what the ingest stage costs on top of multi-crop, and how actors scale.
+"""Ingest benchmark: what the ingest stage costs on top of multi-crop, what each feed's read path
+costs an ingest core, and how actors scale.
 
 1. Per core, single thread, same images in memory: images/s of ``build_multicrop`` alone and of
    ``Cropper.process_bytes`` (guards, metrics, counting, collation into a batch). The
    ingest overhead is the relative slowdown; the target is <= 15 %.
-2. End to end: N ingest actors (``--actors 1 2``) behind the Ray Data stream, reading from an S3
-   server (a local ``moto_server`` with the images uploaded, or ``--s3 s3://bucket/prefix`` with
-   ``--endpoint``), one never-ending execution per N. Reports the time to the first batch,
-   images/s in steady state (after the first batch), and the 1 -> 2 actor scaling.
+2. Read path per ingest core (``--feed objects|shards|both``): the same images on an S3 server
+   as one object each (the object feed: a GET per image) and as WebDataset tars
+   (``write_webdataset_shards``: the shard feed, one streaming GET per shard visit), each read by
+   its read task (``EndlessRead`` / ``ShardRead``, as the stream runs them) into the same
+   ``Cropper`` on one thread, in interleaved rounds. Reports images/s, images per CPU-second
+   of the process (the object feed's fetch threads included) and GETs per 1,000 images from the
+   feeds' own request counters (``seer_feed_requests_total{op}``). Targets: the shard feed's
+   images/s per core at least the object feed's, its GETs per 1,000 images 100x fewer.
+3. End to end: N ingest actors (``--actors 1 2``) behind the Ray Data stream, for each feed,
+   reading from an S3 server (a local ``moto_server`` with the images uploaded, or ``--s3
+   s3://bucket/prefix`` with ``--endpoint``, objects only), one never-ending execution per N.
+   Reports the time to the first batch, images/s in steady state (after the first batch), and
+   the 1 -> 2 actor scaling.
 
-    python benchmarks/ingest.py                      # 40 generated 1080-px photos
-    python benchmarks/ingest.py --images DIR --seconds 20 --actors 1 2 4
+    python benchmarks/ingest.py                      # 40 generated 1080-px photos, both feeds
+    python benchmarks/ingest.py --skip-ray --rounds 6 --shard-images 250
+    python benchmarks/ingest.py --images DIR --seconds 20 --actors 1 2 4 --feed objects
 
 Figures depend on the machine and on whatever else runs on it: quote them with both.
 """
@@ -22,13 +33,21 @@ import os
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pyarrow as pa
 import torch
-from helpers import load_images
+from helpers import (
+    Shards,
+    load_images,
+    local_s3,
+    read_task,
+    requests_sent,
+    upload_objects,
+    upload_shards,
+)
 
 from seer_core.augment import build_multicrop
 from seer_core.config import SeerConfig, config_from_dict
@@ -81,15 +100,79 @@ def per_core(images: list[tuple[str, bytes]], recipe: str, seconds: float, round
     }
 
 
-def upload(endpoint: str, images: list[tuple[str, bytes]]) -> str:
-    """Puts the images into a fresh bucket of the server at `endpoint`; returns their prefix."""
-    from tests.s3server import make_client, put_objects
+def read_path(uris: dict[str, str], endpoint: str | None, recipe: str, seconds: float,
+              rounds: int, batch: int, chunk: int) -> dict[str, dict[str, float]]:
+    """Per feed: images/s of its read task (``helpers.read_task``: blocks of ``chunk`` rows, so a
+    round ends with no request in flight) into one ``Cropper`` (one thread), the images per CPU
+    second of this process, and GETs per 1,000 images (``seer_feed_requests_total``).
 
-    client = make_client(endpoint)
-    bucket = f"bench-{uuid.uuid4().hex[:8]}"
-    client.create_bucket(Bucket=bucket)
-    put_objects(client, bucket, {f"images/{name}": data for name, data in images})
-    return f"s3://{bucket}/images/"
+    Rounds alternate between the feeds, after a warm-up round each (listing, connections, the
+    shard feed's shuffle buffer), so that load from other processes hits them alike; the best
+    round is reported with the median. CPU time is the whole process's, so the object feed's
+    fetch threads (botocore's work per request) count against it: that is what an ingest core
+    pays. The S3 server's own CPU is not in it (on a small machine it still takes cores).
+    """
+    from services.ingest.read import close_process_feeds, feed_spec
+
+    torch.set_num_threads(1)
+    cfg = bench_cfg(recipe, chunk_images=chunk)
+    cropper = Cropper(cfg, seed=0)
+    per_round = seconds / (len(uris) * rounds)
+    blocks = {}
+    for name, uri in uris.items():
+        cfg.feed.uri, cfg.feed.endpoint_url = uri, endpoint
+        blocks[name] = read_task(feed_spec(cfg), cfg.ingest)
+
+    def crop(table: pa.Table) -> int:
+        rows = zip(*(table.column(c).to_pylist() for c in ("key", "data", "reason")), strict=True)
+        return len(cropper.process_fetched((k, d, r or None) for k, d, r in rows).keys)
+
+    def run(name: str) -> tuple[int, float, float, float]:
+        """One round: (images, seconds, CPU seconds, GETs)."""
+        gets, cpu, start = requests_sent()["GET"], time.process_time(), time.perf_counter()
+        images = 0
+        while time.perf_counter() - start < per_round:
+            table = next(blocks[name])
+            images += sum(crop(table.slice(i, batch)) for i in range(0, table.num_rows, batch))
+        return (images, time.perf_counter() - start, time.process_time() - cpu,
+                requests_sent()["GET"] - gets)
+
+    done: dict[str, list[tuple[int, float, float, float]]] = {name: [] for name in uris}
+    try:
+        for name in uris:
+            run(name)  # warm-up
+        for _ in range(rounds):
+            for name in uris:
+                done[name].append(run(name))
+    finally:
+        for it in blocks.values():
+            it.close()  # a generator: its feed closes with it
+        close_process_feeds()
+    out = {}
+    for name, runs in done.items():
+        rates = [images / wall for images, wall, _, _ in runs]
+        images = sum(r[0] for r in runs)
+        out[name] = {"best": max(rates), "median": statistics.median(rates),
+                     "per_cpu_s": images / max(sum(r[2] for r in runs), 1e-9),
+                     "gets_per_1000": 1000 * sum(r[3] for r in runs) / max(images, 1)}
+    return out
+
+
+def print_read_path(res: dict[str, dict[str, float]], labels: dict[str, str]) -> None:
+    """The read-path figures as a markdown table, and the shard feed against the object feed."""
+    print("| feed | images/s per core, best (median) | images per CPU-second "
+          "| GETs per 1,000 images |\n|---|---:|---:|---:|")
+    for name, r in res.items():
+        print(f"| {labels[name]} | {r['best']:.1f} ({r['median']:.1f}) | {r['per_cpu_s']:.1f} "
+              f"| {r['gets_per_1000']:.1f} |")
+    if {"objects", "shards"} <= res.keys():
+        obj, shard = res["objects"], res["shards"]
+        fewer = (f"{obj['gets_per_1000'] / shard['gets_per_1000']:.0f}x fewer"
+                 if shard["gets_per_1000"] else "none in the measured rounds (raise --seconds)")
+        print(f"  shard feed vs object feed: images/s x{shard['best'] / obj['best']:.2f} "
+              f"(median x{shard['median'] / obj['median']:.2f}, per CPU-second "
+              f"x{shard['per_cpu_s'] / obj['per_cpu_s']:.2f}; target >= 1), GETs per 1,000 "
+              f"images {fewer} (target >= 100x)", flush=True)
 
 
 def end_to_end(uri: str, endpoint: str | None, actors: list[int], recipe: str, seconds: float,
@@ -150,14 +233,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--side", type=int, default=1080, help="side of generated photos")
     ap.add_argument("--recipe", default="seer")
     ap.add_argument("--seconds", type=float, default=12.0, help="time per measurement")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved A/B rounds (per core)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds each")
     ap.add_argument("--batch", type=int, default=16, help="images per ingest batch")
     ap.add_argument("--chunk", type=int, default=32, help="keys a read task draws at a time")
+    ap.add_argument("--feed", choices=("objects", "shards", "both"), default="both",
+                    help="the feed(s) whose read path and stream are measured")
+    ap.add_argument("--shard-images", type=int, default=250, help="images per WebDataset tar")
+    ap.add_argument("--shards", type=int, default=2, help="tars written (the images cycled)")
     ap.add_argument("--actors", type=int, nargs="*", default=[1, 2])
-    ap.add_argument("--s3", help="s3://bucket/prefix of an existing bucket (else a local moto)")
+    ap.add_argument("--s3", help="s3://bucket/prefix of existing objects (else a local moto)")
     ap.add_argument("--endpoint", help="S3 endpoint URL for --s3")
-    ap.add_argument("--skip-ray", action="store_true", help="only the per-core comparison")
+    ap.add_argument("--skip-ray", action="store_true", help="no Ray stream (per core, read path)")
     args = ap.parse_args(argv)
+    feeds = ["objects", "shards"] if args.feed == "both" else [args.feed]
+    if args.s3 and "shards" in feeds:
+        ap.error("--s3 names objects; shards are written to the local server: add --feed objects")
 
     images = load_images(args.images, args.n, args.side)
     mean_kb = sum(len(d) for _, d in images) / len(images) / 1024
@@ -173,25 +263,32 @@ def main(argv: list[str] | None = None) -> None:
           f"(median {r['worker_median']:.1f})")
     print(f"  ingest overhead:       {100 * overhead:+.1f} % (target <= 15 %)", flush=True)
 
-    if args.skip_ray or not args.actors:
-        return
-    print("end to end (S3 -> read tasks -> ingest actors -> iter_torch_batches):", flush=True)
     with contextlib.ExitStack() as stack:
-        uri, endpoint = args.s3, args.endpoint
-        if not args.s3:  # a throwaway moto_server on 127.0.0.1, the tests' own launcher
-            from tests.s3server import MotoServer
-
-            dummy = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-            for k, v in dummy.items():
-                os.environ.setdefault(k, v)
-            endpoint = stack.enter_context(MotoServer()).endpoint_url
-            uri = upload(endpoint, images)
-        res = end_to_end(uri, endpoint, sorted(set(args.actors)), args.recipe, args.seconds,
-                         args.chunk, args.batch)
-        if 1 in res and 2 in res and res[1]["steady"]:
-            print(f"  scaling 1 -> 2 actors: x{res[2]['steady'] / res[1]['steady']:.2f}",
-                  flush=True)
+        endpoint = args.endpoint if args.s3 else stack.enter_context(local_s3())
+        uris, labels = {}, {}
+        if "objects" in feeds:
+            uris["objects"] = args.s3 or upload_objects(endpoint, images)
+            labels["objects"] = "objects: one GET per image"
+        if "shards" in feeds:
+            shards: Shards = upload_shards(endpoint, images, args.shard_images, args.shards)
+            uris["shards"] = shards.uri
+            labels["shards"] = (f"shards: {args.shards} WebDataset tars of {args.shard_images} "
+                                "images, whole-shard visits")
+        print(f"read path per ingest core (S3 -> read task -> Cropper, 1 thread, "
+              f"{args.rounds} interleaved rounds of {args.seconds / len(uris) / args.rounds:.1f} "
+              "s per feed):", flush=True)
+        print_read_path(read_path(uris, endpoint, args.recipe, args.seconds, args.rounds,
+                                  args.batch, args.chunk), labels)
+        if args.skip_ray or not args.actors:
+            return
+        for name, uri in uris.items():
+            print(f"end to end, {name} (S3 -> read tasks -> ingest actors -> "
+                  "iter_torch_batches):", flush=True)
+            res = end_to_end(uri, endpoint, sorted(set(args.actors)), args.recipe, args.seconds,
+                             args.chunk, args.batch)
+            if 1 in res and 2 in res and res[1]["steady"]:
+                print(f"  scaling 1 -> 2 actors: x{res[2]['steady'] / res[1]['steady']:.2f}",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -228,3 +228,90 @@ def test_quality_benchmark_real_data_refuses_without_the_packages(
     assert message.startswith("--data real:")
     assert "apt-get install -y tuxpaint-stamps-default mate-backgrounds" in message
     assert not (tmp_path / "w" / "pool").exists()  # nothing written, nothing installed
+
+
+def _run_benchmark(name: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", [name, *argv])
+    threads = torch.get_num_threads()  # a script may pin 1 thread for the whole process
+    try:
+        runpy.run_path(str(BENCHMARKS / name), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_ingest_benchmark_compares_the_shard_and_object_read_paths(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both feeds' read paths on the local S3 server: images/s per core and GETs per 1,000
+    images from the request counters (one GET an image; one a visit of an 8-image tar)."""
+    _run_benchmark("ingest.py", ["--n", "4", "--side", "128", "--seconds", "0.5", "--rounds", "1",
+                                 "--shard-images", "8", "--shards", "2", "--skip-ray"],
+                   monkeypatch)
+    out = capsys.readouterr().out
+    rows = {m[1]: [float(v) for v in m.groups()[1:]] for m in re.finditer(
+        r"^\| (objects|shards)\b.*? \| ([\d.]+) \(([\d.]+)\) \| ([\d.]+) \| ([\d.]+) \|$", out,
+        re.MULTILINE)}
+    assert rows.keys() == {"objects", "shards"}, out
+    assert all(v > 0 for row in rows.values() for v in row[:3])
+    assert rows["objects"][3] == 1000.0
+    assert 1000 / 8 / 2 < rows["shards"][3] < 1000 / 8 * 2  # whole visits, give or take one
+    assert re.search(r"shard feed vs object feed: images/s x[\d.]+ .* GETs per 1,000 images "
+                     r"\d+x fewer", out)
+
+
+def test_ingest_benchmark_refuses_shards_on_a_given_bucket(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        _run_benchmark("ingest.py", ["--s3", "s3://bucket/images/"], monkeypatch)
+    assert exit_info.value.code == 2
+    assert "--feed objects" in capsys.readouterr().err
+
+
+def test_feed_cost_scales_the_local_counters(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tiny local run end to end: the counters it prints, and the table scaled from them."""
+    _run_benchmark("feed_cost.py", ["--images-per-second", "1000", "--shard-images", "100",
+                                    "--local-objects", "30", "--local-images", "40",
+                                    "--local-shard-images", "5", "--local-shards", "2"],
+                   monkeypatch)
+    out = capsys.readouterr().out
+    # A read task reads whole blocks (the preset's 256 rows); the owner lists 30 keys in a page.
+    assert re.search(r"object feed 256 images read with 256 GET, 0 HEAD, an owner refresh 1 "
+                     r"LIST for 30 keys; shard feed 256 images in (\d+) visits with \1 GET", out)
+    assert "| GET requests per day | 86,400,000 | 864,000 |" in out  # 1,000/s, 1 and 1/100
+    # ceil(1M pooled keys / 30 a LIST) a refresh, 144 refreshes a day; a pattern lists nothing.
+    assert "| LIST requests per day | 4,800,096 | 0 |" in out
+    assert "| HEAD requests per day | 0 | 0 |" in out
+
+
+def test_feed_cost_arithmetic_on_known_counters() -> None:
+    mod = runpy.run_path(str(BENCHMARKS / "feed_cost.py"))
+    measured = mod["Measured"](
+        object_images=500, object_requests={"GET": 510, "HEAD": 0}, object_refresh_lists=2,
+        object_keys_listed=2000, shard_images=600, shard_visits=16,
+        shard_requests={"GET": 48, "HEAD": 16}, shard_refresh_lists=1,
+        shard_overhead_bytes=2000)
+    target = mod["Target"](images_per_second=25_600, mean_image_kb=150, latency_ms=50,
+                           shard_images=10_000, refresh_seconds=600, pool_size=1_000_000,
+                           read_tasks=64, fetch_threads=8)
+    res = mod["scale"](measured, target)
+    obj, shard = res["objects"], res["shards"]
+    day = 25_600 * 86_400  # 2,211,840,000 images a day
+    assert obj["GET"] == pytest.approx(day * 1.02)  # 10 retries in 500 images
+    assert obj["HEAD"] == 0
+    assert obj["LIST"] == pytest.approx(1000 * 144)  # 1M keys at 1,000 a LIST, every 600 s
+    assert obj["bytes_per_s"] == pytest.approx(25_600 * 150_000)
+    assert obj["in_flight"] == pytest.approx((25_600 * 1.02 + 1000 / 600) * 0.05)
+    # 3 GETs and 1 HEAD a visit (a Parquet table's ranged reads), 10,000 images a visit.
+    assert shard["GET"] == pytest.approx(day * 3 / 10_000)
+    assert shard["HEAD"] == pytest.approx(day / 10_000)
+    assert shard["LIST"] == pytest.approx(144)
+    assert shard["bytes_per_s"] == pytest.approx(25_600 * 152_000)
+    assert shard["in_flight"] == pytest.approx((2.56 * 4 + 1 / 600) * 0.05)
+    assert shard["streams"] == 64
+    text = mod["table"](measured, target, res)
+    assert "| GET requests per day | 2,256,076,800 | 663,552 |" in text
+    assert "1,306 requests in flight are 20.4 per read task" in text
+    assert "caps the run at 10,240 images/s" in text
