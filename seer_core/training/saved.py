@@ -14,35 +14,6 @@ from seer_core.optim import set_lr
 from seer_core.training.state import TrainState, load_optimizer_and_schedule, unwrap
 
 
-def _rng_state() -> dict[str, Any]:
-    """This process's global random streams as tensors and numbers (for weights_only)."""
-    version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
-                   "gauss": gauss},
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rng(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
-    npy = state["numpy"]
-    np.random.set_state(
-        (npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
-         npy["cached"])
-    )
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def state_dict(state: TrainState, *, per_rank: bool = True) -> dict[str, Any]:
     """Everything needed to continue as if nothing happened; plain data for weights_only.
 
@@ -89,19 +60,37 @@ def load_state_dict(state: TrainState, saved: Mapping[str, Any], *,
 
 def rank_state_dict(state: TrainState) -> dict[str, Any]:
     """This rank's random streams: torch (and CUDA), python, numpy, and the photometric
-    generator. Saved by every rank, so that each continues its own after a resume."""
-    return {
-        "generator": state.generator.get_state() if state.generator is not None else None,
-        "rng": _rng_state(),
+    generator, as tensors and numbers (for weights_only). Saved by every rank, so that each
+    continues its own after a resume."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    rng: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss": gauss},
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"generator": state.generator.get_state() if state.generator is not None else None,
+            "rng": rng}
 
 
 def load_rank_state_dict(state: TrainState, saved: Mapping[str, Any]) -> None:
     """Restores what `rank_state_dict` saved (this process's global streams included)."""
     if state.generator is not None and saved.get("generator") is not None:
         state.generator.set_state(saved["generator"])
-    if saved.get("rng") is not None:
-        _restore_rng(saved["rng"])
+    rng = saved.get("rng")
+    if rng is None:
+        return
+    torch.set_rng_state(rng["torch"])
+    py, npy = rng["python"], rng["numpy"]
+    random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
+    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
+                         npy["has_gauss"], npy["cached"]))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def seed_rank_streams(state: TrainState, rank: int, step: int) -> None:
