@@ -134,15 +134,9 @@ def resolve_recipe(
         return base
 
     def pick(group: CropGroup, prefix: str) -> CropGroup:
-        changes: dict[str, Any] = {}
-        if f"{prefix}_size" in overrides:
-            changes["size"] = overrides[f"{prefix}_size"]
-        if f"n_{prefix}" in overrides:
-            changes["count"] = overrides[f"n_{prefix}"]
-        if f"{prefix}_scale" in overrides:
-            changes["scale"] = tuple(overrides[f"{prefix}_scale"])
-        if "interpolation" in overrides:
-            changes["interpolation"] = overrides["interpolation"]
+        fields = {f"{prefix}_size": "size", f"n_{prefix}": "count", f"{prefix}_scale": "scale",
+                  "interpolation": "interpolation"}  # CropGroup makes a scale a float tuple
+        changes = {field: overrides[key] for key, field in fields.items() if key in overrides}
         try:
             return dataclasses.replace(group, **changes)
         except ValueError as exc:

@@ -17,10 +17,8 @@ PRESETS_DIR_ENV = "SEER_PRESETS_DIR"
 
 def presets_dir() -> Path:
     """Where named presets live: $SEER_PRESETS_DIR, else the repo's deploy/configs."""
-    env = os.environ.get(PRESETS_DIR_ENV)
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "deploy" / "configs"
+    default = Path(__file__).resolve().parents[2] / "deploy" / "configs"
+    return Path(os.environ.get(PRESETS_DIR_ENV) or default)
 
 
 def preset_names() -> list[str]:
