@@ -176,12 +176,6 @@ class MultiCrop:
             out.append(planes_to_tensor(planes, flip))
         return out
 
-    def __repr__(self) -> str:
-        return (
-            f"MultiCrop(recipe={self.recipe.name!r}, n_crops={self.recipe.n_crops}, "
-            f"photometric={self.photometric})"
-        )
-
 
 def build_multicrop(
     recipe: str | MultiCropRecipe = "seer", *, seed: int | None = None, **kwargs: Any

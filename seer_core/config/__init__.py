@@ -1,9 +1,7 @@
 """The one typed configuration schema of seer, its named presets, YAML loading and validation.
 
-Every knob lives here, with a default that runs on a laptop (the embedded default), so that a
-run is fully described by one object that is validated once, before any worker starts, and
-stored in every checkpoint. Errors name the dotted key and what is allowed, because the user
-usually typed it in a `--set key=value` on a long command line.
+A run is fully described by one object (`schema.py`), validated once before any worker starts
+and stored in every checkpoint; `presets.py` reads presets, YAML files and `--set` overrides.
 """
 
 from seer_core.config.presets import PRESETS_DIR_ENV, load_config, preset_names, presets_dir

@@ -1,5 +1,4 @@
-"""SwAV's mathematics: distributed Sinkhorn-Knopp, the multi-crop swapped-prediction loss, the
-embedding queue, prototype freezing and collapse signals.
+"""Distributed Sinkhorn-Knopp, in the log domain.
 
 Numerics. Sinkhorn works on ``exp(scores / epsilon)``; with epsilon = 0.05 and cosine scores that
 is up to e^20, and with epsilon = 0.01 up to e^100, far past float16 and, for unnormalised scores,

@@ -119,9 +119,7 @@ def build_train_state(
     rank, world = rank_and_world()
     queue = make_queue(cfg, world, device)
     amp_dtype = resolve_amp(cfg.train.amp, device)
-    scaler = None
-    if amp_dtype == torch.float16:
-        scaler = torch.amp.GradScaler(device.type)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     photometric = (BatchPhotometric(photometric_params(cfg)).to(device)
                    if cfg.augment.photometric_on_device else None)
     generator = torch.Generator(device=device)
