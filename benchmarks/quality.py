@@ -126,9 +126,8 @@ def seer(*args: str, capture: bool = False) -> subprocess.CompletedProcess[str]:
 
 
 def pretrain(config: str, overrides: list[str], minutes: float) -> None:
-    args = ["pretrain", "--config", config, "--max-minutes", str(minutes)]
-    for item in overrides:
-        args += ["--set", item]
+    args = ["pretrain", "--config", config, "--max-minutes", str(minutes),
+            *(arg for item in overrides for arg in ("--set", item))]
     print(f"pretraining for {minutes:g} min: seer {' '.join(args)}", flush=True)
     done = seer(*args)
     if done.returncode != 0:
@@ -139,9 +138,7 @@ def evaluate(config: str, overrides: list[str], checkpoint: str, labelled: Path,
              results: Path) -> list[dict[str, Any]]:
     args = ["eval", "--config", config, "--checkpoint", checkpoint, "--data", str(labelled),
             "--protocol", "knn,linear", "--baseline", "random", "--results", str(results),
-            "--json"]
-    for item in overrides:
-        args += ["--set", item]
+            "--json", *(arg for item in overrides for arg in ("--set", item))]
     done = seer(*args, capture=True)
     if done.returncode != 0:
         raise SystemExit(f"seer eval failed on {checkpoint} (exit code {done.returncode})")
@@ -161,11 +158,8 @@ def raw_pixel_knn(data: LabelledSet, ks: list[int]) -> dict[str, float]:
 
 
 def top1(rows: list[dict[str, Any]], trunk: str, protocol: str) -> float | None:
-    for row in rows:
-        if (row["trunk"] == trunk and row["protocol"] == protocol
-                and row["metric"] == "top1"):
-            return float(row["value"])
-    return None
+    return next((float(row["value"]) for row in rows if row["trunk"] == trunk
+                 and row["protocol"] == protocol and row["metric"] == "top1"), None)
 
 
 def run_names(data: str, seeds: list[int]) -> list[str]:
@@ -179,11 +173,6 @@ def run_overrides(common: list[str], run: str, seed: int) -> list[str]:
     """The overrides of one seed's run: its own run name (own checkpoints) and train.seed,
     after the user's --set (whose train.seed is the first seed)."""
     return [*common, f"checkpoint.run_name={run}", f"train.seed={seed}"]
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and population std (0 for one value): what `--seeds` reports."""
-    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
 
 def evaluate_run(args: argparse.Namespace, overrides: list[str], run: str, storage: Path,
@@ -241,7 +230,8 @@ def report(runs: list[dict[str, Any]], raw: dict[str, float],
     for p in protocols:
         values = [g[p] for g in per_seed if p in g]
         if values:
-            summary[p] = dict(zip(("mean", "std"), mean_std(values)))
+            # population std: 0.0 for one seed
+            summary[p] = {"mean": statistics.fmean(values), "std": statistics.pstdev(values)}
     print(f"{'mean':>5} {'± std over ' + str(len(runs)) + ' seed(s)':<22} "
           + " ".join(f"{summary[p]['mean']:>+7.1f}" if p in summary else "      -"
                      for p in protocols))
