@@ -232,12 +232,10 @@ class PlateauHalving(Schedule):
         if saved_base > 0 and saved_base != self.base_lr:
             level *= self.base_lr / saved_base
         self.level = min(max(level, self.min_lr), self.base_lr)
-        self.ema = float(state["ema"])
-        self.observed = int(state["observed"])
-        self.best = float(state["best"])
-        self.flat_steps = int(state["flat_steps"])
+        self.ema, self.best = float(state["ema"]), float(state["best"])
+        self.observed, self.flat_steps, self.reductions = (
+            int(state[key]) for key in ("observed", "flat_steps", "reductions"))
         self.cooldown_left = min(int(state["cooldown_left"]), self.cooldown)
-        self.reductions = int(state["reductions"])
 
 
 #: What `PlateauHalving.state_dict` saves besides the step count.

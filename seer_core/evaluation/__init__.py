@@ -1,14 +1,7 @@
 """Evaluation protocols for self-supervised trunks: kNN, linear probe, low-shot, fine-tuning.
 
 The maths only (torch, torchvision, PIL): the periodic evaluator service loads the checkpoint
-and the labelled set, then calls these. Modules, one job each:
-
-* ``checks``: ``EvalError`` and input validation (bad input names what is wrong and where);
-* ``transforms``: ``preprocess``, the standard resize + centre-crop eval transform;
-* ``features``: ``frozen_trunk`` (res4 / res5 features) and batched ``extract_features``;
-* ``knn``: the weighted kNN monitor; ``linear``: the linear probe with a held-out sweep;
-* ``lowshot``: class-balanced label subsets and probes over seeds; ``finetune``: end to end;
-* ``trunks``: the trunk of a training checkpoint, or a seeded random one.
+and the labelled set, then calls these (one module per protocol, each saying what it does).
 """
 
 from seer_core.evaluation.checks import EvalError

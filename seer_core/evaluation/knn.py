@@ -24,8 +24,7 @@ def _nearest(sim: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """
     n = sim.shape[1]
     if k == n:
-        values, indices = torch.sort(sim, dim=1, descending=True, stable=True)
-        return values, indices
+        return torch.sort(sim, dim=1, descending=True, stable=True)
     values, indices = sim.topk(k + 1, dim=1, largest=True, sorted=True)
     tied = values[:, k - 1] == values[:, k]
     values, indices = values[:, :k], indices[:, :k]

@@ -60,10 +60,8 @@ class SwAVQueue:
         """
         if not self.in_use:
             return None
-        if isinstance(prototype_weights, Tensor):
-            weights = prototype_weights
-        else:
-            weights = torch.cat([w.detach() for w in prototype_weights])
+        weights = (prototype_weights if isinstance(prototype_weights, Tensor)
+                   else torch.cat(list(prototype_weights)))
         if weights.ndim != 2 or weights.shape[1] != self.dim:
             raise ValueError(f"prototype_weights must be [K, {self.dim}]: {tuple(weights.shape)}")
         weights = weights.detach().to(device=self.embeddings.device, dtype=torch.float32)
