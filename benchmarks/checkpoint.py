@@ -31,17 +31,10 @@ import torch
 from services.driver.local_ray import free_loopback_port
 
 
-def _config(trunk: str, storage: str, world: int) -> Any:
-    from seer_core.config import load_config
-
-    return load_config("local", [f"model.trunk={trunk}", "optim.name=lars", "train.amp=off",
-                                 f"train.num_workers={world}", f"checkpoint.storage={storage}",
-                                 "checkpoint.run_name=bench", "train.batch_size=4"])
-
-
 def _rank(rank: int, world: int, port: int, trunk: str, storage: str, out: str,
           repeats: int) -> None:
     from seer_core.checkpoint import STATE_FILE
+    from seer_core.config import load_config
     from seer_core.training import build_train_state, train_step
     from services.trainer import checkpoints
     from services.trainer.batches import synthetic_batches
@@ -52,7 +45,9 @@ def _rank(rank: int, world: int, port: int, trunk: str, storage: str, out: str,
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
                                          rank=rank, world_size=world)
-    cfg = _config(trunk, storage, world)
+    cfg = load_config("local", [f"model.trunk={trunk}", "optim.name=lars", "train.amp=off",
+                                f"train.num_workers={world}", f"checkpoint.storage={storage}",
+                                "checkpoint.run_name=bench", "train.batch_size=4"])
     state = build_train_state(cfg)
     train_step(state, next(synthetic_batches(cfg, state.recipe, rank)))  # optimizer state
     store = storage_for(cfg)

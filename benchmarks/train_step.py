@@ -53,8 +53,7 @@ def step_flops(state, batch) -> float:  # type: ignore[no-untyped-def]
     """Floating-point operations of one train step (forward + backward), counted by torch."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
-    with counter:
+    with FlopCounterMode(display=False) as counter:
         train_step(state, batch)
     return float(counter.get_total_flops())
 
