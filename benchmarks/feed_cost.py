@@ -196,7 +196,7 @@ def read(blocks: Generator[pa.Table, None, None], images: int) -> tuple[int, Cou
             table = next(blocks)
             got += sum(1 for reason in table.column("reason").to_pylist() if not reason)
     finally:
-        blocks.close()  # the read task's feed closes with it
+        blocks.close()
     return got, requests_sent() - before
 
 

@@ -149,7 +149,8 @@ ROWS_ONLY = 1 << 40
 def read_task(spec: FeedSpec, ingest: IngestConfig) -> Generator[pa.Table, None, None]:
     """The endless blocks of the read task a stream runs for ``spec`` (``EndlessRead`` for
     objects, ``ShardRead`` for shards), here outside Ray: with no key owner it lists for itself,
-    as any read outside a Ray stream does. Close it to close its feed."""
+    as any read outside a Ray stream does. Closing it closes a shard feed; an object feed is the
+    process's (``services.ingest.read.close_process_feeds`` closes it)."""
     from services.ingest.read import EndlessRead
     from services.ingest.shard_read import ShardRead
 

@@ -146,8 +146,8 @@ def read_path(uris: dict[str, str], endpoint: str | None, recipe: str, seconds: 
                 done[name].append(run(name))
     finally:
         for it in blocks.values():
-            it.close()  # a generator: its feed closes with it
-        close_process_feeds()
+            it.close()
+        close_process_feeds()  # the object feed's
     out = {}
     for name, runs in done.items():
         rates = [images / wall for images, wall, _, _ in runs]
