@@ -65,12 +65,9 @@ def _stage_plan(trunk: nn.Module, stage: str) -> list[nn.Module]:
 
 def _last_bn_width(modules: Sequence[nn.Module]) -> int:
     """Channels of the plan's output: every stage here ends in a BatchNorm of that width."""
-    width = 0
-    for module in modules:
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                width = m.num_features
-    return width
+    widths = [m.num_features for module in modules for m in module.modules()
+              if isinstance(m, nn.BatchNorm2d)]
+    return widths[-1] if widths else 0
 
 
 class FrozenTrunk(nn.Module):

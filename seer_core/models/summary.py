@@ -86,8 +86,5 @@ def model_table(names: Sequence[str] = TRUNK_NAMES) -> str:
             gf = estimate_gflops(trunk, 224)
             rows.append((name, _fmt_params(n), with_head, str(trunk.out_features), f"{gf:.2f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = []
-    for r in rows:
-        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
-        lines.append("  ".join(cells))
-    return "\n".join(lines)
+    return "\n".join("  ".join([r[0].ljust(widths[0]), *map(str.rjust, r[1:], widths[1:])])
+                     for r in rows)
