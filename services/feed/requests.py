@@ -1,7 +1,8 @@
 """The requests a feed sends to its object store, by operation: what a store bills and what the
-cost model (``seer feed-cost``) scales up. Counted at botocore's ``before-send`` event, once per
-HTTP request actually sent, so botocore's own retries count too (the store bills them), and in
-one place for every client a feed builds (object reads, listings, shard streams, ranged reads).
+cost model (``benchmarks/feed_cost.py``) scales up. Counted at botocore's ``before-send`` event,
+once per HTTP request actually sent, so botocore's own retries count too (the store bills them),
+and in one place for every client a feed builds (object reads, listings, shard streams, ranged
+reads).
 """
 
 from __future__ import annotations
