@@ -115,6 +115,8 @@ class AugmentConfig(_Section):
                                         "trainer's device instead of ingest")
     blur_probability: float = Field(0.5, ge=0, le=1, description="share of crops blurred (SwAV: "
                                     "0.5; destructive at <= 64 px)")
+    blur_sigma: list[float] = Field([0.1, 2.0], description="(min, max) blur sigma in pixels "
+                                    "of the crop (SwAV's, for 224 px crops: 0.1-2)")
     colour_strength: float = Field(1.0, gt=0, le=1, description="size of the colour jitter and "
                                    "grayscale as a fraction of SwAV's (SimCLR's strength s; the "
                                    "ramp ends here)")
@@ -131,6 +133,10 @@ class AugmentConfig(_Section):
             if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1):
                 raise ConfigError(f"augment.{name}: {scale!r} must be [min, max] with "
                                   "0 < min <= max <= 1")
+        sigma = self.blur_sigma
+        if len(sigma) != 2 or not 0 < sigma[0] <= sigma[1]:
+            raise ConfigError(f"augment.blur_sigma: {sigma!r} must be [min, max] with "
+                              "0 < min <= max (pixels)")
         if self.photometric_ramp_steps and not self.photometric_on_device:
             raise ConfigError(
                 "augment.photometric_ramp_steps: the ramp follows the training step, which only "

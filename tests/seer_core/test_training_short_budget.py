@@ -141,6 +141,18 @@ def test_blur_probability_reaches_both_photometric_paths() -> None:
     assert build_train_state(cfg).photometric.params.p_blur == 0.25  # type: ignore[union-attr]
 
 
+def test_blur_sigma_reaches_both_photometric_paths_and_is_checked() -> None:
+    cfg = load_config("local", [*SMALL, "augment.blur_probability=0.5",
+                                "augment.blur_sigma=[0.03, 0.6]"])
+    assert photometric_params(cfg).sigma == (0.03, 0.6)
+    device = build_train_state(cfg).photometric
+    assert device.params.sigma == (0.03, 0.6)  # type: ignore[union-attr]
+    assert device.radius == 2  # type: ignore[union-attr]  # ceil(3 x 0.6): a 5-tap kernel
+    for bad in ("[0, 1]", "[2, 1]", "[1]"):
+        with pytest.raises(ConfigError, match=r"augment\.blur_sigma"):
+            load_config("local", [f"augment.blur_sigma={bad}"])
+
+
 def test_colour_strength_caps_both_photometric_paths_and_the_ramp_ends_there() -> None:
     cfg = load_config("local", [*SMALL, "augment.colour_strength=0.5",
                                 "augment.photometric_ramp_steps=10"])
