@@ -164,17 +164,12 @@ def _with_progress(items: Iterable[T], progress: Callable[[int, int], None],
         progress(done, total)
 
 
-def shard_pattern(paths: Sequence[Path]) -> str:
-    """The brace pattern that names exactly ``paths`` (numbered shards of one folder, in order),
-    the form feed.uri takes: ``runs/shards/{00000..00031}.tar``."""
-    first, last = (p.name.split(".", 1) for p in (paths[0], paths[-1]))
-    return f"{paths[0].parent.as_posix()}/{{{first[0]}..{last[0]}}}.{first[1]}"
-
-
 def _report_shards(out: Path, count: int, written: dict[str, list[Path]], per_shard: int,
                    seconds: float) -> None:
     """What was written, and the feed.uri to train on it (quoted: a shell expands braces)."""
-    patterns = [shard_pattern(paths) for paths in written.values()]
+    from services.feed.shards.names import shard_pattern
+
+    patterns = [shard_pattern([p.as_posix() for p in paths]) for paths in written.values()]
     print(f"wrote {count} sample images to {out} in {seconds:.1f} s:")
     for (fmt, paths), pattern in zip(written.items(), patterns, strict=True):
         size = sum(p.stat().st_size for p in paths) / 1e6

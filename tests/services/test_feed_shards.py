@@ -92,6 +92,14 @@ def test_brace_ranges_keep_zero_padding_and_lists_combine() -> None:
     assert expand_shard_pattern("runs/shards/00000.tar") == ["runs/shards/00000.tar"]
 
 
+def test_the_pattern_of_numbered_shards_expands_back_to_them() -> None:
+    from services.feed.shards.names import shard_pattern
+
+    names = [f"s3://bucket/shards/{i:05d}.tar.gz" for i in range(12)]
+    assert shard_pattern(names) == "s3://bucket/shards/{00000..00011}.tar.gz"
+    assert expand_shard_pattern(shard_pattern(names)) == names
+
+
 @pytest.mark.parametrize(("pattern", "message"), [
     ("s/{00010..00001}.tar", "reversed"),
     ("s/{a}.tar", "neither a range"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 #: The most names a pattern may expand to. The owner of the shard list holds them in memory
 #: (~100 bytes a name), and 10M shards of even 1,000 images is 10 billion images; beyond that a
@@ -53,6 +53,16 @@ def expand_shard_pattern(uri: str) -> list[str]:
     literals, groups = _parse(uri)
     return ["".join(itertools.chain.from_iterable(zip(literals, (*combo, ""))))
             for combo in itertools.product(*(choices for _, choices in groups))]
+
+
+def shard_pattern(names: Sequence[str]) -> str:
+    """The inverse of :func:`expand_shard_pattern` for numbered shards of one folder, in
+    order: ``runs/shards/00000.tar`` ... ``00031.tar`` -> ``runs/shards/{00000..00031}.tar``
+    (what `seer seed --shards` prints as the feed.uri to train on)."""
+    folder, _, first = names[0].rpartition("/")
+    first_stem, ext = first.split(".", 1)
+    last_stem = names[-1].rpartition("/")[2].split(".", 1)[0]
+    return f"{folder}/{{{first_stem}..{last_stem}}}.{ext}"
 
 
 def check_shard_pattern(uri: str) -> int:
