@@ -98,6 +98,7 @@ def test_the_pattern_of_numbered_shards_expands_back_to_them() -> None:
     names = [f"s3://bucket/shards/{i:05d}.tar.gz" for i in range(12)]
     assert shard_pattern(names) == "s3://bucket/shards/{00000..00011}.tar.gz"
     assert expand_shard_pattern(shard_pattern(names)) == names
+    assert shard_pattern(["00000.tar", "00001.tar"]) == "./{00000..00001}.tar"
 
 
 @pytest.mark.parametrize(("pattern", "message"), [

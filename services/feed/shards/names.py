@@ -62,7 +62,7 @@ def shard_pattern(names: Sequence[str]) -> str:
     folder, _, first = names[0].rpartition("/")
     first_stem, ext = first.split(".", 1)
     last_stem = names[-1].rpartition("/")[2].split(".", 1)[0]
-    return f"{folder}/{{{first_stem}..{last_stem}}}.{ext}"
+    return f"{folder or '.'}/{{{first_stem}..{last_stem}}}.{ext}"  # `--out .`: ./{..}, not /{..}
 
 
 def check_shard_pattern(uri: str) -> int:
