@@ -117,6 +117,9 @@ class AugmentConfig(_Section):
                                     "0.5; destructive at <= 64 px)")
     blur_sigma: list[float] = Field([0.1, 2.0], description="(min, max) blur sigma in pixels "
                                     "of the crop (SwAV's, for 224 px crops: 0.1-2)")
+    hue: float = Field(0.2, ge=0, le=0.5, description="largest hue shift of the colour jitter "
+                       "(turns; SwAV's 0.2; 0.5: any hue), scaled by colour_strength and the "
+                       "ramp like the other jitter factors")
     colour_strength: float = Field(1.0, gt=0, le=1, description="size of the colour jitter and "
                                    "grayscale as a fraction of SwAV's (SimCLR's strength s; the "
                                    "ramp ends here)")

@@ -153,6 +153,16 @@ def test_blur_sigma_reaches_both_photometric_paths_and_is_checked() -> None:
             load_config("local", [f"augment.blur_sigma={bad}"])
 
 
+def test_hue_range_reaches_both_photometric_paths_scales_with_strength_and_is_checked() -> None:
+    cfg = load_config("local", [*SMALL, "augment.hue=0.5", "augment.colour_strength=0.5"])
+    assert photometric_params(cfg).hue == pytest.approx(0.25)
+    assert build_train_state(cfg).photometric.params.hue == pytest.approx(0.25)  # type: ignore[union-attr]
+    assert photometric_params(load_config("local", SMALL)).hue == 0.2  # SwAV's, by default
+    for bad in ("0.6", "-0.1"):
+        with pytest.raises(ConfigError, match=r"augment\.hue"):
+            load_config("local", [f"augment.hue={bad}"])
+
+
 def test_colour_strength_caps_both_photometric_paths_and_the_ramp_ends_there() -> None:
     cfg = load_config("local", [*SMALL, "augment.colour_strength=0.5",
                                 "augment.photometric_ramp_steps=10"])
