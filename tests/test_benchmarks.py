@@ -315,3 +315,37 @@ def test_feed_cost_arithmetic_on_known_counters() -> None:
     assert "| GET requests per day | 2,256,076,800 | 663,552 |" in text
     assert "1,306 requests in flight are 20.4 per read task" in text
     assert "caps the run at 10,240 images/s" in text
+
+
+def test_feature_pcs_benchmark_describes_random_init_and_a_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real (tiny) checkpoint and a generated labelled set: one block for the random-init
+    trunk and one for the checkpoint, each with its kNN line and one row per component."""
+    from seer_core.config import load_config
+    from services.images.labelled import generate_labelled_images
+    from tests.services.evaluator_helpers import write_checkpoint
+
+    generate_labelled_images(tmp_path / "labelled", train_per_class=3, val_per_class=1,
+                             seed=5, min_side=32, max_side=40, progress=False)
+    cfg = load_config("local", ["model.trunk=tiny", "model.head_hidden=[16]",
+                                "model.head_out=8", "model.prototypes=[8]",
+                                f"checkpoint.storage={tmp_path / 'ckpt'}"])
+    folder = write_checkpoint(cfg, 7)
+    module = runpy.run_path(str(BENCHMARKS / "feature_pcs.py"))
+    assert module["main"]([str(folder), "--data", str(tmp_path / "labelled"), "--size", "32",
+                           "--components", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "random init (tiny): kNN" in out and f"{folder}: kNN" in out
+    assert len(re.findall(r"^  PC[123] ", out, re.MULTILINE)) == 6
+
+
+def test_feature_pcs_class_r2_and_correlation_on_known_values() -> None:
+    module = runpy.run_path(str(BENCHMARKS / "feature_pcs.py"))
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert module["class_r2"](labels.float() * 3.0, labels) == pytest.approx(1.0)
+    # Equal class means: the class explains none of it.
+    assert module["class_r2"](torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0]), labels) == 0.0
+    a = torch.arange(6.0)
+    assert module["correlation"](a, 2 * a + 1) == pytest.approx(1.0)
+    assert module["correlation"](a, -a) == pytest.approx(-1.0)
