@@ -107,16 +107,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--components must be >= 1")
     data = load_labelled(args.data, image_size=args.size)
     stats = image_statistics(data.train.images)
-    trunks: list[tuple[str, torch.nn.Module]] = []
-    for path in args.checkpoints:
-        trunk, cfg = trunk_from_checkpoint(load_state(path))
-        if not trunks:
-            trunks.append((f"random init ({cfg.model.trunk})", random_trunk(cfg.model.trunk)))
-        trunks.append((str(path), trunk))
     print(f"labelled set {args.data}: {len(data.train)} train / {len(data.val)} val images, "
           f"{data.num_classes} classes, {args.size} px")
-    for name, trunk in trunks:
-        print("\n".join(describe(name, trunk, data, args.components, stats)))
+    # One trunk in memory at a time: a RegNetY-256GF checkpoint is ~5 GB.
+    for i, path in enumerate(args.checkpoints):
+        trunk, cfg = trunk_from_checkpoint(load_state(path))
+        if i == 0:
+            baseline = random_trunk(cfg.model.trunk)
+            print("\n".join(describe(f"random init ({cfg.model.trunk})", baseline, data,
+                                     args.components, stats)))
+            del baseline
+        print("\n".join(describe(str(path), trunk, data, args.components, stats)))
+        del trunk
     return 0
 
 
