@@ -35,6 +35,7 @@ from seer_core.checkpoint import load_state  # noqa: E402
 from seer_core.evaluation.features import extract_features, frozen_trunk  # noqa: E402
 from seer_core.evaluation.knn import knn_classify  # noqa: E402
 from seer_core.evaluation.trunks import random_trunk, trunk_from_checkpoint  # noqa: E402
+from seer_core.swav import effective_rank  # noqa: E402
 from services.labelled import LabelledSet, load_labelled  # noqa: E402
 
 KNN_K = 20
@@ -80,7 +81,7 @@ def describe(name: str, trunk: torch.nn.Module, data: LabelledSet, components: i
     centred = train - train.mean(0)
     u, s, _ = torch.linalg.svd(centred, full_matrices=False)
     share = s**2 / (s**2).sum().clamp_min(1e-12)
-    eff_rank = float(torch.exp(-(share * share.clamp_min(1e-12).log()).sum()))
+    eff_rank = effective_rank(train)
     lines = [f"{name}: kNN{k} {knn:.1f}%, {train.shape[1]} features, effective rank "
              f"{eff_rank:.1f}"]
     head = "  ".join(f"{key:>9}" for key in stats)

@@ -7,6 +7,7 @@ same on every worker: take `max`, never `sum`.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -38,6 +39,10 @@ class TrainMetrics:
     entropy = metrics.gauge(
         "seer_train_prototype_entropy_ratio", "prototype usage entropy / ln K (near 0: collapse)",
         TAGS)
+    embedding_rank = metrics.gauge(
+        "seer_train_embedding_rank",
+        "effective rank of the batch's embeddings (falling while the loss falls: dimensional "
+        "collapse)", TAGS)
     queue_fill = metrics.gauge("seer_train_queue_fill_ratio", "SwAV queue fill", TAGS)
     images_per_second = metrics.gauge(
         "seer_train_images_per_second", "global training throughput", TAGS)
@@ -98,5 +103,7 @@ class TrainMetrics:
         self.loss.set(result.loss, tags)
         self.lr.set(result.lr, tags)
         self.entropy.set(result.usage_entropy, tags)
+        if math.isfinite(result.embedding_rank):
+            self.embedding_rank.set(result.embedding_rank, tags)
         if state.queue is not None and state.queue.length:
             self.queue_fill.set(state.queue.filled / state.queue.length, tags)

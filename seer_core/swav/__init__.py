@@ -5,10 +5,11 @@ from seer_core.swav.loss import swav_loss
 from seer_core.swav.prototypes import (
     cancel_prototype_gradients,
     collapse_suspected,
+    effective_rank,
     prototype_usage_entropy,
 )
 from seer_core.swav.queue import SwAVQueue
 from seer_core.swav.sinkhorn import sinkhorn
 
-__all__ = ["SwAVQueue", "cancel_prototype_gradients", "collapse_suspected",
+__all__ = ["SwAVQueue", "cancel_prototype_gradients", "collapse_suspected", "effective_rank",
            "prototype_usage_entropy", "sinkhorn", "swav_loss"]

@@ -1,4 +1,4 @@
-"""Prototype freezing and the collapse signals (usage entropy, loss near ln K)."""
+"""Prototype freezing and the collapse signals (usage entropy, loss near ln K, effective rank)."""
 
 from __future__ import annotations
 
@@ -56,3 +56,30 @@ def collapse_suspected(loss: float, n_prototypes: int, tol: float = 0.02) -> boo
     if not math.isfinite(loss):
         return False
     return loss >= (1.0 - tol) * math.log(n_prototypes)
+
+
+@torch.no_grad()
+def effective_rank(x: Tensor) -> float:
+    """exp(entropy of the variance shares of the principal components of the rows of ``x``).
+
+    The collapse that usage entropy cannot see: Sinkhorn spreads a batch evenly over the
+    prototypes even when every embedding varies along one or two directions (dimensional
+    collapse), and SwAV's loss keeps *falling* while that happens, because one cue that survives
+    every distortion (a texture, the contrast) matches views well. The effective rank counts the
+    directions the batch really varies in: ``d`` for variance spread evenly over ``d``
+    components, 1 for a batch on a line, at most ``min(N - 1, D)`` (RankMe, Garrido et al. 2023,
+    on the same idea). One rank's batch is a few hundred rows at most: the SVD runs on the host
+    in float64 (microseconds to a millisecond), not as a small, sync-bound solver call on the GPU.
+    """
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"x must be [N, D] with N >= 2, got {tuple(x.shape)}")
+    centred = x.detach().to("cpu", torch.float64)
+    if not torch.isfinite(centred).all():  # a step about to be skipped: nothing to measure
+        return math.nan
+    centred = centred - centred.mean(dim=0)
+    variance = torch.linalg.svdvals(centred) ** 2
+    total = variance.sum()
+    if not total > 0:
+        return 0.0
+    share = variance / total
+    return float(torch.exp(-torch.special.xlogy(share, share).sum()))

@@ -92,6 +92,10 @@ class StepResult:
     overflow: bool = False
     #: The grad scaler's loss scale after the step (None without a scaler: no fp16).
     loss_scale: float | None = None
+    #: Effective rank of this rank's embeddings of the first assignment crop (see
+    #: `seer_core.swav.effective_rank`): falls when the features collapse onto a few directions
+    #: while the loss still improves. NaN where not measured.
+    embedding_rank: float = float("nan")
 
 
 def build_train_state(

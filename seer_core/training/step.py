@@ -30,7 +30,12 @@ from seer_core.augment import crops_to_groups, normalize
 from seer_core.distributed import rank_and_world
 from seer_core.models import RunningStats
 from seer_core.optim import set_lr
-from seer_core.swav import cancel_prototype_gradients, prototype_usage_entropy, swav_loss
+from seer_core.swav import (
+    cancel_prototype_gradients,
+    effective_rank,
+    prototype_usage_entropy,
+    swav_loss,
+)
 from seer_core.training.state import StepResult, TrainState, photometric_strength, unwrap
 
 #: A grad-scaler skip that leaves the loss scale below this counts as a bad step. At 2**-24
@@ -108,6 +113,7 @@ def train_step(state: TrainState, batch: Mapping[str, torch.Tensor]) -> StepResu
             a = cfg.swav.crops_for_assign[0]
             first = scores[0][a * bsz : (a + 1) * bsz].float()
             usage = prototype_usage_entropy(torch.softmax(first / cfg.swav.temperature, dim=1))
+            embedding_rank = effective_rank(embedding[a * bsz : (a + 1) * bsz])
     if state.device.type == "cuda":
         torch.cuda.synchronize(state.device)
     loss_seconds = time.perf_counter() - loss_start
@@ -166,6 +172,7 @@ def train_step(state: TrainState, batch: Mapping[str, torch.Tensor]) -> StepResu
         step=state.step,
         images_seen=state.images_seen,
         usage_entropy=usage,
+        embedding_rank=embedding_rank,
         seconds=time.perf_counter() - start,
         loss_seconds=loss_seconds,
     )

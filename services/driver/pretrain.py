@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import shlex
@@ -104,6 +105,7 @@ class StatusPage:
             "lr": "seer_cli_lr",
             "images_per_second": "seer_cli_images_per_second",
             "data_wait_share": "seer_cli_data_wait_ratio",
+            "embedding_rank": "seer_cli_embedding_rank",
             "last_checkpoint_step": "seer_cli_checkpoint_step",
             "world_size": "seer_cli_world_size",
         }.items()
@@ -118,8 +120,9 @@ class StatusPage:
 
     def update(self, progress: dict[str, Any]) -> None:
         for key, gauge in self.gauges.items():
-            if isinstance(progress.get(key), (int, float)):
-                gauge.set(float(progress[key]))
+            value = progress.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                gauge.set(float(value))
 
     def close(self) -> None:
         if self.server is not None:
@@ -129,8 +132,9 @@ class StatusPage:
 def format_progress(p: dict[str, Any]) -> str:
     return (
         f"step {p['step']:>8} | {p.get('images_per_second', 0):8.1f} img/s | "
-        f"loss {p['loss']:.4f} | lr {p['lr']:.5g} | data wait "
-        f"{100 * p.get('data_wait_share', 0):4.1f}% | seen {p['images_seen']} | "
+        f"loss {p['loss']:.4f} | lr {p['lr']:.5g} | "
+        f"rank {p.get('embedding_rank', math.nan):4.1f} | "
+        f"data wait {100 * p.get('data_wait_share', 0):4.1f}% | seen {p['images_seen']} | "
         f"last ckpt {p.get('last_checkpoint_step', -1)} | workers {p.get('world_size', '?')}"
     )
 

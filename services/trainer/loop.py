@@ -160,6 +160,7 @@ def _train(cfg: SeerConfig, state: TrainState, rank: int, world: int, device: to
                 "images_per_second": window_images / elapsed if elapsed > 0 else 0.0,
                 "data_wait_share": window_wait / elapsed if elapsed > 0 else 0.0,
                 "usage_entropy": result.usage_entropy,
+                "embedding_rank": result.embedding_rank,
                 "world_size": world,
                 "last_checkpoint_step": writer.committed_step if writer.committed_step >= 0
                 else (state.step if source else -1),

@@ -81,7 +81,7 @@ def test_every_series_is_one_that_seer_or_ray_exports() -> None:
                    "ray_seer_ingest_failures_total", "ray_data_num_alive_actors",
                    "ray_data_iter_total_blocked_seconds", "ray_object_store_memory",
                    "ray_seer_train_checkpoint_step", "ray_seer_train_checkpoint_timestamp_seconds",
-                   "ray_seer_train_prototype_entropy_ratio",
+                   "ray_seer_train_prototype_entropy_ratio", "ray_seer_train_embedding_rank",
                    "ray_seer_train_collapse_suspected_ratio", "seer_eval_accuracy_percent",
                    "seer_eval_images_seen", "ray_seer_train_checkpoint_pause_seconds",
                    "ray_seer_train_store_wait_seconds"):

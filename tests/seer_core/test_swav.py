@@ -27,6 +27,7 @@ from seer_core.swav import (
     SwAVQueue,
     cancel_prototype_gradients,
     collapse_suspected,
+    effective_rank,
     prototype_usage_entropy,
     sinkhorn,
     swav_loss,
@@ -499,6 +500,27 @@ def test_prototype_usage_entropy() -> None:
     assert prototype_usage_entropy(two) == pytest.approx(math.log(2) / math.log(K))
     codes = sinkhorn(_scores(64, K, seed=19), iterations=10)
     assert prototype_usage_entropy(codes) > 0.99  # Sinkhorn equipartitions
+
+
+def test_effective_rank_counts_the_directions_a_batch_varies_in() -> None:
+    g = torch.Generator().manual_seed(31)
+    # Variance spread evenly over d orthogonal directions: rank d, whatever the offset and scale.
+    for d in (1, 3, 8):
+        basis = torch.linalg.qr(torch.randn(16, d, generator=g))[0].T  # [d, 16], orthonormal
+        signs = torch.tensor([[1.0], [-1.0]]).repeat(d, 1)  # +e_i and -e_i for each direction
+        rows = 5.0 * signs * basis.repeat_interleave(2, dim=0) + 3.0
+        assert effective_rank(rows) == pytest.approx(d, rel=1e-6)
+    # Isotropic noise: close to the most a batch of N rows can show (N - 1 after centring).
+    wide = torch.randn(64, 128, generator=g, dtype=torch.float64)
+    assert 40 < effective_rank(wide) <= 63
+    # One direction taking over (a batch sliding onto one cue): the rank falls towards 1.
+    cue = torch.randn(64, 1, generator=g) * torch.randn(1, 128, generator=g)
+    ranks = [effective_rank(cue + noise * wide.float()) for noise in (1.0, 0.3, 0.1, 0.01)]
+    assert ranks == sorted(ranks, reverse=True) and ranks[-1] < 1.5 < ranks[0]
+    assert effective_rank(torch.ones(8, 4)) == 0.0  # no variance at all
+    assert math.isnan(effective_rank(torch.tensor([[1.0, float("inf")], [0.0, 1.0]])))
+    with pytest.raises(ValueError, match=r"\[N, D\] with N >= 2"):
+        effective_rank(torch.ones(1, 4))
 
 
 def test_collapse_suspected() -> None:

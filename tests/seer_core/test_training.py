@@ -57,8 +57,11 @@ def test_tiny_model_overfits_one_batch() -> None:
     cfg = tiny_config("swav.freeze_prototypes_steps=0", "schedule.warmup_steps=0")
     state = build_train_state(cfg)
     batch = fixed_batch(cfg, state.recipe)
-    losses = [train_step(state, batch).loss for _ in range(30)]
+    results = [train_step(state, batch) for _ in range(30)]
+    losses = [r.loss for r in results]
     assert all(torch.isfinite(torch.tensor(losses)))
+    # The embeddings' effective rank is measured every step, within what 8 rows can show.
+    assert all(1.0 <= r.embedding_rank <= cfg.train.batch_size - 1 for r in results)
     assert min(losses[-5:]) < losses[0] - 0.1, losses
     assert state.step == 30 and state.images_seen == 30 * cfg.train.batch_size
 

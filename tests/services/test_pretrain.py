@@ -22,7 +22,8 @@ from services.driver.pretrain import (
 from services.storage import resolve_storage
 
 PROGRESS = {"step": 120, "images_seen": 1920, "loss": 6.25, "lr": 0.0375,
-            "images_per_second": 41.5, "data_wait_share": 0.02, "last_checkpoint_step": 100}
+            "images_per_second": 41.5, "data_wait_share": 0.02, "last_checkpoint_step": 100,
+            "embedding_rank": 23.46}
 
 
 def _free_port() -> int:
@@ -52,12 +53,15 @@ def test_status_page_serves_parsable_progress() -> None:
     assert values["seer_cli_loss"] == 6.25
     assert values["seer_cli_data_wait_ratio"] == pytest.approx(0.02)
     assert values["seer_cli_checkpoint_step"] == 100
+    assert values["seer_cli_embedding_rank"] == pytest.approx(23.46)
 
 
 def test_progress_line_and_banner(tmp_path: Path) -> None:
     line = format_progress(PROGRESS)
     assert "step      120" in line and "41.5 img/s" in line and "loss 6.2500" in line
-    assert "data wait  2.0%" in line and "last ckpt 100" in line
+    assert "data wait  2.0%" in line and "last ckpt 100" in line and "rank 23.5" in line
+    assert "rank  nan" in format_progress({k: v for k, v in PROGRESS.items()
+                                          if k != "embedding_rank"})  # an older worker
     cfg = load_config("local", [f"checkpoint.storage={tmp_path}", "train.max_steps=50"])
     storage = resolve_storage(str(tmp_path), "seer-local")
     text = banner(cfg, storage, RayPlaces("http://x/metrics"), 9100)

@@ -12,7 +12,7 @@ from services.train_metrics import TrainMetrics
 def _result(step: int, world: int, batch: int, skipped: bool = False) -> StepResult:
     return StepResult(loss=float("nan") if skipped else 6.0, lr=0.1, skipped=skipped, step=step,
                       images_seen=step * world * batch, usage_entropy=0.9, seconds=0.2,
-                      loss_seconds=0.01)
+                      loss_seconds=0.01, embedding_rank=12.5)
 
 
 def test_images_counter_sums_to_the_global_count_over_workers() -> None:
@@ -55,3 +55,13 @@ def test_no_loss_scale_series_without_a_scaler() -> None:
     TrainMetrics(3).observe(SimpleNamespace(queue=None), _result(1, 1, 4), 0.0, local_images=4)
     assert REGISTRY.get_sample_value("seer_train_loss_scale", {"worker": "3"}) is None
     assert REGISTRY.get_sample_value("seer_train_steps_total", {"worker": "3"}) == 1
+
+
+def test_embedding_rank_gauge_follows_measured_steps_only() -> None:
+    worker, state = TrainMetrics(4), SimpleNamespace(queue=None)
+    worker.observe(state, _result(1, 1, 4), 0.0, local_images=4)
+    assert REGISTRY.get_sample_value("seer_train_embedding_rank", {"worker": "4"}) == 12.5
+    unmeasured = StepResult(loss=6.0, lr=0.1, skipped=False, step=2, images_seen=8,
+                            usage_entropy=0.9, seconds=0.2, loss_seconds=0.01)
+    worker.observe(state, unmeasured, 0.0, local_images=4)  # NaN: the last figure stays
+    assert REGISTRY.get_sample_value("seer_train_embedding_rank", {"worker": "4"}) == 12.5
