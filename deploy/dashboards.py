@@ -108,9 +108,8 @@ def training() -> Dashboard:
             "percentunit", "Near 0: the batch uses few prototypes (collapse)."),
         Panel("Embedding effective rank", [
             ("min by (worker) (ray_seer_train_embedding_rank)", "worker {{worker}}")],
-            "short", "Directions the batch's embeddings vary in. A fall while the loss still "
-            "falls is dimensional collapse (features onto one cue): check kNN on the newest "
-            "checkpoint."),
+            "short", "Directions the batch's embeddings vary in (1: all on a line). Near 1 is "
+            "dimensional collapse, which the usage entropy does not show."),
         Panel("Collapse suspected", [("max(ray_seer_train_collapse_suspected_ratio)", "collapse")],
               "short", "1 when the trainer judges a collapse (loss ≈ ln K or entropy near 0)."),
         Panel("SwAV queue fill", [("min(ray_seer_train_queue_fill_ratio)", "fill")],

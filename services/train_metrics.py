@@ -41,8 +41,7 @@ class TrainMetrics:
         TAGS)
     embedding_rank = metrics.gauge(
         "seer_train_embedding_rank",
-        "effective rank of the batch's embeddings (falling while the loss falls: dimensional "
-        "collapse)", TAGS)
+        "effective rank of the batch's embeddings (near 1: dimensional collapse)", TAGS)
     queue_fill = metrics.gauge("seer_train_queue_fill_ratio", "SwAV queue fill", TAGS)
     images_per_second = metrics.gauge(
         "seer_train_images_per_second", "global training throughput", TAGS)

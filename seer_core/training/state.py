@@ -93,8 +93,8 @@ class StepResult:
     #: The grad scaler's loss scale after the step (None without a scaler: no fp16).
     loss_scale: float | None = None
     #: Effective rank of this rank's embeddings of the first assignment crop (see
-    #: `seer_core.swav.effective_rank`): falls when the features collapse onto a few directions
-    #: while the loss still improves. NaN where not measured.
+    #: `seer_core.swav.effective_rank`): near 1 when the embeddings collapse onto a line, which
+    #: the usage entropy cannot see. NaN where not measured (a non-finite embedding).
     embedding_rank: float = float("nan")
 
 
