@@ -94,7 +94,8 @@ class StepResult:
     loss_scale: float | None = None
     #: Effective rank of this rank's embeddings of the first assignment crop (see
     #: `seer_core.swav.effective_rank`): near 1 when the embeddings collapse onto a line, which
-    #: the usage entropy cannot see. NaN where not measured (a non-finite embedding).
+    #: the usage entropy cannot see. Measured on the steps the driver prints (every
+    #: `train.log_every_steps`); NaN on the others and for a non-finite embedding.
     embedding_rank: float = float("nan")
 
 

@@ -113,7 +113,10 @@ def train_step(state: TrainState, batch: Mapping[str, torch.Tensor]) -> StepResu
             a = cfg.swav.crops_for_assign[0]
             first = scores[0][a * bsz : (a + 1) * bsz].float()
             usage = prototype_usage_entropy(torch.softmax(first / cfg.swav.temperature, dim=1))
-            embedding_rank = effective_rank(embedding[a * bsz : (a + 1) * bsz])
+            # Only on the steps the driver prints (an SVD on the host each step is wasted work).
+            embedding_rank = (effective_rank(embedding[a * bsz : (a + 1) * bsz])
+                              if (state.step + 1) % cfg.train.log_every_steps == 0
+                              else float("nan"))
     if state.device.type == "cuda":
         torch.cuda.synchronize(state.device)
     loss_seconds = time.perf_counter() - loss_start
