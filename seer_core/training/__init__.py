@@ -13,6 +13,7 @@ from seer_core.training.state import (
     TrainState,
     build_optimizer,
     build_train_state,
+    is_log_step,
     make_queue,
     make_schedule,
     photometric_params,
@@ -26,7 +27,7 @@ from seer_core.training.step import batch_size_of, prepare_inputs, train_step
 
 __all__ = [
     "StepResult", "TrainState", "batch_size_of", "build_optimizer", "build_train_state",
-    "config_of", "load_state_dict", "make_queue", "make_schedule", "photometric_params",
-    "photometric_strength", "prepare_inputs", "recipe_for", "resolve_amp", "state_dict",
-    "swav_model", "train_step", "unwrap"
+    "config_of", "is_log_step", "load_state_dict", "make_queue", "make_schedule",
+    "photometric_params", "photometric_strength", "prepare_inputs", "recipe_for", "resolve_amp",
+    "state_dict", "swav_model", "train_step", "unwrap"
 ]

@@ -162,6 +162,16 @@ def photometric_strength(cfg: SeerConfig, step: int) -> float:
     return 1.0 if ramp <= 0 else min(1.0, step / ramp)
 
 
+def is_log_step(step: int, cfg: SeerConfig) -> bool:
+    """Whether the step that ends with `step` completed steps is one the driver prints.
+
+    One rule for the two sides of the step: the trainer measures the costly figures (the
+    embedding's rank) only on these steps, and the driver's loop prints exactly these, so a
+    printed line never carries a figure that was not measured.
+    """
+    return step % cfg.train.log_every_steps == 0
+
+
 def build_optimizer(model: nn.Module, cfg: SeerConfig) -> torch.optim.Optimizer:
     """`optim.name`'s optimizer over `param_groups`, at the scaled base LR.
 

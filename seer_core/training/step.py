@@ -36,7 +36,13 @@ from seer_core.swav import (
     prototype_usage_entropy,
     swav_loss,
 )
-from seer_core.training.state import StepResult, TrainState, photometric_strength, unwrap
+from seer_core.training.state import (
+    StepResult,
+    TrainState,
+    is_log_step,
+    photometric_strength,
+    unwrap,
+)
 
 #: A grad-scaler skip that leaves the loss scale below this counts as a bad step. At 2**-24
 #: (float16's smallest subnormal) every float16 gradient under 1 underflows to zero: gradients
@@ -115,7 +121,7 @@ def train_step(state: TrainState, batch: Mapping[str, torch.Tensor]) -> StepResu
             usage = prototype_usage_entropy(torch.softmax(first / cfg.swav.temperature, dim=1))
             # Only on the steps the driver prints (an SVD on the host each step is wasted work).
             embedding_rank = (effective_rank(embedding[a * bsz : (a + 1) * bsz])
-                              if (state.step + 1) % cfg.train.log_every_steps == 0
+                              if is_log_step(state.step + 1, cfg)
                               else float("nan"))
     if state.device.type == "cuda":
         torch.cuda.synchronize(state.device)

@@ -21,7 +21,13 @@ from typing import Any
 import torch
 
 from seer_core.config import SeerConfig, config_from_dict
-from seer_core.training import StepResult, TrainState, build_train_state, train_step
+from seer_core.training import (
+    StepResult,
+    TrainState,
+    build_train_state,
+    is_log_step,
+    train_step,
+)
 from services.driver.control import failure_signature, find_control, relay_warnings
 from services.train_metrics import TrainMetrics
 from services.trainer.batches import stream_batches, synthetic_batches
@@ -150,7 +156,7 @@ def _train(cfg: SeerConfig, state: TrainState, rank: int, world: int, device: to
                        **run_meter.summary(), "skipped_steps": skipped_steps}
             metrics.checkpoint_pause.observe(writer.start(state, summary), metrics.tags)
             checkpoint_due = False
-        if rank == 0 and result.step % cfg.train.log_every_steps == 0:
+        if rank == 0 and is_log_step(result.step, cfg):
             elapsed = time.perf_counter() - window_start
             progress = {
                 "step": result.step,
