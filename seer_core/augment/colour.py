@@ -52,6 +52,7 @@ class PhotometricParams:
     p_grayscale: float = 0.2
     p_blur: float = 0.5
     sigma: tuple[float, float] = (0.1, 2.0)
+    grain: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("brightness", "contrast", "saturation"):
@@ -64,6 +65,8 @@ class PhotometricParams:
                 raise ValueError(f"{name} must be a probability, got {getattr(self, name)}")
         if not 0.0 < self.sigma[0] <= self.sigma[1]:
             raise ValueError(f"sigma must satisfy 0 < lo <= hi, got {self.sigma}")
+        if not 0.0 <= self.grain <= 0.5:
+            raise ValueError(f"grain must be in [0, 0.5], got {self.grain}")
 
     def ramped(self, strength: float) -> PhotometricParams:
         """The colour distortion at `strength` in [0, 1] of its full size; the blur unchanged.
@@ -74,6 +77,7 @@ class PhotometricParams:
         raising the jitter step by step moves the features from colour to shape
         (`augment.photometric_ramp_steps`). Jitter factors and the grayscale probability scale;
         the jitter probability stays, so the ramp changes how far colours move, not how often.
+        The grain (device path only) scales with them: it is a distortion of the same kind.
         """
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {strength}")
@@ -84,6 +88,7 @@ class PhotometricParams:
             saturation=self.saturation * strength,
             hue=self.hue * strength,
             p_grayscale=self.p_grayscale * strength,
+            grain=self.grain * strength,
         )
 
 

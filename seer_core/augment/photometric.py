@@ -2,7 +2,8 @@
 
 Same distortion as the CPU path (`colour.py`): per sample, with probability 0.8 a colour jitter
 (brightness, contrast, saturation, hue) in a random order of its own, then grayscale with
-probability 0.2, then a Gaussian blur with probability 0.5 and sigma ~ U(0.1, 2). The jitter and
+probability 0.2, then (device path only, `augment.grain`) grey noise of a random level, then a
+Gaussian blur with probability 0.5 and sigma ~ U(0.1, 2). The jitter and
 grayscale compose per sample into one 3x3 matrix + offset (same documented approximations as
 `colour.py`: one clamp at the end, hue as a rotation about the grey axis), so the whole colour
 part is one batched matrix product whatever the order; the blur is one grouped separable
@@ -66,7 +67,7 @@ def _gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 class BatchPhotometric(nn.Module):
-    """Colour jitter (random order per sample) -> grayscale -> blur, on a float [N, 3, h, w] batch.
+    """Colour jitter (random order per sample) -> grayscale -> grain -> blur, on [N, 3, h, w].
 
     Input and output in [0, 1], any device and float dtype. Randomness comes from the
     `generator` passed to `forward` (drawn on the generator's device, then moved), so a seeded
@@ -110,6 +111,7 @@ class BatchPhotometric(nn.Module):
             "hue": torch.where(jitter, p.hue * (2.0 * u[:, 4] - 1.0), one * 0.0),
             "grayscale": u[:, 5] < p.p_grayscale,
             "sigma": torch.where(u[:, 6] < p.p_blur, sigma_u, one * 0.0),
+            "grain": p.grain * u[:, 8],
         }
 
     @staticmethod
@@ -146,6 +148,23 @@ class BatchPhotometric(nn.Module):
         a = torch.where(g, grey_proj.expand(n, 3, 3), eye)
         return a @ m, (a @ t[:, :, None]).squeeze(-1)
 
+    @staticmethod
+    def add_grain(
+        x: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Adds grey Gaussian noise of a per-sample std (0 to `grain`), the same on all channels.
+
+        Why: photos carry a per-image noise level (sensor, JPEG, film grain) that every crop of
+        the image shares and colour jitter leaves alone, so SwAV can match two views by how
+        noisy they are instead of by what they show; noise of a random level per crop makes
+        that cue useless. Grey because luminance noise is what cameras and the generated pool
+        add.
+        """
+        n, _, h, w = x.shape
+        gdev = generator.device if generator is not None else x.device
+        noise = torch.randn(n, 1, h, w, generator=generator, device=gdev).to(x.device, x.dtype)
+        return x.add_(noise.mul_(std.to(x.dtype)[:, None, None, None])).clamp_(0.0, 1.0)
+
     def blur(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Separable Gaussian blur with one kernel per sample (grouped convolution)."""
         n, ch, h, w = x.shape
@@ -178,6 +197,8 @@ class BatchPhotometric(nn.Module):
         m, t = self.colour_affine(draws, mean_rgb)
         y = torch.einsum("nij,njhw->nihw", m.to(x.dtype), x) + t.to(x.dtype)[:, :, None, None]
         y = y.clamp_(0.0, 1.0)
+        if self.params.grain > 0:
+            y = self.add_grain(y, draws["grain"], generator)
         if bool(self.params.p_blur > 0):
             y = self.blur(y, draws["sigma"]).clamp_(0.0, 1.0)
         return y

@@ -123,6 +123,10 @@ class AugmentConfig(_Section):
     colour_strength: float = Field(1.0, gt=0, le=1, description="size of the colour jitter and "
                                    "grayscale as a fraction of SwAV's (SimCLR's strength s; the "
                                    "ramp ends here)")
+    grain: float = Field(0.0, ge=0, le=0.5, description="largest std of the grey noise added to "
+                         "each crop, drawn per crop from 0 to this (pixel values in [0, 1]; 0: "
+                         "none); scaled by colour_strength and the ramp; needs "
+                         "photometric_on_device")
     photometric_ramp_steps: Count = Field(0, description="colour jitter and grayscale grow from "
                                           "none to full over these steps (0: full from the "
                                           "start; needs photometric_on_device)")
@@ -140,6 +144,10 @@ class AugmentConfig(_Section):
         if len(sigma) != 2 or not 0 < sigma[0] <= sigma[1]:
             raise ConfigError(f"augment.blur_sigma: {sigma!r} must be [min, max] with "
                               "0 < min <= max (pixels)")
+        if self.grain and not self.photometric_on_device:
+            raise ConfigError(
+                "augment.grain: the noise is drawn on the trainer's device only; set "
+                "augment.photometric_on_device: true, or augment.grain: 0")
         if self.photometric_ramp_steps and not self.photometric_on_device:
             raise ConfigError(
                 "augment.photometric_ramp_steps: the ramp follows the training step, which only "

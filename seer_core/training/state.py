@@ -146,9 +146,10 @@ def build_train_state(
 
 def photometric_params(cfg: SeerConfig) -> PhotometricParams:
     """The papers' colour distortion at `augment.colour_strength` of its size, with the config's
-    hue range, blur probability and sigma. One place for both paths (ingest CPU and trainer
+    hue range, grain, blur probability and sigma. One place for both paths (ingest CPU and trainer
     device): the device ramp grows from none to these params, so the cap is where the ramp ends."""
     full = PhotometricParams(p_blur=cfg.augment.blur_probability, hue=cfg.augment.hue,
+                             grain=cfg.augment.grain,
                              sigma=(cfg.augment.blur_sigma[0], cfg.augment.blur_sigma[1]))
     return full if cfg.augment.colour_strength >= 1.0 else full.ramped(cfg.augment.colour_strength)
 

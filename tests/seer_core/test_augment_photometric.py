@@ -240,3 +240,23 @@ def test_hue_matrices_are_rotations() -> None:
     assert torch.allclose(m @ torch.ones(3), torch.ones(4, 3), atol=1e-6)  # grey is kept
     assert torch.allclose(m[3] @ torch.tensor([1.0, 0, 0]), torch.tensor([0.0, 1, 0]), atol=1e-6)
     assert math.isclose(float(torch.det(m[1])), 1.0, rel_tol=1e-5)
+
+
+def test_batch_grain_is_grey_noise_of_a_random_level_per_crop() -> None:
+    params = PhotometricParams(p_jitter=0.0, p_grayscale=0.0, p_blur=0.0, grain=0.2)
+    x = torch.full((64, 3, 16, 16), 0.5)
+    y = BatchPhotometric(params)(x.clone(), torch.Generator().manual_seed(0))
+    assert torch.equal(y[:, 0], y[:, 1]) and torch.equal(y[:, 1], y[:, 2])  # grey
+    levels = (y - x).std(dim=(1, 2, 3))
+    # Per crop, a level drawn from 0 to the grain: spread over the range, none above it.
+    assert float(levels.max()) < 0.2 * 1.2 and float(levels.min()) < 0.05
+    assert float(levels.std()) > 0.03
+    # Without grain nothing is drawn for it: the same draws as before the knob existed.
+    plain = PhotometricParams(p_blur=0.0)
+    a = BatchPhotometric(plain)(x.clone(), torch.Generator().manual_seed(1))
+    b = BatchPhotometric(plain)(x.clone(), torch.Generator().manual_seed(1), strength=0.5)
+    assert torch.equal(a, BatchPhotometric(plain)(x.clone(), torch.Generator().manual_seed(1)))
+    assert not torch.equal(a, b)
+    assert PhotometricParams(grain=0.2).ramped(0.5).grain == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="grain"):
+        PhotometricParams(grain=0.6)

@@ -163,6 +163,19 @@ def test_hue_range_reaches_both_photometric_paths_scales_with_strength_and_is_ch
             load_config("local", [f"augment.hue={bad}"])
 
 
+def test_grain_reaches_the_device_path_scales_with_strength_and_is_checked() -> None:
+    cfg = load_config("local", [*SMALL, "augment.grain=0.1", "augment.colour_strength=0.5"])
+    assert photometric_params(cfg).grain == pytest.approx(0.05)
+    assert build_train_state(cfg).photometric.params.grain == pytest.approx(0.05)  # type: ignore[union-attr]
+    assert photometric_params(load_config("local", SMALL)).grain == 0.0  # none by default
+    for bad in ("0.6", "-0.1"):
+        with pytest.raises(ConfigError, match=r"augment\.grain"):
+            load_config("local", [f"augment.grain={bad}"])
+    with pytest.raises(ConfigError, match=r"augment\.grain.*photometric_on_device"):
+        load_config("local", ["augment.grain=0.1", "augment.photometric_on_device=false",
+                              "augment.photometric_ramp_steps=0"])
+
+
 def test_colour_strength_caps_both_photometric_paths_and_the_ramp_ends_there() -> None:
     cfg = load_config("local", [*SMALL, "augment.colour_strength=0.5",
                                 "augment.photometric_ramp_steps=10"])
