@@ -251,12 +251,19 @@ def test_batch_grain_is_grey_noise_of_a_random_level_per_crop() -> None:
     # Per crop, a level drawn from 0 to the grain: spread over the range, none above it.
     assert float(levels.max()) < 0.2 * 1.2 and float(levels.min()) < 0.05
     assert float(levels.std()) > 0.03
-    # Without grain nothing is drawn for it: the same draws as before the knob existed.
+    # Without grain nothing is drawn for it: the forward draws only what `sample` draws, so the
+    # stream is the one it was before the knob existed; with grain it draws the noise too.
     plain = PhotometricParams(p_blur=0.0)
     a = BatchPhotometric(plain)(x.clone(), torch.Generator().manual_seed(1))
     b = BatchPhotometric(plain)(x.clone(), torch.Generator().manual_seed(1), strength=0.5)
     assert torch.equal(a, BatchPhotometric(plain)(x.clone(), torch.Generator().manual_seed(1)))
     assert not torch.equal(a, b)
+    for grain, same in ((0.0, True), (0.2, False)):
+        forward_gen, sample_gen = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+        stage = BatchPhotometric(PhotometricParams(p_blur=0.0, grain=grain))
+        stage(x.clone(), forward_gen)
+        stage.sample(64, x.device, sample_gen)
+        assert torch.equal(forward_gen.get_state(), sample_gen.get_state()) is same
     assert PhotometricParams(grain=0.2).ramped(0.5).grain == pytest.approx(0.1)
     with pytest.raises(ValueError, match="grain"):
         PhotometricParams(grain=0.6)
