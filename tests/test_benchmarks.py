@@ -349,3 +349,32 @@ def test_feature_pcs_class_r2_and_correlation_on_known_values() -> None:
     a = torch.arange(6.0)
     assert module["correlation"](a, 2 * a + 1) == pytest.approx(1.0)
     assert module["correlation"](a, -a) == pytest.approx(-1.0)
+
+
+def test_weight_drift_benchmark_prints_norms_and_drift_of_real_checkpoints(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two real (tiny) checkpoints with different weights: the printed conv norm and drift are
+    the ones computed here from the saved tensors, and only the second line has a drift."""
+    from seer_core.checkpoint import load_state
+    from seer_core.config import load_config
+    from tests.services.evaluator_helpers import write_checkpoint
+
+    cfg = load_config("local", ["model.trunk=tiny", "model.head_hidden=[16]",
+                                "model.head_out=8", "model.prototypes=[8]",
+                                f"checkpoint.storage={tmp_path / 'ckpt'}"])
+    first, second = write_checkpoint(cfg, 5), write_checkpoint(cfg, 9)
+    module = runpy.run_path(str(BENCHMARKS / "weight_drift.py"))
+    assert module["main"]([str(first), str(second)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and "drift" not in lines[0]
+
+    a, b = (module["conv_weights"](load_state(f)["model"]) for f in (first, second))
+    assert a and a.keys() == b.keys()
+    norm_b = sum(float(v.pow(2).sum()) for v in b.values()) ** 0.5
+    drift = sum(float((b[k] - a[k]).pow(2).sum()) for k in a) ** 0.5
+    assert f"conv {norm_b:7.1f}" in lines[1]
+    assert f"drift {drift:.2f} ({100 * drift / norm_b:.1f}% of the norm) over 4 steps" in lines[1]
+    assert " stem " in lines[1] and " block4 " in lines[1] and "prototypes.0.weight=" in lines[1]
+    assert module["stage_of"]("trunk.trunk_output.block3.block3-1.f.a.0.weight") == "block3"
+    assert module["stage_of"]("trunk.stem.0.weight") == "stem"
