@@ -52,7 +52,7 @@ def describe(state: dict, previous: tuple[int, dict[str, torch.Tensor]] | None
              ) -> tuple[str, tuple[int, dict[str, torch.Tensor]]]:
     """One line for one checkpoint, and (its step, its conv weights) for the next line's
     drift."""
-    model = state["model"]
+    model, step = state["model"], int(state["step"])
     convs = conv_weights(model)
     if not convs:
         raise SystemExit("no trunk convolution weights in this checkpoint")
@@ -63,10 +63,9 @@ def describe(state: dict, previous: tuple[int, dict[str, torch.Tensor]] | None
     heads = [f"{k.removeprefix('head.')}={float(v.float().norm()):.1f}"
              for k, v in model.items()
              if k.startswith("head.") and k.endswith("weight") and v.dim() == 2]
-    line = (f"{int(state.get('images_seen', 0)):>10,} images  step {int(state['step']):>7}  "
+    line = (f"{int(state.get('images_seen', 0)):>10,} images  step {step:>7}  "
             f"conv {total:7.1f}  " + "  ".join(f"{s} {norm(v):.1f}" for s, v in stages.items())
             + ("  | " + "  ".join(heads) if heads else ""))
-    step = int(state["step"])
     if previous is not None and previous[1].keys() == convs.keys():
         drift = norm([convs[k] - previous[1][k] for k in convs])
         line += (f"  | drift {drift:.2f} ({100 * drift / total:.1f}% of the norm) over "
