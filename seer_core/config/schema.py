@@ -130,6 +130,9 @@ class AugmentConfig(_Section):
     photometric_ramp_steps: Count = Field(0, description="colour jitter and grayscale grow from "
                                           "none to full over these steps (0: full from the "
                                           "start; needs photometric_on_device)")
+    photometric_ramp_start: float = Field(0.0, ge=0, le=1, description="share of the colour "
+                                          "distortion the ramp starts from at step 0 (0: none; "
+                                          "1: no ramp)")
     max_pixels: PosInt = Field(64_000_000, description="decompression-bomb guard (header pixels)")
     min_side: PosInt = Field(32, description="images with a smaller side are skipped")
 

@@ -157,10 +157,12 @@ def photometric_params(cfg: SeerConfig) -> PhotometricParams:
 def photometric_strength(cfg: SeerConfig, step: int) -> float:
     """How much of the colour distortion step `step` gets (`augment.photometric_ramp_steps`).
 
-    A function of the step alone, so a resumed run continues the ramp where it stopped.
+    A function of the step alone, so a resumed run continues the ramp where it stopped. The
+    ramp starts at `augment.photometric_ramp_start`: from none, the first steps see views that
+    match by their colours alone, the easiest cue there is.
     """
-    ramp = cfg.augment.photometric_ramp_steps
-    return 1.0 if ramp <= 0 else min(1.0, step / ramp)
+    ramp, start = cfg.augment.photometric_ramp_steps, cfg.augment.photometric_ramp_start
+    return 1.0 if ramp <= 0 else start + (1.0 - start) * min(1.0, step / ramp)
 
 
 def is_log_step(step: int, cfg: SeerConfig) -> bool:

@@ -93,6 +93,9 @@ def test_adamw_state_survives_a_checkpoint_round_trip() -> None:
 def test_ramp_strength_follows_the_step() -> None:
     cfg = load_config("local", ["augment.photometric_ramp_steps=100"])
     assert [photometric_strength(cfg, s) for s in (0, 25, 100, 5000)] == [0.0, 0.25, 1.0, 1.0]
+    floor = load_config("local", ["augment.photometric_ramp_steps=100",
+                                  "augment.photometric_ramp_start=0.5"])
+    assert [photometric_strength(floor, s) for s in (0, 50, 100, 5000)] == [0.5, 0.75, 1.0, 1.0]
     off = load_config("local", ["augment.photometric_ramp_steps=0"])
     assert photometric_strength(off, 0) == 1.0
 
