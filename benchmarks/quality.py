@@ -213,19 +213,33 @@ def gains(run: dict[str, Any], protocols: list[str]) -> dict[str, float]:
             if run["checkpoint"].get(p) is not None and run["random"].get(p) is not None}
 
 
+def sampling_error(accuracies: list[float], n_val: int) -> float:
+    """Standard error (points) of a difference of top-1 accuracies measured on `n_val` val
+    images, from the binomial variance of each: the part of a gain that is the draw of the
+    val set, not the pretraining. Treating the two figures as independent overstates it a
+    little (both models see the same images), which errs on the side of caution."""
+    return 100.0 * math.sqrt(sum((a / 100) * (1 - a / 100) for a in accuracies) / n_val)
+
+
 def report(runs: list[dict[str, Any]], raw: dict[str, float],
-           protocols: list[str]) -> dict[str, Any]:
-    """Per-seed gains over random init, their mean ± std, and the verdicts (on the headline
-    protocol, kNN20: `protocols[0]`); printed."""
+           protocols: list[str], n_val: int) -> dict[str, Any]:
+    """Per-seed gains over random init (the headline's with its sampling error on `n_val` val
+    images), their mean ± std, and the verdicts (on the headline protocol, kNN20:
+    `protocols[0]`); printed."""
     head = protocols[0]
     print(f"\n{'seed':>5} {'run':<22} " + " ".join(f"{p:>7}" for p in protocols)
-          + "   (gain of the last checkpoint over random init, points)")
+          + f"   (gain of the last checkpoint over random init, points; ± {head}'s sampling "
+          f"error on {n_val} val images)")
     per_seed = []
+    errors = []
     for run in runs:
         g = gains(run, protocols)
         per_seed.append(g)
+        pair = [run["checkpoint"].get(head), run["random"].get(head)]
+        errors.append(sampling_error(pair, n_val) if None not in pair else None)
         print(f"{run['seed']:>5} {run['run']:<22} "
-              + " ".join(f"{g[p]:>+7.1f}" if p in g else "      -" for p in protocols))
+              + " ".join(f"{g[p]:>+7.1f}" if p in g else "      -" for p in protocols)
+              + (f"   ± {errors[-1]:.1f}" if errors[-1] is not None else ""))
     summary: dict[str, Any] = {}
     for p in protocols:
         values = [g[p] for g in per_seed if p in g]
@@ -249,8 +263,9 @@ def report(runs: list[dict[str, Any]], raw: dict[str, float],
               f"(target >= +{TARGET_GAIN:g}: {'met' if gain >= TARGET_GAIN else 'NOT met'})")
     return {"per_seed": [{"seed": r["seed"], "run": r["run"], "step": r["step"],
                           "images_seen": r["images_seen"], "loss": r["loss"],
-                          "checkpoint": r["checkpoint"], "random": r["random"], "gain": g}
-                         for r, g in zip(runs, per_seed)],
+                          "checkpoint": r["checkpoint"], "random": r["random"], "gain": g,
+                          "gain_sampling_error": e}
+                         for r, g, e in zip(runs, per_seed, errors)],
             "gain": summary, "raw_pixels": raw, "target_met": met, "above_raw": above_raw}
 
 
@@ -304,7 +319,10 @@ def main() -> int:
                         "(default: runs/quality, or runs/quality-real with --data real)")
     parser.add_argument("--pool-count", type=int, default=4000)
     parser.add_argument("--train-per-class", type=int, default=100, help="--data generated")
-    parser.add_argument("--val-per-class", type=int, default=50, help="--data generated")
+    parser.add_argument("--val-per-class", type=int, default=500,
+                        help="--data generated; 500 (5,000 val images) puts the sampling error "
+                        "of a kNN20 figure near 0.5 points; with 50 it was ~1.7 "
+                        "(benchmarks/eval_noise.py)")
     parser.add_argument("--stamps-per-class", type=int, default=None,
                         help="--data real: use only this many stamp groups per class (tiny "
                         "sets for tests; default: all)")
@@ -366,7 +384,7 @@ def main() -> int:
         figures = evaluate_run(args, run_overrides(common, run, seed), run, storage, labelled,
                                results, ln_k, protocols)
         measured.append({**figures, "seed": seed})
-    summary = report(measured, raw, protocols)
+    summary = report(measured, raw, protocols, len(data.val.labels))
     summary.update({"data": args.data, "set": set_name, "config": args.config,
                     "minutes": args.minutes, "seeds": seeds, "overrides": args.overrides,
                     "classes": data.num_classes, "train": len(data.train.labels),

@@ -170,6 +170,26 @@ def test_quality_benchmark_two_seeds_report_per_seed_and_mean_gains(
     assert summary["gain"]["knn1"]["mean"] == pytest.approx(sum(gains) / 2)
     assert set(summary["raw_pixels"]) == {"knn1", "knn2"}
     assert (work / "quality.png").is_file()
+    # One val image per class, 10 classes: the sampling error of each gain is the binomial one
+    # of its two kNN1 figures on 10 images, printed at the end of the seed's row.
+    module = runpy.run_path(str(BENCHMARKS / "quality.py"))
+    for row in summary["per_seed"]:
+        expected = module["sampling_error"]([row["checkpoint"]["knn1"], row["random"]["knn1"]],
+                                            10)
+        assert row["gain_sampling_error"] == pytest.approx(expected)
+        assert re.search(rf"^\s+{row['seed']} quality-seed{row['seed']}\s.*± {expected:.1f}$",
+                         out, re.MULTILINE)
+
+
+def test_quality_sampling_error_is_the_binomial_one() -> None:
+    """50% measured on 100 images has a standard error of 5 points; a gain between two such
+    figures sqrt(2) times that; a figure of 0% or 100% adds nothing."""
+    error = runpy.run_path(str(BENCHMARKS / "quality.py"))["sampling_error"]
+    assert error([50.0], 100) == pytest.approx(5.0)
+    assert error([50.0, 50.0], 100) == pytest.approx(5.0 * 2**0.5)
+    assert error([50.0, 100.0, 0.0], 100) == pytest.approx(5.0)
+    # Ten times the images: a third of the error (sqrt(10) = 3.16).
+    assert error([15.0, 11.0], 5000) == pytest.approx(error([15.0, 11.0], 500) / 10**0.5)
 
 
 def test_quality_benchmark_seed_runs_are_apart() -> None:
@@ -378,3 +398,40 @@ def test_weight_drift_benchmark_prints_norms_and_drift_of_real_checkpoints(
     assert " stem " in lines[1] and " block4 " in lines[1] and "prototypes.0.weight=" in lines[1]
     assert module["stage_of"]("trunk.trunk_output.block3.block3-1.f.a.0.weight") == "block3"
     assert module["stage_of"]("trunk.stem.0.weight") == "stem"
+
+
+def test_eval_noise_benchmark_measures_slices_of_the_val_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real (tiny) checkpoint, 4 val images per class cut into 2 slices of 2: one row per
+    random-init seed and one for the checkpoint, and on every row the figure over the whole val
+    split is the mean of the two equal slices' figures (the same votes, counted twice over)."""
+    from seer_core.config import load_config
+    from services.images.labelled import generate_labelled_images
+    from tests.services.evaluator_helpers import write_checkpoint
+
+    generate_labelled_images(tmp_path / "labelled", train_per_class=3, val_per_class=4,
+                             seed=5, min_side=32, max_side=40, progress=False)
+    cfg = load_config("local", ["model.trunk=tiny", "model.head_hidden=[16]",
+                                "model.head_out=8", "model.prototypes=[8]",
+                                f"checkpoint.storage={tmp_path / 'ckpt'}"])
+    folder = write_checkpoint(cfg, 7)
+    module = runpy.run_path(str(BENCHMARKS / "eval_noise.py"))
+    assert module["main"]([str(folder), "--data", str(tmp_path / "labelled"), "--size", "32",
+                           "--slice-per-class", "2", "--random-seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 slices of 2 per class" in out
+    rows = re.findall(r"^(random init \(tiny, seed [01]\)|\S+step\S*)\s+([\d.]+)\s+([\d.]+)"
+                      r"\s+([\d.]+)\s+sd", out, re.MULTILINE)
+    assert [r[0] for r in rows] == ["random init (tiny, seed 0)", "random init (tiny, seed 1)",
+                                    str(folder)]
+    for _, whole, _, mean in rows:
+        assert float(whole) == pytest.approx(float(mean), abs=0.051)
+
+
+def test_eval_noise_slices_are_disjoint_and_balanced() -> None:
+    slices = runpy.run_path(str(BENCHMARKS / "eval_noise.py"))["slices"]
+    labels = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1, 0])  # five of class 0, four of class 1
+    parts = slices(labels, 2)
+    assert [p.tolist() for p in parts] == [[0, 2, 1, 3], [4, 6, 5, 7]]  # the 5th 0 is left out
+    assert slices(labels, 5) == []
