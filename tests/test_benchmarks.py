@@ -337,21 +337,28 @@ def test_feed_cost_arithmetic_on_known_counters() -> None:
     assert "caps the run at 10,240 images/s" in text
 
 
+def _tiny_checkpoint_and_set(tmp_path: Path, val_per_class: int) -> Path:
+    """A real (tiny) checkpoint and a generated labelled set at 32-40 px under `tmp_path`
+    (`labelled/`); returns the checkpoint's folder."""
+    from seer_core.config import load_config
+    from services.images.labelled import generate_labelled_images
+    from tests.services.evaluator_helpers import write_checkpoint
+
+    generate_labelled_images(tmp_path / "labelled", train_per_class=3,
+                             val_per_class=val_per_class, seed=5, min_side=32, max_side=40,
+                             progress=False)
+    cfg = load_config("local", ["model.trunk=tiny", "model.head_hidden=[16]",
+                                "model.head_out=8", "model.prototypes=[8]",
+                                f"checkpoint.storage={tmp_path / 'ckpt'}"])
+    return write_checkpoint(cfg, 7)
+
+
 def test_feature_pcs_benchmark_describes_random_init_and_a_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A real (tiny) checkpoint and a generated labelled set: one block for the random-init
     trunk and one for the checkpoint, each with its kNN line and one row per component."""
-    from seer_core.config import load_config
-    from services.images.labelled import generate_labelled_images
-    from tests.services.evaluator_helpers import write_checkpoint
-
-    generate_labelled_images(tmp_path / "labelled", train_per_class=3, val_per_class=1,
-                             seed=5, min_side=32, max_side=40, progress=False)
-    cfg = load_config("local", ["model.trunk=tiny", "model.head_hidden=[16]",
-                                "model.head_out=8", "model.prototypes=[8]",
-                                f"checkpoint.storage={tmp_path / 'ckpt'}"])
-    folder = write_checkpoint(cfg, 7)
+    folder = _tiny_checkpoint_and_set(tmp_path, val_per_class=1)
     module = runpy.run_path(str(BENCHMARKS / "feature_pcs.py"))
     assert module["main"]([str(folder), "--data", str(tmp_path / "labelled"), "--size", "32",
                            "--components", "3"]) == 0
@@ -406,16 +413,7 @@ def test_eval_noise_benchmark_measures_slices_of_the_val_set(
     """A real (tiny) checkpoint, 4 val images per class cut into 2 slices of 2: one row per
     random-init seed and one for the checkpoint, and on every row the figure over the whole val
     split is the mean of the two equal slices' figures (the same votes, counted twice over)."""
-    from seer_core.config import load_config
-    from services.images.labelled import generate_labelled_images
-    from tests.services.evaluator_helpers import write_checkpoint
-
-    generate_labelled_images(tmp_path / "labelled", train_per_class=3, val_per_class=4,
-                             seed=5, min_side=32, max_side=40, progress=False)
-    cfg = load_config("local", ["model.trunk=tiny", "model.head_hidden=[16]",
-                                "model.head_out=8", "model.prototypes=[8]",
-                                f"checkpoint.storage={tmp_path / 'ckpt'}"])
-    folder = write_checkpoint(cfg, 7)
+    folder = _tiny_checkpoint_and_set(tmp_path, val_per_class=4)
     module = runpy.run_path(str(BENCHMARKS / "eval_noise.py"))
     assert module["main"]([str(folder), "--data", str(tmp_path / "labelled"), "--size", "32",
                            "--slice-per-class", "2", "--random-seeds", "2"]) == 0
